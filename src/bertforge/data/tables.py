@@ -1,0 +1,88 @@
+"""Reading texts and records from the files users have: .txt (one text per line), .csv, .tsv, .jsonl.
+
+Errors name the file, the line and what to do; nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from bertforge.files import open_text
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as given."""
+
+
+def _suffix(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    return suffixes[-1].lower() if suffixes else ""
+
+
+def read_records(path: str | Path, *, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a CSV/TSV (header line required) or JSONL file as dicts, with `_line` = the line number.
+
+    `required` columns must exist; a row missing one is an error naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    kind = _suffix(path)
+    rows: list[dict] = []
+    with open_text(path) as handle:
+        if kind in (".csv", ".tsv"):
+            reader = csv.DictReader(handle, delimiter="," if kind == ".csv" else "\t")
+            if reader.fieldnames is None:
+                raise DataError(f"{path}: empty file; expected a header line with column names")
+            reader.fieldnames = [name.lstrip("\ufeff").strip() for name in reader.fieldnames]
+            _check_columns(path, reader.fieldnames, required)
+            for row in reader:
+                row["_line"] = reader.line_num
+                rows.append(row)
+        elif kind in (".jsonl", ".json"):
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: invalid JSON ({exc.msg}); one JSON object per line") from exc
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                missing = [c for c in required if c not in row]
+                if missing:
+                    raise DataError(f"{path}:{line_no}: no field {missing[0]!r}; fields are {sorted(row)}")
+                row["_line"] = line_no
+                rows.append(row)
+        else:
+            raise DataError(f"{path}: unknown table format {kind!r}; use .csv, .tsv or .jsonl")
+    return rows
+
+
+def _check_columns(path: Path, columns: list[str], required: tuple[str, ...]) -> None:
+    for column in required:
+        if column not in columns:
+            raise DataError(f"{path}: no column {column!r}; the columns are {columns} (choose one with --text-column)")
+
+
+def read_texts(path: str | Path, *, text_column: str | None = None) -> list[str]:
+    """Texts from a .txt file (one per line, blank lines kept as empty texts) or a table column."""
+    path = Path(path)
+    if _suffix(path) in TABLE_SUFFIXES:
+        if not text_column:
+            raise DataError(f"{path}: a table needs --text-column to say which column holds the text")
+        texts = []
+        for row in read_records(path, required=(text_column,)):
+            value = row[text_column]
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{path}:{row['_line']}: {text_column!r} is {type(value).__name__}, not text")
+            texts.append(value or "")
+        return texts
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open_text(path) as handle:
+        return [line.rstrip("\r\n") for line in handle]

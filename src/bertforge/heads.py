@@ -1,0 +1,202 @@
+"""Output layers on top of BertModel (BERT §3.1 pre-training, §4 fine-tuning).
+
+Every head returns logits; losses are plain functions in the jobs that train them.
+Shapes: B = batch, T = sequence length, H = hidden size, V = vocab, C = classes or choices,
+N = number of selected (masked) positions.
+Module names here are mapped to Hugging Face key names in `checkpoint.py` and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertforge.config import BertConfig
+from bertforge.model import BertModel, BertOutput
+
+
+class BertMLMHead(nn.Module):
+    """Masked-LM head: dense + GELU + LayerNorm, then the decoder tied to the input embeddings + bias."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., V]; `embedding_weight` is the [V, H] input embedding matrix (weight tying)."""
+        h = self.layer_norm(F.gelu(self.dense(hidden)))
+        return F.linear(h, embedding_weight, self.bias)
+
+
+@dataclass
+class PreTrainingOutput:
+    """mlm_logits: [N, V] at the selected positions (row-major order), or [B, T, V] when none were given.
+    nsp_logits: [B, 2], index 0 = IsNext, 1 = NotNext (the released checkpoints' convention)."""
+
+    mlm_logits: torch.Tensor
+    nsp_logits: torch.Tensor | None
+    encoder: BertOutput
+
+
+class BertForPreTraining(nn.Module):
+    """MLM + NSP (BERT §3.1). Set `nsp=False` for MLM-only pre-training (RoBERTa, Cramming)."""
+
+    hf_architecture = "BertForPreTraining"
+
+    def __init__(self, config: BertConfig, *, nsp: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=nsp)
+        self.mlm = BertMLMHead(config)
+        self.nsp = nn.Linear(config.hidden_size, 2) if nsp else None
+        self.mlm.apply(self.bert._init_weights)
+        if self.nsp is not None:
+            self.bert._init_weights(self.nsp)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, T]
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        masked_positions: torch.Tensor | None = None,  # [B, T] bool
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> PreTrainingOutput:
+        enc = self.bert(input_ids, attention_mask, token_type_ids,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        hidden = enc.sequence_output
+        if masked_positions is not None:
+            # The vocabulary projection dominates the cost: run it only where there is a label.
+            hidden = hidden[masked_positions]  # [N, H]
+        mlm_logits = self.mlm(hidden, self.bert.embeddings.word_embeddings.weight)
+        nsp_logits = self.nsp(enc.pooled_output) if self.nsp is not None else None
+        return PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits, encoder=enc)
+
+
+class BertForMaskedLM(BertForPreTraining):
+    """MLM head only, no pooler (the layout of Hugging Face `BertForMaskedLM` checkpoints)."""
+
+    hf_architecture = "BertForMaskedLM"
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config, nsp=False)
+
+
+@dataclass
+class ClassifierOutput:
+    """logits: [B, C] (sequence / multiple choice) or [B, T, C] (token classification)."""
+
+    logits: torch.Tensor
+    encoder: BertOutput
+
+
+class _LabelledHead(nn.Module):
+    """Shared by the task models whose outputs are named classes (saved as id2label / label2id)."""
+
+    def _set_labels(self, num_labels: int | None, labels: Sequence[str] | None) -> int:
+        if labels is not None:
+            labels = [str(label) for label in labels]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"labels must be distinct, got {labels}")
+            if num_labels is not None and num_labels != len(labels):
+                raise ValueError(f"num_labels={num_labels} but {len(labels)} labels were given")
+            num_labels = len(labels)
+        if num_labels is None or num_labels < 1:
+            raise ValueError("give num_labels (>= 1) or the list of labels")
+        self.labels = labels
+        return num_labels
+
+
+class BertForSequenceClassification(_LabelledHead):
+    """[CLS] -> pooler -> dropout -> linear (BERT §4.1). num_labels=1 is regression (e.g. STS-B)."""
+
+    hf_architecture = "BertForSequenceClassification"
+
+    def __init__(self, config: BertConfig, *, num_labels: int | None = None,
+                 labels: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.num_labels = self._set_labels(num_labels, labels)
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+        self.bert._init_weights(self.classifier)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> ClassifierOutput:
+        enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
+        return ClassifierOutput(logits=self.classifier(self.dropout(enc.pooled_output)), encoder=enc)
+
+
+class BertForTokenClassification(_LabelledHead):
+    """Every final hidden state -> dropout -> linear (BERT §5.3, NER). No pooler, as in HF."""
+
+    hf_architecture = "BertForTokenClassification"
+
+    def __init__(self, config: BertConfig, *, num_labels: int | None = None,
+                 labels: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.num_labels = self._set_labels(num_labels, labels)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+        self.bert._init_weights(self.classifier)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> ClassifierOutput:
+        enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
+        return ClassifierOutput(logits=self.classifier(self.dropout(enc.sequence_output)), encoder=enc)
+
+
+@dataclass
+class SpanOutput:
+    """start_logits, end_logits: [B, T] — S·T_i and E·T_i for every token i (BERT §4.2)."""
+
+    start_logits: torch.Tensor
+    end_logits: torch.Tensor
+    encoder: BertOutput
+
+
+class BertForQuestionAnswering(nn.Module):
+    """Start vector S and end vector E, one [H, 2] linear layer over every token (BERT §4.2)."""
+
+    hf_architecture = "BertForQuestionAnswering"
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.span = nn.Linear(config.hidden_size, 2)
+        self.bert._init_weights(self.span)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> SpanOutput:
+        enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
+        start, end = self.span(enc.sequence_output).unbind(-1)  # each [B, T]
+        return SpanOutput(start_logits=start, end_logits=end, encoder=enc)
+
+
+class BertForMultipleChoice(nn.Module):
+    """Each (context, ending) pair -> pooled [CLS] -> one score; softmax over the choices (BERT §4.4)."""
+
+    hf_architecture = "BertForMultipleChoice"
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.bert._init_weights(self.classifier)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> ClassifierOutput:
+        batch, choices, seq_len = input_ids.shape  # [B, C, T]
+        flat = lambda t: None if t is None else t.reshape(batch * choices, seq_len)  # noqa: E731
+        enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), **encoder_flags)
+        scores = self.classifier(self.dropout(enc.pooled_output))  # [B*C, 1]
+        return ClassifierOutput(logits=scores.view(batch, choices), encoder=enc)

@@ -1,0 +1,1 @@
+"""Training machinery shared by pre-training and fine-tuning: optimizers, schedules, loops, checkpoints."""
