@@ -78,6 +78,8 @@ class BertTokenizer:
         self.lowercase = lowercase
         self.model_max_length = model_max_length
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (vocab[t] for t in SPECIAL_TOKENS)
+        # Registered as special: matched whole in raw text ("[MASK]" is one token) and skipped by decode.
+        self.backend.add_special_tokens(list(SPECIAL_TOKENS))
         self.backend.no_padding()
         self.backend.no_truncation()
         self._truncation: tuple | None = None
