@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +252,10 @@ def read_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
                 return load_file(path), path
             # weights_only: tensors only, never unpickle arbitrary objects from a downloaded file.
             return torch.load(path, map_location="cpu", weights_only=True), path
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{path}: cannot be read: it holds Python objects besides tensors, which "
+                                  "bertforge refuses to unpickle; convert it to model.safetensors in a trusted "
+                                  "environment") from exc
         except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot be read ({exc}); the file is truncated or corrupt — "
                                   "copy or download it again") from exc
