@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from tqdm.auto import tqdm
 from bertforge.files import write_atomic
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
+
+if TYPE_CHECKING:
+    from bertforge.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,16 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     """Index batches, longest first, so that each batch pads to nearly its own length."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """[N, H] packed tokens of B texts -> [B, H]: each text's first ([CLS]) vector or its token mean."""
+    if pooling == "cls":
+        return hidden[cu_seqlens[:-1]]
+    lengths = cu_seqlens.diff()
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)  # [N]
+    sums = hidden.new_zeros(len(lengths), hidden.shape[-1]).index_add_(0, rows, hidden)  # [B, H]
+    return sums / lengths.clamp(min=1).unsqueeze(-1).to(hidden.dtype)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -61,10 +74,12 @@ def embed_texts(
     max_length: int | None = None,
     normalize: bool = False,
     progress: bool = False,
+    predictor: Predictor | None = None,
 ) -> Embeddings:
     """Embed `texts`. `layers` index hidden states (0 = embeddings, -1 = last; default: last only);
     several layers are combined by `combine` — the paper's best feature-based NER used the concatenation
     of the last four (`layers=[-4, -3, -2, -1]`). `pooled` is the [CLS] pooler output and takes no layers.
+    Batches run through `predictor` (default: a packed, length-sorted Predictor over `model`).
     """
     if pooling not in ("cls", "pooled", "mean"):
         raise ValueError(f"pooling must be cls, pooled or mean, not {pooling!r}")
@@ -76,36 +91,31 @@ def embed_texts(
     if bad:
         raise ValueError(f"layers {bad} out of range: this model has hidden states 0..{n_states - 1} (or -1..-{n_states})")
     max_length = min(max_length or tokenizer.model_max_length, model.config.max_position_embeddings)
+    if predictor is None:
+        from bertforge.inference.predictor import Predictor
+
+        # batch_size texts per pass, no token budget: the packed forward wastes nothing on padding
+        # (it skips dropout, so a model left in training mode takes the plain padded path).
+        predictor = Predictor(model, tokenizer, mode="padded" if model.training else "packed",
+                              max_batch=batch_size, max_tokens=batch_size * max_length)
     enc = tokenizer.encode(list(texts), max_length=max_length)
-    device = next(model.parameters()).device
     width = model.config.hidden_size * (len(layers) if combine == "concat" else 1)
     out = np.zeros((len(texts), width), dtype=np.float32)
     need_states = layers != [-1]
-    batches = length_sorted_batches([len(ids) for ids in enc.input_ids], batch_size)
+    batches = predictor.run(enc, output_hidden_states=need_states)
     for batch in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
-        longest = len(enc.input_ids[batch[0]])
-        ids = torch.full((len(batch), longest), tokenizer.pad_id, dtype=torch.long)
-        types = torch.zeros_like(ids)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(batch):
-            n = len(enc.input_ids[i])
-            ids[row, :n] = torch.tensor(enc.input_ids[i])
-            types[row, :n] = torch.tensor(enc.token_type_ids[i])
-            mask[row, :n] = 1
-        ids, types, mask = ids.to(device), types.to(device), mask.to(device)
-        result = model(ids, mask, types, output_hidden_states=need_states)
         if pooling == "pooled":
-            vectors = result.pooled_output
+            vectors = batch.pooled_output
         else:
-            states = [result.hidden_states[i] for i in layers] if need_states else [result.sequence_output]
-            pooled = [pool(h, mask, pooling) for h in states]  # K × [B, H]
+            states = [batch.hidden_states[i] for i in layers] if need_states else [batch.sequence_output]
+            pooled = [pool_packed(h, batch.cu_seqlens, pooling) for h in states]  # K × [B, H]
             if combine == "concat":
                 vectors = torch.cat(pooled, dim=-1)
             else:
                 vectors = torch.stack(pooled).sum(0) / (len(pooled) if combine == "mean" else 1)
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        out[batch] = vectors.float().cpu().numpy()
+        out[batch.indices] = vectors.float().cpu().numpy()
     return Embeddings(
         vectors=out,
         truncated=[i for i, t in enumerate(enc.truncated) if t],
