@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bertforge.config import BertConfig, ConfigError
+from bertforge.errors import BertforgeError
 from bertforge.files import write_atomic, write_text_atomic
 from bertforge.model import BertModel
 
@@ -93,7 +94,7 @@ _LEGACY_SUFFIXES = {".gamma": ".weight", ".beta": ".bias"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BertforgeError, RuntimeError):
     """A checkpoint that cannot be loaded or saved, with what is wrong and what to do."""
 
 

@@ -8,12 +8,21 @@ import logging
 import sys
 from collections.abc import Callable
 
+from bertforge.errors import BertforgeError
+
 # sub-command -> "module:function". Modules are imported only when the command line is parsed.
 JOBS: dict[str, str] = {
     "demo": "bertforge.demo:run",
     "params": "bertforge.params:run",
     "embed": "bertforge.inference.embed:run",
     "train-vocab": "bertforge.tokenizer_job:run",
+    "finetune": "bertforge.training.finetune:run",
+    "evaluate": "bertforge.training.finetune_evaluate:run",
+    "predict": "bertforge.training.finetune_predict:run",
+    "prepare": "bertforge.data.shards:run",
+    "pretrain": "bertforge.training.pretrain:run",
+    "export": "bertforge.training.export:run",
+    "quickstart": "bertforge.quickstart:run",
 }
 
 
@@ -22,14 +31,30 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
+def _option_names_with_underscores(args: list[str]) -> list[str]:
+    """`--text-column x` and `--text_column x` both work: jsonargparse names options after the Python
+    parameters (underscores), while dashes are the command-line convention users type."""
+    out = []
+    for arg in args:
+        if arg.startswith("--") and len(arg) > 2:
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + sep + value
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = sys.argv[1:] if argv is None else argv
+    args = _option_names_with_underscores(sys.argv[1:] if argv is None else argv)
     # Import only the chosen job's module (start-up stays fast); `bertforge --help` lists them all.
     chosen = [args[0]] if args and args[0] in JOBS else list(JOBS)
-    CLI({name: _load(JOBS[name]) for name in chosen}, args=args, as_positional=False)
+    try:
+        CLI({name: _load(JOBS[name]) for name in chosen}, args=args, as_positional=False)
+    except BertforgeError as exc:  # bad input: one clear line, not a traceback
+        print(f"bertforge: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from bertforge.errors import BertforgeError
+
 PositionEmbeddingType = Literal["learned", "sinusoidal"]
 
 
-class ConfigError(ValueError):
+class ConfigError(BertforgeError, ValueError):
     """A configuration that cannot describe a working model."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 
+from bertforge.errors import BertforgeError
 from bertforge.files import open_text, write_text_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -27,7 +28,7 @@ Truncation = Literal["longest_first", "only_first", "only_second"]
 Padding = Literal["none", "longest", "max_length"]
 
 
-class TokenizerError(ValueError):
+class TokenizerError(BertforgeError, ValueError):
     """A vocabulary or tokenizer file that cannot be used, or an input that cannot be encoded."""
 
 

@@ -9,12 +9,13 @@ import csv
 import json
 from pathlib import Path
 
+from bertforge.errors import BertforgeError
 from bertforge.files import open_text
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 
-class DataError(ValueError):
+class DataError(BertforgeError, ValueError):
     """Input data that cannot be used as given."""
 
 
