@@ -1,0 +1,199 @@
+"""Side by side: bertforge fine-tuning vs the same fine-tuning with `transformers` model classes and the plain
+PyTorch loop its users write (random batches padded to their longest member, no length grouping).
+
+Same checkpoint, same hyper-parameters (AdamW, weight decay 0.01 off biases/LayerNorm, linear warmup 10% and
+decay, grad clip 1.0), same seed, same examples. Prints the task metrics, the training wall-clock of each
+and the ratio. On a small CPU use a subset; with more compute drop --train-examples to run everything.
+
+    python benchmarks/bench_finetune.py --task sst2 --train-examples 4000 --epochs 1
+    python benchmarks/bench_finetune.py --task ner --train-examples 2000 --epochs 1
+    python benchmarks/bench_finetune.py --task squad --train-examples 1000 --eval-examples 500 --max-seq-length 256
+
+SST-2 uses each side's own tokenizer (bertforge's vs transformers' BertTokenizer). For NER and SQuAD both
+sides train on the features bertforge builds (same tokens; transformers ships no CoNLL/SQuAD reader outside
+its example scripts) and are scored by the same official-metric code; only model code and loop differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertforge.checkpoint import load_model
+from bertforge.pretrained import resolve_model
+from bertforge.tasks.base import collate, family
+from bertforge.tokenizer import BertTokenizer
+from bertforge.training.finetune_loop import EvalSet, evaluate, predict_outputs, train
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SQUAD_EVAL_TITLES = ("American_Broadcasting_Company Apollo_program Chloroplast Doctor_Who Genghis_Khan Kenya "
+                     "Martin_Luther Newcastle_upon_Tyne Nikola_Tesla Super_Bowl_50 Teacher "
+                     "United_Methodist_Church Victoria_and_Albert_Museum").split()
+
+
+def load_data(args, task):
+    if args.task == "sst2":
+        return task.read(DATA / "glue/SST-2/train.tsv"), task.read(DATA / "glue/SST-2/dev.tsv")
+    if args.task == "ner":
+        return task.read(DATA / "conll2003/train.txt"), task.read(DATA / "conll2003/test.txt")
+    examples = task.read(DATA / "squad/dev-v1.1.reconstructed.json")
+    evaluation = [e for e in examples if e.title in SQUAD_EVAL_TITLES]
+    return [e for e in examples if e.title not in SQUAD_EVAL_TITLES], evaluation
+
+
+# ----- transformers side --------------------------------------------------------------------------
+def hf_model(args, model_dir: Path, task):
+    import transformers
+
+    cls = {"sst2": transformers.BertForSequenceClassification, "ner": transformers.BertForTokenClassification,
+           "squad": transformers.BertForQuestionAnswering}[args.task]
+    kwargs = {"num_labels": len(task.label_names)} if args.task != "squad" else {}
+    return cls.from_pretrained(str(model_dir), **kwargs)
+
+
+def hf_sst2_batches(args, model_dir: Path, examples, shuffle: bool, generator):
+    """What a transformers user writes: its tokenizer, padding to the longest in a random batch."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    order = torch.randperm(len(examples), generator=generator).tolist() if shuffle else list(range(len(examples)))
+    for start in range(0, len(order), args.batch_size if shuffle else args.eval_batch_size):
+        chosen = [examples[i] for i in order[start : start + (args.batch_size if shuffle else args.eval_batch_size)]]
+        batch = tokenizer([e.text for e in chosen], padding="longest", truncation=True,
+                          max_length=args.max_seq_length, return_tensors="pt")
+        batch["labels"] = torch.tensor([int(e.label) for e in chosen])
+        yield batch
+
+
+def hf_train(args, model_dir: Path, task, train_examples, train_features, eval_examples, eval_features,
+             pad_id: int) -> tuple[dict, float]:
+    from transformers import get_linear_schedule_with_warmup
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    model = hf_model(args, model_dir, task).train()
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [{"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+               "weight_decay": 0.01},
+              {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, eps=1e-6)
+    n_train = len(train_examples) if args.task == "sst2" else len(train_features)
+    total = math.ceil(n_train / args.batch_size) * args.epochs
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.perf_counter()
+    for _ in range(args.epochs):
+        if args.task == "sst2":
+            batches = hf_sst2_batches(args, model_dir, train_examples, True, generator)
+        else:
+            batches = _hf_feature_batches(task, train_features, args.batch_size, generator, pad_id)
+        for batch in batches:
+            if args.task == "sst2":
+                loss = model(**batch).loss
+            else:
+                inputs, labels = batch
+                loss = task.loss(model(**inputs), labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+    seconds = time.perf_counter() - started
+    model.eval()
+    if args.task == "sst2":
+        correct = 0
+        with torch.inference_mode():
+            for batch in hf_sst2_batches(args, model_dir, eval_examples, False, generator):
+                labels = batch.pop("labels")
+                correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+        return {"accuracy": correct / len(eval_examples)}, seconds
+    outputs = predict_outputs(model, task, eval_features, pad_id=pad_id, batch_size=args.eval_batch_size)
+    return task.evaluate(eval_examples, eval_features, outputs), seconds
+
+
+def _hf_feature_batches(task, features, batch_size, generator, pad_id):
+    order = torch.randperm(len(features), generator=generator).tolist()
+    for start in range(0, len(order), batch_size):
+        chosen = [features[i] for i in order[start : start + batch_size]]
+        yield collate(chosen, pad_id), task.labels(chosen)
+
+
+# ----- bertforge side ------------------------------------------------------------------------------
+def ours_train(args, model_dir: Path, task, train_examples, eval_examples) -> tuple[dict, float, list, list]:
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    model = load_model(model_dir, task.model_class, **task.model_kwargs())
+    started = time.perf_counter()  # tokenization is part of the clock, as on the transformers side
+    features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
+    result = train(model, task, features, (), pad_id=tokenizer.pad_id, epochs=args.epochs,
+                   batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, progress=False)
+    seconds = time.perf_counter() - started
+    eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
+    metrics = evaluate(model, task, EvalSet("eval", eval_examples, eval_features), pad_id=tokenizer.pad_id,
+                       batch_size=args.eval_batch_size)
+    del result
+    return metrics, seconds, features, eval_features
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=("sst2", "ner", "squad"), default="sst2")
+    parser.add_argument("--model", default="all-minilm-l6-v2")
+    parser.add_argument("--train-examples", type=int, default=4000, help="first N training examples; 0 = all")
+    parser.add_argument("--eval-examples", type=int, default=0, help="first N evaluation examples; 0 = all")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--doc-stride", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", choices=("ours", "transformers"), default=None)
+    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model_dir = resolve_model(args.model)
+    task = family(args.task, doc_stride=args.doc_stride)
+    train_examples, eval_examples = load_data(args, task)
+    train_examples = train_examples[: args.train_examples] if args.train_examples else train_examples
+    eval_examples = eval_examples[: args.eval_examples] if args.eval_examples else eval_examples
+    task.fit_labels(train_examples)
+    print(f"{args.task}: {len(train_examples)} training examples, {len(eval_examples)} evaluation examples, "
+          f"{args.epochs} epoch(s), batch {args.batch_size}, lr {args.learning_rate}, "
+          f"max_seq_length {args.max_seq_length}, seed {args.seed}, {args.threads} threads", flush=True)
+    report = {"args": {k: str(v) for k, v in vars(args).items()}}
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
+    eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
+    if args.skip != "ours":
+        metrics, seconds, features, eval_features = ours_train(args, model_dir, task, train_examples, eval_examples)
+        report["bertforge"] = {"metrics": metrics, "train_seconds": seconds}
+        print(f"bertforge:    {_fmt(metrics)}  train {seconds:.1f}s", flush=True)
+    if args.skip != "transformers":
+        metrics, seconds = hf_train(args, model_dir, task, train_examples, features, eval_examples, eval_features,
+                                    tokenizer.pad_id)
+        report["transformers"] = {"metrics": metrics, "train_seconds": seconds}
+        print(f"transformers: {_fmt(metrics)}  train {seconds:.1f}s", flush=True)
+    if "bertforge" in report and "transformers" in report:
+        ratio = report["transformers"]["train_seconds"] / report["bertforge"]["train_seconds"]
+        report["speedup"] = ratio
+        print(f"bertforge is {ratio:.2f}x the speed of transformers (training wall-clock)")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+
+def _fmt(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "/" not in k)
+
+
+if __name__ == "__main__":
+    main()

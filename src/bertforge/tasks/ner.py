@@ -1,0 +1,225 @@
+"""Token classification (BERT §5.3): named-entity recognition on CoNLL-2003.
+
+Each word's label sits on its first WordPiece; the other pieces take no loss and their predictions are
+ignored, so predictions map back to exactly one tag per word. Scoring is conlleval's: an entity counts
+as correct only when its type and both boundaries match, in BIO (IOB2), IOB1 or IOBES tagging alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bertforge.data.tables import DataError
+from bertforge.files import open_text
+from bertforge.heads import BertForTokenClassification
+from bertforge.tasks.base import IGNORE_INDEX, Feature
+
+TAG = re.compile(r"^(O|[BIES]-\S+)$")
+
+
+@dataclass
+class Sentence:
+    words: list[str]
+    tags: list[str] | None
+    source: str = ""  # "file:line" of its first word
+
+
+def read_conll(path: str | Path, *, tag_column: int = -1, labelled: bool = True) -> list[Sentence]:
+    """CoNLL format: one word per line with space-separated columns (word first, the tag in `tag_column`),
+    a blank line between sentences, `-DOCSTART-` lines between documents."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    sentences, words, tags, start = [], [], [], 0
+    with open_text(path) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if words:
+                    sentences.append(Sentence(words, tags if labelled else None, f"{path}:{start}"))
+                words, tags = [], []
+                continue
+            if labelled:
+                if len(fields) < 2:
+                    raise DataError(f"{path}:{line_no}: {line.strip()!r} has no tag column; each line needs "
+                                    "'word ... TAG' separated by spaces, and a blank line between sentences")
+                tag = fields[tag_column]
+                if not TAG.match(tag):
+                    raise DataError(f"{path}:{line_no}: tag {tag!r} is not O, B-TYPE, I-TYPE, E-TYPE or S-TYPE; "
+                                    "is the tag in the last column?")
+                tags.append(tag)
+            words.append(fields[0])
+            start = start if len(words) > 1 else line_no
+    if words:
+        sentences.append(Sentence(words, tags if labelled else None, f"{path}:{start}"))
+    return sentences
+
+
+# ----- conlleval ----------------------------------------------------------------------------------
+def _split(tag: str) -> tuple[str, str]:
+    return ("O", "") if tag == "O" else (tag[0], tag[2:])
+
+
+def _ends(prev: str, prev_type: str, tag: str, type_: str) -> bool:
+    """conlleval's endOfChunk: does the chunk that includes the previous token end before this one?"""
+    if prev in ("E", "S"):
+        return True
+    if prev in ("B", "I") and tag in ("B", "S", "O"):
+        return True
+    return prev != "O" and prev_type != type_
+
+
+def _starts(prev: str, prev_type: str, tag: str, type_: str) -> bool:
+    """conlleval's startOfChunk: does a chunk start at this token? (An I after O or after another
+    type starts one, which is how IOB1 and sloppy BIO are read.)"""
+    if tag in ("B", "S"):
+        return True
+    if tag in ("I", "E") and prev in ("E", "S", "O"):
+        return True
+    return tag != "O" and prev_type != type_
+
+
+def chunks(tags: Sequence[str]) -> set[tuple[int, int, str]]:
+    """Entities as (first, last, type) word positions, by conlleval's rules."""
+    found, prev, prev_type, begin = set(), "O", "", None
+    for i, tag in enumerate([*tags, "O"]):
+        kind, type_ = _split(tag)
+        if begin is not None and _ends(prev, prev_type, kind, type_):
+            found.add((begin, i - 1, prev_type))
+            begin = None
+        if _starts(prev, prev_type, kind, type_):
+            begin = i
+        prev, prev_type = kind, type_
+    return found
+
+
+def conll_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict:
+    """Entity-level precision, recall and F1 (overall and per type) and token accuracy, as conlleval
+    computes them; every sentence is scored on its own, like conlleval's blank-line boundaries."""
+    counts: dict[str, list[int]] = {}  # type -> [correct, predicted, gold]
+    right = total = 0
+    for g, p in zip(gold, predicted, strict=True):
+        if len(g) != len(p):
+            raise ValueError(f"a sentence has {len(g)} gold tags but {len(p)} predicted tags")
+        gold_chunks, pred_chunks = chunks(g), chunks(p)
+        for chunk in gold_chunks | pred_chunks:
+            entry = counts.setdefault(chunk[2], [0, 0, 0])
+            entry[0] += chunk in gold_chunks and chunk in pred_chunks
+            entry[1] += chunk in pred_chunks
+            entry[2] += chunk in gold_chunks
+        right += sum(a == b for a, b in zip(g, p, strict=True))
+        total += len(g)
+    correct, n_pred, n_gold = (sum(c[k] for c in counts.values()) for k in range(3))
+    result = {**_prf(correct, n_pred, n_gold), "accuracy": right / total if total else 0.0}
+    for type_, (c, p, g) in sorted(counts.items()):
+        result.update({f"{type_}_{k}": v for k, v in _prf(c, p, g).items()})
+    return result
+
+
+def _prf(correct: int, predicted: int, gold: int) -> dict:
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall}
+
+
+# ----- the family ---------------------------------------------------------------------------------
+class TokenClassification:
+    """NER on CoNLL-format files; the label set is read from the training data."""
+
+    model_class = BertForTokenClassification
+    metric_names = ("f1", "precision", "recall", "accuracy")
+
+    def __init__(self, name: str = "ner", *, labels: Sequence[str] | None = None, tag_column: int = -1) -> None:
+        self.name = "ner"
+        self.label_names = list(labels) if labels else None
+        self.tag_column = tag_column
+
+    def read(self, path: str | Path, *, labelled: bool = True) -> list[Sentence]:
+        return read_conll(path, tag_column=self.tag_column, labelled=labelled)
+
+    def fit_labels(self, sentences: Sequence[Sentence]) -> None:
+        if not self.label_names:
+            found = {t for s in sentences for t in s.tags}
+            # O first, then by entity type and position: a stable, readable id2label.
+            self.label_names = sorted(found, key=lambda t: (t != "O", t[2:], t[0]))
+
+    def model_kwargs(self) -> dict:
+        return {"labels": self.label_names}
+
+    def settings(self) -> dict:
+        return {"task": self.name, "tag_column": self.tag_column}
+
+    def features(self, sentences: Sequence[Sentence], tokenizer, *, max_seq_length: int,
+                 train: bool = False) -> list[Feature]:
+        """`[CLS] pieces [SEP]` per sentence; a sentence too long for one window is split between words
+        into several features (`extra["words"]` = the word indices each feature covers)."""
+        vocab = sorted({w for s in sentences for w in s.words})
+        enc = tokenizer.encode(vocab, add_special_tokens=False, truncation=None, max_length=10**9)
+        pieces = {w: ids or [tokenizer.unk_id] for w, ids in zip(vocab, enc.input_ids, strict=True)}
+        index = {t: i for i, t in enumerate(self.label_names or [])}
+        budget = max_seq_length - 2
+        features = []
+        for n, sentence in enumerate(sentences):
+            labels = None
+            if sentence.tags is not None and self.label_names:
+                labels = []
+                for i, tag in enumerate(sentence.tags):
+                    if tag not in index:
+                        raise DataError(f"{sentence.source}: word {i + 1} has tag {tag!r}, unseen in training "
+                                        f"(tags: {self.label_names}); fix the tag or train with examples of it")
+                    labels.append(index[tag])
+            start = 0
+            while start < len(sentence.words):
+                ids, targets, firsts, end = [tokenizer.cls_id], [IGNORE_INDEX], [], start
+                while end < len(sentence.words) and (len(ids) - 1 + len(pieces[sentence.words[end]]) <= budget
+                                                     or end == start):
+                    word_ids = pieces[sentence.words[end]][: budget]
+                    firsts.append(len(ids))
+                    targets += [labels[end] if labels else IGNORE_INDEX] + [IGNORE_INDEX] * (len(word_ids) - 1)
+                    ids += word_ids
+                    end += 1
+                ids.append(tokenizer.sep_id)
+                targets.append(IGNORE_INDEX)
+                features.append(Feature(ids, [0] * len(ids), targets, n,
+                                        {"first_pieces": firsts, "words": (start, end)}))
+                start = end
+        return features
+
+    def labels(self, features: Sequence[Feature]) -> dict[str, torch.Tensor]:
+        width = max(len(f.input_ids) for f in features)
+        out = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        for i, f in enumerate(features):
+            out[i, : len(f.label)] = torch.tensor(f.label)
+        return {"labels": out}
+
+    def loss(self, output, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = output.logits  # [B, T, C]
+        return F.cross_entropy(logits.flatten(0, 1), labels["labels"].flatten(), ignore_index=IGNORE_INDEX)
+
+    def outputs(self, output, batch) -> list[np.ndarray]:
+        lengths = batch["attention_mask"].sum(1).tolist()
+        logits = output.logits.float().cpu().numpy()
+        return [row[:n] for row, n in zip(logits, lengths, strict=True)]  # B × [T_i, C]
+
+    def word_tags(self, sentences: Sequence[Sentence], features: Sequence[Feature],
+                  outputs: Sequence[np.ndarray]) -> list[list[str]]:
+        """One predicted tag per word: the arg-max at the word's first piece."""
+        tags = [[""] * len(s.words) for s in sentences]
+        for feature, logits in zip(features, outputs, strict=True):
+            start, _ = feature.extra["words"]
+            best = logits[feature.extra["first_pieces"]].argmax(-1)
+            for offset, label in enumerate(best):
+                tags[feature.example][start + offset] = self.label_names[label]
+        return tags
+
+    def evaluate(self, sentences: Sequence[Sentence], features: Sequence[Feature],
+                 outputs: Sequence[np.ndarray]) -> dict:
+        return conll_f1([s.tags for s in sentences], self.word_tags(sentences, features, outputs))
