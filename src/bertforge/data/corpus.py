@@ -16,7 +16,7 @@ from pathlib import Path
 
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets), then whitespace, then
 # something that can start a sentence (capital letter, digit, opening quote or bracket).
-_BOUNDARY = re.compile(r"""(?<=[.!?])["'”’)\]]*\s+(?=["'“‘(\[]?[A-Z0-9])""")
+_BOUNDARY = re.compile(r"""(?<=[.!?])(["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9])""")
 # Words whose final period is not a sentence end ("Dr. Smith", "e.g. Paris", "U.S. Army", "J. Smith").
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf al approx fig no vol ch sec dept est inc ltd co corp "
@@ -32,12 +32,12 @@ def split_sentences(text: str) -> list[str]:
     sentences: list[str] = []
     start = 0
     for match in _BOUNDARY.finditer(text):
-        candidate = text[start:match.start()].rstrip("\"'”’)]")
+        candidate = text[start:match.start()]
         last_word = candidate.rsplit(None, 1)[-1].lower().rstrip(".") if candidate.split() else ""
         # Single letters ("J.") and known abbreviations do not end a sentence.
         if len(last_word) <= 1 or last_word in _ABBREVIATIONS:
             continue
-        sentences.append(text[start:match.start()].strip())
+        sentences.append(text[start:match.end(1)].strip())
         start = match.end()
     sentences.append(text[start:].strip())
     return [s for s in sentences if s]

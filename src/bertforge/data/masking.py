@@ -84,7 +84,10 @@ def _select_whole_words(input_ids: torch.Tensor, maskable: torch.Tensor, continu
                         settings: MaskingSettings, generator: torch.Generator) -> torch.Tensor:
     """[B, T] bool: whole words in random order while their tokens fit into the row's budget k."""
     k = _count(maskable, settings, generator)
-    starts = maskable & ~continuation
+    # A word starts at a non-"##" token, or at a "##" piece that follows a special token (a segment
+    # whose front was trimmed).
+    after_special = torch.nn.functional.pad(~maskable[:, :-1], (1, 0), value=True)
+    starts = maskable & (~continuation | after_special)
     word = starts.long().cumsum(dim=1) - 1  # [B, T] index of each token's word within its row
     scores = torch.rand(input_ids.shape, generator=generator)
     selected = torch.zeros_like(maskable)
