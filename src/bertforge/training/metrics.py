@@ -74,7 +74,8 @@ def plot_curves(records: list[dict], path: str | Path, *, title: str) -> Path:
     right.set(xlabel="step", ylabel="accuracy", title="held-out accuracy", ylim=(0, 1))
     for axis in (left, right):
         axis.grid(alpha=0.3)
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
     fig.tight_layout()
     path = Path(path)
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -1,0 +1,168 @@
+"""The pre-training loop on a tiny model: bit-exact resume, accumulation, NaN stop, export to transformers,
+LAMB against its formula, and 2-process DDP (gloo) against 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertforge.data.shards import prepare_corpus
+from bertforge.tokenizer import BertTokenizer
+from bertforge.training.checkpointing import latest_checkpoint, load_checkpoint
+from bertforge.training.lamb import Lamb
+from bertforge.training.pretrain import PretrainConfig, train
+
+TINY = {"hidden_size": 36, "num_layers": 2, "num_heads": 3, "intermediate_size": 52}
+
+
+def _python_docs_corpus(path: Path, count: int = 60) -> Path:
+    """Real English text every Python carries: pydoc topics, one document each."""
+    from pydoc_data.topics import topics
+
+    docs = [topics[key] for key in sorted(topics)[:count]]
+    path.write_text("\n\n".join("\n".join(line for line in doc.splitlines() if line.strip()) for doc in docs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    text = _python_docs_corpus(root / "docs.txt")
+    tokenizer = BertTokenizer.train([text], vocab_size=400)
+    prepare_corpus([text], root / "data", tokenizer, heldout_every=10, progress=False)
+    return root / "data"
+
+
+def _config(corpus: Path, out: Path, **changes) -> PretrainConfig:
+    values = dict(data=corpus, output_dir=out, preset="tiny", model_overrides=TINY, max_seq_length=48, batch_size=8,
+                  steps=8, lr=2e-3, warmup_steps=2, eval_every=4, eval_batches=2, log_every=2, save_every=3,
+                  progress=False, tensorboard=False, seed=7)
+    values.update(changes)
+    return PretrainConfig(**values)
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model" / "model.safetensors"))
+
+
+def test_resume_after_a_crash_repeats_the_uninterrupted_run_bit_for_bit(corpus, tmp_path):
+    whole = train(_config(corpus, tmp_path / "whole"))  # dropout 0.1 on: the RNG state must resume too
+    assert whole.stopped == "finished" and sorted(whole.losses) == list(range(1, 9))
+
+    crashed = train(_config(corpus, tmp_path / "crash"), stop_after=5)  # dies after step 5; last checkpoint: 3
+    assert crashed.stopped == "stop_after"
+    assert latest_checkpoint(tmp_path / "crash" / "checkpoints").name == "step-0000003.pt"
+    for step in range(1, 6):
+        assert crashed.losses[step] == whole.losses[step]
+
+    resumed = train(_config(corpus, tmp_path / "crash", resume=True))
+    assert sorted(resumed.losses) == [4, 5, 6, 7, 8]
+    for step in range(4, 9):
+        assert resumed.losses[step] == whole.losses[step]  # exactly equal, not approximately
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "crash")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The metrics file of the resumed run has each step once.
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "train"]
+    assert steps == [2, 4, 6, 8]
+    assert resumed.evaluations[8] == whole.evaluations[8]
+    assert whole.evaluations[8]["mlm_accuracy"] > whole.evaluations[0]["mlm_accuracy"]
+    assert (tmp_path / "whole" / "curves.png").stat().st_size > 10_000
+
+
+def test_gradient_accumulation_gives_the_same_weights(corpus, tmp_path):
+    one = train(_config(corpus, tmp_path / "one", steps=3, dropout=0.0, eval_batches=0))
+    two = train(_config(corpus, tmp_path / "two", steps=3, dropout=0.0, eval_batches=0, grad_accum_steps=4))
+    for step in (1, 2, 3):
+        assert one.losses[step] == pytest.approx(two.losses[step], abs=1e-5)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_nan_loss_stops_with_a_checkpoint(corpus, tmp_path):
+    def poison(step, loss, model):
+        if step == 2:
+            with torch.no_grad():
+                model.bert.embeddings.word_embeddings.weight[5:].fill_(float("nan"))
+
+    result = train(_config(corpus, tmp_path / "nan"), on_step=poison)
+    assert result.stopped == "nan" and result.step == 2 and sorted(result.losses) == [1, 2]
+    state = load_checkpoint(tmp_path / "nan")
+    assert state["step"] == 2
+    from bertforge.training.pretrain import run
+
+    with pytest.raises(SystemExit, match="stopped at step 3: non-finite loss"):
+        run(**{**vars(_config(corpus, tmp_path / "nan2")), "steps": 3, "lr": 1e9, "max_grad_norm": 1e30,
+               "warmup_steps": 0, "schedule": "constant"})
+
+
+def test_export_loads_in_transformers_with_the_same_outputs(corpus, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from bertforge.training.export import load_pretraining_checkpoint
+    from bertforge.training.export import run as export
+
+    train(_config(corpus, tmp_path / "run", steps=2, eval_batches=0))
+    out = export(tmp_path / "run", tmp_path / "hf")
+    ours = load_pretraining_checkpoint(tmp_path / "run")
+    theirs = transformers.BertForPreTraining.from_pretrained(out, attn_implementation="eager").eval()
+    tokenizer = BertTokenizer.from_pretrained(out)
+    batch = tokenizer.encode(["The for statement iterates.", "Classes"], ["It is a loop.", "have methods"],
+                             padding="longest")
+    tensors = batch.tensors()
+    with torch.no_grad():
+        mine = ours(**tensors)
+        ref = theirs(**tensors)
+    assert torch.allclose(mine.mlm_logits, ref.prediction_logits, atol=1e-4)
+    assert torch.allclose(mine.nsp_logits, ref.seq_relationship_logits, atol=1e-5)
+
+
+def test_lamb_step_matches_its_formula():
+    w0 = np.array([[0.5, -1.0], [2.0, 0.25]])
+    g = np.array([[0.1, 0.2], [-0.3, 0.05]])
+    lr, wd, eps = 0.1, 0.01, 1e-6
+    param = torch.nn.Parameter(torch.tensor(w0))
+    optimizer = Lamb([param], lr=lr, weight_decay=wd, eps=eps)
+    param.grad = torch.tensor(g)
+    optimizer.step()
+    # After one step Adam's bias-corrected moments are g and g^2: the update is g/(|g|+eps) + wd*w.
+    update = g / (np.abs(g) + eps) + wd * w0
+    expected = w0 - lr * (np.linalg.norm(w0) / np.linalg.norm(update)) * update
+    assert np.allclose(param.detach().numpy(), expected, atol=1e-12)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, config: PretrainConfig) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        train(config)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process(corpus, tmp_path):
+    import torch.multiprocessing as mp
+
+    settings = dict(steps=3, dropout=0.0, eval_batches=0, save_every=100)
+    single = train(_config(corpus, tmp_path / "single", **settings))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), _config(corpus, tmp_path / "ddp", **settings)), nprocs=2)
+    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    logged = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["loss"] == pytest.approx(single.losses[3], abs=1e-5)
