@@ -23,6 +23,12 @@ JOBS: dict[str, str] = {
     "pretrain": "bertforge.training.pretrain:run",
     "export": "bertforge.training.export:run",
     "quickstart": "bertforge.quickstart:run",
+    "fill-mask": "bertforge.inference.commands:fill_mask",
+    "classify": "bertforge.inference.commands:classify",
+    "ner": "bertforge.inference.commands:ner",
+    "qa": "bertforge.inference.commands:qa",
+    "serve": "bertforge.inference.server:run",
+    "export-onnx": "bertforge.inference.onnx_export:run",
 }
 
 

@@ -74,6 +74,7 @@ def _require(predictor: Predictor, cls: type | tuple[type, ...], task: str) -> N
 
 
 # ----- fill-mask ------------------------------------------------------------------------------------------
+@torch.inference_mode()
 def fill_mask(predictor: Predictor, texts: Sequence[str], *, top_k: int = 5) -> list[list[list[dict]]]:
     """For every text, for every [MASK] in it (left to right), the top-k tokens with probabilities."""
     _require(predictor, BertForPreTraining, "fill-mask")
@@ -110,6 +111,7 @@ def embed(predictor: Predictor, texts: Sequence[str], *, pooling: Pooling = "mea
 
 
 # ----- classify -------------------------------------------------------------------------------------------
+@torch.inference_mode()
 def classify(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
     """{label, score, scores: {label: probability}} per text (pair); regression models give {value}."""
     _require(predictor, BertForSequenceClassification, "classify")
@@ -139,6 +141,7 @@ def _entity_type(label: str) -> tuple[str, str]:
     return "I", label
 
 
+@torch.inference_mode()
 def ner(predictor: Predictor, texts: Sequence[str]) -> list[list[dict]]:
     """Entities per text: {entity, text, start, end, score}; character spans into the original text.
 
@@ -200,6 +203,7 @@ class _Window:
     offsets: list[tuple[int, int]]  # character spans of the window's context tokens
 
 
+@torch.inference_mode()
 def qa(predictor: Predictor, questions: Sequence[str], contexts: Sequence[str], *, max_length: int = 384,
        stride: int = 128, max_answer_tokens: int = 30) -> list[dict]:
     """{answer, score, start, end} per (question, context): the best span over all windows.

@@ -1,0 +1,114 @@
+"""The pipeline sub-commands: `bertforge fill-mask | classify | ner | qa`.
+
+Each reads texts from `--text` (one text or a JSON list) or a file, runs the pipeline and prints a JSON list (or writes
+JSON lines to `--output`), one result per input, in input order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bertforge.inference import pipelines
+
+
+def _listed(value: list[str] | str | None) -> list[str] | None:
+    return [value] if isinstance(value, str) else value
+
+
+def _texts(text: list[str] | str | None, input: Path | None, text_column: str | None) -> list[str]:
+    from bertforge.data.tables import read_texts
+
+    if (text is None) == (input is None):
+        raise SystemExit("give the texts with --text (a text or a JSON list) or a file with --input, not both")
+    return _listed(text) if text is not None else read_texts(input, text_column=text_column)
+
+
+def _emit(results: list, output: Path | None) -> list:
+    if output is None:
+        print(json.dumps(results, indent=1, ensure_ascii=False))
+    else:
+        from bertforge.files import write_text_atomic
+
+        write_text_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
+        print(f"wrote {len(results)} results to {output}")
+    return results
+
+
+def fill_mask(model: str, text: list[str] | str | None = None, input: Path | None = None,
+              text_column: str | None = None, top_k: int = 5, output: Path | None = None,
+              device: str = "cpu") -> list:
+    """Predict the tokens behind every [MASK] (a pre-training or masked-LM checkpoint).
+
+    Args:
+        model: Model directory (BertForPreTraining or BertForMaskedLM).
+        text: A text with one or more [MASK] tokens, or a JSON list of texts.
+        input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
+        text_column: The text column of a table input.
+        top_k: Predictions per [MASK].
+        output: Write JSON lines here instead of printing.
+        device: cpu, cuda, ...
+    """
+    loaded = pipelines.load_pipeline(model, device=device)
+    return _emit(pipelines.fill_mask(loaded.predictor, _texts(text, input, text_column), top_k=top_k), output)
+
+
+def classify(model: str, text: list[str] | str | None = None, input: Path | None = None,
+             text_column: str | None = None, output: Path | None = None, device: str = "cpu") -> list:
+    """Label texts with a sequence-classification checkpoint (labels and probabilities).
+
+    Args:
+        model: Model directory (BertForSequenceClassification).
+        text: A text to classify, or a JSON list of texts.
+        input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
+        text_column: The text column of a table input.
+        output: Write JSON lines here instead of printing.
+        device: cpu, cuda, ...
+    """
+    loaded = pipelines.load_pipeline(model, device=device)
+    return _emit(pipelines.classify(loaded.predictor, _texts(text, input, text_column)), output)
+
+
+def ner(model: str, text: list[str] | str | None = None, input: Path | None = None,
+        text_column: str | None = None, output: Path | None = None, device: str = "cpu") -> list:
+    """Find entities (type, text, character span, score) with a token-classification checkpoint.
+
+    Args:
+        model: Model directory (BertForTokenClassification with BIO labels).
+        text: A text, or a JSON list of texts.
+        input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
+        text_column: The text column of a table input.
+        output: Write JSON lines here instead of printing.
+        device: cpu, cuda, ...
+    """
+    loaded = pipelines.load_pipeline(model, device=device)
+    return _emit(pipelines.ner(loaded.predictor, _texts(text, input, text_column)), output)
+
+
+def qa(model: str, question: list[str] | str | None = None, context: list[str] | str | None = None,
+       input: Path | None = None, max_length: int = 384, stride: int = 128, max_answer_tokens: int = 30,
+       output: Path | None = None, device: str = "cpu") -> list:
+    """Extract answers from contexts (any length: overlapping windows) with a question-answering checkpoint.
+
+    Args:
+        model: Model directory (BertForQuestionAnswering).
+        question: A question, or a JSON list of questions paired with a list of --context.
+        context: The passage to answer from.
+        input: Or a .csv/.tsv/.jsonl file with question and context columns.
+        max_length: Tokens per window (question + context piece + 3 special tokens).
+        stride: Tokens of overlap between consecutive windows.
+        max_answer_tokens: Longest answer considered.
+        output: Write JSON lines here instead of printing.
+        device: cpu, cuda, ...
+    """
+    from bertforge.data.tables import read_records
+
+    if input is not None:
+        rows = read_records(input, required=("question", "context"))
+        question, context = [r["question"] for r in rows], [r["context"] for r in rows]
+    question, context = _listed(question), _listed(context)
+    if not question or not context or len(question) != len(context):
+        raise SystemExit("give as many --question as --context (or --input with question/context columns)")
+    loaded = pipelines.load_pipeline(model, device=device)
+    return _emit(pipelines.qa(loaded.predictor, question, context, max_length=max_length, stride=stride,
+                              max_answer_tokens=max_answer_tokens), output)

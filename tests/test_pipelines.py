@@ -1,0 +1,152 @@
+"""Pipelines on tiny random models saved and loaded like real checkpoints: fill-mask and classify agree
+with the plain padded forward pass; ner and qa find answers planted in the weights (`tiny.plant_tokens`),
+with exact character spans, merged sub-tokens and sliding windows; the CLI commands print the same."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertforge.checkpoint import save_model
+from bertforge.cli import main
+from bertforge.heads import (
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
+from bertforge.inference import pipelines
+from bertforge.inference.pipelines import PipelineError, load_pipeline
+from bertforge.inference.tiny import build, plant_tokens, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def mlm_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("mlm")
+    build(BertForMaskedLM, directory, seed=3)
+    return directory
+
+
+def test_fill_mask_matches_padded_forward(mlm_dir: Path) -> None:
+    loaded = load_pipeline(mlm_dir, max_tokens=16)
+    assert loaded.tasks == ("fill-mask", "embed")
+    texts = ["john [MASK] the guitar .", "[MASK] is the capital of [MASK] !", "good [MASK]"]
+    got = pipelines.fill_mask(loaded.predictor, texts, top_k=3)
+    model, tok = loaded.predictor.model, loaded.predictor.tokenizer
+    with torch.inference_mode():
+        enc = tok.encode(texts, padding="longest")
+        logits = model(**enc.tensors()).mlm_logits  # [B, T, V]
+    for i, text_result in enumerate(got):
+        positions = np.flatnonzero(enc.input_ids[i] == tok.mask_id)
+        assert len(text_result) == len(positions)
+        for pos, top in zip(positions, text_result, strict=True):
+            probs = logits[i, pos].softmax(-1)
+            values, ids = probs.topk(3)
+            assert [t["token_id"] for t in top] == ids.tolist()
+            assert [t["token"] for t in top] == [tok.id_to_token(j) for j in ids.tolist()]
+            np.testing.assert_allclose([t["score"] for t in top], values.tolist(), atol=1e-6)
+    with pytest.raises(PipelineError, match="no \\[MASK\\]"):
+        pipelines.fill_mask(loaded.predictor, ["no mask here"])
+    with pytest.raises(PipelineError, match="classify needs"):
+        pipelines.classify(loaded.predictor, ["x"])
+
+
+def test_classify_labels_and_probabilities(tmp_path: Path) -> None:
+    model = build(BertForSequenceClassification, tmp_path, seed=4, labels=["negative", "positive", "neutral"])
+    loaded = load_pipeline(tmp_path, max_tokens=20, max_batch=2)
+    texts = ["good movie", "bad film , i hate it", "the day was new"]
+    got = pipelines.classify(loaded.predictor, texts)
+    with torch.inference_mode():
+        probs = model(**loaded.predictor.tokenizer.encode(texts, padding="longest").tensors()).logits.softmax(-1)
+    for result, p in zip(got, probs, strict=True):
+        assert set(result["scores"]) == {"negative", "positive", "neutral"}
+        np.testing.assert_allclose(list(result["scores"].values()), p.tolist(), atol=1e-5)
+        assert result["label"] == ["negative", "positive", "neutral"][int(p.argmax())]
+        assert result["score"] == pytest.approx(float(p.max()), abs=1e-5)
+
+
+def test_ner_merges_subtokens_with_character_spans(tmp_path: Path) -> None:
+    labels = ["O", "B-PER", "I-PER", "B-LOC"]
+    model = build(BertForTokenClassification, tmp_path, seed=5, labels=labels)
+    tok = tiny_tokenizer(tmp_path)
+    ids = tok.token_to_id
+    plant_tokens(model, model.classifier, {1: [ids("john")], 2: [ids("smith")], 3: [ids("paris"), ids("london")]},
+                 default_bias=40.0)
+    save_model(model, tmp_path, tokenizer=tok)
+    loaded = load_pipeline(tmp_path)
+    text = "Johnson and John  Smith went to Paris , then London"
+    assert tok.tokenize("Johnson") == ["john", "##son"]  # one word, two sub-tokens
+    entities = pipelines.ner(loaded.predictor, [text, "the day"])
+    assert entities[1] == []
+    got = [(e["entity"], e["text"], e["start"], e["end"]) for e in entities[0]]
+    assert got == [
+        ("PER", "Johnson", 0, 7),  # first sub-token decides, the span covers the whole word
+        ("PER", "John  Smith", 12, 23),  # B-PER I-PER merged, original spacing kept
+        ("LOC", "Paris", 32, 37),
+        ("LOC", "London", 45, 51),
+    ]
+    assert all(0.5 < e["score"] <= 1.0 for e in entities[0])
+
+
+def test_merge_words_tag_schemes() -> None:
+    labels = ["O", "B-X", "I-X", "Y"]
+    text = "aa bb cc dd"
+    offsets = [(0, 0), (0, 2), (3, 5), (6, 8), (9, 11), (0, 0)]
+    word_ids = [None, 0, 1, 2, 3, None]
+    probs = torch.eye(4)[[0, 1, 1, 2, 3, 0]]  # aa:B-X, bb:B-X (new entity), cc:I-X (joins bb), dd:Y
+    ents = pipelines._merge_words(text, word_ids, offsets, probs, labels)
+    assert [(e["entity"], e["text"]) for e in ents] == [("X", "aa"), ("X", "bb cc"), ("Y", "dd")]
+
+
+@pytest.fixture(scope="module")
+def qa_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("qa")
+    model = build(BertForQuestionAnswering, directory, seed=6)
+    tok = tiny_tokenizer(directory)
+    plant_tokens(model, model.span, {0: [tok.token_to_id("paris")], 1: [tok.token_to_id("france")]})
+    save_model(model, directory, tokenizer=tok)
+    return directory
+
+
+def test_qa_finds_the_answer_beyond_the_first_window(qa_dir: Path) -> None:
+    loaded = load_pipeline(qa_dir)
+    filler = "the river was new and good . " * 12  # 84 tokens before the answer
+    context = filler + "The capital is Paris of France , a city ."
+    question = "what is the capital ?"
+    n_context = len(loaded.predictor.tokenizer.tokenize(context))
+    assert n_context > 48  # longer than one window below
+    got = pipelines.qa(loaded.predictor, [question, question], [context, "london is a city"], max_length=48,
+                       stride=16)
+    start = context.index("Paris")
+    assert got[0]["answer"] == "Paris of France"
+    assert (got[0]["start"], got[0]["end"]) == (start, start + len("Paris of France"))
+    assert got[0]["score"] > 0.5
+    assert got[1]["score"] < got[0]["score"]
+    # One window big enough for everything finds the same span with the same score.
+    whole = pipelines.qa(loaded.predictor, [question], [context], max_length=128)[0]
+    assert whole["answer"] == "Paris of France"
+
+
+def test_embed_pipeline_equals_embed_texts(mlm_dir: Path) -> None:
+    from bertforge.inference.embed import embed_texts
+
+    loaded = load_pipeline(mlm_dir, max_tokens=12)
+    texts = ["john played", "the guitar was good !", "a"]
+    got = pipelines.embed(loaded.predictor, texts, normalize=True)
+    ref = embed_texts(loaded.predictor.encoder, loaded.predictor.tokenizer, texts, normalize=True, batch_size=1)
+    assert np.abs(got - ref.vectors).max() < 1e-5
+
+
+def test_cli_commands(mlm_dir: Path, qa_dir: Path, tmp_path: Path, capsys) -> None:
+    main(["fill-mask", "--model", str(mlm_dir), "--text", "john [MASK] the guitar .", "--top_k", "2"])
+    out = json.loads(capsys.readouterr().out)
+    expected = pipelines.fill_mask(load_pipeline(mlm_dir).predictor, ["john [MASK] the guitar ."], top_k=2)
+    assert [t["token"] for t in out[0][0]] == [t["token"] for t in expected[0][0]]
+    context = "The capital is Paris of France ."
+    main(["qa", "--model", str(qa_dir), "--question", "what is the capital ?", "--context", context])
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["answer"] == "Paris of France"
