@@ -282,7 +282,8 @@ def load_model(directory: str | Path, model_class: type[nn.Module] = BertModel, 
     check_vocab(directory, config)
     report = load_hf_state_dict(model, state, source=str(path))
     if report.newly_initialised:
-        log.warning("%s: not in the checkpoint, freshly initialised: %s", directory, ", ".join(report.newly_initialised))
+        log.warning("%s: not in the checkpoint, freshly initialised: %s", directory,
+                    ", ".join(report.newly_initialised))
     if report.ignored:
         log.info("%s: weights not used by %s: %s", directory, model_class.__name__, ", ".join(report.ignored))
     return model.eval()

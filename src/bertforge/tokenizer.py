@@ -74,7 +74,9 @@ class BertTokenizer:
         vocab = backend.get_vocab()
         missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]
         if missing:
-            raise TokenizerError(f"the vocabulary lacks the special tokens {missing}; BERT needs all of {SPECIAL_TOKENS}")
+            raise TokenizerError(
+                f"the vocabulary lacks the special tokens {missing}; BERT needs all of {SPECIAL_TOKENS}"
+            )
         self.backend = backend
         self.lowercase = lowercase
         self.model_max_length = model_max_length
