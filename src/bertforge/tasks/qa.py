@@ -51,14 +51,15 @@ def read_squad(path: str | Path, *, titles: Sequence[str] | None = None) -> list
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not SQuAD JSON ({exc}); expected {{'data': [{{'title', 'paragraphs'}}]}}") from exc
     wanted = set(titles) if titles is not None else None
-    examples = []
+    examples, cursor, line = [], 0, 1  # ids come in file order: find each after the previous one
     for article in articles:
-        if wanted is not None and article["title"] not in wanted:
-            continue
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
-                at = raw.find(f'"{qa["id"]}"')
-                line = raw.count("\n", 0, at) + 1
+                at = raw.find(f'"{qa["id"]}"', cursor)
+                if at >= 0:
+                    line, cursor = line + raw.count("\n", cursor, at), at
+                if wanted is not None and article["title"] not in wanted:
+                    continue
                 examples.append(QAExample(
                     qa["id"], article["title"], qa["question"], paragraph["context"],
                     [a["text"] for a in qa.get("answers", [])], [a.get("answer_start", -1) for a in qa.get("answers", [])],
