@@ -308,6 +308,7 @@ def save_model(model: nn.Module, directory: str | Path, *, tokenizer=None, extra
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     values = config_to_hf(model.config, model.hf_architecture)
+    values.update(getattr(model, "hf_config", {}))
     labels = getattr(model, "labels", None)
     if getattr(model, "num_labels", None) is not None:
         labels = labels or [f"LABEL_{i}" for i in range(model.num_labels)]

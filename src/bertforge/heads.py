@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertforge.config import BertConfig
-from bertforge.model import BertModel, BertOutput
+from bertforge.model import BertModel, BertOutput, KVCache
 
 
 class BertMLMHead(nn.Module):
@@ -87,6 +87,44 @@ class BertForMaskedLM(BertForPreTraining):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config, nsp=False)
+
+
+@dataclass
+class CausalLMOutput:
+    """logits: [B, T, V], the prediction of the *next* token at every position; cache: the extended
+    KV cache when one was given."""
+
+    logits: torch.Tensor
+    cache: KVCache | None
+    encoder: BertOutput
+
+
+class BertLMHeadModel(nn.Module):
+    """BERT run as a left-to-right decoder: causal self-attention plus the (tied) MLM head as an LM head.
+
+    The layout of Hugging Face `BertLMHeadModel` with `is_decoder=True` (the paper's "LTR" ablation, §5.1)."""
+
+    hf_architecture = "BertLMHeadModel"
+    hf_config = {"is_decoder": True}  # tells transformers to apply the causal mask
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.mlm = BertMLMHead(config)
+        self.mlm.apply(self.bert._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, cache: KVCache | None = None,
+                **encoder_flags) -> CausalLMOutput:
+        enc = self.bert(input_ids, attention_mask, token_type_ids, causal=True, cache=cache, **encoder_flags)
+        logits = self.mlm(enc.sequence_output, self.bert.embeddings.word_embeddings.weight)
+        return CausalLMOutput(logits=logits, cache=cache, encoder=enc)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross-entropy: the logits at position t predict labels[t + 1] (labels shifted by one)."""
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1])  # [B·(T-1), V]
+    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=ignore_index)
 
 
 @dataclass

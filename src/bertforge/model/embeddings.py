@@ -60,6 +60,9 @@ class BertEmbeddings(nn.Module):
         if position_ids is None:
             x = x + self.position_table()[:seq_len]  # broadcast [T, H]
         else:
+            if int(position_ids.max()) >= self.config.max_position_embeddings:
+                raise ValueError(f"position {int(position_ids.max())} is beyond max_position_embeddings "
+                                 f"({self.config.max_position_embeddings}); the text is too long for this model")
             x = x + self.position_table()[position_ids]
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from bertforge.config import BertConfig
+from bertforge.model.attention import LayerCache
 from bertforge.model.embeddings import BertEmbeddings
 from bertforge.model.layer import BertLayer
 from bertforge.model.pooler import BertPooler
@@ -37,6 +38,35 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask is None or bool(attention_mask.all()):
         return None
     return attention_mask.bool()[:, None, None, :]
+
+
+def causal_mask(attention_mask: torch.Tensor | None, query_len: int, past_len: int,
+                device: torch.device) -> torch.Tensor:
+    """[B or 1, 1, T, S + T] bool: query i (at absolute position S + i) sees keys 0 … S + i that are not padding.
+
+    attention_mask, when given, covers all S + T positions (the cached ones first)."""
+    keys = torch.arange(past_len + query_len, device=device)
+    queries = past_len + torch.arange(query_len, device=device)
+    allowed = (keys[None, :] <= queries[:, None])[None, None]  # [1, 1, T, S + T]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]
+    return allowed
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys and values of the positions decoded so far (left-to-right use only)."""
+
+    layers: list[LayerCache]
+
+    @classmethod
+    def empty(cls, num_layers: int) -> KVCache:
+        return cls([LayerCache() for _ in range(num_layers)])
+
+    @property
+    def length(self) -> int:
+        keys = self.layers[0].keys
+        return 0 if keys is None else keys.shape[2]
 
 
 class BertModel(nn.Module):
@@ -73,13 +103,29 @@ class BertModel(nn.Module):
         *,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        causal: bool = False,
+        cache: KVCache | None = None,
     ) -> BertOutput:
-        mask = padding_mask(attention_mask)  # converted once, shared by every layer
+        """`causal=True` runs the encoder left to right (each token sees only earlier ones); `cache`
+        (causal only) holds the keys/values of earlier calls and is extended in place, and
+        `attention_mask` then covers the cached positions too."""
+        past = 0
+        if cache is not None:
+            if not causal:
+                raise ValueError("a KV cache only makes sense for causal (left-to-right) use")
+            past = cache.length
+            if position_ids is None and past:
+                position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
+        # Converted once, shared by every layer.
+        if causal:
+            mask = causal_mask(attention_mask, input_ids.shape[1], past, input_ids.device)
+        else:
+            mask = padding_mask(attention_mask)
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # [B, T, H]
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
-        for layer in self.layers:
-            x, probs = layer(x, mask, output_attentions)
+        for i, layer in enumerate(self.layers):
+            x, probs = layer(x, mask, output_attentions, cache.layers[i] if cache is not None else None)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:

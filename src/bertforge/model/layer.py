@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertforge.config import BertConfig
-from bertforge.model.attention import BertSelfAttention
+from bertforge.model.attention import BertSelfAttention, LayerCache
 
 
 class BertLayer(nn.Module):
@@ -27,10 +27,11 @@ class BertLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # [B, T, H]
-        mask: torch.Tensor | None,  # [B, 1, 1, T] bool
+        mask: torch.Tensor | None,  # [B, 1, 1 or T, S + T] bool
         return_probs: bool = False,
+        cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, probs = self.attention(x, mask, return_probs)
+        attended, probs = self.attention(x, mask, return_probs, cache)
         h = self.attention_norm(x + self.dropout(attended))  # [B, T, H]
         ffn = self.output(F.gelu(self.intermediate(h)))  # exact (erf) GELU, as in the released BERT
         return self.output_norm(h + self.dropout(ffn)), probs
