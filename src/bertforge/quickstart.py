@@ -1,0 +1,208 @@
+"""`bertforge quickstart`: the whole of BERT pre-training in about ten minutes on a laptop CPU, offline.
+
+Text every Python installation carries (the language reference topics of `pydoc_data` and the
+docstrings of the standard library's modules, classes and functions) -> a WordPiece vocabulary
+trained on it -> memory-mapped shards -> a small BERT pre-trained with MLM + NSP for a wall-clock
+budget -> held-out MLM and NSP accuracy against the untrained model, fill-mask predictions, a
+report (JSON + PNG curves) and a Hugging Face-format checkpoint.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from bertforge.data.shards import prepare_corpus
+from bertforge.files import write_text_atomic
+from bertforge.heads import BertForPreTraining
+from bertforge.tokenizer import BertTokenizer
+from bertforge.training.pretrain import PretrainConfig, build_model, train
+
+# Sentences about Python with one word hidden (the expected word is in the vocabulary of the docs).
+FILL_MASK = [
+    ("The [MASK] statement is used to exit the nearest enclosing loop.", "break"),
+    ("Return a new list containing all items from the iterable in ascending [MASK].", "order"),
+    ("A dictionary maps hashable keys to arbitrary [MASK].", "values"),
+    ("If the file does not exist, an [MASK] is raised.", "exception"),
+    ("This module provides access to some variables used or maintained by the [MASK].", "interpreter"),
+]
+_SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__phello__"}
+
+
+@dataclass(frozen=True)
+class Size:
+    """A quickstart size: the model, the vocabulary and how much of the built-in corpus is used."""
+
+    model: dict
+    vocab_size: int
+    max_seq_length: int
+    batch_size: int
+    max_modules: int | None
+
+
+SIZES: dict[str, Size] = {
+    # ~5M parameters: 4 layers, H=256, a vocabulary of 8,000 pieces learnt from the docs.
+    "small": Size({"num_layers": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024}, 8000, 128, 32,
+                  None),
+    # Seconds, for tests and a first look.
+    "tiny": Size({"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}, 1000, 64, 16, 40),
+}
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Hard-wrapped prose -> one line per paragraph; code, grammar and reST markup lines are dropped."""
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line for line in block.splitlines() if line.strip()]
+        prose = [line.strip() for line in lines
+                 if not line.startswith(("   ", "\t", ">>>", "...")) and not set(line.strip()) <= set("*=-~^")]
+        if prose:
+            out.append(" ".join(prose))
+    return out
+
+
+def builtin_documents(max_modules: int | None = None) -> list[list[str]]:
+    """Documents (lists of paragraphs): each pydoc topic, and each stdlib module's docstrings."""
+    from pydoc_data.topics import topics
+
+    documents = [_paragraphs(topics[key]) for key in sorted(topics)]
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for p in sorted(root.rglob("*.py")) if not _SKIP_PARTS & set(p.relative_to(root).parts)]
+    for path in files[:max_modules]:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef))]
+        paragraphs = [p for node in nodes for p in _paragraphs(ast.get_docstring(node) or "")]
+        documents.append(paragraphs)
+    return [d for d in documents if d]
+
+
+def write_corpus(documents: list[list[str]], path: Path) -> Path:
+    """The BERT input format: one paragraph per line, a blank line between documents."""
+    write_text_atomic(path, "\n\n".join("\n".join(doc) for doc in documents) + "\n")
+    return path
+
+
+@torch.no_grad()
+def fill_mask(model: BertForPreTraining, tokenizer: BertTokenizer, text: str, top_k: int = 5) -> list[str]:
+    """The model's top-k tokens for the single [MASK] in `text`."""
+    model.eval()
+    encoding = tokenizer.encode(text, padding="longest")
+    tensors = encoding.tensors()
+    where = tensors["input_ids"] == tokenizer.mask_id
+    logits = model(**tensors, masked_positions=where).mlm_logits[0]  # [V]
+    return [tokenizer.id_to_token(int(i)) for i in logits.topk(top_k).indices]
+
+
+def _calibrate(cfg: PretrainConfig, vocab_size: int, seconds: float) -> int:
+    """Optimizer steps that fit in `seconds`, from the time of 3 steps on a full-length random batch."""
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(5, vocab_size, (cfg.batch_size, cfg.max_seq_length))
+    where = torch.rand(ids.shape) < 0.15
+    timings = []
+    for _ in range(4):
+        start = time.perf_counter()
+        out = model(ids, masked_positions=where)
+        (out.mlm_logits.logsumexp(-1).mean() + out.nsp_logits.sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        timings.append(time.perf_counter() - start)
+    step_time = sorted(timings[1:])[1] * 0.9  # real batches are shorter on average (padding to the longest)
+    return max(10, int(seconds / step_time))
+
+
+def run(output_dir: Path = Path("quickstart"), corpus: list[Path] | None = None, budget_minutes: float = 10.0,
+        size: Literal["small", "tiny"] = "small", steps: int | None = None, threads: int | None = None,
+        seed: int = 0) -> dict:
+    """Pre-train a small BERT from scratch on text every Python carries, offline, in about `budget_minutes`.
+
+    Args:
+        output_dir: Where the corpus, vocabulary, shards, run (checkpoints, curves.png, metrics) and
+            report.json go.
+        corpus: Text files or folders to use instead of the built-in corpus (one paragraph per line,
+            a blank line between documents).
+        budget_minutes: Wall-clock budget of the whole job; the number of training steps is chosen to fit.
+        size: small (the default, ~5M parameters) or tiny (seconds; for tests).
+        steps: Train exactly this many steps instead of fitting the budget (the budget still caps the time).
+        threads: CPU threads for torch (default: all cores).
+        seed: Seeds the weights, the examples and the masks.
+
+    Returns the report (also written to output_dir/report.json).
+    """
+    started = time.monotonic()
+    if threads:
+        torch.set_num_threads(threads)
+    output_dir = Path(output_dir)
+    spec = SIZES[size]
+    if corpus:
+        files = list(corpus)
+        print(f"corpus: {', '.join(map(str, files))}")
+    else:
+        documents = builtin_documents(spec.max_modules)
+        files = [write_corpus(documents, output_dir / "corpus" / "python_docs.txt")]
+        print(f"corpus: {len(documents):,} documents from Python's own documentation and docstrings "
+              f"({files[0].stat().st_size / 1e6:.1f} MB) -> {files[0]}")
+    tokenizer = BertTokenizer.train(files, vocab_size=spec.vocab_size)
+    print(f"WordPiece vocabulary: {tokenizer.vocab_size:,} tokens")
+    prepared = prepare_corpus(files, output_dir / "data", tokenizer, heldout_every=20, progress=False,
+                              shard_tokens=1 << 20)
+    counts = prepared.meta["counts"]
+    print(f"shards: {counts['train']['tokens']:,} training tokens, {counts['heldout']['tokens']:,} held out")
+
+    cfg = PretrainConfig(
+        data=prepared.directory, output_dir=output_dir / "run", preset="mini", model_overrides=spec.model,
+        max_seq_length=spec.max_seq_length, batch_size=spec.batch_size, lr=1e-3, dropout=0.0, seed=seed,
+        eval_batches=8, log_every=10, tensorboard=True, threads=threads,
+    )
+    # Leave ~15% of the budget for evaluation, export and the report.
+    seconds = max(5.0, budget_minutes * 60 * 0.85 - (time.monotonic() - started))
+    steps = steps or _calibrate(cfg, tokenizer.vocab_size, seconds)
+    cfg = PretrainConfig(**{**vars(cfg), "steps": steps, "warmup_steps": max(1, steps // 10),
+                            "eval_every": max(1, steps // 8), "save_every": max(1, steps // 4),
+                            "max_minutes": seconds / 60})
+    result = train(cfg)
+    final_step = max(result.evaluations)
+    before, after = result.evaluations[0], result.evaluations[final_step]
+
+    trained = BertForPreTraining(build_model(cfg, tokenizer.vocab_size).config, nsp=True)
+    from bertforge.checkpoint import load_hf_state_dict, read_weights
+
+    load_hf_state_dict(trained, read_weights(result.model_dir)[0])
+    torch.manual_seed(seed)
+    untrained = build_model(cfg, tokenizer.vocab_size)
+    predictions = []
+    print("\nfill-mask (top 5), trained vs untrained:")
+    for text, expected in FILL_MASK:
+        row = {"text": text, "expected": expected, "trained": fill_mask(trained, tokenizer, text),
+               "untrained": fill_mask(untrained, tokenizer, text)}
+        predictions.append(row)
+        print(f"  {text}\n    trained:   {' '.join(row['trained'])}\n    untrained: {' '.join(row['untrained'])}")
+
+    report = {
+        "corpus": [str(f) for f in files], "tokens": counts, "vocab_size": tokenizer.vocab_size,
+        "model": {**spec.model, "parameters": sum(p.numel() for p in trained.parameters())},
+        "steps": result.step, "batch_size": cfg.batch_size, "max_seq_length": cfg.max_seq_length,
+        "minutes": (time.monotonic() - started) / 60, "stopped": result.stopped,
+        "heldout": {"untrained": before, "trained": after},
+        "fill_mask": predictions,
+        "checkpoint": str(result.model_dir), "plot": str(cfg.output_dir / "curves.png"),
+        "metrics": str(cfg.output_dir / "metrics.jsonl"),
+    }
+    write_text_atomic(output_dir / "report.json", json.dumps(report, indent=2))
+    print(f"\nheld-out MLM accuracy: {before['mlm_accuracy']:.1%} untrained -> {after['mlm_accuracy']:.1%} trained; "
+          f"NSP accuracy: {before['nsp_accuracy']:.1%} -> {after['nsp_accuracy']:.1%} "
+          f"({result.step} steps, {report['minutes']:.1f} min)")
+    print(f"report: {output_dir / 'report.json'}; curves: {report['plot']}; checkpoint: {result.model_dir}")
+    return report

@@ -1,0 +1,38 @@
+"""`bertforge quickstart` end to end at its tiny size: built-in corpus -> vocab -> shards -> training -> report."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from bertforge.checkpoint import load_model
+from bertforge.heads import BertForPreTraining
+from bertforge.quickstart import _paragraphs, builtin_documents, run
+
+
+def test_builtin_corpus_is_prose_from_python_itself():
+    documents = builtin_documents(max_modules=5)
+    from pydoc_data.topics import topics
+
+    assert len(documents) >= len(topics) + 3
+    text = " ".join(p for doc in documents for p in doc)
+    assert "The \"for\" statement is used to iterate over the elements of a sequence" in text
+    assert "for_stmt ::=" not in text  # grammar lines are dropped
+    assert _paragraphs("Title\n*****\n\nOne line\nwrapped here.\n\n   code = 1\n") == ["Title", "One line wrapped here."]
+
+
+def test_quickstart_tiny_trains_and_reports(tmp_path):
+    report = run(output_dir=tmp_path, size="tiny", steps=40, budget_minutes=5, threads=1)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["heldout"] == report["heldout"]
+    before, after = report["heldout"]["untrained"], report["heldout"]["trained"]
+    assert report["steps"] == 40 and report["vocab_size"] == 1000
+    # Seconds of training beat random weights at predicting masked tokens (the frequent ones first).
+    assert after["mlm_accuracy"] > before["mlm_accuracy"] + 0.01
+    assert after["mlm_loss"] < before["mlm_loss"] - 0.4
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
+    assert len(report["fill_mask"]) == 5 and all(len(r["trained"]) == 5 for r in report["fill_mask"])
+    model = load_model(tmp_path / "run" / "model", BertForPreTraining)
+    assert model.config.hidden_size == 64 and model.nsp is not None
+    assert torch.isfinite(model.mlm.bias).all()
