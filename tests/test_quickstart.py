@@ -19,7 +19,8 @@ def test_builtin_corpus_is_prose_from_python_itself():
     text = " ".join(p for doc in documents for p in doc)
     assert "The \"for\" statement is used to iterate over the elements of a sequence" in text
     assert "for_stmt ::=" not in text  # grammar lines are dropped
-    assert _paragraphs("Title\n*****\n\nOne line\nwrapped here.\n\n   code = 1\n") == ["Title", "One line wrapped here."]
+    text = "Title\n*****\n\nOne line\nwrapped here.\n\n   code = 1\n"
+    assert _paragraphs(text) == ["Title", "One line wrapped here."]
 
 
 def test_quickstart_tiny_trains_and_reports(tmp_path):

@@ -41,7 +41,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def _config(corpus: Path, out: Path, **changes) -> PretrainConfig:
     values = dict(data=corpus, output_dir=out, preset="tiny", model_overrides=TINY, max_seq_length=48, batch_size=8,
-                  steps=8, lr=2e-3, warmup_steps=2, eval_every=4, eval_batches=2, log_every=2, save_every=3,
+                  steps=8, lr=2e-3, warmup_steps=2, eval_every=8, eval_batches=2, log_every=2, save_every=3,
                   progress=False, tensorboard=False, seed=7)
     values.update(changes)
     return PretrainConfig(**values)
@@ -166,3 +166,23 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     logged = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["loss"] == pytest.approx(single.losses[3], abs=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_close_to_fp32(corpus, tmp_path, precision):
+    settings = dict(steps=2, dropout=0.0, eval_batches=1, eval_every=2)
+    full = train(_config(corpus, tmp_path / "fp32", **settings))
+    mixed = train(_config(corpus, tmp_path / precision, precision=precision, **settings))
+    for step in (1, 2):
+        assert mixed.losses[step] == pytest.approx(full.losses[step], abs=0.05)
+
+
+def test_lamb_and_a_second_phase_from_the_first(corpus, tmp_path):
+    first = train(_config(corpus, tmp_path / "phase1", optimizer="lamb", lr=1e-2, steps=6, eval_every=6))
+    assert first.evaluations[6]["mlm_loss"] < first.evaluations[0]["mlm_loss"] - 0.5
+    # Phase 2 (longer sequences) starts from phase 1's weights: its untrained evaluation is phase 1's model.
+    second = train(_config(corpus, tmp_path / "phase2", init_from=tmp_path / "phase1", max_seq_length=64,
+                           max_predictions=10, steps=1, eval_every=1))
+    assert second.evaluations[0]["mlm_loss"] < first.evaluations[0]["mlm_loss"] - 0.5
+    a, b = _weights(tmp_path / "phase1"), _weights(tmp_path / "phase2")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # and it trained on from there

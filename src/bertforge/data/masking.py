@@ -58,7 +58,8 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, m
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     action = torch.rand(input_ids.shape, generator=generator)
     to_mask = selected & (action < settings.mask_fraction)
-    to_random = selected & (action >= settings.mask_fraction) & (action < settings.mask_fraction + settings.random_fraction)
+    keep_from = settings.mask_fraction + settings.random_fraction
+    to_random = selected & (action >= settings.mask_fraction) & (action < keep_from)
     random_ids = replacement_ids[torch.randint(len(replacement_ids), input_ids.shape, generator=generator)]
     corrupted = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     corrupted = torch.where(to_random, random_ids, corrupted)

@@ -37,8 +37,14 @@ from bertforge.data.pretraining import DataPosition, ExampleSettings, ExampleStr
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining
-from bertforge.training.checkpointing import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from bertforge.training.distributed import World, all_reduce_sum, init_distributed
+from bertforge.training.checkpointing import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from bertforge.training.distributed import all_reduce_sum, init_distributed
 from bertforge.training.lamb import Lamb
 from bertforge.training.metrics import MetricsLogger
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule, parameter_groups
@@ -99,7 +105,8 @@ class PretrainConfig:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
         if self.batch_size % self.grad_accum_steps:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum_steps {self.grad_accum_steps}")
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by "
+                             f"grad_accum_steps {self.grad_accum_steps}")
 
 
 @dataclass
@@ -180,6 +187,10 @@ def losses(out, labels: torch.Tensor, nsp_labels: torch.Tensor) -> dict[str, tor
 STAT_KEYS = ("mlm_sum", "mlm_correct", "mlm_count", "nsp_sum", "nsp_correct", "nsp_count")
 
 
+def _stat_vector(stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.tensor([float(stats[k].detach()) if k in stats else 0.0 for k in STAT_KEYS], dtype=torch.float64)
+
+
 def summarize(totals: torch.Tensor) -> dict[str, float | None]:
     """[6] summed statistics -> mean losses and accuracies."""
     t = dict(zip(STAT_KEYS, totals.tolist(), strict=True))
@@ -203,7 +214,7 @@ def evaluate(model: BertForPreTraining, batches: list[tuple[PreTrainingBatch, Ma
             out = model(masked.input_ids.to(device), batch.attention_mask.to(device), batch.token_type_ids.to(device),
                         masked_positions=masked.masked_positions.to(device))
         stats = losses(out, masked.labels[masked.masked_positions].to(device), batch.nsp_labels.to(device))
-        totals += torch.tensor([float(stats[k].detach()) if k in stats else 0.0 for k in STAT_KEYS], dtype=torch.float64)
+        totals += _stat_vector(stats)
     model.train(was_training)
     return summarize(totals)
 
@@ -274,7 +285,8 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     eval_set = heldout_batches(corpus, cfg, tokenizer, masker) if world.is_main else []
     net: torch.nn.Module = model
     if world.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if cfg.compile:
         net = torch.compile(net)
 
@@ -334,13 +346,14 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
             sync = net.no_sync() if world.distributed and m < cfg.grad_accum_steps - 1 else contextlib.nullcontext()
             with sync:
                 scaler.scale(loss * world.size).backward()
-            totals += torch.tensor([float(stats[k].detach()) if k in stats else 0.0 for k in STAT_KEYS], dtype=torch.float64)
+            totals += _stat_vector(stats)
         metrics = summarize(all_reduce_sum(totals, world))
         if not math.isfinite(metrics["loss"]):
             stopped = "nan"
             optimizer.zero_grad(set_to_none=True)
             if world.is_main:
-                path = save_checkpoint(ckpt_dir, step - 1, checkpoint_state(step - 1, *before), keep=cfg.keep_checkpoints)
+                path = save_checkpoint(ckpt_dir, step - 1, checkpoint_state(step - 1, *before),
+                                       keep=cfg.keep_checkpoints)
                 log.error("step %d: the loss is %s; stopped. The last good state (step %d) is in %s. Lower the "
                           "learning rate or use bf16/fp32, then resume.", step, metrics["loss"], step - 1, path)
             step -= 1
