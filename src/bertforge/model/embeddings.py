@@ -1,26 +1,17 @@
 """Input representation (BERT §3, Figure 2): token + segment + position embeddings, LayerNorm, dropout.
 
+Absolute positions (learned or sinusoidal) are added here; the other schemes act inside attention.
+
 Shapes: B = batch, T = sequence length, H = hidden size.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from bertforge.config import BertConfig
-
-
-def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
-    """Transformer paper §3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...)."""
-    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # [P, 1]
-    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))  # [d/2]
-    table = torch.zeros(num_positions, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(position * inv_freq)
-    table[:, 1::2] = torch.cos(position * inv_freq)
-    return table.float()  # [P, d]
+from bertforge.model.positions import sinusoidal_table
 
 
 class BertEmbeddings(nn.Module):
@@ -31,18 +22,20 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         if config.position_embedding_type == "learned":
             self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        else:
+        elif config.position_embedding_type == "sinusoidal":
             # A fixed table is not a parameter; it is rebuilt from the config, never loaded.
             table = sinusoidal_table(config.max_position_embeddings, config.hidden_size)
             self.register_buffer("sinusoidal_positions", table, persistent=False)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def position_table(self) -> torch.Tensor:
-        """[P, H] position vectors, learned or fixed."""
+    def position_table(self) -> torch.Tensor | None:
+        """[P, H] absolute position vectors, learned or fixed; None when positions act inside attention."""
         if self.config.position_embedding_type == "learned":
             return self.position_embeddings.weight
-        return self.sinusoidal_positions
+        if self.config.position_embedding_type == "sinusoidal":
+            return self.sinusoidal_positions
+        return None
 
     def forward(
         self,
@@ -56,14 +49,13 @@ class BertEmbeddings(nn.Module):
                 f"sequence length {seq_len} exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings}); truncate the input (tokenizer max_length)"
             )
+        if position_ids is not None and int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise ValueError(f"position {int(position_ids.max())} is beyond max_position_embeddings "
+                             f"({self.config.max_position_embeddings}); the text is too long for this model")
         x = self.word_embeddings(input_ids)  # [B, T, H]
-        if position_ids is None:
-            x = x + self.position_table()[:seq_len]  # broadcast [T, H]
-        else:
-            if int(position_ids.max()) >= self.config.max_position_embeddings:
-                raise ValueError(f"position {int(position_ids.max())} is beyond max_position_embeddings "
-                                 f"({self.config.max_position_embeddings}); the text is too long for this model")
-            x = x + self.position_table()[position_ids]
+        table = self.position_table()
+        if table is not None:
+            x = x + (table[:seq_len] if position_ids is None else table[position_ids])  # [T, H] or [B, T, H]
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:

@@ -116,6 +116,8 @@ class BertModel(nn.Module):
             past = cache.length
             if position_ids is None and past:
                 position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
+        # Query positions for the schemes that act inside attention (relative, rope, alibi).
+        positions = position_ids if position_ids is not None and position_ids.dim() == 1 else None
         # Converted once, shared by every layer.
         if causal:
             mask = causal_mask(attention_mask, input_ids.shape[1], past, input_ids.device)
@@ -125,7 +127,7 @@ class BertModel(nn.Module):
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for i, layer in enumerate(self.layers):
-            x, probs = layer(x, mask, output_attentions, cache.layers[i] if cache is not None else None)
+            x, probs = layer(x, mask, output_attentions, cache.layers[i] if cache is not None else None, positions)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:

@@ -30,8 +30,9 @@ class BertLayer(nn.Module):
         mask: torch.Tensor | None,  # [B, 1, 1 or T, S + T] bool
         return_probs: bool = False,
         cache: LayerCache | None = None,
+        positions: torch.Tensor | None = None,  # [T] absolute positions (for the schemes inside attention)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, probs = self.attention(x, mask, return_probs, cache)
+        attended, probs = self.attention(x, mask, return_probs, cache, positions)
         h = self.attention_norm(x + self.dropout(attended))  # [B, T, H]
         ffn = self.output(F.gelu(self.intermediate(h)))  # exact (erf) GELU, as in the released BERT
         return self.output_norm(h + self.dropout(ffn)), probs

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from bertforge.model.encoder import BertModel
 from bertforge.model.layer import BertLayer
+from bertforge.model.positions import ABSOLUTE
 
 PackedAttention = Literal["padded", "nested", "block"]
 
@@ -127,6 +128,9 @@ def packed_forward(
     """The encoder over packed tokens; equals `model(padded batch)` at every real token."""
     if model.training:
         raise RuntimeError("packed_forward skips dropout: call model.eval() first")
+    if model.config.position_embedding_type not in ABSOLUTE:
+        raise ValueError(f"packed_forward supports absolute positions only, not "
+                         f"{model.config.position_embedding_type!r}; use the padded forward")
     emb = model.embeddings
     positions = packed_positions(cu_seqlens)
     if int(cu_seqlens.diff().max()) > model.config.max_position_embeddings:
