@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -157,6 +158,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", choices=("ours", "transformers"), default=None)
+    parser.add_argument("--transformers-first", action="store_true",
+                        help="run the transformers side first (to check that machine load did not favour one side)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -173,15 +176,24 @@ def main() -> None:
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
     eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
-    if args.skip != "ours":
+    def run_ours():
+        nonlocal features, eval_features
+        load = os.getloadavg()[0]
         metrics, seconds, features, eval_features = ours_train(args, model_dir, task, train_examples, eval_examples)
-        report["bertforge"] = {"metrics": metrics, "train_seconds": seconds}
-        print(f"bertforge:    {_fmt(metrics)}  train {seconds:.1f}s", flush=True)
-    if args.skip != "transformers":
+        report["bertforge"] = {"metrics": metrics, "train_seconds": seconds, "load_before": load}
+        print(f"bertforge:    {_fmt(metrics)}  train {seconds:.1f}s  (load average {load:.1f})", flush=True)
+
+    def run_transformers():
+        load = os.getloadavg()[0]
         metrics, seconds = hf_train(args, model_dir, task, train_examples, features, eval_examples, eval_features,
                                     tokenizer.pad_id)
-        report["transformers"] = {"metrics": metrics, "train_seconds": seconds}
-        print(f"transformers: {_fmt(metrics)}  train {seconds:.1f}s", flush=True)
+        report["transformers"] = {"metrics": metrics, "train_seconds": seconds, "load_before": load}
+        print(f"transformers: {_fmt(metrics)}  train {seconds:.1f}s  (load average {load:.1f})", flush=True)
+
+    sides = {"ours": run_ours, "transformers": run_transformers}
+    for name in (("transformers", "ours") if args.transformers_first else ("ours", "transformers")):
+        if args.skip != name:
+            sides[name]()
     if "bertforge" in report and "transformers" in report:
         ratio = report["transformers"]["train_seconds"] / report["bertforge"]["train_seconds"]
         report["speedup"] = ratio

@@ -16,7 +16,7 @@ import torch
 
 from bertforge.files import write_text_atomic
 from bertforge.tasks.classification import GLUE_TASKS
-from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult
+from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult, seed_everything
 from bertforge.training.finetune_loop import train as train_loop
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ def run(
     log.info("%s: %d training examples (%d features), %s", family_task.name, len(train_examples), len(train_features),
              ", ".join(f"{s.name}: {len(s.examples)} examples" for s in eval_sets) or "no validation set")
 
+    seed_everything(seed)  # the new head's initial weights depend on the seed too
     net = load_model(model_dir, family_task.model_class, **family_task.model_kwargs())
     net = _with_dropout(net, dropout).to(device)
     output_dir.mkdir(parents=True, exist_ok=True)

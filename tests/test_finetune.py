@@ -1,0 +1,259 @@
+"""End-to-end fine-tuning on tiny random models: learning, the saved model loading in `transformers` with
+identical outputs, predict in input order, seeds, early stopping, sliding windows, every task family."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from bertforge.checkpoint import save_model
+from bertforge.config import BertConfig
+from bertforge.data.tables import DataError
+from bertforge.model import BertModel
+from bertforge.tokenizer import BertTokenizer
+from bertforge.training import finetune, finetune_evaluate, finetune_predict
+
+WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film", "actor", "story", "bob", "alice", "paris",
+         "london", "lives", "in", "who", "where", "does", "?", "."]
+FAST = {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_seq_length": 32,
+        "progress": False, "tensorboard": False}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random 2-layer BERT (H=32, odd FFN width) with a word-level vocabulary, saved in HF format."""
+    directory = tmp_path_factory.mktemp("tiny")
+    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n",
+                                         encoding="utf-8")
+    tokenizer = BertTokenizer.from_vocab(directory / "vocab.txt")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                        intermediate_size=37, max_position_embeddings=64)
+    save_model(BertModel(config), directory, tokenizer=tokenizer)
+    return directory
+
+
+def sentiment_rows(n: int, seed: int, length: int = 5) -> list[dict]:
+    rng = random.Random(seed)
+    filler = ["movie", "plot", "the", "was", "very", "film", "actor", "story"]
+    rows = []
+    for i in range(n):
+        label = rng.choice(["pos", "neg"])
+        words = [rng.choice(filler) for _ in range(length)]
+        words.insert(rng.randrange(len(words) + 1), "good" if label == "pos" else "bad")
+        rows.append({"id": i, "text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path, rows, columns=None):
+    columns = columns or list(rows[0])
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sentiment_run(tiny_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("sentiment")
+    train = write_csv(work / "train.csv", sentiment_rows(96, 1))
+    dev = write_csv(work / "dev.csv", sentiment_rows(40, 2))
+    out = work / "model"
+    result = finetune.run(out, task="classification", model=str(tiny_model), train=train, validation=[dev],
+                          seed=7, **{**FAST, "tensorboard": True})
+    return work, out, result
+
+
+def test_learns_and_saves_best_with_labels(sentiment_run):
+    work, out, result = sentiment_run
+    assert result.best_metric >= 0.95  # the keyword decides the label: a tiny model must learn it
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"} and config["label2id"] == {"neg": 0, "pos": 1}
+    assert config["bertforge_task"]["task"] == "classification"
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert max(h["dev/accuracy"] for h in history) == result.best_metric
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert any((out / "tensorboard").iterdir())
+
+
+def test_transformers_loads_the_model_and_predicts_the_same(sentiment_run):
+    transformers = pytest.importorskip("transformers")
+    work, out, _ = sentiment_run
+    from bertforge.training.finetune_loop import load_task_model
+
+    ours, task = load_task_model(out)
+    theirs = transformers.BertForSequenceClassification.from_pretrained(str(out)).eval()
+    assert theirs.config.id2label == {0: "neg", 1: "pos"}
+    tokenizer = BertTokenizer.from_pretrained(out)
+    batch = tokenizer.encode(["good movie", "the plot was very bad .", "film"], padding="longest").tensors()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_predict_and_evaluate(sentiment_run):
+    work, out, result = sentiment_run
+    rows = sentiment_rows(25, 3)
+    source = write_csv(work / "test.csv", rows, ["id", "text"])
+    preds = finetune_predict.run(out, source, work / "preds.csv", id_column="id")
+    with preds.open(encoding="utf-8") as handle:
+        got = list(csv.DictReader(handle))
+    assert [r["id"] for r in got] == [str(r["id"]) for r in rows]  # input order
+    assert list(got[0]) == ["id", "label", "prob_neg", "prob_pos"]
+    for row in got:
+        assert float(row["prob_neg"]) + float(row["prob_pos"]) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == ("pos" if float(row["prob_pos"]) > 0.5 else "neg")
+    assert np.mean([g["label"] == r["label"] for g, r in zip(got, rows, strict=True)]) >= 0.9
+    metrics = finetune_evaluate.run(out, work / "dev.csv")
+    assert metrics["accuracy"] == pytest.approx(result.best_metric)  # the kept model is the best epoch's
+    bad = write_csv(work / "bad.csv", [{"id": 1, "text": "good", "label": "meh"}])
+    with pytest.raises(DataError, match=r"bad.csv:2: label 'meh' was not seen in training"):
+        finetune_evaluate.run(out, bad)
+
+
+def test_seed_reproducible_and_early_stopping(tiny_model, tmp_path):
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(32, 4))
+    dev = write_csv(tmp_path / "dev.csv", sentiment_rows(16, 5))
+    settings = {**FAST, "epochs": 2, "model": str(tiny_model), "train": train, "validation": [dev]}
+    a = finetune.run(tmp_path / "a", seed=3, **settings)
+    b = finetune.run(tmp_path / "b", seed=3, **settings)
+    c = finetune.run(tmp_path / "c", seed=4, **settings)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+    assert a.history[0]["train_loss"] != c.history[0]["train_loss"]
+    frozen = finetune.run(tmp_path / "d", seed=3, early_stopping_patience=1, **{**settings, "epochs": 6,
+                                                                               "learning_rate": 0.0})
+    assert len(frozen.history) == 2  # nothing improves after epoch 1: stop after one stale epoch
+
+
+def test_sliding_window_reads_what_truncation_cuts(tiny_model, tmp_path):
+    rng = random.Random(0)
+
+    def rows(n):  # the deciding word ends a 20-word text; the window is 16 tokens
+        out = []
+        for _ in range(n):
+            label = rng.choice(["pos", "neg"])
+            words = [rng.choice(["movie", "plot", "the", "film"]) for _ in range(20)]
+            out.append({"text": " ".join(words + ["good" if label == "pos" else "bad"]), "label": label})
+        return out
+
+    train, dev = write_csv(tmp_path / "train.csv", rows(64)), write_csv(tmp_path / "dev.csv", rows(32))
+    settings = {**FAST, "epochs": 6, "max_seq_length": 16, "model": str(tiny_model), "train": train,
+                "validation": [dev]}
+    cut = finetune.run(tmp_path / "cut", **settings)
+    windowed = finetune.run(tmp_path / "win", long_text="sliding_window", doc_stride=7, **settings)
+    assert cut.best_metric <= 0.75  # the label is invisible after truncation: near chance
+    assert windowed.best_metric >= 0.9
+
+
+def test_regression_and_multilabel(tiny_model, tmp_path):
+    rng = random.Random(1)
+    rows = [{"text": " ".join(rng.choice(["good", "bad", "movie"]) for _ in range(6))} for _ in range(88)]
+    for row in rows:
+        row["score"] = row["text"].split().count("good")
+        row["tags"] = ",".join(t for t in ("good", "bad") if t in row["text"].split()) or "none"
+    train, dev = write_csv(tmp_path / "train.csv", rows[:64]), write_csv(tmp_path / "dev.csv", rows[64:])
+    common = {**FAST, "epochs": 6, "model": str(tiny_model), "train": train, "validation": [dev]}
+    reg = finetune.run(tmp_path / "reg", task="regression", label_column="score", **common)
+    assert reg.best_metric >= 0.9  # Pearson of the predicted count of "good"
+    assert json.loads((tmp_path / "reg/config.json").read_text())["problem_type"] == "regression"
+    multi = finetune.run(tmp_path / "multi", task="multilabel", label_column="tags", **common)
+    assert multi.best_metric >= 0.9  # micro F1
+    finetune_predict.run(tmp_path / "multi", dev, tmp_path / "tags.csv", probabilities=False)
+    with (tmp_path / "tags.csv").open(encoding="utf-8") as handle:
+        got = [r["label"] for r in csv.DictReader(handle)]
+    assert np.mean([set(g.split(";")) == set(r["tags"].split(",")) for g, r in zip(got, rows[64:], strict=True)]) > 0.8
+
+
+def test_ner_end_to_end(tiny_model, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    rng = random.Random(2)
+
+    def conll(n):
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for _ in range(n):
+            for _ in range(rng.randint(3, 7)):
+                word = rng.choice(["bob", "alice", "paris", "london", "lives", "in", "the", "."])
+                tag = {"bob": "B-PER", "alice": "B-PER", "paris": "B-LOC", "london": "B-LOC"}.get(word, "O")
+                lines.append(f"{word} NN O {tag}")
+            lines.append("")
+        return "\n".join(lines)
+
+    (tmp_path / "train.txt").write_text(conll(80))
+    (tmp_path / "valid.txt").write_text(conll(20))
+    result = finetune.run(tmp_path / "ner", task="ner", model=str(tiny_model), data_dir=tmp_path, **FAST)
+    assert result.best_metric >= 0.95  # entity F1
+    theirs = transformers.BertForTokenClassification.from_pretrained(str(tmp_path / "ner"))
+    assert set(theirs.config.label2id) == {"O", "B-PER", "B-LOC"}
+    finetune_predict.run(tmp_path / "ner", tmp_path / "valid.txt", tmp_path / "pred.txt")
+    predicted = [line.split() for line in (tmp_path / "pred.txt").read_text().splitlines() if line]
+    gold = [line.split() for line in (tmp_path / "valid.txt").read_text().splitlines()[2:] if line]
+    assert [p[0] for p in predicted] == [g[0] for g in gold]
+    assert np.mean([p[1] == g[3] for p, g in zip(predicted, gold, strict=True)]) >= 0.95
+
+
+def test_multiple_choice_swag_layout(tiny_model, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    rng = random.Random(3)
+    columns = ["video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
+               "ending0", "ending1", "ending2", "ending3", "label"]
+    rows = []
+    for i in range(96):
+        label = rng.randrange(4)
+        endings = [" ".join(rng.choice(["movie", "plot", "film"]) for _ in range(3)) for _ in range(4)]
+        endings[label] += " good"
+        rows.append(dict(zip(columns, ["v", i, "", "the story was", "very", "gold", *endings, label], strict=True)))
+    train, dev = write_csv(tmp_path / "train.csv", rows[:64], columns), write_csv(tmp_path / "dev.csv", rows[64:], columns)
+    result = finetune.run(tmp_path / "mc", task="swag", model=str(tiny_model), train=train, validation=[dev],
+                          **{**FAST, "epochs": 6})
+    assert result.best_metric >= 0.9
+    from bertforge.training.finetune_loop import load_task_model
+
+    ours, task = load_task_model(tmp_path / "mc")
+    theirs = transformers.BertForMultipleChoice.from_pretrained(str(tmp_path / "mc")).eval()
+    tokenizer = BertTokenizer.from_pretrained(tmp_path / "mc")
+    from bertforge.tasks.base import collate
+
+    batch = collate(task.features(task.read(dev)[:5], tokenizer, max_seq_length=32), tokenizer.pad_id)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_squad_end_to_end(tiny_model, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    rng = random.Random(4)
+    names, places = ["bob", "alice"], ["paris", "london"]
+
+    def squad(n, prefix):
+        paragraphs = []
+        for i in range(n):
+            who, where = rng.choice(names), rng.choice(places)
+            filler = " ".join(rng.choice(["the", "film", "story"]) for _ in range(rng.randint(0, 20)))
+            context = f"{filler} {who} lives in {where} ."
+            qas = [{"id": f"{prefix}{i}", "question": f"where does {who} live ?",
+                    "answers": [{"text": where, "answer_start": context.index(f"in {where}") + 3}]}]
+            paragraphs.append({"context": context, "qas": qas})
+        return {"data": [{"title": prefix, "paragraphs": paragraphs}]}
+
+    (tmp_path / "train.json").write_text(json.dumps(squad(80, "t")))
+    (tmp_path / "dev.json").write_text(json.dumps(squad(20, "d")))
+    result = finetune.run(tmp_path / "qa", task="squad", model=str(tiny_model), train=tmp_path / "train.json",
+                          validation=[tmp_path / "dev.json"], doc_stride=8, **{**FAST, "epochs": 8})
+    assert result.best_metric >= 90.0  # F1 in percent; contexts longer than the 32-token window included
+    assert transformers.BertForQuestionAnswering.from_pretrained(str(tmp_path / "qa")) is not None
+    finetune_predict.run(tmp_path / "qa", tmp_path / "dev.json", tmp_path / "answers.json")
+    answers = json.loads((tmp_path / "answers.json").read_text())
+    assert len(answers) == 20 and np.mean([a in ("paris", "london") for a in answers.values()]) >= 0.9
+
+
+def test_bad_input_fails_before_training(tiny_model, tmp_path):
+    train = write_csv(tmp_path / "train.csv", [{"review": "good", "label": "pos"}, {"review": "bad", "label": "neg"}])
+    with pytest.raises(DataError, match=r"train.csv: no column 'text'; the columns are \['review', 'label'\]"):
+        finetune.run(tmp_path / "out", model=str(tiny_model), train=train, **FAST)
+    assert not (tmp_path / "out").exists()
