@@ -1,0 +1,307 @@
+"""`bertforge serve`: the pipelines over HTTP (FastAPI + uvicorn), with a web page and metrics.
+
+Endpoints (only those the model supports are mounted): POST /fill-mask, /embed, /classify, /ner, /qa,
+/attention; GET /health, /metrics (Prometheus text format), /info, /docs and /openapi.json, / (the page).
+Bad input never reaches the model: oversize bodies, too many texts or too long texts answer 413; malformed
+JSON, wrong types, empty lists, texts without [MASK] answer 422; a full queue or a timed-out request 503 —
+every error is JSON {"error": ..., "detail": ...}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from bertforge.inference import pipelines
+from bertforge.inference.batcher import MicroBatcher, Overloaded
+from bertforge.inference.metrics import Metrics
+from bertforge.inference.pipelines import Loaded, PipelineError
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, and how long it may wait."""
+
+    max_texts: int = 64  # texts (or question/context pairs) per request
+    max_chars: int = 10_000  # characters per text
+    max_body_bytes: int = 1_000_000
+    max_queue: int = 256  # requests waiting for the model
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests
+    max_batch_texts: int = 128
+    timeout_s: float = 30.0  # per request, queue + model
+
+
+# ----- request bodies (unknown fields are errors) ---------------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextsIn(_Body):
+    texts: list[str] = Field(min_length=1, description="Texts to process, in order.")
+
+
+class FillMaskIn(TextsIn):
+    top_k: int = Field(5, ge=1, le=50)
+
+
+class EmbedIn(TextsIn):
+    normalize: bool = True
+
+
+class ClassifyIn(TextsIn):
+    pairs: list[str] | None = Field(None, description="Optional second text per text (sentence pairs).")
+
+
+class QAIn(_Body):
+    questions: list[str] = Field(min_length=1)
+    contexts: list[str] = Field(min_length=1)
+
+
+class AttentionIn(_Body):
+    text: str = Field(min_length=1, description="A text, or a question when `pair` holds the passage.")
+    pair: str | None = None
+    layer: int = Field(0, ge=0)
+    head: int = Field(0, ge=0)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+
+# ----- the model side ---------------------------------------------------------------------------------------
+def _run_batch(loaded: Loaded, key: Hashable, items: list) -> list:
+    """One micro-batch on the model thread: key = (task, option, ...), items = texts or (question, context)."""
+    predictor = loaded.predictor
+    task = key[0]
+    if task == "fill-mask":
+        return pipelines.fill_mask(predictor, items, top_k=key[1])
+    if task == "embed":
+        return pipelines.embed(predictor, items, normalize=key[1]).tolist()
+    if task == "classify":
+        texts = [t for t, _ in items]
+        pairs = [p for _, p in items] if key[1] else None
+        return pipelines.classify(predictor, texts, pairs)
+    if task == "ner":
+        return pipelines.ner(predictor, items)
+    if task == "qa":
+        return pipelines.qa(predictor, [q for q, _ in items], [c for _, c in items])
+    raise ValueError(f"unknown task {task!r}")
+
+
+@torch.inference_mode()
+def attention_map(loaded: Loaded, text: str, pair: str | None, layer: int, head: int) -> dict:
+    """Tokens and the [T, T] attention probabilities of one layer and head (plain padded forward)."""
+    predictor = loaded.predictor
+    enc = predictor.tokenize([text], [pair] if pair is not None else None, max_length=128)
+    tensors = {k: torch.tensor(v) for k, v in (("input_ids", enc.input_ids), ("token_type_ids", enc.token_type_ids))}
+    out = predictor.encoder(tensors["input_ids"], None, tensors["token_type_ids"], output_attentions=True)
+    probs = out.attentions[layer][0, head]  # [T, T]
+    return {"tokens": [predictor.tokenizer.id_to_token(i) for i in enc.input_ids[0]], "layer": layer,
+            "head": head, "attention": [[round(float(p), 5) for p in row] for row in probs]}
+
+
+# ----- the app ----------------------------------------------------------------------------------------------
+def create_app(loaded: Loaded, limits: Limits = Limits()):
+    """The FastAPI application for one loaded model."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    metrics = Metrics()
+    state: dict[str, MicroBatcher] = {}
+    config = loaded.predictor.encoder.config
+
+    async def lifespan(app):
+        batcher = MicroBatcher(lambda key, items: _run_batch(loaded, key, items),
+                               max_items=limits.max_batch_texts, max_wait_s=limits.max_wait_ms / 1000,
+                               max_queue=limits.max_queue)
+        batcher.start()
+        state["batcher"] = batcher
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="bertforge", version="0.1.0", lifespan=lifespan,
+                  description=f"{loaded.architecture} from {loaded.directory}; tasks: {', '.join(loaded.tasks)}")
+
+    def error(status: int, message: str, detail: Any = None) -> JSONResponse:
+        return JSONResponse({"error": message, "detail": detail}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error(exc.status, exc.error, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return error(422, "invalid request body", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (e.g. not UTF-8)
+            return error(422, "request body is not valid UTF-8 JSON", str(exc.detail))
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return error(500, "internal error", type(exc).__name__)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        start = time.perf_counter()
+        path = request.url.path
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+            response = error(413, f"request body over {limits.max_body_bytes} bytes")
+        else:
+            body = await request.body()  # cached by Starlette for the endpoint
+            if len(body) > limits.max_body_bytes:
+                response = error(413, f"request body over {limits.max_body_bytes} bytes")
+            else:
+                response = await call_next(request)
+        metrics.observe(path, response.status_code, time.perf_counter() - start)
+        return response
+
+    def check_texts(texts: list[str], what: str = "texts") -> None:
+        if len(texts) > limits.max_texts:
+            raise ApiError(413, f"{len(texts)} {what} in one request; the limit is {limits.max_texts}")
+        for i, t in enumerate(texts):
+            if len(t) > limits.max_chars:
+                raise ApiError(413, f"{what}[{i}] has {len(t)} characters; the limit is {limits.max_chars}")
+            if not t.strip():
+                raise ApiError(422, f"{what}[{i}] is empty")
+
+    async def batched(key: Hashable, items: list) -> list:
+        try:
+            return await asyncio.wait_for(state["batcher"].submit(key, items), limits.timeout_s)
+        except Overloaded as exc:
+            raise ApiError(503, "server overloaded, retry later", str(exc)) from None
+        except TimeoutError:
+            raise ApiError(503, f"request timed out after {limits.timeout_s} s") from None
+        except PipelineError as exc:
+            raise ApiError(422, str(exc)) from None
+
+    @app.get("/health")
+    async def health() -> dict:
+        batcher = state.get("batcher")
+        return {"status": "ok", "queue": batcher.depth() if batcher else 0, "tasks": list(loaded.tasks)}
+
+    @app.get("/info")
+    async def info() -> dict:
+        return {"architecture": loaded.architecture, "tasks": list(loaded.tasks), "num_layers": config.num_layers,
+                "num_heads": config.num_heads, "hidden_size": config.hidden_size,
+                "mask_token": "[MASK]", "limits": limits.__dict__}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> str:
+        batcher = state.get("batcher")
+        return metrics.render(queue_depth=batcher.depth() if batcher else 0,
+                              batches=batcher.stats.batches if batcher else 0,
+                              batched_items=batcher.stats.items if batcher else 0)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    if "fill-mask" in loaded.tasks:
+        @app.post("/fill-mask")
+        async def fill_mask(body: FillMaskIn) -> list:
+            """Top-k tokens for every [MASK] of every text."""
+            check_texts(body.texts)
+            for i, t in enumerate(body.texts):
+                if "[MASK]" not in t:
+                    raise ApiError(422, f"texts[{i}] has no [MASK]")
+            return await batched(("fill-mask", body.top_k), body.texts)
+
+    if "embed" in loaded.tasks:
+        @app.post("/embed")
+        async def embed(body: EmbedIn) -> list:
+            """One vector per text (mean of the last layer's tokens)."""
+            check_texts(body.texts)
+            return await batched(("embed", body.normalize), body.texts)
+
+    if "classify" in loaded.tasks:
+        @app.post("/classify")
+        async def classify(body: ClassifyIn) -> list:
+            """Label and probabilities per text (pair)."""
+            check_texts(body.texts)
+            if body.pairs is not None:
+                if len(body.pairs) != len(body.texts):
+                    raise ApiError(422, f"{len(body.texts)} texts but {len(body.pairs)} pairs")
+                check_texts(body.pairs, "pairs")
+            items = list(zip(body.texts, body.pairs or [None] * len(body.texts), strict=True))
+            return await batched(("classify", body.pairs is not None), items)
+
+    if "ner" in loaded.tasks:
+        @app.post("/ner")
+        async def ner(body: TextsIn) -> list:
+            """Entities with character spans per text."""
+            check_texts(body.texts)
+            return await batched(("ner",), body.texts)
+
+    if "qa" in loaded.tasks:
+        @app.post("/qa")
+        async def qa(body: QAIn) -> list:
+            """The best answer span per (question, context)."""
+            if len(body.questions) != len(body.contexts):
+                raise ApiError(422, f"{len(body.questions)} questions but {len(body.contexts)} contexts")
+            check_texts(body.questions, "questions")
+            check_texts(body.contexts, "contexts")
+            return await batched(("qa",), list(zip(body.questions, body.contexts, strict=True)))
+
+    @app.post("/attention")
+    async def attention(body: AttentionIn) -> dict:
+        """Attention probabilities of one layer and head for one text (first 128 tokens)."""
+        check_texts([body.text] + ([body.pair] if body.pair is not None else []), "text")
+        if body.layer >= config.num_layers or body.head >= config.num_heads:
+            raise ApiError(422, f"layer must be < {config.num_layers} and head < {config.num_heads}")
+        return await asyncio.wait_for(
+            state["batcher"].run_alone(lambda: attention_map(loaded, body.text, body.pair, body.layer, body.head)),
+            limits.timeout_s)
+
+    return app
+
+
+def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_texts: int = 64,
+        max_chars: int = 10_000, max_body_bytes: int = 1_000_000, max_queue: int = 256, max_wait_ms: float = 5.0,
+        max_batch_texts: int = 128, timeout_s: float = 30.0, threads: int | None = None) -> None:
+    """Serve a model's pipelines over HTTP, with a web page at / and OpenAPI docs at /docs.
+
+    Args:
+        model: Model directory (its architecture decides the endpoints), or all-minilm-l6-v2.
+        host: Interface to bind; the default answers this machine only.
+        port: TCP port.
+        device: cpu, cuda, ...
+        max_texts: Most texts per request (413 beyond).
+        max_chars: Most characters per text (413 beyond).
+        max_body_bytes: Largest request body (413 beyond).
+        max_queue: Most requests waiting for the model (503 beyond).
+        max_wait_ms: How long a micro-batch waits for more requests.
+        max_batch_texts: Most texts in one model call.
+        timeout_s: Per-request limit, queue included (503 beyond).
+        threads: torch CPU threads (default: torch's choice).
+    """
+    import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = pipelines.load_pipeline(model, device=device)
+    limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, max_queue=max_queue,
+                    max_wait_ms=max_wait_ms, max_batch_texts=max_batch_texts, timeout_s=timeout_s)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the service has no authentication; anyone who can reach it can use it", host)
+    uvicorn.run(create_app(loaded, limits), host=host, port=port, log_level="warning")
