@@ -133,7 +133,7 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining:
 
 def _load_initial_weights(model: BertForPreTraining, source: Path) -> None:
     """Weights for a second phase (e.g. length 512 after 128): a run/checkpoint or a Hugging Face folder."""
-    if (source / "config.json").is_file():
+    if any((source / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
         from bertforge.checkpoint import load_hf_state_dict, read_weights
 
         state, path = read_weights(source)
