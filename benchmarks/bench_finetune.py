@@ -84,7 +84,8 @@ def hf_train(args, model_dir: Path, task, train_examples, train_features, eval_e
     no_decay = ("bias", "LayerNorm.weight")
     groups = [{"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
                "weight_decay": 0.01},
-              {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0}]
+              {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+               "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, eps=1e-6)
     n_train = len(train_examples) if args.task == "sst2" else len(train_features)
     total = math.ceil(n_train / args.batch_size) * args.epochs

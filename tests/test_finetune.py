@@ -209,7 +209,8 @@ def test_multiple_choice_swag_layout(tiny_model, tmp_path):
         endings = [" ".join(rng.choice(["movie", "plot", "film"]) for _ in range(3)) for _ in range(4)]
         endings[label] += " good"
         rows.append(dict(zip(columns, ["v", i, "", "the story was", "very", "gold", *endings, label], strict=True)))
-    train, dev = write_csv(tmp_path / "train.csv", rows[:64], columns), write_csv(tmp_path / "dev.csv", rows[64:], columns)
+    train = write_csv(tmp_path / "train.csv", rows[:64], columns)
+    dev = write_csv(tmp_path / "dev.csv", rows[64:], columns)
     result = finetune.run(tmp_path / "mc", task="swag", model=str(tiny_model), train=train, validation=[dev],
                           **{**FAST, "epochs": 6})
     assert result.best_metric >= 0.9

@@ -116,4 +116,6 @@ def family_class(name: str) -> type:
 
         return MultipleChoice
     tasks = [*GLUE_TASKS, "classification", "regression", "multilabel", "ner", "squad", "squad_v2", "swag"]
-    raise ValueError(f"unknown task {name!r}; choose one of {', '.join(tasks)}")
+    from bertforge.data.tables import DataError
+
+    raise DataError(f"unknown task {name!r}; choose one of {', '.join(tasks)}")

@@ -218,7 +218,8 @@ class SequenceClassification:
         self.kind = "glue" if self.glue else name
         if self.glue and self.glue.labels is None:
             self.kind = "regression"
-        self.label_names = list(labels) if labels else list(self.glue.labels) if self.glue and self.glue.labels else None
+        fixed = list(self.glue.labels) if self.glue and self.glue.labels else None
+        self.label_names = list(labels) if labels else fixed
         self.long_text, self.doc_stride = long_text, doc_stride
         self.columns = (text_column, text_pair_column, label_column)
         self.label_separator, self.threshold = label_separator, threshold

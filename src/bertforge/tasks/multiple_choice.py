@@ -40,12 +40,14 @@ def read_swag(path: str | Path, *, num_choices: int = 4, labelled: bool = True) 
             try:
                 label = int(row["label"])
             except (TypeError, ValueError):
-                raise DataError(f"{source}: label {row['label']!r} is not a choice index 0..{num_choices - 1}") from None
+                raise DataError(f"{source}: label {row['label']!r} is not a choice index "
+                                f"0..{num_choices - 1}") from None
             if not 0 <= label < num_choices:
                 raise DataError(f"{source}: label {label} is out of range 0..{num_choices - 1}")
         if not (row["sent1"] or "").strip():
             raise DataError(f"{source}: 'sent1' (the context) is empty; fill it in or remove the row")
-        examples.append(ChoiceExample(row["sent1"], [f"{row['sent2']} {row[e]}".strip() for e in endings], label, source))
+        options = [f"{row['sent2']} {row[e]}".strip() for e in endings]
+        examples.append(ChoiceExample(row["sent1"], options, label, source))
     return examples
 
 

@@ -62,7 +62,8 @@ def read_squad(path: str | Path, *, titles: Sequence[str] | None = None) -> list
                     continue
                 examples.append(QAExample(
                     qa["id"], article["title"], qa["question"], paragraph["context"],
-                    [a["text"] for a in qa.get("answers", [])], [a.get("answer_start", -1) for a in qa.get("answers", [])],
+                    [a["text"] for a in qa.get("answers", [])],
+                    [a.get("answer_start", -1) for a in qa.get("answers", [])],
                     bool(qa.get("is_impossible", False)), f"{path}:{line}"))
     return examples
 
@@ -101,7 +102,9 @@ def squad_scores(examples: Sequence[QAExample], predictions: dict[str, str], *, 
         f1.append(max(token_f1(prediction, g, version_2=version_2) for g in gold))
         has.append(gold != [""])
     exact, f1, has = np.array(exact), np.array(f1), np.array(has, dtype=bool)
-    scores = {"exact_match": 100 * exact.mean(), "f1": 100 * f1.mean()} if len(exact) else {"exact_match": 0.0, "f1": 0.0}
+    if not len(exact):
+        return {"exact_match": 0.0, "f1": 0.0}
+    scores = {"exact_match": 100 * exact.mean(), "f1": 100 * f1.mean()}
     if version_2:
         for name, rows in (("has_answer", has), ("no_answer", ~has)):
             if rows.any():

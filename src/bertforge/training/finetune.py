@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from bertforge.data.tables import DataError
 from bertforge.files import write_text_atomic
 from bertforge.tasks.classification import GLUE_TASKS
 from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult, seed_everything
@@ -32,7 +33,7 @@ def run(
     task: str = "classification",
     model: str = "all-minilm-l6-v2",
     train: Path | None = None,
-    validation: list[Path] | None = None,
+    validation: Path | list[Path] | None = None,
     data_dir: Path | None = None,
     text_column: str = "text",
     text_pair_column: str | None = None,
@@ -72,7 +73,7 @@ def run(
             multilabel (your own CSV/TSV/JSONL), ner (CoNLL-2003 format), squad / squad_v2, or swag.
         model: A model directory (bertforge or Hugging Face BERT), or all-minilm-l6-v2 (the packaged checkpoint).
         train: Training data (for GLUE/CoNLL it defaults to the file inside --data-dir).
-        validation: Evaluation data, evaluated after every epoch; the first chooses the best checkpoint.
+        validation: Evaluation file(s), evaluated after every epoch; the first chooses the best checkpoint.
         data_dir: A GLUE task folder or the CoNLL-2003 folder, holding the standard file names.
         text_column: Column of the text (own data; for swag: the context column, default sent1).
         text_pair_column: Column of the second text of a pair (own data).
@@ -121,7 +122,7 @@ def run(
     train_examples = family_task.read(train_path, titles=_lines(titles)) if titles else family_task.read(train_path)
     train_examples = train_examples[:max_train_examples] if max_train_examples else train_examples
     if not train_examples:
-        raise ValueError(f"{train_path}: no training examples")
+        raise DataError(f"{train_path}: no training examples")
     family_task.fit_labels(train_examples)
     train_features = family_task.features(train_examples, tokenizer, max_seq_length=max_seq_length, train=True)
     eval_sets = []
@@ -164,14 +165,16 @@ _FAMILY_OPTIONS = ("text_column", "text_pair_column", "label_column", "label_sep
                    "max_query_length", "max_answer_length", "n_best_size", "null_score_threshold")
 
 
-def _data_files(task: str, train_file: Path | None, validation: list[Path] | None,
+def _data_files(task: str, train_file: Path | None, validation: Path | list[Path] | None,
                 data_dir: Path | None) -> tuple[Path, list[Path]]:
+    if isinstance(validation, (str, Path)):
+        validation = [validation]
     defaults = DEFAULT_FILES.get(task)
     if data_dir is not None and defaults is None:
-        raise ValueError(f"--data-dir has no standard layout for task {task!r}; give --train and --validation")
+        raise DataError(f"--data-dir has no standard layout for task {task!r}; give --train and --validation")
     if train_file is None:
         if data_dir is None:
-            raise ValueError("give --train (or --data-dir for a GLUE task or CoNLL-2003)")
+            raise DataError("give --train (or --data-dir for a GLUE task or CoNLL-2003)")
         train_file = Path(data_dir) / defaults[0]
     if validation is None and data_dir is not None:
         validation = [Path(data_dir) / name for name in defaults[1]]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bertforge.checkpoint import load_model, save_model
+from bertforge.checkpoint import load_model
 from bertforge.tasks.base import Feature, TaskFamily, collate
 from bertforge.training.optim import build_adamw, build_schedule
 
@@ -128,7 +128,8 @@ def train(
     steps_per_epoch = math.ceil(len(train_features) / batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     optimizer = build_adamw(model, lr=learning_rate, weight_decay=weight_decay)
-    schedule = build_schedule(optimizer, "linear", warmup_steps=int(warmup_ratio * total_steps), total_steps=total_steps)
+    schedule = build_schedule(optimizer, "linear", warmup_steps=int(warmup_ratio * total_steps),
+                              total_steps=total_steps)
     writer = _tensorboard(tensorboard_dir)
     result, step, stale, started = TrainResult(None, None), 0, 0, time.perf_counter()
     main_metric = task.metric_names[0]

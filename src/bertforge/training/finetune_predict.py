@@ -88,8 +88,8 @@ def run(
         sentences = task.read(input, labelled=False)
         features, outputs = outputs_for(sentences)
         tags = task.word_tags(sentences, features, outputs)
-        lines = ["\n".join(f"{w} {t}" for w, t in zip(s.words, ts, strict=True)) + "\n" for s, ts in zip(sentences, tags,
-                                                                                                         strict=True)]
+        lines = ["\n".join(f"{w} {t}" for w, t in zip(s.words, ts, strict=True)) + "\n"
+                 for s, ts in zip(sentences, tags, strict=True)]
         write_text_atomic(output, "\n".join(lines))
     else:  # question answering
         examples = task.read(input)
