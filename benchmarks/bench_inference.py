@@ -87,7 +87,7 @@ def hf_classify(model, tokenizer, texts: list[str]) -> np.ndarray:
 def bf_classify(predictor, texts: list[str]) -> np.ndarray:
     logits = np.zeros((len(texts), predictor.model.num_labels), dtype=np.float32)
     with torch.inference_mode():
-        for batch in predictor.run(predictor.tokenize(texts, max_length=128)):
+        for batch in predictor.run(predictor.tokenize(texts, max_length=128), first_token_only=True):
             logits[batch.indices] = predictor.model.classifier(batch.pooled_output).numpy()
     return logits
 

@@ -56,6 +56,12 @@ def test_packed_forward_equals_padded_forward(tiny_model: BertModel, attention: 
     assert (out.pooled_output - ref.pooled_output).abs().max() < 1e-5
     for mine, theirs in zip(out.hidden_states, ref.hidden_states, strict=True):
         assert (mine - theirs[real]).abs().max() < 1e-5
+    with torch.inference_mode():
+        first = packed_forward(tiny_model, flat, cu, flat_types, attention=attention, first_token_only=True)
+    assert first.sequence_output.shape == (len(lengths), 96)
+    assert first.cu_seqlens.tolist() == list(range(len(lengths) + 1))
+    assert (first.sequence_output - ref.sequence_output[:, 0]).abs().max() < 1e-5
+    assert (first.pooled_output - ref.pooled_output).abs().max() < 1e-5
 
 
 def test_packed_forward_refuses_training_mode(tiny_model: BertModel) -> None:

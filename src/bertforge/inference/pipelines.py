@@ -118,7 +118,7 @@ def classify(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | 
     model: BertForSequenceClassification = predictor.model
     labels = model.labels or [f"LABEL_{i}" for i in range(model.num_labels)]
     results: list = [None] * len(texts)
-    for batch in predictor.run(predictor.tokenize(texts, pairs)):
+    for batch in predictor.run(predictor.tokenize(texts, pairs), first_token_only=True):
         logits = model.classifier(batch.pooled_output).float()  # [B, C]
         for row, i in enumerate(batch.indices):
             if model.num_labels == 1:

@@ -151,26 +151,28 @@ class Predictor:
         return torch.autocast(self.device.type, dtype=getattr(torch, self.dtype))
 
     @torch.inference_mode()
-    def run(self, enc: Encoding, *, output_hidden_states: bool = False,
-            output_attentions: bool = False) -> Iterator[EncodedBatch]:
+    def run(self, enc: Encoding, *, output_hidden_states: bool = False, output_attentions: bool = False,
+            first_token_only: bool = False) -> Iterator[EncodedBatch]:
         """Encoder outputs for every text of `enc` (unpadded lists), batch by batch, longest texts first.
-        Attention probabilities need the padded path, so `output_attentions` forces it."""
+        Attention probabilities need the padded path, so `output_attentions` forces it. `first_token_only`
+        (packed mode) finishes the last layer for [CLS] only: enough for poolers and [CLS] classifiers;
+        sequence_output is then [B, H]."""
         lengths = [len(ids) for ids in enc.input_ids]
         for batch in token_budget_batches(lengths, self.max_tokens, self.max_batch):
             ids = [enc.input_ids[i] for i in batch]
             types = [enc.token_type_ids[i] for i in batch]
             with self._autocast():
                 if self.mode == "packed" and not output_attentions:
-                    yield self._packed(batch, ids, types, output_hidden_states)
+                    yield self._packed(batch, ids, types, output_hidden_states, first_token_only)
                 else:
                     yield self._padded(batch, ids, types, output_hidden_states, output_attentions)
 
-    def _packed(self, batch, ids, types, output_hidden_states) -> EncodedBatch:
+    def _packed(self, batch, ids, types, output_hidden_states, first_token_only=False) -> EncodedBatch:
         flat_ids, cu_seqlens = pack(ids)
         flat_types, _ = pack(types)
         out = packed_forward(self.encoder, flat_ids.to(self.device), cu_seqlens.to(self.device),
                              flat_types.to(self.device), attention=self.attention,
-                             output_hidden_states=output_hidden_states)
+                             output_hidden_states=output_hidden_states, first_token_only=first_token_only)
         return EncodedBatch(batch, out.sequence_output, out.cu_seqlens, out.pooled_output, out.hidden_states)
 
     def _padded(self, batch, ids, types, output_hidden_states, output_attentions) -> EncodedBatch:

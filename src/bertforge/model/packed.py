@@ -108,10 +108,13 @@ def _attend(qkv: torch.Tensor, cu_seqlens: torch.Tensor, num_heads: int, mode: P
 
 
 def _layer(layer: BertLayer, x: torch.Tensor, cu_seqlens: torch.Tensor, mode: PackedAttention,
-           cache: dict) -> torch.Tensor:
-    """The BertLayer computation on [N, H] packed tokens (same modules, no dropout)."""
+           cache: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The BertLayer computation on [N, H] packed tokens (same modules, no dropout).
+    With `rows`, every token is attended to but only those rows are computed further ([len(rows), H])."""
     attn = layer.attention
     context = _attend(attn.qkv(x), cu_seqlens, attn.num_heads, mode, cache)  # [N, H]
+    if rows is not None:
+        x, context = x[rows], context[rows]  # [R, H]
     h = layer.attention_norm(x + attn.output(context))
     return layer.output_norm(h + layer.output(F.gelu(layer.intermediate(h))))
 
@@ -124,8 +127,14 @@ def packed_forward(
     *,
     attention: PackedAttention = "padded",
     output_hidden_states: bool = False,
+    first_token_only: bool = False,
 ) -> PackedOutput:
-    """The encoder over packed tokens; equals `model(padded batch)` at every real token."""
+    """The encoder over packed tokens; equals `model(padded batch)` at every real token.
+
+    `first_token_only`: the last layer finishes only each sequence's first ([CLS]) token — all a pooler or
+    [CLS] classifier reads — skipping its output projection and feed-forward for every other token. The
+    output is then packed with length 1 per sequence: sequence_output [B, H], cu_seqlens = 0, 1, …, B.
+    """
     if model.training:
         raise RuntimeError("packed_forward skips dropout: call model.eval() first")
     if model.config.position_embedding_type not in ABSOLUTE:
@@ -143,10 +152,15 @@ def packed_forward(
     x = emb.layer_norm(x)
     states = [x] if output_hidden_states else None
     cache: dict = {}  # attention index/mask, computed once and shared by every layer
-    for layer in model.layers:
-        x = _layer(layer, x, cu_seqlens, attention, cache)
+    if first_token_only and output_hidden_states:
+        raise ValueError("first_token_only and output_hidden_states exclude each other")
+    last = len(model.layers) - 1
+    for i, layer in enumerate(model.layers):
+        x = _layer(layer, x, cu_seqlens, attention, cache, cu_seqlens[:-1] if first_token_only and i == last else None)
         if states is not None:
             states.append(x)
+    if first_token_only:
+        cu_seqlens = torch.arange(len(cu_seqlens), device=cu_seqlens.device)  # [B + 1]: one token each
     pooled = model.pooler(x[cu_seqlens[:-1]].unsqueeze(1)) if model.pooler is not None else None
     return PackedOutput(sequence_output=x, pooled_output=pooled, cu_seqlens=cu_seqlens,
                         hidden_states=tuple(states) if states is not None else None)
