@@ -8,6 +8,7 @@ masked LM -> logits [B, T, V].
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 18) -> Path:
     batch = torch.export.Dim("batch", min=1, max=4096)
     sequence = torch.export.Dim("sequence", min=1, max=model.config.max_position_embeddings)
     shapes = {name: {0: batch, 1: sequence} for name in INPUTS}
+    for noisy in ("onnx_ir", "onnxscript"):  # one INFO line per optimisation pass otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(_Exportable(model), _example(model), input_names=list(INPUTS),
