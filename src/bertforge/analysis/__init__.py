@@ -1,0 +1,1 @@
+"""Seeing inside the model: attention maps, position encodings, sentence-vector poolings."""
