@@ -189,8 +189,17 @@ def test_ner_end_to_end(tiny_model, tmp_path):
     (tmp_path / "valid.txt").write_text(conll(20))
     result = finetune.run(tmp_path / "ner", task="ner", model=str(tiny_model), data_dir=tmp_path, **FAST)
     assert result.best_metric >= 0.95  # entity F1
-    theirs = transformers.BertForTokenClassification.from_pretrained(str(tmp_path / "ner"))
+    theirs = transformers.BertForTokenClassification.from_pretrained(str(tmp_path / "ner")).eval()
     assert set(theirs.config.label2id) == {"O", "B-PER", "B-LOC"}
+    from bertforge.tasks.base import collate
+    from bertforge.training.finetune_loop import load_task_model
+
+    ours, task = load_task_model(tmp_path / "ner")
+    tokenizer = BertTokenizer.from_pretrained(tmp_path / "ner")
+    batch = collate(task.features(task.read(tmp_path / "valid.txt")[:6], tokenizer, max_seq_length=32),
+                    tokenizer.pad_id)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=1e-4)
     finetune_predict.run(tmp_path / "ner", tmp_path / "valid.txt", tmp_path / "pred.txt")
     predicted = [line.split() for line in (tmp_path / "pred.txt").read_text().splitlines() if line]
     gold = [line.split() for line in (tmp_path / "valid.txt").read_text().splitlines()[2:] if line]
@@ -247,7 +256,18 @@ def test_squad_end_to_end(tiny_model, tmp_path):
     result = finetune.run(tmp_path / "qa", task="squad", model=str(tiny_model), train=tmp_path / "train.json",
                           validation=[tmp_path / "dev.json"], doc_stride=8, **{**FAST, "epochs": 8})
     assert result.best_metric >= 90.0  # F1 in percent; contexts longer than the 32-token window included
-    assert transformers.BertForQuestionAnswering.from_pretrained(str(tmp_path / "qa")) is not None
+    theirs = transformers.BertForQuestionAnswering.from_pretrained(str(tmp_path / "qa")).eval()
+    from bertforge.tasks.base import collate
+    from bertforge.training.finetune_loop import load_task_model
+
+    ours, task = load_task_model(tmp_path / "qa")
+    tokenizer = BertTokenizer.from_pretrained(tmp_path / "qa")
+    batch = collate(task.features(task.read(tmp_path / "dev.json")[:4], tokenizer, max_seq_length=32),
+                    tokenizer.pad_id)
+    with torch.no_grad():
+        mine, hf = ours(**batch), theirs(**batch)
+    torch.testing.assert_close(mine.start_logits, hf.start_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mine.end_logits, hf.end_logits, atol=1e-5, rtol=1e-4)
     finetune_predict.run(tmp_path / "qa", tmp_path / "dev.json", tmp_path / "answers.json")
     answers = json.loads((tmp_path / "answers.json").read_text())
     assert len(answers) == 20 and np.mean([a in ("paris", "london") for a in answers.values()]) >= 0.9

@@ -143,3 +143,19 @@ def test_glue_metric_sets():
     assert set(family("cola").metrics(scores, [0, 1, 0, 0])) == {"matthews", "accuracy"}
     stsb = family("stsb").metrics(np.array([[1.0], [2.0], [3.0]]), [1.0, 2.0, 4.0])
     assert stsb["spearman"] == pytest.approx(1.0) and stsb["mse"] == pytest.approx(1 / 3)
+
+
+def test_mnli_and_qqp_layouts(tmp_path):
+    """No MNLI/QQP copy is available here: their GLUE headers, written out, with the fields used."""
+    mnli = tmp_path / "dev_matched.tsv"
+    mnli.write_text("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+                    "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+                    "0\t1\t1n\tgov\t(a)\t(b)\t(A)\t(B)\tThe cat sat.\tA cat sat.\tneutral\tentailment\n",
+                    encoding="utf-8")
+    (example,) = read_glue("mnli", mnli)
+    assert (example.text, example.pair, example.label) == ("The cat sat.", "A cat sat.", "entailment")
+    assert family("mnli").model_kwargs() == {"labels": ["contradiction", "entailment", "neutral"]}
+    qqp = tmp_path / "train.tsv"
+    qqp.write_text("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t1\t2\tHow?\tWhy?\t0\n", encoding="utf-8")
+    (example,) = read_glue("qqp", qqp)
+    assert (example.text, example.pair, example.label) == ("How?", "Why?", "0")
