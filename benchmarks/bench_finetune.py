@@ -31,7 +31,7 @@ from bertforge.checkpoint import load_model
 from bertforge.pretrained import resolve_model
 from bertforge.tasks.base import collate, family
 from bertforge.tokenizer import BertTokenizer
-from bertforge.training.finetune_loop import EvalSet, evaluate, predict_outputs, train
+from bertforge.training.finetune_loop import EvalSet, evaluate, predict_outputs, seed_everything, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SQUAD_EVAL_TITLES = ("American_Broadcasting_Company Apollo_program Chloroplast Doctor_Who Genghis_Khan Kenya "
@@ -131,6 +131,7 @@ def _hf_feature_batches(task, features, batch_size, generator, pad_id):
 # ----- bertforge side ------------------------------------------------------------------------------
 def ours_train(args, model_dir: Path, task, train_examples, eval_examples) -> tuple[dict, float, list, list]:
     tokenizer = BertTokenizer.from_pretrained(model_dir)
+    seed_everything(args.seed)  # the new head's weights, as on the transformers side
     model = load_model(model_dir, task.model_class, **task.model_kwargs())
     started, cpu = time.perf_counter(), time.process_time()  # tokenization counts, as on the other side
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)

@@ -35,7 +35,10 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-folds", type=int, default=0, help="run only the first N folds (0 = all)")
     parser.add_argument("--epochs", default="2")
+    parser.add_argument("--train-examples", type=int, default=0,
+                        help="train each fold on only the first N of its training tweets (0 = all; small CPUs)")
     parser.add_argument("--learning-rate", default="5e-5")
+    parser.add_argument("--batch-size", default="32")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--final", choices=("all", "fold0", "none"), default="all",
                         help="submission from a model trained on all tweets, from fold 0's model, or none")
@@ -49,12 +52,14 @@ def main() -> None:
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
     common = ["--task", "classification", "--text-column", "text", "--label-column", "target", "--epochs",
-              args.epochs, "--learning-rate", args.learning_rate, "--num-threads", args.threads, "--progress",
+              args.epochs, "--learning-rate", args.learning_rate, "--batch-size", args.batch_size,
+              "--num-threads", args.threads, "--progress",
               "false", "--tensorboard", "false"]
     scores = []
     for k in range(args.max_folds or args.folds):
         held = set(order[k :: args.folds])
-        train = write(out / f"fold{k}_train.csv", [r for i, r in enumerate(rows) if i not in held], columns)
+        kept = [r for i, r in enumerate(rows) if i not in held]
+        train = write(out / f"fold{k}_train.csv", kept[: args.train_examples or None], columns)
         dev = write(out / f"fold{k}_dev.csv", [r for i, r in enumerate(rows) if i in held], columns)
         bertforge("finetune", "--output-dir", str(out / f"fold{k}"), "--train", str(train), "--validation",
                   str(dev), *common)
