@@ -124,7 +124,7 @@ def _calibrate(cfg: PretrainConfig, vocab_size: int, seconds: float) -> int:
         optimizer.step()
         optimizer.zero_grad()
         timings.append(time.perf_counter() - start)
-    step_time = sorted(timings[1:])[1] * 0.9  # real batches are shorter on average (padding to the longest)
+    step_time = sorted(timings[1:])[1] * 0.7  # real batches are shorter (measured: 0.31 s/step vs 0.44 timed)
     return max(10, int(seconds / step_time))
 
 
