@@ -150,3 +150,20 @@ def test_cli_commands(mlm_dir: Path, qa_dir: Path, tmp_path: Path, capsys) -> No
     main(["qa", "--model", str(qa_dir), "--question", "what is the capital ?", "--context", context])
     out = json.loads(capsys.readouterr().out)
     assert out[0]["answer"] == "Paris of France"
+
+
+def test_cli_classify_and_ner_write_json_lines(tmp_path: Path, capsys) -> None:
+    cls_dir, ner_dir = tmp_path / "cls", tmp_path / "ner"
+    build(BertForSequenceClassification, cls_dir, seed=8, labels=["neg", "pos"])
+    build(BertForTokenClassification, ner_dir, seed=9, labels=["O", "B-PER", "I-PER"])
+    texts = tmp_path / "texts.txt"
+    texts.write_text("good movie\njohn smith played\n", encoding="utf-8")
+    main(["classify", "--model", str(cls_dir), "--input", str(texts), "--output", str(tmp_path / "c.jsonl")])
+    rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    expected = pipelines.classify(load_pipeline(cls_dir).predictor, ["good movie", "john smith played"])
+    assert [r["label"] for r in rows] == [e["label"] for e in expected]
+    assert rows[0]["score"] == pytest.approx(expected[0]["score"], abs=1e-6)
+    assert "wrote 2 results" in capsys.readouterr().out
+    main(["ner", "--model", str(ner_dir), "--text", '["john smith played", "the day"]'])
+    out = json.loads(capsys.readouterr().out)
+    assert out == pipelines.ner(load_pipeline(ner_dir).predictor, ["john smith played", "the day"])
