@@ -167,3 +167,14 @@ def test_cli_classify_and_ner_write_json_lines(tmp_path: Path, capsys) -> None:
     main(["ner", "--model", str(ner_dir), "--text", '["john smith played", "the day"]'])
     out = json.loads(capsys.readouterr().out)
     assert out == pipelines.ner(load_pipeline(ner_dir).predictor, ["john smith played", "the day"])
+
+
+def test_int8_pipeline_stays_close(tmp_path: Path) -> None:
+    build(BertForSequenceClassification, tmp_path, seed=10, labels=["a", "b", "c"])
+    texts = ["good movie", "bad film , i hate it", "the day was new", "john played the guitar in paris"]
+    fp32 = pipelines.classify(load_pipeline(tmp_path).predictor, texts)
+    int8 = pipelines.classify(load_pipeline(tmp_path, int8=True).predictor, texts)
+    for a, b in zip(fp32, int8, strict=True):
+        diffs = [abs(a["scores"][k] - b["scores"][k]) for k in a["scores"]]
+        assert 0 < max(diffs) < 0.02  # different numbers, same answer
+        assert a["label"] == b["label"]

@@ -23,7 +23,7 @@ from bertforge.heads import (
     BertForTokenClassification,
 )
 from bertforge.inference.embed import Pooling, embed_texts
-from bertforge.inference.predictor import Predictor
+from bertforge.inference.predictor import Predictor, quantize_int8
 from bertforge.model import BertModel
 from bertforge.tokenizer import Encoding
 
@@ -50,8 +50,9 @@ class Loaded:
     directory: Path
 
 
-def load_pipeline(directory: str | Path, *, device: str = "cpu", **predictor_kwargs) -> Loaded:
-    """Load a Hugging Face-format directory as the task model its config names, wrapped in a Predictor."""
+def load_pipeline(directory: str | Path, *, device: str = "cpu", int8: bool = False, **predictor_kwargs) -> Loaded:
+    """Load a Hugging Face-format directory as the task model its config names, wrapped in a Predictor.
+    `int8` applies dynamic int8 quantisation (CPU only; see predictor.quantize_int8 for its accuracy cost)."""
     from bertforge.checkpoint import load_model, read_config
     from bertforge.pretrained import resolve_model
     from bertforge.tokenizer import BertTokenizer
@@ -63,6 +64,10 @@ def load_pipeline(directory: str | Path, *, device: str = "cpu", **predictor_kwa
                             f"supported: {', '.join(TASKS)}")
     model_class, tasks = TASKS[architecture]
     model = load_model(directory, model_class).to(device)
+    if int8:
+        if device != "cpu":
+            raise PipelineError(f"int8 quantisation runs on the CPU only, not on {device}")
+        model = quantize_int8(model)
     predictor = Predictor(model, BertTokenizer.from_pretrained(directory), **predictor_kwargs)
     return Loaded(predictor, architecture, tasks, Path(directory))
 
