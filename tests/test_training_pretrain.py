@@ -74,7 +74,7 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run_bit_for_bit(corpus, 
              if r["split"] == "train"]
     assert steps == [2, 4, 6, 8]
     assert resumed.evaluations[8] == whole.evaluations[8]
-    assert whole.evaluations[8]["mlm_loss"] < whole.evaluations[0]["mlm_loss"] - 0.1
+    assert whole.evaluations[8]["mlm_loss"] < whole.evaluations[0]["mlm_loss"] - 0.05
     assert (tmp_path / "whole" / "curves.png").stat().st_size > 10_000
 
 
