@@ -89,7 +89,8 @@ def embed_texts(
     n_states = model.config.num_layers + 1
     bad = [i for i in layers if not -n_states <= i < n_states]
     if bad:
-        raise ValueError(f"layers {bad} out of range: this model has hidden states 0..{n_states - 1} (or -1..-{n_states})")
+        raise ValueError(f"layers {bad} out of range: this model has hidden states 0..{n_states - 1} "
+                         f"(or -1..-{n_states})")
     max_length = min(max_length or tokenizer.model_max_length, model.config.max_position_embeddings)
     if predictor is None:
         from bertforge.inference.predictor import Predictor
