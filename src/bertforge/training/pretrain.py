@@ -287,6 +287,7 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     if world.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    ddp = net  # no_sync() lives on the DDP wrapper, not on a compiled module
     if cfg.compile:
         net = torch.compile(net)
 
@@ -343,7 +344,7 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
             loss = stats["mlm_sum"] / total_masked
             if "nsp_sum" in stats:
                 loss = loss + stats["nsp_sum"] / cfg.batch_size
-            sync = net.no_sync() if world.distributed and m < cfg.grad_accum_steps - 1 else contextlib.nullcontext()
+            sync = ddp.no_sync() if world.distributed and m < cfg.grad_accum_steps - 1 else contextlib.nullcontext()
             with sync:
                 scaler.scale(loss * world.size).backward()
             totals += _stat_vector(stats)
