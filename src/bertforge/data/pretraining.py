@@ -11,7 +11,7 @@ NSP label convention of the released checkpoints: 0 = IsNext, 1 = NotNext.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
