@@ -19,6 +19,7 @@ JOBS: dict[str, str] = {
     "attention": "bertforge.analysis.attention:run",
     "positions": "bertforge.analysis.positions:run",
     "poolings": "bertforge.analysis.poolings:run",
+    "feature-ner": "bertforge.analysis.feature_based:run",
     "finetune": "bertforge.training.finetune:run",
     "evaluate": "bertforge.training.finetune_evaluate:run",
     "predict": "bertforge.training.finetune_predict:run",
