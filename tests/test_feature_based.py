@@ -139,4 +139,6 @@ def test_tagger_on_frozen_features_learns_first_subtoken_tags(tiny_model, tmp_pa
     assert "| fine-tuning (all weights) |" in text and "| 90.0 | 89.0 | 91.0 | 96.4 |" in text
     assert "| concat_last4 | concat 1,2,3,4 |" in text and "| 96.1 |" in text
     rows = output.with_suffix(".csv").read_text(encoding="utf-8").splitlines()
+    details = json.loads(output.with_suffix(".json").read_text(encoding="utf-8"))
+    assert details["finetune"]["f1"] == 0.9 and details["strategies"][0]["metrics"]["PER_f1"] >= 0.95
     assert len(rows) == 1 + 1 + 3 and rows[0].startswith("strategy,layers used,test F1")

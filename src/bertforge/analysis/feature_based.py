@@ -40,6 +40,7 @@ from bertforge.errors import BertforgeError
 from bertforge.model import BertModel
 from bertforge.tasks.base import IGNORE_INDEX, Feature, collate
 from bertforge.tasks.ner import TokenClassification
+from bertforge.training.finetune_loop import length_grouped_batches
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ class HeadResult:
 def train_tagger(tagger: FeatureTagger, states: Sequence[torch.Tensor], features: Sequence[Feature], *,
                  epochs: int, batch_size: int, learning_rate: float, seed: int, max_grad_norm: float = 5.0,
                  log_every: int = 0) -> list[dict]:
-    """Adam on the tagger only, linear decay to zero, loss on first sub-tokens; returns one record per epoch."""
+    """Adam on the tagger only, linear decay to zero, loss on first sub-tokens, batches of similar lengths;
+    returns one record per epoch."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(tagger.parameters(), lr=learning_rate)
     total = max(1, epochs * math.ceil(len(features) / batch_size))
@@ -199,9 +201,8 @@ def train_tagger(tagger: FeatureTagger, states: Sequence[torch.Tensor], features
     history = []
     for epoch in range(1, epochs + 1):
         tagger.train()
-        order = torch.randperm(len(features), generator=generator).tolist()
+        batches = length_grouped_batches([f.length for f in features], batch_size, generator)
         running = 0.0
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for n, chosen in enumerate(batches, start=1):
             inputs, lengths, labels = _batch(states, features, chosen, tagger.plan.layers)
             logits = tagger(inputs, lengths)  # [B, T, C]
@@ -311,7 +312,8 @@ def run(
         threads: torch CPU threads (default: torch's choice).
         finetune_metrics: A fine-tuning result JSON (best_metrics.json of `bertforge finetune --task ner`, or a
             bench_finetune.py report) for the table's fine-tuning row; marked pending when the file is absent.
-        output: Markdown file for the table; a CSV with the same rows is written next to it.
+        output: Markdown file for the table; a CSV with the same rows and a JSON with every metric (per entity
+            type too) and each epoch's loss are written next to it.
     """
     from bertforge.checkpoint import load_model
     from bertforge.data.tables import DataError
@@ -368,7 +370,7 @@ def run(
     source = str(finetune_metrics) if finetune_metrics else "no --finetune-metrics given"
     finetune = finetune_f1(finetune_metrics) if finetune_metrics else None
     header, rows = results_table(results, finetune=finetune, finetune_source=source, split=eval_split)
-    lines = [f"CoNLL-2003 {eval_split} entity F1 (conlleval, × 100), model {directory.name} "
+    lines = [f"CoNLL-2003 {eval_split} entity F1 (conlleval, × 100), model {model} "
              f"(L={config.num_layers}, H={config.hidden_size}), frozen; tagger trained on the first "
              f"{len(train_sentences)} training sentences, {epochs} epochs, batch {batch_size}, "
              f"Adam lr {learning_rate}, BiLSTM {lstm_hidden} units per direction", "",
@@ -384,4 +386,9 @@ def run(
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows(rows)
+        details = [{"strategy": r.strategy.name, "layers": list(r.strategy.layers), "metrics": r.metrics,
+                    "mix_weights": r.mix_weights, "gamma": r.gamma, "history": r.history,
+                    "train_seconds": round(r.train_seconds, 1)} for r in results]
+        output.with_suffix(".json").write_text(json.dumps({"finetune": finetune, "strategies": details}, indent=2)
+                                               + "\n", encoding="utf-8")
     return results
