@@ -173,7 +173,7 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_hf_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict") -> LoadReport:
     """Copy Hugging Face-named weights into `model`. Shapes are checked key by key; missing encoder
-    weights are an error, missing head weights stay freshly initialised (reported)."""
+    weights are an error, missing head (and pooler) weights stay freshly initialised (reported)."""
     state = _canonical_hf(state)
     report = LoadReport()
     used: set[str] = set()
@@ -183,7 +183,10 @@ def load_hf_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, sour
     for ours, theirs in _key_map(model).items():
         absent = [t for t in theirs if t not in state]
         if absent:
-            (report.newly_initialised if ours in HEAD_KEYS else missing_encoder).append(ours)
+            # The pooler is trained only by NSP: an MLM-only or left-to-right checkpoint has none, and a task
+            # model built on it starts with a fresh one (reported), as transformers does.
+            fresh = ours in HEAD_KEYS or ours.removeprefix("bert.").startswith("pooler.")
+            (report.newly_initialised if fresh else missing_encoder).append(ours)
             continue
         tensor = torch.cat([state[t] for t in theirs], dim=0) if len(theirs) > 1 else state[theirs[0]]
         expected = tuple(ours_state[ours].shape)

@@ -20,6 +20,7 @@ JOBS: dict[str, str] = {
     "positions": "bertforge.analysis.positions:run",
     "poolings": "bertforge.analysis.poolings:run",
     "feature-ner": "bertforge.analysis.feature_based:run",
+    "ablate": "bertforge.analysis.ablate:run",
     "finetune": "bertforge.training.finetune:run",
     "evaluate": "bertforge.training.finetune_evaluate:run",
     "predict": "bertforge.training.finetune_predict:run",

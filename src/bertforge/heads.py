@@ -91,7 +91,7 @@ class BertForMaskedLM(BertForPreTraining):
 
 @dataclass
 class CausalLMOutput:
-    """logits: [B, T, V], the prediction of the *next* token at every position; cache: the extended
+    """logits: [B, T, V] (or [N, V] at chosen positions), the prediction of the *next* token; cache: the extended
     KV cache when one was given."""
 
     logits: torch.Tensor
@@ -115,9 +115,11 @@ class BertLMHeadModel(nn.Module):
         self.mlm.apply(self.bert._init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, cache: KVCache | None = None,
-                **encoder_flags) -> CausalLMOutput:
+                masked_positions: torch.Tensor | None = None, **encoder_flags) -> CausalLMOutput:
+        """`masked_positions` ([B, T] bool): compute the logits only there ([N, V]), as pre-training does."""
         enc = self.bert(input_ids, attention_mask, token_type_ids, causal=True, cache=cache, **encoder_flags)
-        logits = self.mlm(enc.sequence_output, self.bert.embeddings.word_embeddings.weight)
+        hidden = enc.sequence_output if masked_positions is None else enc.sequence_output[masked_positions]
+        logits = self.mlm(hidden, self.bert.embeddings.word_embeddings.weight)
         return CausalLMOutput(logits=logits, cache=cache, encoder=enc)
 
 

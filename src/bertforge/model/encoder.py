@@ -22,7 +22,8 @@ class BertOutput:
     """What the encoder returns, always this one type.
 
     sequence_output: [B, T, H] final layer.
-    pooled_output: [B, H] tanh(W h_[CLS]), or None for a model built without a pooler.
+    pooled_output: [B, H] tanh(W h_[CLS]) (causal: of the last real token), or None for a model built without
+        a pooler.
     hidden_states: L + 1 tensors [B, T, H] (embeddings first), when requested.
     attentions: L tensors [B, A, T, T] of attention probabilities, when requested.
     """
@@ -134,7 +135,7 @@ class BertModel(nn.Module):
                 attentions.append(probs)
         return BertOutput(
             sequence_output=x,
-            pooled_output=self.pooler(x) if self.pooler is not None else None,
+            pooled_output=self.pooler(x, attention_mask, last_token=causal) if self.pooler is not None else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
             attentions=tuple(attentions) if attentions is not None else None,
         )

@@ -1,5 +1,8 @@
 """`bertforge pretrain`: masked-LM + next-sentence pre-training (BERT §3.1, Appendix A.2).
 
+The objective is a setting: mlm_nsp (BERT), mlm (no NSP) or ltr (a left-to-right LM: causal attention,
+every token predicts the next one, no NSP), the three pre-training rows of the paper's ablation (Table 5).
+
 The loop, top to bottom: build the global batch from the shards -> mask it with a generator seeded by
 the step -> this rank's rows, split into micro-batches -> forward (MLM logits only at masked positions)
 -> loss normalised by the *global* number of masked tokens and examples, so the gradient is the same
@@ -27,6 +30,7 @@ from tqdm import tqdm
 
 from bertforge.config import BertConfig
 from bertforge.data.masking import (
+    IGNORE_INDEX,
     MaskedBatch,
     MaskingSettings,
     continuation_table,
@@ -36,7 +40,7 @@ from bertforge.data.masking import (
 from bertforge.data.pretraining import DataPosition, ExampleSettings, ExampleStream, PreTrainingBatch, collate
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
-from bertforge.heads import BertForPreTraining
+from bertforge.heads import BertForPreTraining, BertLMHeadModel
 from bertforge.training.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -51,7 +55,7 @@ from bertforge.training.optim import ScheduleName, build_adamw, build_schedule, 
 
 log = logging.getLogger(__name__)
 
-Objective = Literal["mlm_nsp", "mlm"]
+Objective = Literal["mlm_nsp", "mlm", "ltr"]
 Precision = Literal["fp32", "bf16", "fp16"]
 EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable across steps and runs
 
@@ -100,8 +104,9 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         self.data, self.output_dir = Path(self.data), Path(self.output_dir)
         self.init_from = Path(self.init_from) if self.init_from is not None else None
-        if self.objective not in ("mlm_nsp", "mlm"):
-            raise ValueError(f"objective must be 'mlm_nsp' (BERT) or 'mlm' (RoBERTa), not {self.objective!r}")
+        if self.objective not in ("mlm_nsp", "mlm", "ltr"):
+            raise ValueError(f"objective must be 'mlm_nsp' (BERT), 'mlm' (no NSP, RoBERTa) or 'ltr' (left-to-right "
+                             f"LM), not {self.objective!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
         if self.batch_size % self.grad_accum_steps:
@@ -120,12 +125,16 @@ class PretrainResult:
 
 
 # ----- pieces of the loop -------------------------------------------------------------------------
-def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining:
+def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining | BertLMHeadModel:
     changes = {"vocab_size": vocab_size, "max_position_embeddings": max(512, cfg.max_seq_length),
                **cfg.model_overrides}
     if cfg.dropout is not None:
         changes.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
-    model = BertForPreTraining(BertConfig.from_preset(cfg.preset, **changes), nsp=cfg.objective == "mlm_nsp")
+    config = BertConfig.from_preset(cfg.preset, **changes)
+    if cfg.objective == "ltr":
+        model = BertLMHeadModel(config)
+    else:
+        model = BertForPreTraining(config, nsp=cfg.objective == "mlm_nsp")
     if cfg.init_from is not None:
         _load_initial_weights(model, cfg.init_from)
     return model
@@ -149,9 +158,11 @@ def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.
 
 
 class BatchMasker:
-    """Masks a batch with the run's settings and a generator seeded per (seed, step)."""
+    """Masks a batch with the run's settings and a generator seeded per (seed, step); for the ltr
+    objective the targets are the next tokens instead (nothing is masked)."""
 
     def __init__(self, cfg: PretrainConfig, tokenizer) -> None:
+        self.left_to_right = cfg.objective == "ltr"
         self.settings = MaskingSettings(rate=cfg.masking_rate, max_predictions=cfg.max_predictions,
                                         whole_word=cfg.whole_word_masking)
         self.mask_id = tokenizer.mask_id
@@ -159,10 +170,23 @@ class BatchMasker:
         self.continuation = continuation_table(tokenizer.vocab()) if cfg.whole_word_masking else None
 
     def __call__(self, batch: PreTrainingBatch, seed: int) -> MaskedBatch:
+        if self.left_to_right:
+            return next_token_targets(batch)
         generator = torch.Generator().manual_seed(seed)
         return mask_tokens(batch.input_ids, batch.special_tokens_mask, mask_id=self.mask_id,
                            replacement_ids=self.replacements, settings=self.settings, generator=generator,
                            continuation=self.continuation)
+
+
+def next_token_targets(batch: PreTrainingBatch) -> MaskedBatch:
+    """Left-to-right LM targets in the MaskedBatch layout: position t is trained to predict token t + 1,
+    wherever t + 1 is a real token (the last real token and padding predict nothing)."""
+    labels = torch.full_like(batch.input_ids, IGNORE_INDEX)
+    labels[:, :-1] = batch.input_ids[:, 1:]
+    positions = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
+    positions[:, :-1] = batch.attention_mask[:, 1:].bool()
+    labels[~positions] = IGNORE_INDEX
+    return MaskedBatch(batch.input_ids, labels, positions)
 
 
 def autocast(precision: Precision, device: torch.device):
@@ -172,11 +196,12 @@ def autocast(precision: Precision, device: torch.device):
 
 
 def losses(out, labels: torch.Tensor, nsp_labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Summed losses and correct counts of one (micro-)batch; labels are those at the masked positions."""
-    mlm_logits = out.mlm_logits.float()  # [N, V]
+    """Summed losses and correct counts of one (micro-)batch; labels are those at the masked positions
+    (for the ltr objective the "mlm" statistics are those of next-token prediction)."""
+    mlm_logits = (out.mlm_logits if hasattr(out, "mlm_logits") else out.logits).float()  # [N, V]
     stats = {"mlm_sum": F.cross_entropy(mlm_logits, labels, reduction="sum"),
              "mlm_correct": (mlm_logits.argmax(-1) == labels).sum(), "mlm_count": torch.tensor(labels.numel())}
-    if out.nsp_logits is not None:
+    if getattr(out, "nsp_logits", None) is not None:
         nsp_logits = out.nsp_logits.float()  # [B, 2]
         stats.update(nsp_sum=F.cross_entropy(nsp_logits, nsp_labels, reduction="sum"),
                      nsp_correct=(nsp_logits.argmax(-1) == nsp_labels).sum(),
@@ -203,7 +228,7 @@ def summarize(totals: torch.Tensor) -> dict[str, float | None]:
 
 
 @torch.no_grad()
-def evaluate(model: BertForPreTraining, batches: list[tuple[PreTrainingBatch, MaskedBatch]],
+def evaluate(model: BertForPreTraining | BertLMHeadModel, batches: list[tuple[PreTrainingBatch, MaskedBatch]],
              device: torch.device, precision: Precision = "fp32") -> dict[str, float | None]:
     """Held-out MLM loss/accuracy (at the masked positions) and NSP loss/accuracy."""
     was_training = model.training
@@ -306,7 +331,7 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "step": at_step, "position": dataclasses.asdict(at_position),
                 "rng": rng, "config": _jsonable(cfg), "model_config": model.config.to_dict(),
-                "nsp": model.nsp is not None}
+                "nsp": getattr(model, "nsp", None) is not None}
 
     evaluations: dict[int, dict] = {}
     if step == 0 and eval_set:
@@ -413,8 +438,9 @@ def _slice_masked(masked: MaskedBatch, rows: slice) -> MaskedBatch:
     return MaskedBatch(masked.input_ids[rows], masked.labels[rows], masked.masked_positions[rows])
 
 
-def export_model(model: BertForPreTraining, directory: Path, tokenizer) -> Path:
-    """A Hugging Face-format folder (config.json, model.safetensors, vocab) `transformers` can load."""
+def export_model(model: BertForPreTraining | BertLMHeadModel, directory: Path, tokenizer) -> Path:
+    """A Hugging Face-format folder (config.json, model.safetensors, vocab) `transformers` can load
+    (BertForPreTraining, BertForMaskedLM for MLM only, BertLMHeadModel with is_decoder for ltr)."""
     from bertforge.checkpoint import save_model
 
     return save_model(model, directory, tokenizer=tokenizer)
@@ -453,7 +479,8 @@ def run(data: Path, output_dir: Path, preset: str = "mini", model_overrides: dic
         model_overrides: BertConfig fields to change, e.g. {num_layers: 2, hidden_size: 96}.
         init_from: Start from these weights (a run folder, checkpoint file or Hugging Face folder), e.g. the
             second phase at length 512 after a first phase at 128 (BERT Appendix A.2).
-        objective: mlm_nsp (BERT) or mlm (masked-LM only, as RoBERTa and Cramming found better).
+        objective: mlm_nsp (BERT), mlm (masked-LM only, as RoBERTa and Cramming found better) or ltr (a
+            left-to-right LM, causal attention, no NSP: the paper's "LTR & No NSP" ablation).
         max_seq_length: Tokens per example, [CLS] and [SEP]s included.
         short_seq_prob: Share of examples with a shorter random target length (BERT: 0.1).
         masking_rate: Share of tokens selected for prediction (BERT: 0.15).

@@ -1,0 +1,165 @@
+"""The ablation machinery: the left-to-right objective, the causal pooler, the BiLSTM head, loading an
+MLM-only checkpoint into a task model, and `bertforge ablate` end to end on data written here."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertforge.analysis.ablate import BiLSTMOnTop, LeftToRight, choose_variants, parse_tokens, run
+from bertforge.config import BertConfig
+from bertforge.data.pretraining import PreTrainingBatch
+from bertforge.heads import BertForSequenceClassification, BertLMHeadModel
+from bertforge.model import BertModel
+from bertforge.training.pretrain import losses, next_token_targets
+
+TINY = BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                  hidden_dropout=0.0, attention_dropout=0.0)
+
+
+def _batch(rows: list[list[int]]) -> PreTrainingBatch:
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = (ids != 0).long()
+    return PreTrainingBatch(ids, torch.zeros_like(ids), mask, ids == 0, torch.zeros(len(rows), dtype=torch.long))
+
+
+def test_next_token_targets_predict_each_following_real_token_only():
+    masked = next_token_targets(_batch([[2, 5, 6, 3], [2, 7, 3]]))
+    assert masked.labels.tolist() == [[5, 6, 3, -100], [7, 3, -100, -100]]
+    assert masked.masked_positions.tolist() == [[True, True, True, False], [True, True, False, False]]
+    assert torch.equal(masked.input_ids, torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]))  # nothing is corrupted
+
+
+def test_ltr_loss_at_a_position_ignores_every_later_token():
+    torch.manual_seed(0)
+    model = BertLMHeadModel(TINY).eval()
+    a, b = _batch([[2, 5, 6, 7, 8, 3]]), _batch([[2, 5, 6, 9, 9, 3]])  # differ from position 3 on
+    first = torch.zeros(1, 6, dtype=torch.bool)
+    first[0, :2] = True  # positions 0 and 1 predict tokens 1 and 2, which both rows share
+    outs = [model(x.input_ids, x.attention_mask, masked_positions=first) for x in (a, b)]
+    torch.testing.assert_close(outs[0].logits, outs[1].logits)
+    stats = losses(outs[0], next_token_targets(a).labels[first], a.nsp_labels)
+    assert set(stats) == {"mlm_sum", "mlm_correct", "mlm_count"} and int(stats["mlm_count"]) == 2
+
+
+def test_causal_pooler_reads_the_last_real_token_whatever_the_padding():
+    torch.manual_seed(0)
+    model = BertModel(TINY).eval()
+    alone = torch.tensor([[2, 5, 6, 3]])
+    padded = torch.tensor([[2, 5, 6, 3, 0, 0], [2, 7, 8, 9, 10, 3]])
+    mask = (padded != 0).long()
+    one = model(alone, causal=True)
+    both = model(padded, mask, causal=True)
+    torch.testing.assert_close(both.pooled_output[0], one.pooled_output[0], atol=1e-5, rtol=1e-5)
+    expected = torch.tanh(model.pooler.dense(one.sequence_output[0, -1]))
+    torch.testing.assert_close(one.pooled_output[0], expected)
+    # Bidirectional use keeps [CLS].
+    torch.testing.assert_close(model(alone).pooled_output[0], torch.tanh(model.pooler.dense(model(alone).sequence_output[0, 0])))
+
+
+def test_bilstm_on_top_is_padding_invariant_and_pools_both_directions():
+    torch.manual_seed(0)
+    wrapped = BiLSTMOnTop(BertModel(TINY)).eval()
+    alone = wrapped(torch.tensor([[2, 5, 6, 3]]), torch.ones(1, 4, dtype=torch.long))
+    padded_ids = torch.tensor([[2, 5, 6, 3, 0, 0], [2, 7, 8, 9, 10, 3]])
+    both = wrapped(padded_ids, (padded_ids != 0).long())
+    torch.testing.assert_close(both.sequence_output[0, :4], alone.sequence_output[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both.pooled_output[0], alone.pooled_output[0], atol=1e-5, rtol=1e-5)
+    half = TINY.hidden_size // 2
+    states = alone.sequence_output[0]
+    torch.testing.assert_close(alone.pooled_output[0], torch.cat([states[-1, :half], states[0, half:]]))
+
+
+def test_left_to_right_task_model_cannot_see_later_tokens():
+    torch.manual_seed(0)
+    net = LeftToRight(BertForSequenceClassification(TINY, num_labels=2)).eval()
+    a = torch.tensor([[2, 5, 6, 7, 3]])
+    b = torch.tensor([[2, 5, 6, 9, 3]])  # differs at position 3
+    ha, hb = (net(x).encoder.sequence_output for x in (a, b))
+    torch.testing.assert_close(ha[:, :3], hb[:, :3])
+    assert not torch.allclose(ha[:, 3:], hb[:, 3:])
+
+
+def test_a_task_model_loads_an_mlm_only_checkpoint_with_a_fresh_pooler(tmp_path, caplog):
+    from bertforge.checkpoint import load_model, save_model
+    from bertforge.heads import BertForMaskedLM
+
+    torch.manual_seed(0)
+    source = BertForMaskedLM(TINY)
+    save_model(source, tmp_path)
+    loaded = load_model(tmp_path, BertForSequenceClassification, num_labels=2)
+    assert torch.equal(loaded.bert.embeddings.word_embeddings.weight, source.bert.embeddings.word_embeddings.weight)
+    assert "bert.pooler.dense.weight" in caplog.text  # reported as freshly initialised
+
+
+def test_parse_tokens_and_variant_choice():
+    assert parse_tokens("4M") == 4_000_000 and parse_tokens("500k") == 500_000 and parse_tokens(2000) == 2000
+    with pytest.raises(ValueError, match="not a token count"):
+        parse_tokens("lots")
+    names = [v.name for v in choose_variants(None, ["ltr_bilstm"])]
+    assert names == ["bert", "ltr", "ltr_bilstm"]  # the reference row and the shared pre-training come first
+    with pytest.raises(ValueError, match="unknown variant"):
+        choose_variants(None, ["bogus"])
+
+
+# ----- end to end on data written here ------------------------------------------------------------
+def _write_data(root: Path) -> None:
+    from pydoc_data.topics import topics
+
+    docs = [topics[key] for key in sorted(topics)[:40]]
+    (root / "corpus").mkdir()
+    (root / "corpus" / "docs.txt").write_text(
+        "\n\n".join("\n".join(line for line in doc.splitlines() if line.strip()) for doc in docs))
+    good, bad = ["a fine and lovely film", "great fun"], ["a dull mess", "boring and bad"]
+    sst = root / "glue" / "SST-2"
+    sst.mkdir(parents=True)
+    lines = ["sentence\tlabel"] + [f"{t}\t1" for t in good] * 6 + [f"{t}\t0" for t in bad] * 6
+    (sst / "train.tsv").write_text("\n".join(lines) + "\n")
+    (sst / "dev.tsv").write_text("\n".join(lines[:1] + lines[1:25:3]) + "\n")
+    mrpc = root / "glue" / "MRPC"
+    mrpc.mkdir(parents=True)
+    rows = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    rows += [f"{i % 2}\t{i}\t{i + 100}\tthe cat sat {i}\tthe cat sat {i if i % 2 else i + 1}" for i in range(20)]
+    (mrpc / "train.tsv").write_text("\n".join(rows) + "\n")
+    (mrpc / "dev.tsv").write_text("\n".join(rows[:9]) + "\n")
+    context = "The function returns a list of names. It was added in version three."
+    questions = [("What does it return?", "a list of names"), ("When was it added?", "version three")]
+
+    def article(title: str) -> dict:
+        qas = [{"id": f"{title}-{i}", "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
+               for i, (q, a) in enumerate(questions)]
+        return {"title": title, "paragraphs": [{"context": context, "qas": qas}]}
+
+    data = {"data": [article("Python"), article("Kenya")]}  # Kenya is an evaluation article of the agreed split
+    (root / "squad").mkdir()
+    (root / "squad" / "dev-v1.1.reconstructed.json").write_text(json.dumps(data))
+
+
+def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
+    _write_data(tmp_path)
+    out = tmp_path / "run"
+    options = dict(output_dir=out, budget="3k", variants=["ltr_bilstm", "pos_rope"], corpus=[tmp_path / "corpus"],
+                   max_documents=40, vocab_size=300, data_root=tmp_path, max_seq_length=32, batch_size=8,
+                   finetune_epochs=1, finetune_batch_size=8, squad_train_questions=2, squad_eval_questions=2)
+    table = run(**options)
+    rows = list(csv.DictReader((out / "ablation.csv").open(encoding="utf-8")))
+    assert [r["variant"] for r in rows] == ["MLM + NSP (BERT)", "LTR & No NSP", "LTR & No NSP + BiLSTM",
+                                            "positions: rope"]
+    assert all(r["pre-training tokens"] == f"{(3000 // (8 * 32)) * 8 * 32:,}" for r in rows)
+    for r in rows:
+        for column in ("SST-2 acc", "MRPC F1", "SQuAD F1"):
+            assert 0.0 <= float(r[column]) <= 100.0
+    assert rows[0]["paper SST-2 acc"] == "92.7" and rows[3]["paper SST-2 acc"] == ""
+    assert rows[1]["held-out MLM acc"] == "—" and rows[1]["held-out NSP acc"] == "—"
+    assert (out / "ablation.png").stat().st_size > 10_000
+    assert "| LTR & No NSP + BiLSTM |" in table.read_text(encoding="utf-8")
+    # The ltr pre-training is shared by two rows, and a second call redoes nothing.
+    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["bert", "ltr", "pos_rope"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    run(**options)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
