@@ -56,7 +56,7 @@ def run(model: str = "all-minilm-l6-v2", data: Path = Path("../shared/data/glue/
     random_model = BertModel(trained.config).eval()
     table = {"pre-trained": sts_spearman(trained, tokenizer, firsts, seconds, scores),
              "random init": sts_spearman(random_model, tokenizer, firsts, seconds, scores)}
-    lines = [f"STS-B dev ({len(examples)} pairs), Spearman ρ × 100 of cosine similarity, model {directory.name}",
+    lines = [f"STS-B dev ({len(examples)} pairs), Spearman ρ × 100 of cosine similarity, model {model}",
              "", "| sentence vector | pre-trained | random init |", "|---|---:|---:|"]
     lines += [f"| {name} | {table['pre-trained'][name]:.1f} | {table['random init'][name]:.1f} |" for name in VARIANTS]
     text = "\n".join(lines)
