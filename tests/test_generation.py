@@ -122,3 +122,19 @@ def test_cache_requires_causal() -> None:
     model = BertLMHeadModel(ODD)
     with pytest.raises(ValueError, match="causal"):
         model.bert(torch.tensor([[1, 2]]), cache=KVCache.empty(2))
+
+
+def test_generate_job_loads_a_saved_causal_lm_and_continues_each_prompt(minilm_dir: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    from bertforge.cli import main
+
+    tokenizer = BertTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    model = BertLMHeadModel(BertConfig.from_preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
+    with torch.no_grad():
+        model.mlm.bias.zero_()
+        model.mlm.bias[tokenizer.token_to_id("dog")] = 100.0
+    save_model(model, tmp_path / "lm", tokenizer=tokenizer)
+    main(["generate", "--model", str(tmp_path / "lm"), "--prompt", "[a cat, the bird]", "--max-new-tokens", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == ["a cat → dog dog …", "the bird → dog dog …"]

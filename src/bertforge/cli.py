@@ -21,6 +21,7 @@ JOBS: dict[str, str] = {
     "poolings": "bertforge.analysis.poolings:run",
     "feature-ner": "bertforge.analysis.feature_based:run",
     "ablate": "bertforge.analysis.ablate:run",
+    "generate": "bertforge.generation:run",
     "finetune": "bertforge.training.finetune:run",
     "evaluate": "bertforge.training.finetune_evaluate:run",
     "predict": "bertforge.training.finetune_predict:run",

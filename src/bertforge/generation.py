@@ -72,3 +72,31 @@ def generate(model: BertLMHeadModel, tokenizer: BertTokenizer, prompt: str, *, m
                                 temperature=temperature, top_k=top_k, top_p=top_p, stop_id=tokenizer.sep_id,
                                 generator=generator)
     return Generation(text=tokenizer.decode(ids), ids=ids, stopped=stopped)
+
+
+def run(model: str, prompt: list[str], max_new_tokens: int = 30, temperature: float = 0.0, top_k: int = 0,
+        top_p: float = 1.0, seed: int | None = 0) -> list[Generation]:
+    """Continue each prompt with a left-to-right model (e.g. `bertforge pretrain --objective ltr`).
+
+    Args:
+        model: A model directory holding a causal LM (BertLMHeadModel weights: an LTR pre-training's export).
+        prompt: One or more prompts; each is continued on its own.
+        max_new_tokens: Stop after this many new tokens (or at [SEP]).
+        temperature: 0 is greedy decoding; above 0 samples from softmax(logits / temperature).
+        top_k: Sample among the k most likely tokens only (0: no limit).
+        top_p: Sample within the smallest set of tokens whose probability reaches top_p (1: no limit).
+        seed: Seed of the sampling.
+    """
+    from bertforge.checkpoint import load_model
+    from bertforge.pretrained import resolve_model
+
+    directory = resolve_model(model)
+    tokenizer = BertTokenizer.from_pretrained(directory)
+    lm = load_model(directory, BertLMHeadModel)
+    results = []
+    for text in prompt:
+        out = generate(lm, tokenizer, text, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p, seed=seed)
+        print(f"{text} → {out.text}" + ("" if out.stopped else " …"))
+        results.append(out)
+    return results
