@@ -163,3 +163,6 @@ def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
     run(**options)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
+    # The same folder with another corpus would compare variants trained on different data: refused.
+    with pytest.raises(ValueError, match="corpus.json.*new --output-dir"):
+        run(**{**options, "vocab_size": 400})

@@ -175,7 +175,15 @@ def prepare(corpus: Sequence[Path], output_dir: Path, *, max_documents: int, voc
     from bertforge.tokenizer import BertTokenizer
 
     data_dir = output_dir / "data"
+    wanted = {"corpus": [str(c) for c in corpus], "max_documents": max_documents, "vocab_size": vocab_size}
+    settings_file = output_dir / "corpus.json"
     if (data_dir / "meta.json").is_file():
+        if settings_file.is_file():
+            held = json.loads(settings_file.read_text(encoding="utf-8"))
+            if held != wanted:
+                raise ValueError(f"{settings_file}: this run folder's corpus was prepared with {held}, not {wanted}; "
+                                 "every variant must see the same corpus, so pass a new --output-dir (or the old "
+                                 "settings)")
         return PreparedCorpus.open(data_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     text_file = output_dir / "corpus.txt"
@@ -188,6 +196,7 @@ def prepare(corpus: Sequence[Path], output_dir: Path, *, max_documents: int, voc
         write_text_atomic(text_file, "\n\n".join(documents) + "\n")
     count = text_file.read_text(encoding="utf-8").count("\n\n") + 1
     tokenizer = BertTokenizer.train([text_file], vocab_size=vocab_size)
+    write_text_atomic(settings_file, json.dumps(wanted, indent=2) + "\n")
     # ~2% of the documents held out (at least one in 5 for a small corpus) for the perplexity column.
     return prepare_corpus([text_file], data_dir, tokenizer, heldout_every=min(50, max(5, count // 10)),
                           progress=False, shard_tokens=1 << 22)
