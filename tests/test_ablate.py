@@ -143,23 +143,25 @@ def _write_data(root: Path) -> None:
 def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     _write_data(tmp_path)
     out = tmp_path / "run"
-    options = dict(output_dir=out, budget="3k", variants=["ltr_bilstm", "pos_rope"], corpus=[tmp_path / "corpus"],
+    options = dict(output_dir=out, budget="3k", variants=["ltr_bilstm", "scratch", "pos_rope"], corpus=[tmp_path / "corpus"],
                    max_documents=40, vocab_size=300, data_root=tmp_path, max_seq_length=32, batch_size=8,
                    finetune_epochs=1, finetune_batch_size=8, squad_train_questions=2, squad_eval_questions=2)
     table = run(**options)
     rows = list(csv.DictReader((out / "ablation.csv").open(encoding="utf-8")))
     assert [r["variant"] for r in rows] == ["MLM + NSP (BERT)", "LTR & No NSP", "LTR & No NSP + BiLSTM",
-                                            "positions: rope"]
-    assert all(r["pre-training tokens"] == f"{(3000 // (8 * 32)) * 8 * 32:,}" for r in rows)
+                                            "no pre-training (random init)", "positions: rope"]
+    trained = [r for r in rows if r["variant"] != "no pre-training (random init)"]
+    assert all(r["pre-training tokens"] == f"{(3000 // (8 * 32)) * 8 * 32:,}" for r in trained)
+    assert rows[3]["pre-training tokens"] == "0" and rows[3]["held-out MLM ppl"] == "—"
     for r in rows:
         for column in ("SST-2 acc", "MRPC F1", "SQuAD F1"):
             assert 0.0 <= float(r[column]) <= 100.0
-    assert rows[0]["paper SST-2 acc"] == "92.7" and rows[3]["paper SST-2 acc"] == ""
+    assert rows[0]["paper SST-2 acc"] == "92.7" and rows[4]["paper SST-2 acc"] == ""
     assert rows[1]["held-out MLM acc"] == "—" and rows[1]["held-out NSP acc"] == "—"
     assert (out / "ablation.png").stat().st_size > 10_000
     assert "| LTR & No NSP + BiLSTM |" in table.read_text(encoding="utf-8")
     # The ltr pre-training is shared by two rows, and a second call redoes nothing.
-    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["bert", "ltr", "pos_rope"]
+    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["bert", "ltr", "pos_rope", "scratch"]
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
     run(**options)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps

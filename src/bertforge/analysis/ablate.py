@@ -50,6 +50,7 @@ class Variant:
     preset: str = "tiny"
     bilstm: bool = False
     pretrain_as: str | None = None
+    pretrained: bool = True  # False: fine-tune the randomly initialised model (the "no pre-training" floor)
 
     @property
     def pretrain_name(self) -> str:
@@ -62,6 +63,7 @@ VARIANTS: dict[str, list[Variant]] = {
         Variant("no_nsp", "No NSP (MLM only)", objective="mlm"),
         Variant("ltr", "LTR & No NSP", objective="ltr"),
         Variant("ltr_bilstm", "LTR & No NSP + BiLSTM", objective="ltr", bilstm=True, pretrain_as="ltr"),
+        Variant("scratch", "no pre-training (random init)", pretrained=False),
     ],
     "positions": [
         Variant(f"pos_{scheme}", f"positions: {scheme}", position=scheme)
@@ -214,7 +216,7 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
         if summary.get("settings") == wanted:
             return summary
-    steps = settings.steps
+    steps = settings.steps if variant.pretrained else 0
     cfg = PretrainConfig(
         data=data_dir, output_dir=run_dir, preset=variant.preset, objective=variant.objective,
         model_overrides={"position_embedding_type": variant.position}, max_seq_length=settings.max_seq_length,
@@ -223,11 +225,26 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
         save_every=max(1, steps // 4), resume=True, threads=threads, progress=False, tensorboard=False,
     )
     started = time.perf_counter()
+    if not variant.pretrained:
+        return _untrained(cfg, data_dir, run_dir, wanted, summary_file)
     result = train(cfg)
     final = result.evaluations[max(result.evaluations)]
     summary = {"settings": wanted, "steps": result.step, "tokens": result.step * settings.batch_size *
                settings.max_seq_length, "seconds": round(time.perf_counter() - started, 1),
                "heldout": final, "model_dir": str(result.model_dir)}
+    write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _untrained(cfg, data_dir: Path, run_dir: Path, wanted: dict, summary_file: Path) -> dict:
+    """The model exactly as pre-training would start it (same preset, vocabulary and seed), saved untrained."""
+    from bertforge.data.shards import PreparedCorpus
+    from bertforge.training.pretrain import build_model, export_model
+
+    tokenizer = PreparedCorpus.open(data_dir).tokenizer()
+    torch.manual_seed(cfg.seed)
+    model_dir = export_model(build_model(cfg, tokenizer.vocab_size), run_dir / "model", tokenizer)
+    summary = {"settings": wanted, "steps": 0, "tokens": 0, "seconds": 0.0, "heldout": {}, "model_dir": str(model_dir)}
     write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -314,8 +331,8 @@ def table_rows(rows: list[dict], tasks: Sequence[str]) -> tuple[list[str], list[
         lm = variant.objective == "ltr"
         cells = [variant.label, variant.objective, variant.position, variant.preset, f"{row['parameters']:,}",
                  f"{row['pretrain']['tokens']:,}",
-                 "—" if lm else f"{100 * heldout['mlm_accuracy']:.1f}",
-                 f"{math.exp(heldout['mlm_loss']):.1f}" + (" (next-token)" if lm else ""),
+                 "—" if lm or "mlm_accuracy" not in heldout else f"{100 * heldout['mlm_accuracy']:.1f}",
+                 "—" if "mlm_loss" not in heldout else f"{math.exp(heldout['mlm_loss']):.1f}" + (" (next-token)" if lm else ""),
                  f"{100 * heldout['nsp_accuracy']:.1f}" if heldout.get("nsp_accuracy") is not None else "—"]
         for task in tasks:
             metrics = row["tasks"].get(task, {}).get("metrics", {})
