@@ -4,13 +4,22 @@ MLM-only checkpoint into a task model, and `bertforge ablate` end to end on data
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from bertforge.analysis.ablate import BiLSTMOnTop, LeftToRight, choose_variants, parse_tokens, run
+from bertforge.analysis.ablate import (
+    BiLSTMOnTop,
+    LeftToRight,
+    Variant,
+    _same_settings,
+    choose_variants,
+    parse_tokens,
+    run,
+)
 from bertforge.config import BertConfig
 from bertforge.data.pretraining import PreTrainingBatch
 from bertforge.heads import BertForSequenceClassification, BertLMHeadModel
@@ -168,3 +177,14 @@ def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     # The same folder with another corpus would compare variants trained on different data: refused.
     with pytest.raises(ValueError, match="corpus.json.*new --output-dir"):
         run(**{**options, "vocab_size": 400})
+
+
+def test_results_cached_before_a_variant_field_was_added_still_count():
+    variant = Variant("bert", "MLM + NSP (BERT)")
+    settings = {"epochs": 3.0}
+    wanted = {"variant": dataclasses.asdict(variant), **settings}
+    older = {"variant": {k: v for k, v in wanted["variant"].items() if k != "pretrained"}, **settings}
+    assert _same_settings(older, wanted)
+    assert not _same_settings({**older, "epochs": 2.0}, wanted)
+    scratch = dataclasses.replace(variant, pretrained=False)
+    assert not _same_settings(older, {"variant": dataclasses.asdict(scratch), **settings})

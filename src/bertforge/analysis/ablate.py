@@ -275,7 +275,7 @@ def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path,
     wanted = {"variant": dataclasses.asdict(variant), **dataclasses.asdict(settings)}
     if result_file.is_file():
         cached = json.loads(result_file.read_text(encoding="utf-8"))
-        if cached.get("settings") == wanted:
+        if _same_settings(cached.get("settings"), wanted):
             return cached
     squad = task_name == "squad"
     max_seq_length = settings.squad_max_seq_length if squad else 128
@@ -303,6 +303,18 @@ def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path,
               "metrics": {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("dev/")}}
     write_text_atomic(result_file, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _same_settings(cached: dict | None, wanted: dict) -> bool:
+    """A cached result still answers `wanted` when only Variant fields added since, at their defaults, differ."""
+    if not cached:
+        return False
+    defaults = {f.name: f.default for f in dataclasses.fields(Variant)}
+    held = dict(cached.get("variant", {}))
+    for name, value in wanted["variant"].items():
+        if name not in held and value == defaults.get(name, dataclasses.MISSING):
+            held[name] = value
+    return {**cached, "variant": held} == wanted
 
 
 # ----- the table and the plot ---------------------------------------------------------------------
