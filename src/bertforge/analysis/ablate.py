@@ -380,7 +380,7 @@ def plot(rows: list[dict], tasks: Sequence[str], path: Path) -> Path:
 
     main = {"sst2": ("accuracy", "SST-2 dev accuracy"), "mrpc": ("accuracy", "MRPC dev accuracy"),
             "squad": ("f1", "SQuAD v1.1 (agreed split) F1")}
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 0.45 * len(rows) + 1.5), sharey=True,
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 0.45 * len(rows) + 1.9), sharey=True,
                              squeeze=False)
     labels = [row["variant"].label for row in rows]
     positions = range(len(rows))
@@ -396,12 +396,20 @@ def plot(rows: list[dict], tasks: Sequence[str], path: Path) -> Path:
         if marked:
             ax.scatter([p for p, _ in marked], [y for _, y in marked], marker="|", s=200, color="#C44E52",
                        label="paper (BERT-base)", zorder=3)
-            ax.legend(loc="lower right", fontsize=8)
+        floor = [v for row, v in zip(rows, values, strict=True) if not row["variant"].pretrained]
+        if floor and not math.isnan(floor[0]):
+            ax.axvline(floor[0], color="0.4", linestyle="--", linewidth=1, label="no pre-training")
         ax.set_title(title, fontsize=10)
-        ax.set_xlim(0, 100)
+        shown = [v for v in values + [p for p, _ in marked] if not math.isnan(v)]
+        low = max(0, 10 * math.floor((min(shown, default=0) - 3) / 10))  # zoom in: the differences are small
+        ax.set_xlim(low, 100)
     axes[0][0].set_yticks(list(positions), labels, fontsize=8)
     axes[0][0].invert_yaxis()
+    handles, names = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
+    if handles:  # one legend for every panel, under them
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.35 / fig.get_figheight())
+        fig.legend(handles, names, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
