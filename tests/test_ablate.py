@@ -17,6 +17,7 @@ from bertforge.analysis.ablate import (
     Variant,
     _same_settings,
     choose_variants,
+    over_seeds,
     parse_tokens,
     run,
 )
@@ -174,6 +175,13 @@ def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
     run(**options)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
+    # A second fine-tuning seed adds its own result files, reuses the first, and shows mean ± deviation.
+    again = run(**{**options, "variants": ["pos_rope"], "finetune_seeds": [42, 7], "tasks": ["sst2"],
+                   "report_dir": tmp_path / "seeds"})
+    assert (out / "finetune" / "pos_rope" / "sst2-seed7.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    rows = list(csv.DictReader((tmp_path / "seeds" / "ablation.csv").open(encoding="utf-8")))
+    assert " ± " in rows[-1]["SST-2 acc"] and "seeds 42, 7" in again.read_text(encoding="utf-8")
     # The same folder with another corpus would compare variants trained on different data: refused.
     with pytest.raises(ValueError, match="corpus.json.*new --output-dir"):
         run(**{**options, "vocab_size": 400})
@@ -188,3 +196,11 @@ def test_results_cached_before_a_variant_field_was_added_still_count():
     assert not _same_settings({**older, "epochs": 2.0}, wanted)
     scratch = dataclasses.replace(variant, pretrained=False)
     assert not _same_settings(older, {"variant": dataclasses.asdict(scratch), **settings})
+
+
+def test_over_seeds_reports_mean_and_sample_deviation():
+    records = [{"metrics": {"accuracy": a, "note": "x"}, "settings": {"seed": s}} for s, a in ((42, 0.7), (1, 0.8))]
+    result = over_seeds(records)
+    assert result["metrics"] == pytest.approx({"accuracy": 0.75})
+    assert result["std"]["accuracy"] == pytest.approx(0.0707107, abs=1e-6) and result["seeds"] == [42, 1]
+    assert over_seeds(records[:1])["std"] == {}

@@ -305,6 +305,15 @@ def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path,
     return record
 
 
+def over_seeds(records: list[dict]) -> dict:
+    """Fine-tuning results of one task over seeds: mean and (sample) standard deviation of every metric."""
+    keys = [k for k, v in records[0]["metrics"].items() if isinstance(v, float)]
+    mean = {k: sum(r["metrics"][k] for r in records) / len(records) for k in keys}
+    std = {k: math.sqrt(sum((r["metrics"][k] - mean[k]) ** 2 for r in records) / (len(records) - 1))
+           for k in keys} if len(records) > 1 else {}
+    return {"metrics": mean, "std": std, "seeds": [r["settings"]["seed"] for r in records]}
+
+
 def _same_settings(cached: dict | None, wanted: dict) -> bool:
     """A cached result still answers `wanted` when only Variant fields added since, at their defaults, differ."""
     if not cached:
@@ -347,8 +356,10 @@ def table_rows(rows: list[dict], tasks: Sequence[str]) -> tuple[list[str], list[
                  "—" if "mlm_loss" not in heldout else f"{math.exp(heldout['mlm_loss']):.1f}" + (" (next-token)" if lm else ""),
                  f"{100 * heldout['nsp_accuracy']:.1f}" if heldout.get("nsp_accuracy") is not None else "—"]
         for task in tasks:
-            metrics = row["tasks"].get(task, {}).get("metrics", {})
-            cells += [f"{score(task, metrics[key]):.1f}" if key in metrics else "—" for key, _ in TASK_COLUMNS[task]]
+            result = row["tasks"].get(task, {})
+            metrics, std = result.get("metrics", {}), result.get("std", {})
+            cells += [("—" if key not in metrics else f"{score(task, metrics[key]):.1f}" +
+                       (f" ± {score(task, std[key]):.1f}" if key in std else "")) for key, _ in TASK_COLUMNS[task]]
         paper = PAPER_TABLE5.get(variant.name, {})
         cells += [f"{paper[t]:.1f}" if t in paper else "" for t in tasks]
         body.append(cells)
@@ -387,7 +398,8 @@ def plot(rows: list[dict], tasks: Sequence[str], path: Path) -> Path:
     for ax, task in zip(axes[0], tasks, strict=True):
         key, title = main[task]
         values = [score(task, row["tasks"].get(task, {}).get("metrics", {}).get(key, float("nan"))) for row in rows]
-        ax.barh(list(positions), values, color="#4C72B0")
+        errors = [score(task, row["tasks"].get(task, {}).get("std", {}).get(key, 0.0)) for row in rows]
+        ax.barh(list(positions), values, color="#4C72B0", xerr=errors if any(errors) else None, capsize=3)
         for y, value in zip(positions, values, strict=True):
             if not math.isnan(value):
                 ax.text(value, y, f" {value:.1f}", va="center", fontsize=8)
@@ -436,6 +448,7 @@ def run(
     sst2_examples: int = 8000,
     squad_train_questions: int = 2000,
     squad_eval_questions: int = 1000,
+    finetune_seeds: list[int] | None = None,
     report_dir: Path | None = None,
     threads: int | None = None,
 ) -> Path:
@@ -462,6 +475,8 @@ def run(
         sst2_examples: First N SST-2 training sentences.
         squad_train_questions: First N questions of the 35 training articles of the agreed SQuAD split.
         squad_eval_questions: First N questions of the 13 evaluation articles.
+        finetune_seeds: Fine-tune every variant once per seed (default: 42 alone); with several, the table shows
+            mean ± standard deviation, the noise any difference between rows must beat.
         report_dir: Where the table and the plot go (default: output_dir).
         threads: CPU threads for torch.
     """
@@ -483,6 +498,7 @@ def run(
           f"{counts['heldout']['tokens']:,} held out; each variant: {pre.steps} steps x {batch_size} x "
           f"{max_seq_length} = {pre.steps * batch_size * max_seq_length:,} tokens")
 
+    finetune_seeds = list(finetune_seeds or [FinetuneSettings.seed])
     rows = []
     for variant in chosen:
         print(f"[{variant.name}] pre-training: objective {variant.objective}, positions {variant.position}, "
@@ -492,13 +508,16 @@ def run(
         row = {"variant": variant, "pretrain": summary, "parameters": _parameters(model_dir), "tasks": {}}
         print(f"[{variant.name}] held-out: {summary['heldout']}")
         for task in tasks:
-            record = finetune(variant, model_dir, task, data_root, fine,
-                              output_dir / "finetune" / variant.name / f"{task}.json")
-            row["tasks"][task] = record
-            print(f"[{variant.name}] {task}: " + ", ".join(f"{k} {score(task, v):.2f}"
-                                                         for k, v in record["metrics"].items() if isinstance(v, float)))
+            records = []
+            for finetune_seed in finetune_seeds:
+                name = f"{task}.json" if finetune_seed == FinetuneSettings.seed else f"{task}-seed{finetune_seed}.json"
+                records.append(finetune(variant, model_dir, task, data_root, dataclasses.replace(fine, seed=finetune_seed),
+                                        output_dir / "finetune" / variant.name / name))
+                print(f"[{variant.name}] {task} (seed {finetune_seed}): " + ", ".join(
+                    f"{k} {score(task, v):.2f}" for k, v in records[-1]["metrics"].items() if isinstance(v, float)))
+            row["tasks"][task] = over_seeds(records)
         rows.append(row)
-        preamble = _preamble(pre, fine, prepared, budget)
+        preamble = _preamble(pre, fine, prepared, budget, finetune_seeds, tasks)
         paths = write_report(rows, tasks, Path(report_dir or output_dir), preamble)  # updated after every row
     print(f"table: {paths['markdown']} and {paths['csv']}; plot: {paths['plot']}")
     print(paths["markdown"].read_text(encoding="utf-8"))
@@ -535,13 +554,19 @@ def _parameters(model_dir: Path) -> int:
     return sum(t.numel() for t in state.values())
 
 
-def _preamble(pre: PretrainSettings, fine: FinetuneSettings, prepared, budget: str) -> str:
+def _preamble(pre: PretrainSettings, fine: FinetuneSettings, prepared, budget: str, seeds: Sequence[int],
+              tasks: Sequence[str]) -> str:
     counts = prepared.meta["counts"]
+    seeding = (f"seed {seeds[0]}" if len(seeds) == 1 else
+               f"seeds {', '.join(map(str, seeds))} (mean ± standard deviation)")
+    data = {"sst2": f"SST-2 first {fine.sst2_examples:,} training sentences, dev 872",
+            "mrpc": "MRPC train/dev",
+            "squad": f"SQuAD v1.1 agreed split, first {fine.squad_train_questions:,} training / "
+                     f"{fine.squad_eval_questions:,} evaluation questions, length {fine.squad_max_seq_length}, "
+                     f"stride {fine.squad_doc_stride}"}
     return (f"Pre-training: {pre.steps} steps x {pre.batch_size} x {pre.max_seq_length} tokens "
             f"(budget {budget}) per variant on {counts['train']['tokens']:,} corpus tokens, lr {pre.lr}, seed "
             f"{pre.seed}, vocabulary {prepared.tokenizer().vocab_size:,}. Fine-tuning: {fine.epochs:g} epochs, "
-            f"batch {fine.batch_size}, lr {fine.learning_rate}, seed {fine.seed}; SST-2 first {fine.sst2_examples:,} "
-            f"training sentences, dev 872; MRPC train/dev; SQuAD v1.1 agreed split, first "
-            f"{fine.squad_train_questions:,} training / {fine.squad_eval_questions:,} evaluation questions, "
-            f"length {fine.squad_max_seq_length}, stride {fine.squad_doc_stride}. Best epoch on dev reported. "
-            f"Held-out perplexity of the LTR model is next-token perplexity, not comparable with MLM's.")
+            f"batch {fine.batch_size}, lr {fine.learning_rate}, {seeding}; "
+            + "; ".join(data[t] for t in tasks) + ". Best epoch on dev reported. "
+            "Held-out perplexity of the LTR model is next-token perplexity, not comparable with MLM's.")
