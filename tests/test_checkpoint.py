@@ -273,3 +273,16 @@ def test_real_checkpoint_layout(minilm_dir: Path) -> None:
     model = load_model(minilm_dir)
     assert model.config.num_layers == 6 and model.config.hidden_size == 384 and model.config.num_heads == 12
     assert model.num_parameters() == 22_713_216
+
+
+def test_atomic_writes_get_a_normal_file_mode(tmp_path: Path) -> None:
+    import os
+
+    from bertforge.files import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "table.md", "| a |\n")
+        assert (tmp_path / "table.md").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    finally:
+        os.umask(mask)
