@@ -69,7 +69,8 @@ def test_causal_pooler_reads_the_last_real_token_whatever_the_padding():
     expected = torch.tanh(model.pooler.dense(one.sequence_output[0, -1]))
     torch.testing.assert_close(one.pooled_output[0], expected)
     # Bidirectional use keeps [CLS].
-    torch.testing.assert_close(model(alone).pooled_output[0], torch.tanh(model.pooler.dense(model(alone).sequence_output[0, 0])))
+    first_token = model(alone).sequence_output[0, 0]
+    torch.testing.assert_close(model(alone).pooled_output[0], torch.tanh(model.pooler.dense(first_token)))
 
 
 def test_bilstm_on_top_is_padding_invariant_and_pools_both_directions():
@@ -153,7 +154,8 @@ def _write_data(root: Path) -> None:
 def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     _write_data(tmp_path)
     out = tmp_path / "run"
-    options = dict(output_dir=out, budget="3k", variants=["ltr_bilstm", "scratch", "pos_rope"], corpus=[tmp_path / "corpus"],
+    options = dict(output_dir=out, budget="3k", variants=["ltr_bilstm", "scratch", "pos_rope"],
+                   corpus=[tmp_path / "corpus"],
                    max_documents=40, vocab_size=300, data_root=tmp_path, max_seq_length=32, batch_size=8,
                    finetune_epochs=1, finetune_batch_size=8, squad_train_questions=2, squad_eval_questions=2)
     table = run(**options)

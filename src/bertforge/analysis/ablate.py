@@ -353,7 +353,8 @@ def table_rows(rows: list[dict], tasks: Sequence[str]) -> tuple[list[str], list[
         cells = [variant.label, variant.objective, variant.position, variant.preset, f"{row['parameters']:,}",
                  f"{row['pretrain']['tokens']:,}",
                  "—" if lm or "mlm_accuracy" not in heldout else f"{100 * heldout['mlm_accuracy']:.1f}",
-                 "—" if "mlm_loss" not in heldout else f"{math.exp(heldout['mlm_loss']):.1f}" + (" (next-token)" if lm else ""),
+                 "—" if "mlm_loss" not in heldout
+                 else f"{math.exp(heldout['mlm_loss']):.1f}" + (" (next-token)" if lm else ""),
                  f"{100 * heldout['nsp_accuracy']:.1f}" if heldout.get("nsp_accuracy") is not None else "—"]
         for task in tasks:
             result = row["tasks"].get(task, {})
@@ -511,7 +512,8 @@ def run(
             records = []
             for finetune_seed in finetune_seeds:
                 name = f"{task}.json" if finetune_seed == FinetuneSettings.seed else f"{task}-seed{finetune_seed}.json"
-                records.append(finetune(variant, model_dir, task, data_root, dataclasses.replace(fine, seed=finetune_seed),
+                seeded = dataclasses.replace(fine, seed=finetune_seed)
+                records.append(finetune(variant, model_dir, task, data_root, seeded,
                                         output_dir / "finetune" / variant.name / name))
                 print(f"[{variant.name}] {task} (seed {finetune_seed}): " + ", ".join(
                     f"{k} {score(task, v):.2f}" for k, v in records[-1]["metrics"].items() if isinstance(v, float)))
