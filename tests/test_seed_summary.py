@@ -1,0 +1,60 @@
+"""benchmarks/seed_summary.py: means, spreads and the refusal to average different recipes."""
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location("seed_summary", Path(__file__).parents[1] / "benchmarks/seed_summary.py")
+seed_summary = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(seed_summary)
+
+
+def _report(path: Path, seed: int, ours: float | None, theirs: float | None, **args) -> Path:
+    report = {"args": {"task": "sst2", "train_examples": "16000", "seed": str(seed), "output": str(path), **args}}
+    if ours is not None:
+        report["bertforge"] = {"metrics": {"accuracy": ours}, "train_cpu_seconds": 100.0}
+    if theirs is not None:
+        report["transformers"] = {"metrics": {"accuracy": theirs}, "train_cpu_seconds": 250.0}
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_means_spreads_and_difference(tmp_path):
+    paths = [_report(tmp_path / "a.json", 42, 0.86, 0.85), _report(tmp_path / "b.json", 1, 0.87, 0.86),
+             # a report of one side only (e.g. --skip transformers) counts for that side alone
+             _report(tmp_path / "c.json", 2, 0.88, None)]
+    table = seed_summary.summarise(seed_summary.load_runs(paths), "accuracy")
+    assert table["bertforge"]["values"] == pytest.approx([86.0, 87.0, 88.0])
+    assert table["bertforge"]["std"] == pytest.approx(1.0)
+    assert table["transformers"]["mean"] == pytest.approx(85.5)
+    assert table["transformers"]["std"] == pytest.approx(statistics.stdev([85.0, 86.0]))
+    assert table["difference"] == pytest.approx(1.5)
+    assert table["difference_se"] == pytest.approx((1.0 / 3 + 0.5 / 2) ** 0.5)
+    assert table["cpu_ratio"] == pytest.approx(2.5)
+    text = seed_summary.render(table, "accuracy")
+    assert "87.00 ± 1.00" in text and "+1.50 points" in text
+
+
+def test_refuses_to_average_different_recipes(tmp_path):
+    paths = [_report(tmp_path / "a.json", 42, 0.86, 0.85),
+             _report(tmp_path / "b.json", 1, 0.87, 0.86, train_examples="4000")]
+    with pytest.raises(SystemExit, match="b.json: recipe differs .* in train_examples"):
+        seed_summary.load_runs(paths)
+
+
+def test_option_added_later_counts_as_its_default(tmp_path):
+    old = _report(tmp_path / "old.json", 42, 0.86, 0.85)
+    new = _report(tmp_path / "new.json", 1, 0.87, 0.86, no_length_grouping="False")
+    assert len(seed_summary.load_runs([old, new])) == 2
+    grouped_off = _report(tmp_path / "off.json", 2, 0.87, None, no_length_grouping="True")
+    with pytest.raises(SystemExit, match="no_length_grouping"):
+        seed_summary.load_runs([old, grouped_off])
+
+
+def test_unknown_metric_names_the_choices(tmp_path):
+    runs = seed_summary.load_runs([_report(tmp_path / "a.json", 42, 0.86, 0.85)])
+    with pytest.raises(SystemExit, match="no metric 'f1' .* accuracy"):
+        seed_summary.summarise(runs, "f1")
