@@ -30,13 +30,11 @@ import torch
 from bertforge.checkpoint import load_model
 from bertforge.pretrained import resolve_model
 from bertforge.tasks.base import collate, family
+from bertforge.tasks.qa import agreed_split
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training.finetune_loop import EvalSet, evaluate, predict_outputs, seed_everything, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SQUAD_EVAL_TITLES = ("American_Broadcasting_Company Apollo_program Chloroplast Doctor_Who Genghis_Khan Kenya "
-                     "Martin_Luther Newcastle_upon_Tyne Nikola_Tesla Super_Bowl_50 Teacher "
-                     "United_Methodist_Church Victoria_and_Albert_Museum").split()
 
 
 def load_data(args, task):
@@ -44,9 +42,7 @@ def load_data(args, task):
         return task.read(DATA / "glue/SST-2/train.tsv"), task.read(DATA / "glue/SST-2/dev.tsv")
     if args.task == "ner":
         return task.read(DATA / "conll2003/train.txt"), task.read(DATA / "conll2003/test.txt")
-    examples = task.read(DATA / "squad/dev-v1.1.reconstructed.json")
-    evaluation = [e for e in examples if e.title in SQUAD_EVAL_TITLES]
-    return [e for e in examples if e.title not in SQUAD_EVAL_TITLES], evaluation
+    return agreed_split(task.read(DATA / "squad/dev-v1.1.reconstructed.json"))
 
 
 # ----- transformers side --------------------------------------------------------------------------
