@@ -14,7 +14,8 @@ from pathlib import Path
 
 from bertforge.training import finetune
 
-FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "wnli": "WNLI"}
+FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "wnli": "WNLI",
+           "qnli": "QNLI"}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 
