@@ -19,7 +19,8 @@ from pathlib import Path
 
 SIDES = ("bertforge", "transformers")
 IGNORED_ARGS = {"seed", "output", "skip", "transformers_first"}
-LATER_ARGS = {"no_length_grouping": "False"}  # options added after some reports were written: their default
+# options added after some reports were written: absent means their default
+LATER_ARGS = {"no_length_grouping": "False", "token_loss_constant": "False"}
 
 
 def load_runs(paths: list[Path]) -> list[dict]:

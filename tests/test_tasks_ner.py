@@ -3,14 +3,18 @@ the mapping of predictions back to words."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from bertforge.data.tables import DataError
 from bertforge.tasks import family
 from bertforge.tasks.base import IGNORE_INDEX
 from bertforge.tasks.ner import Sentence, chunks, conll_f1, read_conll
 from bertforge.tokenizer import BertTokenizer
+from bertforge.training.finetune_loop import train
 
 
 def test_chunks_bio():
@@ -105,6 +109,40 @@ def test_unseen_tag_in_evaluation_data(tokenizer):
     task = family("ner", labels=["O", "B-PER"])
     with pytest.raises(DataError, match=r"dev.txt:4: word 1 has tag 'B-LOC', unseen in training"):
         task.features([Sentence(["EU"], ["B-LOC"], "dev.txt:4")], tokenizer, max_seq_length=8)
+
+
+def test_constant_token_loss_weighs_every_token_the_same(tokenizer):
+    task = family("ner")
+    short = [Sentence(["EU"], ["B-ORG"])] * 4  # 1 scored token each
+    long = [Sentence(["EU", "rejects", "Blackburn", "."] * 2, ["B-ORG", "O", "B-PER", "O"] * 2)] * 4  # 8 each
+    task.fit_labels(short + long)
+    features = task.features(short + long, tokenizer, max_seq_length=32, train=True)
+    assert [task.scored_tokens(f) for f in features] == [1] * 4 + [8] * 4
+    labels = task.labels(features[3:5])
+    logits = torch.randn(*labels["labels"].shape, 3)
+    per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels["labels"].flatten(),
+                                                  ignore_index=IGNORE_INDEX, reduction="none")
+    output = SimpleNamespace(logits=logits)
+    assert torch.allclose(task.loss(output, labels), per_token.sum() / 9)  # batch mean: 1 + 8 scored tokens
+    assert torch.allclose(task.loss(output, labels, per_batch_tokens=4.5), per_token.sum() / 4.5)
+
+    seen = []
+
+    class Spy(type(task)):
+        def loss(self, output, labels, **kwargs):
+            seen.append(kwargs)
+            return super().loss(output, labels, **kwargs)
+
+    spy = Spy()
+    spy.label_names = task.label_names
+    model = torch.nn.Module()
+    model.weight = torch.nn.Parameter(torch.zeros(3))
+    model.forward = lambda input_ids, **_: SimpleNamespace(logits=model.weight.expand(*input_ids.shape, 3))
+    for constant in (True, False):
+        seen.clear()
+        train(model, spy, features, pad_id=0, epochs=1, batch_size=2, progress=False, token_loss_constant=constant)
+        # 36 scored tokens over 4 batches a epoch: each batch's sum is divided by 9, whatever it holds
+        assert seen == ([{"per_batch_tokens": 9.0}] if constant else [{}]) * 4
 
 
 def test_real_conll2003(shared_data):

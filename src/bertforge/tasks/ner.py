@@ -200,9 +200,19 @@ class TokenClassification:
             out[i, : len(f.label)] = torch.tensor(f.label)
         return {"labels": out}
 
-    def loss(self, output, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def scored_tokens(self, feature: Feature) -> int:
+        """How many positions of `feature` take a loss (the first piece of each word)."""
+        return sum(label != IGNORE_INDEX for label in feature.label)
+
+    def loss(self, output, labels: dict[str, torch.Tensor], per_batch_tokens: float | None = None) -> torch.Tensor:
+        """Cross-entropy over the scored positions: their mean in this batch, or, with `per_batch_tokens`, their
+        sum divided by that constant (every token then weighs the same whatever batch it lands in)."""
         logits = output.logits  # [B, T, C]
-        return F.cross_entropy(logits.flatten(0, 1), labels["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        if per_batch_tokens is None:
+            return F.cross_entropy(logits.flatten(0, 1), labels["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        total = F.cross_entropy(logits.flatten(0, 1), labels["labels"].flatten(), ignore_index=IGNORE_INDEX,
+                                reduction="sum")
+        return total / per_batch_tokens
 
     def outputs(self, output, batch) -> list[np.ndarray]:
         lengths = batch["attention_mask"].sum(1).tolist()

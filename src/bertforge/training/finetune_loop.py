@@ -111,6 +111,7 @@ def train(
     early_stopping_patience: int | None = None,
     eval_batch_size: int = 64,
     group_by_length: bool = True,
+    token_loss_constant: bool = False,
     save_best=None,
     log_file: Path | None = None,
     tensorboard_dir: Path | None = None,
@@ -120,6 +121,12 @@ def train(
 
     `save_best(model, metrics)` is called whenever the main metric (first metric of the first eval set)
     improves, or after the last epoch when there is nothing to evaluate on. `epochs` may be fractional.
+
+    `token_loss_constant` (token-level tasks, whose family has `scored_tokens`): divide each batch's summed token
+    loss by one constant, the mean number of scored tokens per batch over the training set, instead of by the
+    batch's own count. Length-grouped batches make that count swing from a few tokens (a batch of headlines)
+    to hundreds, so a batch mean gives the tokens of short sentences many times the weight of the others; the
+    constant keeps every token's weight equal, as in random batches.
     """
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -127,6 +134,11 @@ def train(
     lengths = [f.length for f in train_features]
     steps_per_epoch = math.ceil(len(train_features) / batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
+    loss_kwargs = {}
+    if token_loss_constant and hasattr(task, "scored_tokens"):
+        scored = sum(task.scored_tokens(f) for f in train_features)
+        loss_kwargs["per_batch_tokens"] = max(1.0, scored / steps_per_epoch)
+        log.info("token loss: summed per batch / %.1f (mean scored tokens per batch)", loss_kwargs["per_batch_tokens"])
     optimizer = build_adamw(model, lr=learning_rate, weight_decay=weight_decay)
     schedule = build_schedule(optimizer, "linear", warmup_steps=int(warmup_ratio * total_steps),
                               total_steps=total_steps)
@@ -148,7 +160,7 @@ def train(
                 break
             chosen = [train_features[i] for i in batch_ids]
             inputs, labels = _to(collate(chosen, pad_id), device), _to(task.labels(chosen), device)
-            loss = task.loss(model(**inputs), labels)
+            loss = task.loss(model(**inputs), labels, **loss_kwargs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
