@@ -133,7 +133,7 @@ def ours_train(args, model_dir: Path, task, train_examples, eval_examples) -> tu
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
     result = train(model, task, features, (), pad_id=tokenizer.pad_id, epochs=args.epochs,
                    batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, progress=False,
-                   group_by_length=not args.no_length_grouping, token_loss_constant=args.token_loss_constant)
+                   group_by_length=not args.no_length_grouping, token_loss=args.token_loss)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
     metrics = evaluate(model, task, EvalSet("eval", eval_examples, eval_features), pad_id=tokenizer.pad_id,
@@ -162,9 +162,9 @@ def main() -> None:
     parser.add_argument("--no-length-grouping", action="store_true",
                         help="bertforge draws the same random batches as the transformers side (same seed, same "
                              "permutation): isolates the implementation from the batch order")
-    parser.add_argument("--token-loss-constant", action="store_true",
-                        help="NER: bertforge divides each batch's summed token loss by the mean scored tokens per "
-                             "batch (every token weighs the same) instead of by the batch's own count")
+    parser.add_argument("--token-loss", choices=("auto", "constant", "batch_mean"), default="auto",
+                        help="NER, bertforge side: each batch's summed token loss over the mean scored tokens per "
+                             "batch (constant; auto = constant with length grouping) or over its own count")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -7,6 +7,7 @@ never averaged together.
 
     python benchmarks/seed_summary.py runs/sst2_seed42.json runs/sst2_seed1.json runs/sst2_seed2.json
     python benchmarks/seed_summary.py --metric f1 runs/ner_seed*.json
+    python benchmarks/seed_summary.py runs/ner_seed1.json:transformers runs/ner_ours_seed1.json   # one side of a file
 """
 
 from __future__ import annotations
@@ -19,27 +20,48 @@ from pathlib import Path
 
 SIDES = ("bertforge", "transformers")
 IGNORED_ARGS = {"seed", "output", "skip", "transformers_first"}
-# options added after some reports were written: absent means their default
-LATER_ARGS = {"no_length_grouping": "False", "token_loss_constant": "False"}
+OURS_ONLY_ARGS = {"no_length_grouping", "token_loss"}  # change the bertforge side only
+
+
+def recipe(args: dict) -> dict:
+    """The arguments that define a run, with options added after some reports were written at the value that
+    reproduces what those reports ran (no `--no-length-grouping`; NER token loss: the batch mean before
+    `--token-loss`, also when the interim `--token-loss-constant` flag was off)."""
+    args = dict(args)
+    args.setdefault("no_length_grouping", "False")
+    legacy = args.pop("token_loss_constant", None)
+    args.setdefault("token_loss", "constant" if legacy == "True" else "batch_mean")
+    return {k: v for k, v in args.items() if k not in IGNORED_ARGS}
 
 
 def load_runs(paths: list[Path]) -> list[dict]:
-    runs, recipe = [], None
+    """The reports, refusing any pair whose recipes differ in more than the seed (for arguments that change
+    the bertforge side only, among the reports that have a bertforge side)."""
+    runs = []
     for path in paths:
+        path, _, only = str(path).partition(":")
+        path = Path(path)
+        if only and only not in SIDES:
+            raise SystemExit(f"{path}:{only}: after the colon name a side, bertforge or transformers")
         try:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise SystemExit(f"{path}: cannot read a bench_finetune.py report ({error}); pass the files written "
                              "by --output") from None
-        args = {**LATER_ARGS, **report.get("args", {})}
-        this_recipe = {k: v for k, v in args.items() if k not in IGNORED_ARGS}
-        if recipe is None:
-            recipe, first = this_recipe, path
-        elif this_recipe != recipe:
-            differ = sorted(k for k in recipe.keys() | this_recipe.keys() if recipe.get(k) != this_recipe.get(k))
-            raise SystemExit(f"{path}: recipe differs from {first} in {', '.join(differ)}; only the seed may "
-                             "differ between the files summarised together")
-        runs.append({"path": path, "seed": report.get("args", {}).get("seed"), **report})
+        for side in SIDES:
+            if only and side != only:
+                report.pop(side, None)
+        runs.append({"path": path, "seed": report.get("args", {}).get("seed"), **report,
+                     "recipe": recipe(report.get("args", {}))})
+    for run in runs[1:]:
+        for earlier in runs[: runs.index(run)]:
+            both_ours = "bertforge" in run and "bertforge" in earlier
+            differ = sorted(k for k in run["recipe"].keys() | earlier["recipe"].keys()
+                            if run["recipe"].get(k) != earlier["recipe"].get(k)
+                            and (both_ours or k not in OURS_ONLY_ARGS))
+            if differ:
+                raise SystemExit(f"{run['path']}: recipe differs from {earlier['path']} in {', '.join(differ)}; "
+                                 "only the seed may differ between the files summarised together")
     return runs
 
 
@@ -85,7 +107,9 @@ def render(table: dict, metric: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", nargs="+", type=Path, help="JSON files written by bench_finetune.py --output")
+    parser.add_argument("reports", nargs="+", type=Path,
+                        help="JSON files written by bench_finetune.py --output; FILE:bertforge or "
+                             "FILE:transformers takes that side of the file only")
     parser.add_argument("--metric", default=None, help="accuracy (sst2), f1 (ner, squad), exact_match, ...")
     args = parser.parse_args(argv)
     runs = load_runs(args.reports)

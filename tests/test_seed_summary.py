@@ -45,13 +45,38 @@ def test_refuses_to_average_different_recipes(tmp_path):
         seed_summary.load_runs(paths)
 
 
-def test_option_added_later_counts_as_its_default(tmp_path):
+def test_options_added_later_count_as_what_was_run(tmp_path):
     old = _report(tmp_path / "old.json", 42, 0.86, 0.85)
-    new = _report(tmp_path / "new.json", 1, 0.87, 0.86, no_length_grouping="False")
-    assert len(seed_summary.load_runs([old, new])) == 2
+    new = _report(tmp_path / "new.json", 1, 0.87, 0.86, no_length_grouping="False", token_loss="batch_mean")
+    interim = _report(tmp_path / "interim.json", 2, 0.87, 0.86, token_loss_constant="False")
+    assert len(seed_summary.load_runs([old, new, interim])) == 3
     grouped_off = _report(tmp_path / "off.json", 2, 0.87, None, no_length_grouping="True")
     with pytest.raises(SystemExit, match="no_length_grouping"):
         seed_summary.load_runs([old, grouped_off])
+    constant = _report(tmp_path / "constant.json", 3, 0.88, None, token_loss="constant")
+    interim_on = _report(tmp_path / "interim_on.json", 4, 0.88, None, token_loss_constant="True")
+    assert len(seed_summary.load_runs([constant, interim_on])) == 2
+    with pytest.raises(SystemExit, match="constant.json: recipe differs from .*old.json in token_loss"):
+        seed_summary.load_runs([old, constant])
+
+
+def test_bertforge_only_options_do_not_split_the_transformers_side(tmp_path):
+    # transformers-only reports of one recipe pair up with bertforge-only reports of any bertforge setting
+    theirs = _report(tmp_path / "theirs.json", 42, None, 0.85, token_loss="batch_mean")
+    ours = _report(tmp_path / "ours.json", 42, 0.86, None, token_loss="constant")
+    table = seed_summary.summarise(seed_summary.load_runs([theirs, ours]), "accuracy")
+    assert table["difference"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit, match="train_examples"):
+        seed_summary.load_runs([theirs, _report(tmp_path / "x.json", 1, 0.86, None, train_examples="8")])
+    # FILE:side keeps one side of a two-sided report
+    both = _report(tmp_path / "both.json", 1, 0.80, 0.87, token_loss="batch_mean")
+    with pytest.raises(SystemExit, match="in token_loss"):
+        seed_summary.load_runs([ours, both])
+    table = seed_summary.summarise(seed_summary.load_runs([ours, Path(f"{both}:transformers")]), "accuracy")
+    assert table["bertforge"]["values"] == pytest.approx([86.0])
+    assert table["transformers"]["values"] == pytest.approx([87.0])
+    with pytest.raises(SystemExit, match="name a side"):
+        seed_summary.load_runs([Path(f"{both}:hf")])
 
 
 def test_unknown_metric_names_the_choices(tmp_path):

@@ -138,11 +138,15 @@ def test_constant_token_loss_weighs_every_token_the_same(tokenizer):
     model = torch.nn.Module()
     model.weight = torch.nn.Parameter(torch.zeros(3))
     model.forward = lambda input_ids, **_: SimpleNamespace(logits=model.weight.expand(*input_ids.shape, 3))
-    for constant in (True, False):
+    for token_loss, grouped, constant in [("auto", True, True), ("auto", False, False), ("batch_mean", True, False),
+                                          ("constant", False, True)]:
         seen.clear()
-        train(model, spy, features, pad_id=0, epochs=1, batch_size=2, progress=False, token_loss_constant=constant)
-        # 36 scored tokens over 4 batches a epoch: each batch's sum is divided by 9, whatever it holds
+        train(model, spy, features, pad_id=0, epochs=1, batch_size=2, progress=False, token_loss=token_loss,
+              group_by_length=grouped)
+        # 36 scored tokens over 4 batches an epoch: each batch's sum is divided by 9, whatever it holds
         assert seen == ([{"per_batch_tokens": 9.0}] if constant else [{}]) * 4
+    with pytest.raises(ValueError, match="token_loss must be auto, constant or batch_mean"):
+        train(model, spy, features, pad_id=0, epochs=1, batch_size=2, progress=False, token_loss="sum")
 
 
 def test_real_conll2003(shared_data):

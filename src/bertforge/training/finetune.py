@@ -60,7 +60,7 @@ def run(
     eval_titles: Path | None = None,
     eval_batch_size: int = 64,
     group_by_length: bool = True,
-    token_loss_constant: bool = False,
+    token_loss: Literal["auto", "constant", "batch_mean"] = "auto",
     tensorboard: bool = True,
     progress: bool = True,
     num_threads: int | None = None,
@@ -101,8 +101,10 @@ def run(
         eval_titles: SQuAD: a text file of article titles to keep for evaluation.
         eval_batch_size: Evaluation batch size.
         group_by_length: Batch training examples of similar length together (less padding).
-        token_loss_constant: Token tasks (NER): divide each batch's summed loss by the mean number of scored
-            tokens per batch, so every token weighs the same whatever the length of its batch mates.
+        token_loss: Token tasks (NER): "constant" divides each batch's summed loss by the mean number of scored
+            tokens per batch, so every token weighs the same whatever the length of its batch mates;
+            "batch_mean" averages within each batch (as transformers does); "auto" = constant when grouping by
+            length.
         tensorboard: Also write TensorBoard event files to output_dir/tensorboard.
         progress: Show a progress bar.
         num_threads: CPU threads for torch (default: torch's choice).
@@ -156,7 +158,7 @@ def run(
                    batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
                    warmup_ratio=warmup_ratio, seed=seed, early_stopping_patience=early_stopping_patience,
                    eval_batch_size=eval_batch_size, group_by_length=group_by_length,
-                   token_loss_constant=token_loss_constant, save_best=save_best,
+                   token_loss=token_loss, save_best=save_best,
                    log_file=output_dir / "metrics.jsonl",
                    tensorboard_dir=output_dir / "tensorboard" if tensorboard else None, progress=progress)
     best = f"best {family_task.metric_names[0]} {result.best_metric:.4f} at epoch {result.best_epoch}" \

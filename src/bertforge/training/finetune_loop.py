@@ -111,7 +111,7 @@ def train(
     early_stopping_patience: int | None = None,
     eval_batch_size: int = 64,
     group_by_length: bool = True,
-    token_loss_constant: bool = False,
+    token_loss: str = "auto",
     save_best=None,
     log_file: Path | None = None,
     tensorboard_dir: Path | None = None,
@@ -122,11 +122,12 @@ def train(
     `save_best(model, metrics)` is called whenever the main metric (first metric of the first eval set)
     improves, or after the last epoch when there is nothing to evaluate on. `epochs` may be fractional.
 
-    `token_loss_constant` (token-level tasks, whose family has `scored_tokens`): divide each batch's summed token
-    loss by one constant, the mean number of scored tokens per batch over the training set, instead of by the
-    batch's own count. Length-grouped batches make that count swing from a few tokens (a batch of headlines)
-    to hundreds, so a batch mean gives the tokens of short sentences many times the weight of the others; the
-    constant keeps every token's weight equal, as in random batches.
+    `token_loss` (token-level tasks, whose family has `scored_tokens`): "batch_mean" averages the loss over the
+    scored tokens of each batch; "constant" divides each batch's summed loss by one constant, the mean number of
+    scored tokens per batch over the training set. Length-grouped batches make the per-batch count swing from a
+    few tokens (a batch of headlines) to hundreds, so a batch mean gives the tokens of short sentences many times
+    the weight of the others; the constant keeps every token's weight equal, as random batches do on average.
+    "auto" = "constant" when grouping by length, else "batch_mean" (what `transformers` computes).
     """
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -135,7 +136,10 @@ def train(
     steps_per_epoch = math.ceil(len(train_features) / batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     loss_kwargs = {}
-    if token_loss_constant and hasattr(task, "scored_tokens"):
+    if token_loss not in ("auto", "constant", "batch_mean"):
+        raise ValueError(f"token_loss must be auto, constant or batch_mean, not {token_loss!r}")
+    constant = token_loss == "constant" or (token_loss == "auto" and group_by_length)
+    if constant and hasattr(task, "scored_tokens"):
         scored = sum(task.scored_tokens(f) for f in train_features)
         loss_kwargs["per_batch_tokens"] = max(1.0, scored / steps_per_epoch)
         log.info("token loss: summed per batch / %.1f (mean scored tokens per batch)", loss_kwargs["per_batch_tokens"])
