@@ -26,11 +26,16 @@ OURS_ONLY_ARGS = {"no_length_grouping", "token_loss"}  # change the bertforge si
 def recipe(args: dict) -> dict:
     """The arguments that define a run, with options added after some reports were written at the value that
     reproduces what those reports ran (no `--no-length-grouping`; NER token loss: the batch mean before
-    `--token-loss`, also when the interim `--token-loss-constant` flag was off)."""
+    `--token-loss`, also when the interim `--token-loss-constant` flag was off), `--token-loss auto` resolved
+    as bertforge resolves it, and the token loss dropped for tasks it does not apply to."""
     args = dict(args)
     args.setdefault("no_length_grouping", "False")
     legacy = args.pop("token_loss_constant", None)
     args.setdefault("token_loss", "constant" if legacy == "True" else "batch_mean")
+    if args["token_loss"] == "auto":  # what auto chose
+        args["token_loss"] = "batch_mean" if args["no_length_grouping"] == "True" else "constant"
+    if args.get("task") != "ner":  # the token loss exists for token classification only
+        del args["token_loss"]
     return {k: v for k, v in args.items() if k not in IGNORED_ARGS}
 
 

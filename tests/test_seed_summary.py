@@ -46,30 +46,45 @@ def test_refuses_to_average_different_recipes(tmp_path):
 
 
 def test_options_added_later_count_as_what_was_run(tmp_path):
-    old = _report(tmp_path / "old.json", 42, 0.86, 0.85)
-    new = _report(tmp_path / "new.json", 1, 0.87, 0.86, no_length_grouping="False", token_loss="batch_mean")
-    interim = _report(tmp_path / "interim.json", 2, 0.87, 0.86, token_loss_constant="False")
+    ner = {"task": "ner"}
+    old = _report(tmp_path / "old.json", 42, 0.86, 0.85, **ner)
+    new = _report(tmp_path / "new.json", 1, 0.87, 0.86, no_length_grouping="False", token_loss="batch_mean", **ner)
+    interim = _report(tmp_path / "interim.json", 2, 0.87, 0.86, token_loss_constant="False", **ner)
     assert len(seed_summary.load_runs([old, new, interim])) == 3
-    grouped_off = _report(tmp_path / "off.json", 2, 0.87, None, no_length_grouping="True")
-    with pytest.raises(SystemExit, match="no_length_grouping"):
+    grouped_off = _report(tmp_path / "off.json", 2, 0.87, None, no_length_grouping="True", token_loss="batch_mean",
+                          **ner)
+    with pytest.raises(SystemExit, match="in no_length_grouping;"):
         seed_summary.load_runs([old, grouped_off])
-    constant = _report(tmp_path / "constant.json", 3, 0.88, None, token_loss="constant")
-    interim_on = _report(tmp_path / "interim_on.json", 4, 0.88, None, token_loss_constant="True")
+    constant = _report(tmp_path / "constant.json", 3, 0.88, None, token_loss="constant", **ner)
+    interim_on = _report(tmp_path / "interim_on.json", 4, 0.88, None, token_loss_constant="True", **ner)
     assert len(seed_summary.load_runs([constant, interim_on])) == 2
     with pytest.raises(SystemExit, match="constant.json: recipe differs from .*old.json in token_loss"):
         seed_summary.load_runs([old, constant])
 
 
+def test_token_loss_is_resolved_and_only_counts_for_ner(tmp_path):
+    sst2_old = _report(tmp_path / "a.json", 42, 0.86, 0.85)
+    sst2_new = _report(tmp_path / "b.json", 1, 0.87, 0.86, token_loss="auto")
+    assert len(seed_summary.load_runs([sst2_old, sst2_new])) == 2
+    ner = {"task": "ner"}
+    auto = _report(tmp_path / "auto.json", 1, 0.8, None, token_loss="auto", **ner)
+    interim_on = _report(tmp_path / "on.json", 2, 0.8, None, token_loss_constant="True", **ner)
+    assert len(seed_summary.load_runs([auto, interim_on])) == 2
+    auto_random = _report(tmp_path / "r.json", 3, 0.8, None, token_loss="auto", no_length_grouping="True", **ner)
+    with pytest.raises(SystemExit, match="no_length_grouping, token_loss"):
+        seed_summary.load_runs([auto, auto_random])
+
+
 def test_bertforge_only_options_do_not_split_the_transformers_side(tmp_path):
     # transformers-only reports of one recipe pair up with bertforge-only reports of any bertforge setting
-    theirs = _report(tmp_path / "theirs.json", 42, None, 0.85, token_loss="batch_mean")
-    ours = _report(tmp_path / "ours.json", 42, 0.86, None, token_loss="constant")
+    theirs = _report(tmp_path / "theirs.json", 42, None, 0.85, token_loss="batch_mean", task="ner")
+    ours = _report(tmp_path / "ours.json", 42, 0.86, None, token_loss="constant", task="ner")
     table = seed_summary.summarise(seed_summary.load_runs([theirs, ours]), "accuracy")
     assert table["difference"] == pytest.approx(1.0)
     with pytest.raises(SystemExit, match="train_examples"):
-        seed_summary.load_runs([theirs, _report(tmp_path / "x.json", 1, 0.86, None, train_examples="8")])
+        seed_summary.load_runs([theirs, _report(tmp_path / "x.json", 1, 0.86, None, train_examples="8", task="ner")])
     # FILE:side keeps one side of a two-sided report
-    both = _report(tmp_path / "both.json", 1, 0.80, 0.87, token_loss="batch_mean")
+    both = _report(tmp_path / "both.json", 1, 0.80, 0.87, token_loss="batch_mean", task="ner")
     with pytest.raises(SystemExit, match="in token_loss"):
         seed_summary.load_runs([ours, both])
     table = seed_summary.summarise(seed_summary.load_runs([ours, Path(f"{both}:transformers")]), "accuracy")
