@@ -32,6 +32,7 @@ from bertforge.pretrained import resolve_model
 from bertforge.tasks.base import collate, family
 from bertforge.tasks.qa import agreed_split
 from bertforge.tokenizer import BertTokenizer
+from bertforge.training.finetune import _with_dropout
 from bertforge.training.finetune_loop import EvalSet, evaluate, predict_outputs, seed_everything, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -52,7 +53,19 @@ def hf_model(args, model_dir: Path, task):
     cls = {"sst2": transformers.BertForSequenceClassification, "ner": transformers.BertForTokenClassification,
            "squad": transformers.BertForQuestionAnswering}[args.task]
     kwargs = {"num_labels": len(task.label_names)} if args.task != "squad" else {}
-    return cls.from_pretrained(str(model_dir), **kwargs)
+    return cls.from_pretrained(str(model_dir), hidden_dropout_prob=args.dropout,
+                               attention_probs_dropout_prob=args.dropout, **kwargs)
+
+
+def shared_head_init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Re-draw the new head (the last Linear: classifier / span / qa_outputs) from its own generator, N(0, 0.02)
+    weights and zero bias as BERT initialises it, so that both sides start from the very same model."""
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.02)
+        head.bias.zero_()
+    return model
 
 
 def hf_sst2_batches(args, model_dir: Path, examples, shuffle: bool, generator):
@@ -77,6 +90,8 @@ def hf_train(args, model_dir: Path, task, train_examples, train_features, eval_e
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     model = hf_model(args, model_dir, task).train()
+    if args.shared_head_init:
+        shared_head_init(model, args.seed)
     no_decay = ("bias", "LayerNorm.weight")
     groups = [{"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
                "weight_decay": 0.01},
@@ -128,7 +143,9 @@ def _hf_feature_batches(task, features, batch_size, generator, pad_id):
 def ours_train(args, model_dir: Path, task, train_examples, eval_examples) -> tuple[dict, float, list, list]:
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     seed_everything(args.seed)  # the new head's weights, as on the transformers side
-    model = load_model(model_dir, task.model_class, **task.model_kwargs())
+    model = _with_dropout(load_model(model_dir, task.model_class, **task.model_kwargs()), args.dropout)
+    if args.shared_head_init:
+        shared_head_init(model, args.seed)
     started, cpu = time.perf_counter(), time.process_time()  # tokenization counts, as on the other side
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
     result = train(model, task, features, (), pad_id=tokenizer.pad_id, epochs=args.epochs,
@@ -162,6 +179,12 @@ def main() -> None:
     parser.add_argument("--no-length-grouping", action="store_true",
                         help="bertforge draws the same random batches as the transformers side (same seed, same "
                              "permutation): isolates the implementation from the batch order")
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="hidden, attention and head dropout on both sides; 0 with --no-length-grouping makes "
+                             "the two runs deterministic and comparable step for step")
+    parser.add_argument("--shared-head-init", action="store_true",
+                        help="both sides draw the new head from one dedicated generator (same starting model); with "
+                             "--dropout 0 and --no-length-grouping nothing random differs between the sides")
     parser.add_argument("--token-loss", choices=("auto", "constant", "batch_mean"), default="auto",
                         help="NER, bertforge side: each batch's summed token loss over the mean scored tokens per "
                              "batch (constant; auto = constant with length grouping) or over its own count")

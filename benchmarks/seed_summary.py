@@ -30,6 +30,8 @@ def recipe(args: dict) -> dict:
     as bertforge resolves it, and the token loss dropped for tasks it does not apply to."""
     args = dict(args)
     args.setdefault("no_length_grouping", "False")
+    args.setdefault("dropout", "0.1")
+    args.setdefault("shared_head_init", "False")
     legacy = args.pop("token_loss_constant", None)
     args.setdefault("token_loss", "constant" if legacy == "True" else "batch_mean")
     if args["token_loss"] == "auto":  # what auto chose
@@ -81,7 +83,8 @@ def summarise(runs: list[dict], metric: str) -> dict:
         if missing:
             known = ", ".join(sorted(chosen[0][side]["metrics"]))
             raise SystemExit(f"{missing[0]}: no metric {metric!r} for {side}; choose one of: {known}")
-        values = [100 * r[side]["metrics"][metric] for r in chosen]
+        scale = 1 if chosen[0]["args"].get("task") == "squad" else 100  # SQuAD's official EM/F1 are in points
+        values = [scale * r[side]["metrics"][metric] for r in chosen]
         cpu = [r[side]["train_cpu_seconds"] for r in chosen]
         table[side] = {"seeds": [r["seed"] for r in chosen], "values": values, "mean": statistics.fmean(values),
                        "std": statistics.stdev(values) if len(values) > 1 else 0.0, "cpu_mean": statistics.fmean(cpu)}
