@@ -180,8 +180,8 @@ def main() -> None:
                         help="bertforge draws the same random batches as the transformers side (same seed, same "
                              "permutation): isolates the implementation from the batch order")
     parser.add_argument("--dropout", type=float, default=0.1,
-                        help="hidden, attention and head dropout on both sides; 0 with --no-length-grouping makes "
-                             "the two runs deterministic and comparable step for step")
+                        help="hidden, attention and head dropout on both sides; 0 with --no-length-grouping and "
+                             "--shared-head-init makes the two runs deterministic and comparable step for step")
     parser.add_argument("--shared-head-init", action="store_true",
                         help="both sides draw the new head from one dedicated generator (same starting model); with "
                              "--dropout 0 and --no-length-grouping nothing random differs between the sides")
