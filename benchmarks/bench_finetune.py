@@ -32,7 +32,7 @@ from bertforge.pretrained import resolve_model
 from bertforge.tasks.base import collate, family
 from bertforge.tasks.qa import agreed_split
 from bertforge.tokenizer import BertTokenizer
-from bertforge.training.finetune import _with_dropout
+from bertforge.training.finetune import with_dropout
 from bertforge.training.finetune_loop import EvalSet, evaluate, predict_outputs, seed_everything, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -143,7 +143,7 @@ def _hf_feature_batches(task, features, batch_size, generator, pad_id):
 def ours_train(args, model_dir: Path, task, train_examples, eval_examples) -> tuple[dict, float, list, list]:
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     seed_everything(args.seed)  # the new head's weights, as on the transformers side
-    model = _with_dropout(load_model(model_dir, task.model_class, **task.model_kwargs()), args.dropout)
+    model = with_dropout(load_model(model_dir, task.model_class, **task.model_kwargs()), args.dropout)
     if args.shared_head_init:
         shared_head_init(model, args.seed)
     started, cpu = time.perf_counter(), time.process_time()  # tokenization counts, as on the other side

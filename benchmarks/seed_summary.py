@@ -60,8 +60,8 @@ def load_runs(paths: list[Path]) -> list[dict]:
                 report.pop(side, None)
         runs.append({"path": path, "seed": report.get("args", {}).get("seed"), **report,
                      "recipe": recipe(report.get("args", {}))})
-    for run in runs[1:]:
-        for earlier in runs[: runs.index(run)]:
+    for i, run in enumerate(runs):
+        for earlier in runs[:i]:
             both_ours = "bertforge" in run and "bertforge" in earlier
             differ = sorted(k for k in run["recipe"].keys() | earlier["recipe"].keys()
                             if run["recipe"].get(k) != earlier["recipe"].get(k)

@@ -208,11 +208,9 @@ class TokenClassification:
         """Cross-entropy over the scored positions: their mean in this batch, or, with `per_batch_tokens`, their
         sum divided by that constant (every token then weighs the same whatever batch it lands in)."""
         logits = output.logits  # [B, T, C]
-        if per_batch_tokens is None:
-            return F.cross_entropy(logits.flatten(0, 1), labels["labels"].flatten(), ignore_index=IGNORE_INDEX)
-        total = F.cross_entropy(logits.flatten(0, 1), labels["labels"].flatten(), ignore_index=IGNORE_INDEX,
-                                reduction="sum")
-        return total / per_batch_tokens
+        loss = F.cross_entropy(logits.flatten(0, 1), labels["labels"].flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="mean" if per_batch_tokens is None else "sum")
+        return loss if per_batch_tokens is None else loss / per_batch_tokens
 
     def outputs(self, output, batch) -> list[np.ndarray]:
         lengths = batch["attention_mask"].sum(1).tolist()

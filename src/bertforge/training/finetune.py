@@ -141,7 +141,7 @@ def run(
 
     seed_everything(seed)  # the new head's initial weights depend on the seed too
     net = load_model(model_dir, family_task.model_class, **family_task.model_kwargs())
-    net = _with_dropout(net, dropout).to(device)
+    net = with_dropout(net, dropout).to(device)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()
                 if k in run.__code__.co_varnames[: run.__code__.co_argcount]}
@@ -193,7 +193,7 @@ def _lines(path: Path | None) -> list[str] | None:
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _with_dropout(net: torch.nn.Module, dropout: float) -> torch.nn.Module:
+def with_dropout(net: torch.nn.Module, dropout: float) -> torch.nn.Module:
     """Set every dropout probability: hidden, attention (a plain attribute of the fused attention) and head."""
     for module in net.modules():
         if isinstance(module, torch.nn.Dropout):

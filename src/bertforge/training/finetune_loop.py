@@ -135,9 +135,9 @@ def train(
     lengths = [f.length for f in train_features]
     steps_per_epoch = math.ceil(len(train_features) / batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
-    loss_kwargs = {}
     if token_loss not in ("auto", "constant", "batch_mean"):
         raise ValueError(f"token_loss must be auto, constant or batch_mean, not {token_loss!r}")
+    loss_kwargs = {}
     constant = token_loss == "constant" or (token_loss == "auto" and group_by_length)
     if constant and hasattr(task, "scored_tokens"):
         scored = sum(task.scored_tokens(f) for f in train_features)
