@@ -66,10 +66,11 @@ class BertForPreTraining(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         masked_positions: torch.Tensor | None = None,  # [B, T] bool
+        position_ids: torch.Tensor | None = None,  # [B, T] (packed rows: positions restart in every window)
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> PreTrainingOutput:
-        enc = self.bert(input_ids, attention_mask, token_type_ids,
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
                         output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         hidden = enc.sequence_output
         if masked_positions is not None:

@@ -1,7 +1,8 @@
 """Pre-training examples (BERT §3.1, Appendix A.1): `[CLS] A [SEP] B [SEP]` from whole sentences.
 
 An example is five integers into a shard's token array — (a_start, a_end, b_start, b_end, nsp_label) —
-so a shard's whole epoch of examples costs a few MB whatever the corpus size. Examples are rebuilt
+so a shard's whole epoch of examples costs a few MB whatever the corpus size. Packed rows (MLM only,
+`ExampleSettings.packed`) are (start, end) pairs of the document windows that share one row. Examples are rebuilt
 for every epoch from a seed (a fresh pairing and a fresh short-sequence draw each epoch), which also
 makes the data position of a run just (epoch, shard, example) numbers: resuming regenerates them.
 
@@ -30,13 +31,24 @@ class ExampleSettings:
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
     nsp: bool = True  # False: one segment `[CLS] A [SEP]` per example (MLM only, RoBERTa "FULL-SENTENCES")
+    packed: bool = False  # MLM only: rows filled to max_seq_length with document windows (build_packed_rows)
+
+    def __post_init__(self) -> None:
+        if self.packed and self.nsp:
+            raise ValueError("packed rows hold windows of several documents, so they have no sentence pairs: "
+                             "packing needs the mlm objective (no NSP)")
+        if self.max_seq_length < 8:
+            raise ValueError(f"max_seq_length {self.max_seq_length} is too short; use at least 8")
 
 
 def build_examples(shard: Shard, rng: random.Random, settings: ExampleSettings) -> np.ndarray:
-    """All examples of one pass over `shard`: [E, 5] int64 (a_start, a_end, b_start, b_end, nsp_label).
+    """All examples of one pass over `shard`: [E, 5] int64 (a_start, a_end, b_start, b_end, nsp_label),
+    or, packed, [E, 2K] rows of (start, end) windows (see build_packed_rows).
 
     B is empty (b_start == b_end) when settings.nsp is False.
     """
+    if settings.packed:
+        return build_packed_rows(shard, rng, settings.max_seq_length)
     max_tokens = settings.max_seq_length - (3 if settings.nsp else 2)
     sent = np.asarray(shard.sentences)
     docs = np.asarray(shard.documents)
@@ -75,6 +87,57 @@ def build_examples(shard: Shard, rng: random.Random, settings: ExampleSettings) 
             chunk_start = s
             target = max_tokens if rng.random() >= settings.short_seq_prob else rng.randint(2, max_tokens)
     return np.asarray(out, dtype=np.int64).reshape(-1, 5)
+
+
+def document_windows(shard: Shard, rng: random.Random, max_tokens: int) -> np.ndarray:
+    """[W, 2] (start, end) token windows of at most `max_tokens`, each inside one document.
+
+    A document is cut every `max_tokens` tokens, from a random shift drawn per document and pass, so the
+    cuts (which ignore sentence ends, as Cramming's and RoBERTa's streams do) move from epoch to epoch.
+    """
+    first_tokens = np.asarray(shard.sentences)[np.asarray(shard.documents)]  # [D + 1] token offset of each document
+    windows = []
+    for start, end in zip(first_tokens[:-1].tolist(), first_tokens[1:].tolist(), strict=True):
+        if end - start > max_tokens:
+            shift = rng.randrange(max_tokens)
+            cuts = [*range(start + shift, end, max_tokens), end]
+            if shift:
+                cuts.insert(0, start)
+        else:
+            cuts = [start, end]
+        windows.extend((a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a)
+    return np.asarray(windows, dtype=np.int64).reshape(-1, 2)
+
+
+def build_packed_rows(shard: Shard, rng: random.Random, max_seq_length: int) -> np.ndarray:
+    """Rows of exactly-or-nearly `max_seq_length` tokens, no padding to speak of (Cramming §4.1, ModernBERT).
+
+    Each window becomes `[CLS] window [SEP]`; a full window fills a row alone, and shorter ones (short
+    documents, document ends) share rows, placed largest first into the fullest row with room (best-fit
+    decreasing). Rows are [R, 2K] int64: K = max_seq_length // 3 (start, end) pairs, unused pairs -1.
+    Attention never crosses a window's edges (`PreTrainingBatch.sequence_ids`), so a row computes what its
+    windows would compute as separate sequences.
+    """
+    windows = document_windows(shard, rng, max_seq_length - 2)
+    lengths = windows[:, 1] - windows[:, 0] + 2  # with [CLS] and [SEP]
+    width = max_seq_length // 3
+    tie_break = np.asarray([rng.random() for _ in range(len(windows))])
+    rows: list[list[int]] = []
+    rows_with_room: list[list[int]] = [[] for _ in range(max_seq_length + 1)]  # room left -> row indices
+    for w in np.lexsort((tie_break, -lengths)).tolist():
+        need = int(lengths[w])
+        room = next((r for r in range(need, max_seq_length + 1) if rows_with_room[r]), None)
+        if room is None:
+            rows.append([])
+            row, room = len(rows) - 1, max_seq_length
+        else:
+            row = rows_with_room[room].pop()
+        rows[row].append(w)
+        rows_with_room[room - need].append(row)
+    out = np.full((len(rows), 2 * width), -1, dtype=np.int64)
+    for r, members in enumerate(rows):
+        out[r, :2 * len(members)] = windows[members].reshape(-1)
+    return out
 
 
 def _random_segment(shard: Shard, doc: int, target: int, rng: random.Random) -> tuple[int, int] | None:
@@ -172,12 +235,25 @@ class PreTrainingBatch:
     attention_mask: torch.Tensor  # [B, T] 1 = token, 0 = padding
     special_tokens_mask: torch.Tensor  # [B, T] bool: [CLS], [SEP], padding (never masked)
     nsp_labels: torch.Tensor  # [B] 0 = IsNext, 1 = NotNext
+    # Packed rows only: which window each token belongs to (1, 2, …; 0 = padding) and its position
+    # inside that window, so every window is encoded as if it were a sequence of its own.
+    sequence_ids: torch.Tensor | None = None  # [B, T]
+    position_ids: torch.Tensor | None = None  # [B, T]
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def slice(self, start: int, stop: int) -> PreTrainingBatch:
-        return PreTrainingBatch(*(getattr(self, f)[start:stop] for f in self.__dataclass_fields__))
+        parts = (getattr(self, f) for f in self.__dataclass_fields__)
+        return PreTrainingBatch(*(p[start:stop] if p is not None else None for p in parts))
+
+    def model_attention_mask(self) -> torch.Tensor:
+        """What the encoder's attention sees: [B, T] padding mask, or for rows holding several windows
+        [B, T, T] bool, True where query and key are in the same window (padding attends to padding, so no
+        query row is empty)."""
+        if self.sequence_ids is None or int(self.sequence_ids.max()) <= 1:
+            return self.attention_mask
+        return self.sequence_ids[:, :, None] == self.sequence_ids[:, None, :]
 
 
 def collate(examples: list[tuple[Shard, np.ndarray]], *, cls_id: int, sep_id: int, pad_id: int,
@@ -206,6 +282,36 @@ def collate(examples: list[tuple[Shard, np.ndarray]], *, cls_id: int, sep_id: in
     special = (input_ids == cls_id) | (input_ids == sep_id) | (attention_mask == 0)
     labels = torch.tensor([int(record[4]) for _, record in examples], dtype=torch.long)
     return PreTrainingBatch(input_ids, token_type_ids, attention_mask, special, labels)
+
+
+def collate_packed(rows: list[tuple[Shard, np.ndarray]], *, cls_id: int, sep_id: int, pad_id: int,
+                   pad_to_multiple: int = 8) -> PreTrainingBatch:
+    """Packed rows -> `[CLS] w1 [SEP] [CLS] w2 [SEP] …` with per-window sequence ids and positions."""
+    ids_rows, seq_rows, pos_rows = [], [], []
+    for shard, record in rows:
+        pairs = record.reshape(-1, 2)
+        ids, seqs, pos = [], [], []
+        for k, (start, end) in enumerate(pairs[pairs[:, 0] >= 0].tolist(), start=1):
+            window = np.concatenate([[cls_id], np.asarray(shard.tokens[start:end], dtype=np.int64), [sep_id]])
+            ids.append(window)
+            seqs.append(np.full(len(window), k, dtype=np.int64))
+            pos.append(np.arange(len(window), dtype=np.int64))
+        ids_rows.append(np.concatenate(ids))
+        seq_rows.append(np.concatenate(seqs))
+        pos_rows.append(np.concatenate(pos))
+    width = max(len(r) for r in ids_rows)
+    width = -(-width // pad_to_multiple) * pad_to_multiple
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    sequence_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, seq, pos) in enumerate(zip(ids_rows, seq_rows, pos_rows, strict=True)):
+        input_ids[i, :len(row)] = torch.from_numpy(row)
+        sequence_ids[i, :len(row)] = torch.from_numpy(seq)
+        position_ids[i, :len(row)] = torch.from_numpy(pos)
+    attention_mask = (sequence_ids > 0).long()
+    special = (input_ids == cls_id) | (input_ids == sep_id) | (attention_mask == 0)
+    return PreTrainingBatch(input_ids, torch.zeros_like(input_ids), attention_mask, special,
+                            torch.zeros(len(rows), dtype=torch.long), sequence_ids, position_ids)
 
 
 def document_of(shard: Shard, token: int) -> int:

@@ -35,9 +35,14 @@ class BertOutput:
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """[B, T] 1/0 mask -> [B, 1, 1, T] bool for SDPA (True = may attend); None when nothing is padded."""
+    """[B, T] 1/0 mask -> [B, 1, 1, T] bool for SDPA (True = may attend); None when nothing is padded.
+
+    A [B, T, T] mask (query × key, as transformers also accepts) is passed on as [B, 1, T, T]: packed
+    pre-training rows use it to keep attention inside each of their windows."""
     if attention_mask is None or bool(attention_mask.all()):
         return None
+    if attention_mask.dim() == 3:
+        return attention_mask.bool()[:, None]
     return attention_mask.bool()[:, None, None, :]
 
 

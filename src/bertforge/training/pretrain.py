@@ -14,10 +14,12 @@ is why a resumed run repeats an uninterrupted one bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +39,14 @@ from bertforge.data.masking import (
     mask_tokens,
     replacement_vocabulary,
 )
-from bertforge.data.pretraining import DataPosition, ExampleSettings, ExampleStream, PreTrainingBatch, collate
+from bertforge.data.pretraining import (
+    DataPosition,
+    ExampleSettings,
+    ExampleStream,
+    PreTrainingBatch,
+    collate,
+    collate_packed,
+)
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
@@ -48,7 +57,7 @@ from bertforge.training.checkpointing import (
     save_checkpoint,
     set_rng_state,
 )
-from bertforge.training.distributed import all_reduce_sum, init_distributed
+from bertforge.training.distributed import World, all_reduce_sum, init_distributed
 from bertforge.training.lamb import Lamb
 from bertforge.training.metrics import MetricsLogger
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule, parameter_groups
@@ -60,39 +69,57 @@ Precision = Literal["fp32", "bf16", "fp16"]
 EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable across steps and runs
 
 
+# Named recipes: the settings a field left at None takes. "bert" is the paper's (Appendix A.2; NSP pairs,
+# 15% masking, dropout 0.1); "budget" is what learns most per CPU-minute on a small budget, each choice
+# measured side by side in docs/results/pretraining_budget.md: MLM only on packed rows (no padding, no
+# NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak and a schedule planned to
+# end at the wall-clock budget.
+RECIPES: dict[str, dict] = {
+    "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "lr": 5e-4,
+             "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32},
+    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "lr": 1e-3,
+               "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32},
+}
+Recipe = Literal["bert", "budget"]
+
+
 @dataclass
 class PretrainConfig:
     """Every setting of a pre-training run (saved as config.json beside the checkpoints).
-    The meaning of each field is documented on `run`, which takes the same names."""
+    The meaning of each field is documented on `run`, which takes the same names. Fields left at None
+    take the value of `recipe` (RECIPES) or, for steps and max_predictions, one derived from the others."""
 
     data: Path
     output_dir: Path
+    recipe: Recipe = "bert"
     preset: str = "mini"
     model_overrides: dict = field(default_factory=dict)
     init_from: Path | None = None
-    objective: Objective = "mlm_nsp"
+    objective: Objective | None = None
+    packing: bool | None = None
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
-    masking_rate: float = 0.15
-    max_predictions: int = 20
+    masking_rate: float | None = None
+    max_predictions: int | None = None
     whole_word_masking: bool = False
-    batch_size: int = 32
+    batch_size: int | None = None
     grad_accum_steps: int = 1
-    steps: int = 1000
+    steps: int | None = None
     optimizer: Literal["adamw", "lamb"] = "adamw"
-    lr: float = 5e-4
+    lr: float | None = None
     weight_decay: float = 0.01
-    warmup_steps: int = 100
+    warmup_steps: int | None = None
+    warmup_ratio: float | None = None
     schedule: ScheduleName = "linear"
     max_grad_norm: float = 1.0
-    precision: Precision = "fp32"
+    precision: Precision | Literal["auto"] | None = None
     compile: bool = False
     dropout: float | None = None
     seed: int = 0
-    eval_every: int = 200
+    eval_every: int | None = None
     eval_batches: int = 10
     log_every: int = 10
-    save_every: int = 500
+    save_every: int | None = None
     keep_checkpoints: int = 2
     resume: bool = False
     max_minutes: float | None = None
@@ -104,14 +131,41 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         self.data, self.output_dir = Path(self.data), Path(self.output_dir)
         self.init_from = Path(self.init_from) if self.init_from is not None else None
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+        explicit_warmup = self.warmup_steps is not None or self.warmup_ratio is not None
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None and not (name.startswith("warmup") and explicit_warmup):
+                setattr(self, name, value)
         if self.objective not in ("mlm_nsp", "mlm", "ltr"):
             raise ValueError(f"objective must be 'mlm_nsp' (BERT), 'mlm' (no NSP, RoBERTa) or 'ltr' (left-to-right "
                              f"LM), not {self.objective!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if self.packing and self.objective != "mlm":
+            raise ValueError(f"packing fills rows with windows of several documents, which only the mlm objective "
+                             f"can use; use --objective mlm or --packing false (objective {self.objective!r})")
+        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise ValueError(f"precision must be fp32, bf16, fp16 or auto, not {self.precision!r}")
+        if not 0 < self.masking_rate < 1:
+            raise ValueError(f"masking_rate must be between 0 and 1 (BERT: 0.15), not {self.masking_rate}")
+        if self.max_predictions is None:
+            self.max_predictions = math.ceil(self.masking_rate * self.max_seq_length)
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio}")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by "
                              f"grad_accum_steps {self.grad_accum_steps}")
+
+    def example_settings(self) -> ExampleSettings:
+        return ExampleSettings(self.max_seq_length, self.short_seq_prob, self.objective == "mlm_nsp",
+                               packed=bool(self.packing))
+
+    def plan(self, steps: int) -> None:
+        """Fix the step count and what follows from it (warm-up, evaluation and checkpoint intervals)."""
+        self.steps = steps
+        if self.warmup_ratio is not None:
+            self.warmup_steps = round(self.warmup_ratio * steps)
+        self.eval_every = self.eval_every or max(1, steps // 10)
+        self.save_every = self.save_every or max(1, steps // 4)
 
 
 @dataclass
@@ -158,16 +212,21 @@ def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.
 
 
 class BatchMasker:
-    """Masks a batch with the run's settings and a generator seeded per (seed, step); for the ltr
+    """Masks a batch with the given settings and a generator seeded per (seed, step); for the ltr
     objective the targets are the next tokens instead (nothing is masked)."""
 
-    def __init__(self, cfg: PretrainConfig, tokenizer) -> None:
-        self.left_to_right = cfg.objective == "ltr"
-        self.settings = MaskingSettings(rate=cfg.masking_rate, max_predictions=cfg.max_predictions,
-                                        whole_word=cfg.whole_word_masking)
+    def __init__(self, settings: MaskingSettings, tokenizer, *, left_to_right: bool = False) -> None:
+        self.left_to_right = left_to_right
+        self.settings = settings
         self.mask_id = tokenizer.mask_id
         self.replacements = replacement_vocabulary(tokenizer.vocab_size, tokenizer.special_ids)
-        self.continuation = continuation_table(tokenizer.vocab()) if cfg.whole_word_masking else None
+        self.continuation = continuation_table(tokenizer.vocab()) if settings.whole_word else None
+
+    @classmethod
+    def for_training(cls, cfg: PretrainConfig, tokenizer) -> BatchMasker:
+        settings = MaskingSettings(rate=cfg.masking_rate, max_predictions=cfg.max_predictions,
+                                   whole_word=cfg.whole_word_masking)
+        return cls(settings, tokenizer, left_to_right=cfg.objective == "ltr")
 
     def __call__(self, batch: PreTrainingBatch, seed: int) -> MaskedBatch:
         if self.left_to_right:
@@ -189,18 +248,35 @@ def next_token_targets(batch: PreTrainingBatch) -> MaskedBatch:
     return MaskedBatch(batch.input_ids, labels, positions)
 
 
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """`auto`: bf16 autocast where the hardware computes bf16 natively (recent GPUs; CPUs with AVX-512
+    BF16 or AMX, where a bf16 matmul runs ~2.3x an fp32 one), fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bf16" if native else "fp32"
+
+
 def autocast(precision: Precision, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def losses(out, labels: torch.Tensor, nsp_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def losses(out, labels: torch.Tensor, nsp_labels: torch.Tensor,
+           shown_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Summed losses and correct counts of one (micro-)batch; labels are those at the masked positions
-    (for the ltr objective the "mlm" statistics are those of next-token prediction)."""
+    (for the ltr objective the "mlm" statistics are those of next-token prediction). `shown_mask` ([N]
+    bool) marks the selected positions whose input shows [MASK]: accuracy there is the honest figure,
+    since the 10% left unchanged are answered by copying the input."""
     mlm_logits = (out.mlm_logits if hasattr(out, "mlm_logits") else out.logits).float()  # [N, V]
+    correct = mlm_logits.argmax(-1) == labels
     stats = {"mlm_sum": F.cross_entropy(mlm_logits, labels, reduction="sum"),
-             "mlm_correct": (mlm_logits.argmax(-1) == labels).sum(), "mlm_count": torch.tensor(labels.numel())}
+             "mlm_correct": correct.sum(), "mlm_count": torch.tensor(labels.numel())}
+    if shown_mask is not None:
+        stats.update(mask_correct=(correct & shown_mask).sum(), mask_count=shown_mask.sum())
     if getattr(out, "nsp_logits", None) is not None:
         nsp_logits = out.nsp_logits.float()  # [B, 2]
         stats.update(nsp_sum=F.cross_entropy(nsp_logits, nsp_labels, reduction="sum"),
@@ -209,7 +285,8 @@ def losses(out, labels: torch.Tensor, nsp_labels: torch.Tensor) -> dict[str, tor
     return stats
 
 
-STAT_KEYS = ("mlm_sum", "mlm_correct", "mlm_count", "nsp_sum", "nsp_correct", "nsp_count")
+STAT_KEYS = ("mlm_sum", "mlm_correct", "mlm_count", "mask_correct", "mask_count", "nsp_sum", "nsp_correct",
+             "nsp_count")
 
 
 def _stat_vector(stats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -217,49 +294,111 @@ def _stat_vector(stats: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def summarize(totals: torch.Tensor) -> dict[str, float | None]:
-    """[6] summed statistics -> mean losses and accuracies."""
+    """Summed statistics -> mean losses and accuracies."""
     t = dict(zip(STAT_KEYS, totals.tolist(), strict=True))
     mlm_loss = t["mlm_sum"] / max(t["mlm_count"], 1)
     out = {"mlm_loss": mlm_loss, "mlm_accuracy": t["mlm_correct"] / max(t["mlm_count"], 1)}
+    if t["mask_count"]:
+        out["mlm_mask_accuracy"] = t["mask_correct"] / t["mask_count"]
     if t["nsp_count"]:
         out.update(nsp_loss=t["nsp_sum"] / t["nsp_count"], nsp_accuracy=t["nsp_correct"] / t["nsp_count"])
     out["loss"] = mlm_loss + (out.get("nsp_loss") or 0.0)
     return out
 
 
+def model_inputs(batch: PreTrainingBatch, masked: MaskedBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """The encoder's inputs for a (masked) batch; packed rows add their window mask and positions."""
+    inputs = {"input_ids": masked.input_ids.to(device), "attention_mask": batch.model_attention_mask().to(device),
+              "token_type_ids": batch.token_type_ids.to(device),
+              "masked_positions": masked.masked_positions.to(device)}
+    if batch.position_ids is not None:
+        inputs["position_ids"] = batch.position_ids.to(device)
+    return inputs
+
+
+def shown_mask(masked: MaskedBatch, mask_id: int) -> torch.Tensor:
+    """[N] bool over the selected positions (row-major): True where the input shows [MASK]."""
+    return masked.input_ids[masked.masked_positions] == mask_id
+
+
+@dataclass
+class HeldOut:
+    """The fixed evaluation set. `mlm`: windows of the held-out documents, one document per row, masked at
+    BERT's 15% with fixed seeds whatever the run's own masking (next-token targets for ltr), so runs with
+    other recipes are scored on the same predictions. `nsp`: sentence pairs, for models with NSP."""
+
+    mlm: list[tuple[PreTrainingBatch, MaskedBatch]]
+    nsp: list[PreTrainingBatch]
+    mask_id: int
+
+    def __bool__(self) -> bool:
+        return bool(self.mlm)
+
+
+EVAL_ROWS_PER_BATCH = 32  # fixed, so the evaluation set does not change with the training batch size
+
+
 @torch.no_grad()
-def evaluate(model: BertForPreTraining | BertLMHeadModel, batches: list[tuple[PreTrainingBatch, MaskedBatch]],
-             device: torch.device, precision: Precision = "fp32") -> dict[str, float | None]:
-    """Held-out MLM loss/accuracy (at the masked positions) and NSP loss/accuracy."""
+def evaluate(model: BertForPreTraining | BertLMHeadModel, heldout: HeldOut, device: torch.device,
+             precision: Precision = "fp32") -> dict[str, float | None]:
+    """Held-out MLM loss and accuracy (all selected positions, and where the input shows [MASK]) and
+    NSP loss/accuracy."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-    for batch, masked in batches:
+    for batch, masked in heldout.mlm:
         with autocast(precision, device):
-            out = model(masked.input_ids.to(device), batch.attention_mask.to(device), batch.token_type_ids.to(device),
-                        masked_positions=masked.masked_positions.to(device))
-        stats = losses(out, masked.labels[masked.masked_positions].to(device), batch.nsp_labels.to(device))
+            out = model(**model_inputs(batch, masked, device))
+        labels = masked.labels[masked.masked_positions].to(device)
+        shown = None if isinstance(model, BertLMHeadModel) else shown_mask(masked, heldout.mask_id).to(device)
+        stats = losses(out, labels, batch.nsp_labels.to(device), shown)
+        stats.pop("nsp_sum", None), stats.pop("nsp_correct", None), stats.pop("nsp_count", None)
         totals += _stat_vector(stats)
+    for batch in heldout.nsp:
+        with autocast(precision, device):
+            out = model(batch.input_ids.to(device), batch.attention_mask.to(device), batch.token_type_ids.to(device),
+                        masked_positions=torch.zeros_like(batch.attention_mask, dtype=torch.bool, device=device))
+        nsp_logits = out.nsp_logits.float()
+        labels = batch.nsp_labels.to(device)
+        totals += _stat_vector({"nsp_sum": F.cross_entropy(nsp_logits, labels, reduction="sum"),
+                                "nsp_correct": (nsp_logits.argmax(-1) == labels).sum(),
+                                "nsp_count": torch.tensor(labels.numel())})
     model.train(was_training)
     return summarize(totals)
 
 
-def heldout_batches(corpus: PreparedCorpus, cfg: PretrainConfig, tokenizer, masker: BatchMasker
-                    ) -> list[tuple[PreTrainingBatch, MaskedBatch]]:
-    """A fixed evaluation set: the first examples of the held-out shards with fixed masks."""
+def heldout_batches(corpus: PreparedCorpus, cfg: PretrainConfig, tokenizer) -> HeldOut:
+    """The first examples of the held-out shards with fixed masks (see HeldOut)."""
     shards = list(corpus.shards("heldout"))
     if not shards or cfg.eval_batches <= 0:
-        return []
-    settings = ExampleSettings(cfg.max_seq_length, cfg.short_seq_prob, cfg.objective == "mlm_nsp")
+        return HeldOut([], [], tokenizer.mask_id)
+    ids = {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id}
+    windows = ExampleSettings(cfg.max_seq_length, short_seq_prob=0.0, nsp=False)
+    masking = MaskingSettings(rate=0.15, max_predictions=math.ceil(0.15 * cfg.max_seq_length))  # BERT §3.1
+    masker = BatchMasker(masking, tokenizer, left_to_right=cfg.objective == "ltr")
+    mlm = []
+    for i, batch in enumerate(_fixed_batches(shards, windows, cfg.eval_batches, ids)):
+        mlm.append((batch, masker(batch, EVAL_SEED + i)))
+    nsp = []
+    if cfg.objective == "mlm_nsp":
+        pairs = ExampleSettings(cfg.max_seq_length, cfg.short_seq_prob, nsp=True)
+        nsp = _fixed_batches(shards, pairs, cfg.eval_batches, ids)
+    return HeldOut(mlm, nsp, tokenizer.mask_id)
+
+
+def _fixed_batches(shards, settings: ExampleSettings, count: int, ids: dict) -> list[PreTrainingBatch]:
     stream = ExampleStream(shards, settings, seed=EVAL_SEED)
     out = []
-    for i in range(cfg.eval_batches):
-        batch = collate(stream.take(cfg.batch_size), cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
-                        pad_id=tokenizer.pad_id)
-        out.append((batch, masker(batch, EVAL_SEED + i)))
+    for _ in range(count):
+        out.append(collate(stream.take(EVAL_ROWS_PER_BATCH), **ids))
         if stream.position.epoch > 0:  # a small held-out split: do not repeat examples
             break
     return out
+
+
+def collate_examples(examples, settings: ExampleSettings, tokenizer) -> PreTrainingBatch:
+    ids = {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id}
+    return collate_packed(examples, **ids) if settings.packed else collate(examples, **ids)
 
 
 def _device(name: str) -> torch.device:
@@ -269,16 +408,103 @@ def _device(name: str) -> torch.device:
 
 
 # ----- the loop -----------------------------------------------------------------------------------
+@dataclass
+class Trainer:
+    """What one optimizer step needs; `step()` runs one on a global batch and returns its summed statistics."""
+
+    cfg: PretrainConfig
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model as called: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    world: World
+    device: torch.device
+    mask_id: int
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None  # no_sync() lives here, not on a compiled net
+
+    def forward_backward(self, batch: PreTrainingBatch, masked: MaskedBatch) -> torch.Tensor:
+        """Gradients of this rank's rows, micro-batch by micro-batch; losses are normalised by the *global*
+        number of masked tokens and examples, so the gradient is the same for any number of processes or
+        accumulation steps."""
+        cfg, world = self.cfg, self.world
+        total_masked = int(masked.masked_positions.sum())  # over the global batch
+        local = cfg.batch_size // world.size
+        micro = local // cfg.grad_accum_steps
+        batch, masked = batch.slice(world.rank * local, (world.rank + 1) * local), _slice_masked(
+            masked, slice(world.rank * local, (world.rank + 1) * local))
+        totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+        for m in range(cfg.grad_accum_steps):
+            part_batch = batch.slice(m * micro, (m + 1) * micro)
+            part = _slice_masked(masked, slice(m * micro, (m + 1) * micro))
+            with autocast(cfg.precision, self.device):
+                out = self.net(**model_inputs(part_batch, part, self.device))
+            shown = None if cfg.objective == "ltr" else shown_mask(part, self.mask_id).to(self.device)
+            stats = losses(out, part.labels[part.masked_positions].to(self.device),
+                           part_batch.nsp_labels.to(self.device), shown)
+            loss = stats["mlm_sum"] / total_masked
+            if "nsp_sum" in stats:
+                loss = loss + stats["nsp_sum"] / cfg.batch_size
+            last = m == cfg.grad_accum_steps - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with sync:
+                # DDP averages gradients over ranks, hence x world size.
+                self.scaler.scale(loss * world.size).backward()
+            totals += _stat_vector(stats)
+        return totals
+
+    def apply_gradients(self) -> float:
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return float(grad_norm)
+
+
+def measure_step_seconds(trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
+                         count: int = 6) -> float:
+    """Seconds per optimizer step on real batches, timed on a throw-away copy of the model and optimizer
+    (the run itself, its data position and its random state are untouched)."""
+    saved_rng = rng_state()
+    model = copy.deepcopy(trainer.model)
+    probe = dataclasses.replace(trainer, model=model, net=model, optimizer=build_optimizer(trainer.cfg, model),
+                                scheduler=None, ddp=None)
+    probe_stream = ExampleStream(stream.shards, stream.settings, seed=stream.seed,
+                                 position=dataclasses.replace(stream.position))
+    timings = []
+    for i in range(count):
+        started = time.perf_counter()
+        batch = collate_examples(probe_stream.take(trainer.cfg.batch_size), stream.settings, tokenizer)
+        probe.forward_backward(batch, masker(batch, i))
+        probe.apply_gradients()
+        timings.append(time.perf_counter() - started)
+    set_rng_state(saved_rng)
+    return statistics.median(timings[1:])  # the first step pays for one-off allocations
+
+
+def plan_steps(cfg: PretrainConfig, step_seconds: float, eval_seconds: float, spent_seconds: float) -> int:
+    """Steps that fit the wall-clock budget with its ~10 evaluations, so the schedule ends at the budget
+    (a step-based schedule cut short by a timer never decays its learning rate)."""
+    budget = cfg.max_minutes * 60 * 0.97 - spent_seconds  # 3% for checkpoints and the export
+    evaluations = 10 if cfg.eval_every is None else 0
+    return max(10, int((budget - evaluations * eval_seconds) / step_seconds))
+
+
 def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module], None] | None = None,
           stop_after: int | None = None) -> PretrainResult:
     """Run (or resume) pre-training. `on_step(step, loss, model)` is called after every optimizer step;
     `stop_after` ends the run after that step without a final checkpoint (to simulate a crash)."""
+    started = time.monotonic()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device)
     world = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
+    cfg.precision = resolve_precision(cfg.precision, device)
     if cfg.batch_size % (world.size * cfg.grad_accum_steps):
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world.size}) x "
                          f"grad_accum_steps ({cfg.grad_accum_steps})")
@@ -286,35 +512,56 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     tokenizer = corpus.tokenizer()
     out_dir, ckpt_dir = cfg.output_dir, cfg.output_dir / "checkpoints"
 
+    resumed_from = latest_checkpoint(ckpt_dir) if cfg.resume and ckpt_dir.is_dir() else None
+    state = load_checkpoint(resumed_from) if resumed_from is not None else None
+    if state is not None and cfg.steps is None:
+        cfg.plan(state["config"]["steps"])  # the planned length of the interrupted run
+    elif cfg.resume and state is None:
+        log.info("no checkpoint in %s yet: starting from step 0", ckpt_dir)
+
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_model(cfg, tokenizer.vocab_size).to(device)
     optimizer = build_optimizer(cfg, model)
-    scheduler = build_schedule(optimizer, cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    position, step = DataPosition(), 0
-    resumed_from = latest_checkpoint(ckpt_dir) if cfg.resume and ckpt_dir.is_dir() else None
-    if resumed_from is not None:
-        state = load_checkpoint(resumed_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        position, step = DataPosition(**state["position"]), state["step"]
-        set_rng_state(state["rng"])
-    elif cfg.resume:
-        log.info("no checkpoint in %s yet: starting from step 0", ckpt_dir)
-
-    settings = ExampleSettings(cfg.max_seq_length, cfg.short_seq_prob, cfg.objective == "mlm_nsp")
-    stream = ExampleStream(list(corpus.shards("train")), settings, seed=cfg.seed, position=position)
-    masker = BatchMasker(cfg, tokenizer)
-    eval_set = heldout_batches(corpus, cfg, tokenizer, masker) if world.is_main else []
-    net: torch.nn.Module = model
+    stream = ExampleStream(list(corpus.shards("train")), cfg.example_settings(), seed=cfg.seed)
+    masker = BatchMasker.for_training(cfg, tokenizer)
+    heldout = heldout_batches(corpus, cfg, tokenizer) if world.is_main else HeldOut([], [], tokenizer.mask_id)
+    ddp = None
     if world.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    ddp = net  # no_sync() lives on the DDP wrapper, not on a compiled module
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    trainer = Trainer(cfg, model, ddp or model, optimizer, None, scaler, world, device, tokenizer.mask_id, ddp)
+
+    evaluations: dict[int, dict] = {}
+    if state is None and heldout:
+        eval_started = time.perf_counter()
+        evaluations[0] = evaluate(model, heldout, device, cfg.precision)
+        eval_seconds = time.perf_counter() - eval_started
+    else:
+        eval_seconds = 0.0
+    if cfg.steps is None:
+        if cfg.max_minutes:
+            step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
+            planned = plan_steps(cfg, step_seconds, eval_seconds, time.monotonic() - started)
+            planned = int(all_reduce_sum(torch.tensor([planned], dtype=torch.float64), world)) // world.size
+            print(f"planned {planned:,} steps for {cfg.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
+            cfg.plan(planned)
+        else:
+            cfg.plan(1000)
+    else:
+        cfg.plan(cfg.steps)
+    trainer.scheduler = build_schedule(optimizer, cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        stream.position, step = DataPosition(**state["position"]), state["step"]
+        set_rng_state(state["rng"])
     if cfg.compile:
-        net = torch.compile(net)
+        trainer.net = torch.compile(trainer.net)
 
     logger = None
     if world.is_main:
@@ -324,59 +571,48 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
         logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard)
         logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)
         print(f"model: {cfg.preset} {model.config.num_layers}L H={model.config.hidden_size}, "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters; objective {cfg.objective}; "
-              f"{world.size} process(es) on {device}" + (f"; resumed from {resumed_from}" if resumed_from else ""))
+              f"{sum(p.numel() for p in model.parameters()):,} parameters; recipe {cfg.recipe}, objective "
+              f"{cfg.objective}{', packed rows' if cfg.packing else ''}, masking {cfg.masking_rate:g}, "
+              f"{cfg.precision}; {world.size} process(es) on {device}"
+              + (f"; resumed from {resumed_from}" if resumed_from else ""))
+        if 0 in evaluations:
+            logger.log(0, {**evaluations[0], "minutes": 0.0}, prefix="heldout")
+            print(f"untrained model, held-out: {_fmt(evaluations[0])}")
+    return _loop(cfg, trainer, stream, masker, tokenizer, heldout, logger, step, evaluations, resumed_from,
+                 on_step=on_step, stop_after=stop_after)
+
+
+def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
+          heldout: HeldOut, logger: MetricsLogger | None, step: int, evaluations: dict[int, dict],
+          resumed_from: Path | None, *, on_step, stop_after) -> PretrainResult:
+    """Steps until the planned count, the wall-clock budget, a non-finite loss or `stop_after`."""
+    model, world, device = trainer.model, trainer.world, trainer.device
+    ckpt_dir = cfg.output_dir / "checkpoints"
 
     def checkpoint_state(at_step: int, at_position: DataPosition, rng: dict) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "step": at_step, "position": dataclasses.asdict(at_position),
-                "rng": rng, "config": _jsonable(cfg), "model_config": model.config.to_dict(),
+        return {"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+                "step": at_step, "position": dataclasses.asdict(at_position), "rng": rng,
+                "config": _jsonable(cfg), "model_config": model.config.to_dict(),
                 "nsp": getattr(model, "nsp", None) is not None}
 
-    evaluations: dict[int, dict] = {}
-    if step == 0 and eval_set:
-        evaluations[0] = evaluate(model, eval_set, device, cfg.precision)
-        logger.log(0, evaluations[0], prefix="heldout")
-        print(f"untrained model, held-out: {_fmt(evaluations[0])}")
-
-    local = cfg.batch_size // world.size
-    micro = local // cfg.grad_accum_steps
     step_losses: dict[int, float] = {}
     stopped = "finished"
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not (world.is_main and cfg.progress),
                dynamic_ncols=True)
     model.train()
     window = {"tokens": 0, "time": time.perf_counter()}
-    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    clock = time.monotonic()
+    deadline = clock + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     while step < cfg.steps:
         before = (dataclasses.replace(stream.position), rng_state())  # the state a NaN stop saves
         step += 1
-        batch = collate(stream.take(cfg.batch_size), cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
-                        pad_id=tokenizer.pad_id)
+        batch = collate_examples(stream.take(cfg.batch_size), stream.settings, tokenizer)
         masked = masker(batch, cfg.seed * 1_000_003 + step)
-        total_masked = int(masked.masked_positions.sum())  # over the global batch
-        rows = slice(world.rank * local, (world.rank + 1) * local)
-        batch, masked = batch.slice(rows.start, rows.stop), _slice_masked(masked, rows)
-        totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-        for m in range(cfg.grad_accum_steps):
-            part = slice(m * micro, (m + 1) * micro)
-            positions = masked.masked_positions[part].to(device)
-            with autocast(cfg.precision, device):
-                out = net(masked.input_ids[part].to(device), batch.attention_mask[part].to(device),
-                          batch.token_type_ids[part].to(device), masked_positions=positions)
-            stats = losses(out, masked.labels[part].to(device)[positions], batch.nsp_labels[part].to(device))
-            # Normalise by the global counts; DDP averages gradients over ranks, hence x world size.
-            loss = stats["mlm_sum"] / total_masked
-            if "nsp_sum" in stats:
-                loss = loss + stats["nsp_sum"] / cfg.batch_size
-            sync = ddp.no_sync() if world.distributed and m < cfg.grad_accum_steps - 1 else contextlib.nullcontext()
-            with sync:
-                scaler.scale(loss * world.size).backward()
-            totals += _stat_vector(stats)
-        metrics = summarize(all_reduce_sum(totals, world))
+        metrics = summarize(all_reduce_sum(trainer.forward_backward(batch, masked), world))
         if not math.isfinite(metrics["loss"]):
             stopped = "nan"
-            optimizer.zero_grad(set_to_none=True)
+            trainer.optimizer.zero_grad(set_to_none=True)
             if world.is_main:
                 path = save_checkpoint(ckpt_dir, step - 1, checkpoint_state(step - 1, *before),
                                        keep=cfg.keep_checkpoints)
@@ -384,14 +620,9 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
                           "learning rate or use bf16/fp32, then resume.", step, metrics["loss"], step - 1, path)
             step -= 1
             break
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        grad_norm = trainer.apply_gradients()
         step_losses[step] = metrics["loss"]
-        window["tokens"] += int(batch.attention_mask.sum()) * world.size
+        window["tokens"] += int(batch.attention_mask.sum())
         # The wall-clock budget ends the run like its last step (evaluate, checkpoint, export).
         out_of_time = bool(all_reduce_sum(torch.tensor([time.monotonic() > deadline], dtype=torch.float64), world))
         last = step == cfg.steps or out_of_time
@@ -401,13 +632,13 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
                 elapsed = time.perf_counter() - window["time"]
                 rate = window["tokens"] / max(elapsed, 1e-9)
                 window.update(tokens=0, time=time.perf_counter())
-                logger.log(step, {**metrics, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                logger.log(step, {**metrics, "lr": trainer.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                                   "tokens_per_s": rate}, prefix="train")
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm_acc=f"{metrics['mlm_accuracy']:.3f}",
-                                nsp_acc=f"{metrics.get('nsp_accuracy') or 0:.3f}", tok_s=f"{rate:,.0f}")
-            if eval_set and (step % cfg.eval_every == 0 or last):
-                evaluations[step] = evaluate(model, eval_set, device, cfg.precision)
-                logger.log(step, evaluations[step], prefix="heldout")
+                                tok_s=f"{rate:,.0f}")
+            if heldout and (step % cfg.eval_every == 0 or last):
+                evaluations[step] = evaluate(model, heldout, device, cfg.precision)
+                logger.log(step, {**evaluations[step], "minutes": (time.monotonic() - clock) / 60}, prefix="heldout")
                 logger.plot()
                 tqdm.write(f"step {step}: held-out {_fmt(evaluations[step])}")
             if step % cfg.save_every == 0 or last:
@@ -428,10 +659,10 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     model_dir = None
     if world.is_main:
         if stopped != "stop_after":
-            model_dir = export_model(model, out_dir / "model", tokenizer)
+            model_dir = export_model(model, cfg.output_dir / "model", tokenizer)
             logger.plot()
         logger.close()
-    return PretrainResult(out_dir, step, step_losses, evaluations, stopped, model_dir)
+    return PretrainResult(cfg.output_dir, step, step_losses, evaluations, stopped, model_dir)
 
 
 def _slice_masked(masked: MaskedBatch, rows: slice) -> MaskedBatch:
@@ -457,52 +688,65 @@ def _jsonable(cfg: PretrainConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-def run(data: Path, output_dir: Path, preset: str = "mini", model_overrides: dict | None = None,
-        init_from: Path | None = None, objective: Objective = "mlm_nsp", max_seq_length: int = 128,
-        short_seq_prob: float = 0.1, masking_rate: float = 0.15, max_predictions: int = 20,
-        whole_word_masking: bool = False, batch_size: int = 32, grad_accum_steps: int = 1, steps: int = 1000,
-        optimizer: Literal["adamw", "lamb"] = "adamw", lr: float = 5e-4, weight_decay: float = 0.01,
-        warmup_steps: int = 100, schedule: ScheduleName = "linear", max_grad_norm: float = 1.0,
-        precision: Precision = "fp32", compile: bool = False, dropout: float | None = None, seed: int = 0,
-        eval_every: int = 200, eval_batches: int = 10, log_every: int = 10, save_every: int = 500,
-        keep_checkpoints: int = 2, resume: bool = False, max_minutes: float | None = None,
-        threads: int | None = None, device: str = "auto",
+def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mini",
+        model_overrides: dict | None = None, init_from: Path | None = None, objective: Objective | None = None,
+        packing: bool | None = None, max_seq_length: int = 128, short_seq_prob: float = 0.1,
+        masking_rate: float | None = None, max_predictions: int | None = None, whole_word_masking: bool = False,
+        batch_size: int | None = None, grad_accum_steps: int = 1, steps: int | None = None,
+        optimizer: Literal["adamw", "lamb"] = "adamw", lr: float | None = None, weight_decay: float = 0.01,
+        warmup_steps: int | None = None, warmup_ratio: float | None = None, schedule: ScheduleName = "linear",
+        max_grad_norm: float = 1.0, precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None,
+        compile: bool = False, dropout: float | None = None, seed: int = 0, eval_every: int | None = None,
+        eval_batches: int = 10, log_every: int = 10, save_every: int | None = None, keep_checkpoints: int = 2,
+        resume: bool = False, max_minutes: float | None = None, threads: int | None = None, device: str = "auto",
         progress: bool = True, tensorboard: bool = True) -> Path:
     """Pre-train BERT with masked-LM (+ next-sentence prediction) on a corpus from `bertforge prepare`.
 
     Data-parallel: `torchrun --nproc_per_node=N -m bertforge pretrain ...` (gloo on CPU, NCCL on GPU).
+    Options left unset take their value from the recipe (see RECIPES in this module and
+    docs/pretraining.md): `--recipe budget --max-minutes 60` is the one that learns most per CPU-minute.
 
     Args:
         data: A folder written by `bertforge prepare` (shards + tokenizer).
         output_dir: Run folder: checkpoints/, model/ (Hugging Face format), metrics.jsonl, tensorboard/, curves.png.
+        recipe: Defaults for the unset options: bert (the paper: MLM + NSP pairs, 15% masking, dropout 0.1,
+            lr 5e-4, 100 warm-up steps, fp32) or budget (MLM only on packed rows, 30% masking, no dropout,
+            lr 1e-3, 6% warm-up, bf16 where the processor has it).
         preset: Model size: tiny, mini, small, medium, base or large.
         model_overrides: BertConfig fields to change, e.g. {num_layers: 2, hidden_size: 96}.
         init_from: Start from these weights (a run folder, checkpoint file or Hugging Face folder), e.g. the
             second phase at length 512 after a first phase at 128 (BERT Appendix A.2).
         objective: mlm_nsp (BERT), mlm (masked-LM only, as RoBERTa and Cramming found better) or ltr (a
             left-to-right LM, causal attention, no NSP: the paper's "LTR & No NSP" ablation).
+        packing: mlm only: fill every row to max_seq_length with windows of documents (several short ones
+            share a row, attention stays inside each window), so no compute goes to padding.
         max_seq_length: Tokens per example, [CLS] and [SEP]s included.
-        short_seq_prob: Share of examples with a shorter random target length (BERT: 0.1).
-        masking_rate: Share of tokens selected for prediction (BERT: 0.15).
-        max_predictions: At most this many predictions per sequence (BERT: 20 at 128, 80 at 512).
+        short_seq_prob: Share of unpacked examples with a shorter random target length (BERT: 0.1).
+        masking_rate: Share of tokens selected for prediction (BERT: 0.15). Held-out accuracy is always
+            measured at 15%, so runs with other rates compare.
+        max_predictions: At most this many predictions per sequence (default: masking_rate x max_seq_length,
+            rounded up: BERT's 20 at 128).
         whole_word_masking: Select whole words (all their WordPiece pieces) instead of single pieces.
         batch_size: Examples per optimizer step, over all processes and accumulation steps.
         grad_accum_steps: Split each process's share of a batch into this many micro-batches.
-        steps: Optimizer steps in total (the schedule's length).
+        steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
+            measured speed so the schedule ends at the budget; unset without: 1000.
         optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
         lr: Peak learning rate.
         weight_decay: Decoupled weight decay (not on biases and LayerNorm weights).
         warmup_steps: Linear warm-up steps.
+        warmup_ratio: Linear warm-up as a share of the steps (instead of warmup_steps).
         schedule: linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.
         max_grad_norm: Clip the global gradient norm to this.
-        precision: fp32, bf16 (autocast) or fp16 (autocast + loss scaling).
+        precision: fp32, bf16 (autocast), fp16 (autocast + loss scaling) or auto (bf16 where the hardware
+            computes it natively, else fp32). Saved weights are fp32 either way.
         compile: Compile the model with torch.compile.
         dropout: Override the preset's dropout (hidden and attention), e.g. 0 for short runs.
         seed: Seeds the weights, the example pairing and the masks.
-        eval_every: Evaluate on the held-out shards every n steps.
-        eval_batches: Held-out batches per evaluation.
+        eval_every: Evaluate on the held-out shards every n steps (default: 10 evaluations per run).
+        eval_batches: Held-out batches (of 32 rows) per evaluation.
         log_every: Log training metrics every n steps.
-        save_every: Write a checkpoint every n steps (and at the end).
+        save_every: Write a checkpoint every n steps and at the end (default: 4 per run).
         keep_checkpoints: Keep the newest n checkpoints.
         resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped).
         max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
