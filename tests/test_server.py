@@ -189,7 +189,7 @@ def test_qa_server(tmp_path: Path) -> None:
 
 
 # ----- hostile clients: big chunked bodies, slow headers and bodies, idle connections, disconnects ----------
-HOSTILE = Limits(max_body_bytes=20_000, head_timeout_s=2.0, body_timeout_s=1.0, max_connections=128)
+HOSTILE = Limits(max_body_bytes=20_000, head_timeout_s=2.0, body_timeout_s=1.0, max_connections=128, max_wait_ms=300)
 
 
 @pytest.fixture(scope="module")
@@ -336,9 +336,17 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
-def test_client_disconnect_logs_one_line(hostile) -> None:
-    """A client that leaves mid-body is one INFO line, no traceback (uvicorn's loggers do not reach the root,
-    so the handler listens on both trees)."""
+LEAVING = [  # (what the client sends before it hangs up, the one line the server logs)
+    (b'Content-Length: 1000\r\n\r\n{"texts": ', "left during POST /embed after 10 body bytes"),
+    (b'Content-Length: 20\r\n\r\n{"texts": ["a day"]}', "left before the answer to POST /embed"),
+]
+
+
+@pytest.mark.parametrize(("sent", "line"), LEAVING, ids=["mid-body", "before the answer"])
+def test_client_disconnect_logs_one_line(hostile, sent: bytes, line: str) -> None:
+    """A client that leaves is one INFO line, no traceback, and a 499 in the metrics (uvicorn's loggers do not
+    reach the root, so the handler listens on both trees). HOSTILE's 300 ms batching wait keeps the second
+    client's answer from being ready before it leaves."""
     records = Records()
     loggers = [logging.getLogger("uvicorn"), logging.getLogger("bertforge")]
     level = loggers[1].level
@@ -347,21 +355,21 @@ def test_client_disconnect_logs_one_line(hostile) -> None:
         logger.addHandler(records)
     try:
         with connect(hostile) as sock:
-            sock.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b'Content-Length: 1000\r\n\r\n{"texts": ')
-            time.sleep(0.2)
+            sock.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + sent)
+            time.sleep(0.05)
         for _ in range(40):
             if records.records:
                 break
             time.sleep(0.05)
-        time.sleep(0.3)  # anything else it would log
+        time.sleep(0.5)  # anything else it would log, the batch included
     finally:
         for logger in loggers:
             logger.removeHandler(records)
         loggers[1].setLevel(level)
     lines = [(r.name, r.levelname, r.getMessage()) for r in records.records]
     assert len(lines) == 1, lines
-    assert records.records[0].exc_info is None and "left during POST /embed after 10 body bytes" in lines[0][2]
+    assert records.records[0].exc_info is None and line in lines[0][2]
+    assert 'bertforge_requests_total{path="/embed",status="499"}' in hostile.request("GET", "/metrics")[1]
 
 
 def test_metrics_are_escaped_and_labelled_by_route(hostile) -> None:

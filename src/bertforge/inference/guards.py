@@ -106,16 +106,23 @@ class RequestGuard:
         start = time.perf_counter()
         route = self.route_label(scope)
         status = CLIENT_LEFT  # until a response starts
+        gone: asyncio.Future | None = None  # resolves when the client leaves (or the response is complete)
 
         async def send_and_note(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                if gone is not None and gone.done():  # the answer has nobody to go to; the server drops it
+                    log.info("client %s left before the answer to %s %s", _address(scope.get("client")),
+                             scope["method"], route)
+                else:
+                    status = message["status"]
             await send(message)
 
         try:
             body = await self.read_body(scope, receive)
-            await self.app(scope, _replay(body, receive), send_and_note)
+            # With the body read, the server's receive returns only when the client leaves or the response ends.
+            gone = asyncio.ensure_future(receive())
+            await self.app(scope, _replay(body, gone), send_and_note)
         except _Refusal as refusal:
             await _send_error(send_and_note, refusal.status, refusal.message)
         except _ClientLeft as left:
@@ -126,6 +133,8 @@ class RequestGuard:
             if status == CLIENT_LEFT:
                 await _send_error(send_and_note, 500, "internal error", type(exc).__name__)
         finally:
+            if gone is not None and not gone.done():
+                gone.cancel()
             self.observe(route, status, time.perf_counter() - start)
 
     def route_label(self, scope: dict) -> str:
@@ -163,14 +172,14 @@ class RequestGuard:
         return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the app the body already read, then passes on (e.g. the disconnect)."""
+def _replay(body: bytes, gone: asyncio.Future) -> Receive:
+    """A receive that hands the app the body already read, then the server's next message (the disconnect)."""
     replayed = False
 
     async def receive_again() -> dict:
         nonlocal replayed
         if replayed:
-            return await receive()
+            return await asyncio.shield(gone)
         replayed = True
         return {"type": "http.request", "body": body, "more_body": False}
 
