@@ -62,8 +62,11 @@ class HeadDeadlineH11(H11Protocol):
     def _head_overdue(self, cycle: object) -> None:
         in_progress = self.cycle is not None and not self.cycle.response_complete  # e.g. a pipelined request
         if self.cycle is cycle and not in_progress and not self.transport.is_closing():
-            log.info("closed a connection from %s: no request head within %.3g s", _address(self.client),
-                     self.head_timeout_s)
+            # A half-sent head is worth a line (whose client it is); a connection that never spoke is not.
+            partial = bool(self.conn.trailing_data[0])
+            log.log(logging.INFO if partial else logging.DEBUG, "closed a connection from %s: %s within %.3g s",
+                    _address(self.client), "no complete request head" if partial else "no request",
+                    self.head_timeout_s)
             self.transport.close()
 
 
