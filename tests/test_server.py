@@ -273,6 +273,13 @@ def test_content_length_body_over_the_limit_is_refused_before_it_is_read(hostile
     assert status == 413 and answer["error"] == "request body over 20000 bytes"
 
 
+def test_oversize_headers_get_400(hostile) -> None:
+    with connect(hostile) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"x" * (HOSTILE.max_header_bytes + 1))
+        data = sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 400 ")
+
+
 def test_slow_headers_are_cut_off(hostile) -> None:
     """A client trickling its headers one byte at a time is closed at the head deadline (2 s): uvicorn's
     keep-alive timer alone would restart at every byte and hold the connection forever."""
