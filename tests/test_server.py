@@ -86,6 +86,8 @@ def test_health_info_openapi(mlm) -> None:
     assert {"/fill-mask", "/embed", "/attention", "/health"} <= set(schema["paths"])
     assert "/qa" not in schema["paths"]  # only what this model supports
     assert server.request("POST", "/qa", {"questions": ["a"], "contexts": ["b"]})[0] == 404
+    status, page = server.request("GET", "/")  # a file response, which also listens for the client leaving
+    assert status == 200 and "<html" in page.lower()
 
 
 def test_endpoints_equal_pipelines(mlm) -> None:
@@ -411,3 +413,33 @@ def test_metrics_are_escaped_and_labelled_by_route(hostile) -> None:
                      ("/embed", "405"): 1, ("/metrics", "200"): 1}
     routes = {route.path for route in hostile.server.config.app.routes}
     assert {path for path, _ in after} <= routes | {"unmatched"}
+
+
+def test_unexpected_error_is_one_traceback_and_a_500(caplog) -> None:
+    """An exception escaping an endpoint is logged once, with its traceback, and answered as the service's JSON
+    error; RequestGuard does not re-raise it, so uvicorn has nothing left to log (called here without a server)."""
+    import asyncio
+
+    from bertforge.inference.guards import RequestGuard
+
+    async def broken_app(scope, receive, send):
+        await receive()
+        raise RuntimeError("boom")
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent, observed = [], []
+
+    async def send(message):
+        sent.append(message)
+
+    guard = RequestGuard(broken_app, routes=[], max_body_bytes=100, body_timeout_s=1.0,
+                         observe=lambda *args: observed.append(args[:2]))
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "client": ("127.0.0.1", 1)}
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(guard(scope, receive, send))
+    assert [r.exc_info[0] for r in caplog.records] == [RuntimeError]
+    assert sent[0]["status"] == 500 and json.loads(sent[1]["body"]) == {"error": "internal error",
+                                                                        "detail": "RuntimeError"}
+    assert observed == [("unmatched", 500)]

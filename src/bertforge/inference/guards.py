@@ -114,7 +114,7 @@ class RequestGuard:
         async def send_and_note(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                if gone is not None and gone.done():  # the answer has nobody to go to; the server drops it
+                if _has_left(gone):  # the answer has nobody to go to; the server drops it
                     log.info("client %s left before the answer to %s %s", _address(scope.get("client")),
                              scope["method"], route)
                 else:
@@ -173,6 +173,12 @@ class RequestGuard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
+
+
+def _has_left(gone: asyncio.Future | None) -> bool:
+    if gone is None or not gone.done() or gone.cancelled() or gone.exception() is not None:
+        return False
+    return gone.result()["type"] == "http.disconnect"
 
 
 def _replay(body: bytes, gone: asyncio.Future) -> Receive:
