@@ -301,11 +301,14 @@ def uvicorn_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level:
         h11_max_incomplete_event_size=limits.max_header_bytes)
 
 
-def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_texts: int = 64,
-        max_chars: int = 10_000, max_body_bytes: int = 1_000_000, max_queue: int = 256, max_wait_ms: float = 5.0,
-        max_batch_texts: int = 128, timeout_s: float = 30.0, head_timeout_s: float = 10.0,
-        body_timeout_s: float = 30.0, keep_alive_s: float = 5.0, max_connections: int = 512,
-        max_header_bytes: int = 16_384, threads: int | None = None, int8: bool = False) -> None:
+def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+        max_texts: int = Limits.max_texts, max_chars: int = Limits.max_chars,
+        max_body_bytes: int = Limits.max_body_bytes, max_queue: int = Limits.max_queue,
+        max_wait_ms: float = Limits.max_wait_ms, max_batch_texts: int = Limits.max_batch_texts,
+        timeout_s: float = Limits.timeout_s, head_timeout_s: float = Limits.head_timeout_s,
+        body_timeout_s: float = Limits.body_timeout_s, keep_alive_s: float = Limits.keep_alive_s,
+        max_connections: int = Limits.max_connections, max_header_bytes: int = Limits.max_header_bytes,
+        threads: int | None = None, int8: bool = False) -> None:
     """Serve a model's pipelines over HTTP, with a web page at / and OpenAPI docs at /docs.
 
     Args:
