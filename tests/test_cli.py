@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 
 import pytest
 
@@ -50,3 +51,13 @@ def test_demo_finds_topical_neighbours(minilm_dir, capsys) -> None:
     assert score == 1.0  # every query's nearest sentence is on its topic with the pre-trained weights
     out = capsys.readouterr().out
     assert "query: Who won the game?" in out and "random init" in out
+
+
+@pytest.mark.parametrize("missing", ["fastapi", "uvicorn", "prometheus_client"])
+def test_serve_without_the_extra_is_one_line(missing: str, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now fails as if it were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--model", "no-such-model-dir"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and missing in err[0] and "pip install 'bertforge[serve]'" in err[0]

@@ -1,11 +1,16 @@
 """The HTTP service on a real socket (127.0.0.1, uvicorn in a thread, stopped by the fixture): endpoint
 results equal the Python pipelines, micro-batches form under concurrency, and a malformed-input sweep gets
-4xx JSON (never 500) with the server healthy afterwards."""
+4xx JSON (never 500) with the server healthy afterwards; and hostile clients (a 100 MB chunked body, trickled
+headers, a stalled body, 130 idle connections, a client leaving mid-body) are cut off in bounded time and
+memory, logged in one line, and counted under route-template metric labels. Each app has its own metrics
+registry, which is what lets this module run several servers in one process."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import logging
+import select
 import socket
 import threading
 import time
@@ -16,10 +21,11 @@ import pytest
 
 pytest.importorskip("fastapi", reason="pip install fastapi uvicorn (the 'serve' extra)")
 uvicorn = pytest.importorskip("uvicorn", reason="pip install fastapi uvicorn (the 'serve' extra)")
+pytest.importorskip("prometheus_client", reason="pip install prometheus-client (the 'serve' extra)")
 
 from bertforge.heads import BertForMaskedLM, BertForQuestionAnswering  # noqa: E402
 from bertforge.inference import pipelines  # noqa: E402
-from bertforge.inference.server import Limits, create_app  # noqa: E402
+from bertforge.inference.server import Limits, create_app, uvicorn_config  # noqa: E402
 from bertforge.inference.tiny import build  # noqa: E402
 
 
@@ -30,7 +36,7 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         self.watchdog = threading.Timer(60, self.stop)
@@ -80,6 +86,8 @@ def test_health_info_openapi(mlm) -> None:
     assert {"/fill-mask", "/embed", "/attention", "/health"} <= set(schema["paths"])
     assert "/qa" not in schema["paths"]  # only what this model supports
     assert server.request("POST", "/qa", {"questions": ["a"], "contexts": ["b"]})[0] == 404
+    status, page = server.request("GET", "/")  # a file response, which also listens for the client leaving
+    assert status == 200 and "<html" in page.lower()
 
 
 def test_endpoints_equal_pipelines(mlm) -> None:
@@ -109,7 +117,7 @@ def test_concurrent_requests_are_batched(mlm) -> None:
     assert all(status == 200 for status, _ in answers)
     assert [a[0][0][0]["token"] for _, a in answers] == [e[0][0]["token"] for e in expected]
     _, after = server.request("GET", "/metrics")
-    count = lambda text, name: int(next(line.split()[-1] for line in text.splitlines() if line.startswith(name)))  # noqa: E731
+    count = lambda text, name: float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name)))  # noqa: E731
     batches = count(after, "bertforge_batches_total") - count(before, "bertforge_batches_total")
     items = count(after, "bertforge_batched_items_total") - count(before, "bertforge_batched_items_total")
     assert items == len(texts)
@@ -180,3 +188,258 @@ def test_qa_server(tmp_path: Path) -> None:
     finally:
         server.stop()
         server.thread.join(10)
+
+
+# ----- hostile clients: big chunked bodies, slow headers and bodies, idle connections, disconnects ----------
+HOSTILE = Limits(max_body_bytes=20_000, head_timeout_s=2.0, body_timeout_s=1.0, max_connections=128, max_wait_ms=300)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hostile")
+    build(BertForMaskedLM, directory, seed=14)
+    server = Server(create_app(pipelines.load_pipeline(directory), HOSTILE))
+    yield server
+    server.stop()
+    server.thread.join(10)
+
+
+def connect(server: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict]:
+    """Status and JSON body of a response the server closes the connection after."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:  # the server closed with our unread body bytes in its buffer
+        pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `sock` within `seconds` (an EOF or a reset)."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+
+def test_chunked_body_is_refused_as_it_streams(hostile) -> None:
+    """A chunked body announces no length: the server must count it and answer 413 after ~20 kB, long before
+    the client's 100 MB are sent, without holding the body in memory (the server runs in this process)."""
+    peak, done = [rss_bytes()], threading.Event()
+    baseline = peak[0]
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(rss_bytes())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    total, sent = 100 * 2**20, 0
+    with connect(hostile) as sock:
+        sock.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            while sent < total and not select.select([sock], [], [], 0)[0]:  # until the answer arrives
+                sock.sendall(chunk)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):  # the server hung up after answering
+            pass
+        status, answer = read_response(sock)
+    done.set()
+    sampler.join()
+    assert status == 413 and "20000 bytes" in answer["error"]
+    assert sent < total / 4, f"{sent} bytes sent before the 413"
+    assert max(peak) - baseline < 40 * 2**20, f"RSS grew {(max(peak) - baseline) / 2**20:.0f} MiB"
+    assert hostile.request("GET", "/health")[0] == 200
+
+
+def test_content_length_body_over_the_limit_is_refused_before_it_is_read(hostile) -> None:
+    with connect(hostile) as sock:
+        sock.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 300000000\r\n\r\n")
+        status, answer = read_response(sock)  # not a byte of the body was sent
+    assert status == 413 and answer["error"] == "request body over 20000 bytes"
+
+
+def test_oversize_headers_get_400(hostile) -> None:
+    with connect(hostile) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"x" * (HOSTILE.max_header_bytes + 1))
+        data = sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 400 ")
+
+
+def test_slow_headers_are_cut_off(hostile) -> None:
+    """A client trickling its headers one byte at a time is closed at the head deadline (2 s): uvicorn's
+    keep-alive timer alone would restart at every byte and hold the connection forever."""
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"x" * 1000
+    start = time.perf_counter()
+    with connect(hostile) as sock:
+        closed = False
+        for byte in head:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            if closed or closed_within(sock, 0.1):
+                break
+        elapsed = time.perf_counter() - start
+    assert closed or elapsed < 10, "still open after the whole trickle"
+    assert HOSTILE.head_timeout_s - 0.1 < elapsed < HOSTILE.head_timeout_s + 1.5, elapsed
+
+
+def test_slow_body_gets_408(hostile) -> None:
+    with connect(hostile) as sock:
+        sock.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b'Content-Length: 1000\r\n\r\n{"texts": ["a')
+        start = time.perf_counter()
+        status, answer = read_response(sock)
+        elapsed = time.perf_counter() - start
+    assert status == 408 and "1 s" in answer["error"]
+    assert HOSTILE.body_timeout_s - 0.1 < elapsed < HOSTILE.body_timeout_s + 1.5, elapsed
+
+
+def test_idle_connections_neither_starve_health_nor_stay(hostile) -> None:
+    """100 connections with half-sent heads: /health still answers 200 within 1 s; 30 more pass the cap of 128,
+    so a request is answered 503 at once; at the head deadline the server closes them all and recovers."""
+    idle = [connect(hostile) for _ in range(100)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        start = time.perf_counter()
+        assert hostile.request("GET", "/health")[0] == 200
+        assert time.perf_counter() - start < 1.0
+        assert not select.select(idle, [], [], 0)[0], "the idle connections were already closed"
+        idle += [connect(hostile) for _ in range(30)]
+        time.sleep(0.1)  # let the server accept them
+        start = time.perf_counter()
+        assert hostile.request("GET", "/health")[0] == 503  # uvicorn's plain-text answer over the cap
+        assert time.perf_counter() - start < 1.0
+        deadline = time.perf_counter() + HOSTILE.head_timeout_s + 2
+        assert all(closed_within(sock, max(0.01, deadline - time.perf_counter())) for sock in idle)
+        assert hostile.request("GET", "/health")[0] == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+LEAVING = [  # (what the client sends before it hangs up, the one line the server logs)
+    (b'Content-Length: 1000\r\n\r\n{"texts": ', "left during POST /embed after 10 body bytes"),
+    (b'Content-Length: 20\r\n\r\n{"texts": ["a day"]}', "left before the answer to POST /embed"),
+]
+
+
+@pytest.mark.parametrize(("sent", "line"), LEAVING, ids=["mid-body", "before the answer"])
+def test_client_disconnect_logs_one_line(hostile, sent: bytes, line: str) -> None:
+    """A client that leaves is one INFO line, no traceback, and a 499 in the metrics (uvicorn's loggers do not
+    reach the root, so the handler listens on both trees). HOSTILE's 300 ms batching wait keeps the second
+    client's answer from being ready before it leaves."""
+    records = Records()
+    loggers = [logging.getLogger("uvicorn"), logging.getLogger("bertforge")]
+    level = loggers[1].level
+    loggers[1].setLevel(logging.INFO)
+    for logger in loggers:
+        logger.addHandler(records)
+    try:
+        with connect(hostile) as sock:
+            sock.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + sent)
+            time.sleep(0.05)
+        for _ in range(40):
+            if records.records:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # anything else it would log, the batch included
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+        loggers[1].setLevel(level)
+    lines = [(r.name, r.levelname, r.getMessage()) for r in records.records]
+    assert len(lines) == 1, lines
+    assert records.records[0].exc_info is None and line in lines[0][2]
+    assert 'bertforge_requests_total{path="/embed",status="499"}' in hostile.request("GET", "/metrics")[1]
+
+
+def test_metrics_are_escaped_and_labelled_by_route(hostile) -> None:
+    """Every path label is a route template or "unmatched" — also for a 413 on a path full of characters a
+    hand-written exposition would have to escape — and prometheus_client's parser reads the whole page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def requests_by_label() -> dict[tuple[str, str], float]:
+        status, text = hostile.request("GET", "/metrics")
+        assert status == 200
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        histogram = {s.labels["path"]: s.value for s in families["bertforge_request_seconds"].samples
+                     if s.name.endswith("_count")}
+        counts = {(s.labels["path"], s.labels["status"]): s.value for s in families["bertforge_requests"].samples
+                  if s.name.endswith("_total")}
+        for path in histogram:  # the histogram counts the same requests
+            assert histogram[path] == sum(n for (p, _), n in counts.items() if p == path)
+        return counts
+
+    before = requests_by_label()
+    hostile.request("GET", "/no/such/page")
+    hostile.request("GET", f"/another-{time.time_ns()}")
+    for path in ('/x"}\\%0A', "/embed"):  # 413 on an unknown path and on a known one
+        try:
+            hostile.request("POST", path, b"{}", {"Content-Length": "99999999"})
+        except (ConnectionError, http.client.HTTPException):
+            pass  # the server may hang up before the client reads its 413
+    hostile.request("GET", "/embed")  # 405
+    after = requests_by_label()
+    grown = {label: n - before.get(label, 0) for label, n in after.items() if n != before.get(label, 0)}
+    assert grown == {("unmatched", "404"): 2, ("unmatched", "413"): 1, ("/embed", "413"): 1,
+                     ("/embed", "405"): 1, ("/metrics", "200"): 1}
+    routes = {route.path for route in hostile.server.config.app.routes}
+    assert {path for path, _ in after} <= routes | {"unmatched"}
+
+
+def test_unexpected_error_is_one_traceback_and_a_500(caplog) -> None:
+    """An exception escaping an endpoint is logged once, with its traceback, and answered as the service's JSON
+    error; RequestGuard does not re-raise it, so uvicorn has nothing left to log (called here without a server)."""
+    import asyncio
+
+    from bertforge.inference.guards import RequestGuard
+
+    async def broken_app(scope, receive, send):
+        await receive()
+        raise RuntimeError("boom")
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent, observed = [], []
+
+    async def send(message):
+        sent.append(message)
+
+    guard = RequestGuard(broken_app, routes=[], max_body_bytes=100, body_timeout_s=1.0,
+                         observe=lambda *args: observed.append(args[:2]))
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "client": ("127.0.0.1", 1)}
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(guard(scope, receive, send))
+    assert [r.exc_info[0] for r in caplog.records] == [RuntimeError]
+    assert sent[0]["status"] == 500 and json.loads(sent[1]["body"]) == {"error": "internal error",
+                                                                        "detail": "RuntimeError"}
+    assert observed == [("unmatched", 500)]

@@ -2,27 +2,29 @@
 
 Endpoints (only those the model supports are mounted): POST /fill-mask, /embed, /classify, /ner, /qa,
 /attention; GET /health, /metrics (Prometheus text format), /info, /docs and /openapi.json, / (the page).
-Bad input never reaches the model: oversize bodies, too many texts or too long texts answer 413; malformed
-JSON, wrong types, empty lists, texts without [MASK] answer 422; a full queue or a timed-out request 503 —
-every error is JSON {"error": ..., "detail": ...}.
+Bad input never reaches the model: oversize bodies (counted as they stream in), too many texts or too long
+texts answer 413; a body that does not arrive in time 408; malformed JSON, wrong types, empty lists, texts
+without [MASK] answer 422; a full queue or a timed-out request 503 — every error is JSON
+{"error": ..., "detail": ...}. Slow or idle connections are closed and their number is capped (`guards.py`,
+`uvicorn_config`), so a few greedy clients cannot starve the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Hashable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from bertforge.errors import BertforgeError
 from bertforge.inference import pipelines
 from bertforge.inference.batcher import MicroBatcher, Overloaded
-from bertforge.inference.metrics import Metrics
 from bertforge.inference.pipelines import Loaded, PipelineError
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ STATIC = Path(__file__).parent / "static"
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for, and how long it may wait."""
+    """What one request may ask for, how long it may wait, and what one client may hold."""
 
     max_texts: int = 64  # texts (or question/context pairs) per request
     max_chars: int = 10_000  # characters per text
@@ -40,6 +42,22 @@ class Limits:
     max_wait_ms: float = 5.0  # how long a batch waits for more requests
     max_batch_texts: int = 128
     timeout_s: float = 30.0  # per request, queue + model
+    head_timeout_s: float = 10.0  # for a request's headers to arrive, from connect or the previous response
+    body_timeout_s: float = 30.0  # for the whole body to arrive, from the end of the headers (408)
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 512  # open connections (idle ones included); requests beyond get 503
+    max_header_bytes: int = 16_384  # request line + headers (400 beyond)
+
+
+def require_serve_extra() -> None:
+    """Fail in one line, not an ImportError traceback, when the `serve` extra is not installed."""
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise BertforgeError(f"`bertforge serve` needs {exc.name or 'fastapi and uvicorn'}, which is not "
+                             "installed: pip install 'bertforge[serve]'") from None
 
 
 # ----- request bodies (unknown fields are errors) ---------------------------------------------------------
@@ -115,15 +133,26 @@ def attention_map(loaded: Loaded, text: str, pair: str | None, layer: int, head:
 
 # ----- the app ----------------------------------------------------------------------------------------------
 def create_app(loaded: Loaded, limits: Limits = Limits()):
-    """The FastAPI application for one loaded model."""
+    """The FastAPI application for one loaded model (`app.state.limits` holds `limits` for `uvicorn_config`)."""
+    require_serve_extra()
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    metrics = Metrics()
+    from bertforge.inference.guards import RequestGuard
+    from bertforge.inference.metrics import BatcherSnapshot, Metrics
+
     state: dict[str, MicroBatcher] = {}
     config = loaded.predictor.encoder.config
+
+    def batcher_now() -> BatcherSnapshot:
+        batcher = state.get("batcher")
+        if batcher is None:
+            return BatcherSnapshot()
+        return BatcherSnapshot(batcher.depth(), batcher.stats.batches, batcher.stats.items)
+
+    metrics = Metrics(batcher_now)
 
     async def lifespan(app):
         batcher = MicroBatcher(lambda key, items: _run_batch(loaded, key, items),
@@ -136,6 +165,11 @@ def create_app(loaded: Loaded, limits: Limits = Limits()):
 
     app = FastAPI(title="bertforge", version="0.1.0", lifespan=lifespan,
                   description=f"{loaded.architecture} from {loaded.directory}; tasks: {', '.join(loaded.tasks)}")
+    app.state.limits = limits
+    # Outside FastAPI's own exception handling: it reads every body (413/408), labels metrics by route, and is
+    # the one place an unexpected exception is logged (once) and answered 500.
+    app.add_middleware(RequestGuard, routes=app.router.routes, max_body_bytes=limits.max_body_bytes,
+                       body_timeout_s=limits.body_timeout_s, observe=metrics.observe)
 
     def error(status: int, message: str, detail: Any = None) -> JSONResponse:
         return JSONResponse({"error": message, "detail": detail}, status_code=status)
@@ -154,27 +188,6 @@ def create_app(loaded: Loaded, limits: Limits = Limits()):
         if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (e.g. not UTF-8)
             return error(422, "request body is not valid UTF-8 JSON", str(exc.detail))
         return error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return error(500, "internal error", type(exc).__name__)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        start = time.perf_counter()
-        path = request.url.path
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
-            response = error(413, f"request body over {limits.max_body_bytes} bytes")
-        else:
-            body = await request.body()  # cached by Starlette for the endpoint
-            if len(body) > limits.max_body_bytes:
-                response = error(413, f"request body over {limits.max_body_bytes} bytes")
-            else:
-                response = await call_next(request)
-        metrics.observe(path, response.status_code, time.perf_counter() - start)
-        return response
 
     def check_texts(texts: list[str], what: str = "texts") -> None:
         if len(texts) > limits.max_texts:
@@ -206,12 +219,9 @@ def create_app(loaded: Loaded, limits: Limits = Limits()):
                 "num_heads": config.num_heads, "hidden_size": config.hidden_size,
                 "mask_token": "[MASK]", "limits": limits.__dict__}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> str:
-        batcher = state.get("batcher")
-        return metrics.render(queue_depth=batcher.depth() if batcher else 0,
-                              batches=batcher.stats.batches if batcher else 0,
-                              batched_items=batcher.stats.items if batcher else 0)
+    @app.get("/metrics", response_class=Response)
+    async def prometheus():
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -276,9 +286,29 @@ def create_app(loaded: Loaded, limits: Limits = Limits()):
     return app
 
 
-def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_texts: int = 64,
-        max_chars: int = 10_000, max_body_bytes: int = 1_000_000, max_queue: int = 256, max_wait_ms: float = 5.0,
-        max_batch_texts: int = 128, timeout_s: float = 30.0, threads: int | None = None, int8: bool = False) -> None:
+def uvicorn_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"):
+    """uvicorn's settings for an app from `create_app`, with the connection limits of its `Limits`."""
+    import uvicorn
+
+    from bertforge.inference.guards import HeadDeadlineH11
+
+    limits: Limits = app.state.limits
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level,
+        http=partial(HeadDeadlineH11, head_timeout_s=limits.head_timeout_s),
+        limit_concurrency=limits.max_connections,  # counts open connections and running requests: 503 beyond
+        timeout_keep_alive=limits.keep_alive_s,
+        h11_max_incomplete_event_size=limits.max_header_bytes)
+
+
+def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+        max_texts: int = Limits.max_texts, max_chars: int = Limits.max_chars,
+        max_body_bytes: int = Limits.max_body_bytes, max_queue: int = Limits.max_queue,
+        max_wait_ms: float = Limits.max_wait_ms, max_batch_texts: int = Limits.max_batch_texts,
+        timeout_s: float = Limits.timeout_s, head_timeout_s: float = Limits.head_timeout_s,
+        body_timeout_s: float = Limits.body_timeout_s, keep_alive_s: float = Limits.keep_alive_s,
+        max_connections: int = Limits.max_connections, max_header_bytes: int = Limits.max_header_bytes,
+        threads: int | None = None, int8: bool = False) -> None:
     """Serve a model's pipelines over HTTP, with a web page at / and OpenAPI docs at /docs.
 
     Args:
@@ -288,21 +318,30 @@ def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cp
         device: cpu, cuda, ...
         max_texts: Most texts per request (413 beyond).
         max_chars: Most characters per text (413 beyond).
-        max_body_bytes: Largest request body (413 beyond).
+        max_body_bytes: Largest request body, counted as it arrives, chunked or not (413 beyond).
         max_queue: Most requests waiting for the model (503 beyond).
         max_wait_ms: How long a micro-batch waits for more requests.
         max_batch_texts: Most texts in one model call.
         timeout_s: Per-request limit, queue included (503 beyond).
+        head_timeout_s: Time for a request's headers to arrive, from connecting or from the previous response
+            (the connection is closed beyond).
+        body_timeout_s: Time for the whole request body to arrive once the headers are in (408 beyond).
+        keep_alive_s: An idle keep-alive connection is closed after this many seconds.
+        max_connections: Most open connections, idle ones included; requests beyond get 503 at once.
+        max_header_bytes: Largest request line plus headers (400 beyond).
         threads: torch CPU threads (default: torch's choice).
         int8: Serve a dynamically int8-quantised copy (CPU; faster, slightly different numbers).
     """
+    require_serve_extra()
     import uvicorn
 
     if threads:
         torch.set_num_threads(threads)
     loaded = pipelines.load_pipeline(model, device=device, int8=int8)
     limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, max_queue=max_queue,
-                    max_wait_ms=max_wait_ms, max_batch_texts=max_batch_texts, timeout_s=timeout_s)
+                    max_wait_ms=max_wait_ms, max_batch_texts=max_batch_texts, timeout_s=timeout_s,
+                    head_timeout_s=head_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
+                    max_connections=max_connections, max_header_bytes=max_header_bytes)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service has no authentication; anyone who can reach it can use it", host)
-    uvicorn.run(create_app(loaded, limits), host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(create_app(loaded, limits), host=host, port=port)).run()
