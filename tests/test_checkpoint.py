@@ -168,6 +168,7 @@ def test_problem_type_round_trips(tmp_path: Path) -> None:
     save_model(ours, tmp_path)
     assert transformers.AutoConfig.from_pretrained(str(tmp_path)).problem_type == "multi_label_classification"
     assert load_model(tmp_path, BertForSequenceClassification).problem_type == "multi_label_classification"
+    assert isinstance(load_model(tmp_path), BertModel)  # another class takes the encoder and ignores problem_type
     save_model(BertForSequenceClassification(ODD, labels=["a", "b"]), tmp_path / "single")
     assert "problem_type" not in json.loads((tmp_path / "single/config.json").read_text())
     assert load_model(tmp_path / "single", BertForSequenceClassification).problem_type is None

@@ -292,7 +292,8 @@ def load_model(directory: str | Path, model_class: type[nn.Module] = BertModel, 
         id2label = values.get("id2label")
         if id2label and values.get("architectures", [None])[0] == model_class.hf_architecture:
             model_kwargs["labels"] = [id2label[str(i)] for i in range(len(id2label))]
-    if "problem_type" in _init_params(model_class) and values.get("problem_type"):
+    same_head = values.get("architectures", [None])[0] == model_class.hf_architecture
+    if values.get("problem_type") and same_head and "problem_type" in _init_params(model_class):
         model_kwargs.setdefault("problem_type", values["problem_type"])  # multi-label: sigmoid, not softmax
     model = model_class(config, **model_kwargs)
     state, path = read_weights(directory)
