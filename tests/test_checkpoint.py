@@ -141,6 +141,41 @@ def test_multiple_choice_matches_transformers(tmp_path: Path) -> None:
         _close(ours(**inputs).logits, theirs(**inputs).logits)
 
 
+@pytest.mark.parametrize(("cls", "kwargs"), [(BertForSequenceClassification, {"num_labels": 3}),
+                                           (BertForTokenClassification, {"num_labels": 5}),
+                                           (BertForMultipleChoice, {})])
+def test_classifier_dropout_travels_in_config_json(tmp_path: Path, cls, kwargs) -> None:
+    """transformers' `classifier_dropout` (None: the hidden dropout) sets the dropout before the head."""
+    base = ODD.replace(hidden_dropout=0.1)
+    assert cls(base, **kwargs).dropout.p == 0.1
+    save_model(cls(base, **kwargs), tmp_path / "default")
+    assert json.loads((tmp_path / "default/config.json").read_text())["classifier_dropout"] is None
+    save_model(cls(base.replace(classifier_dropout=0.3), **kwargs), tmp_path / "set")
+    assert json.loads((tmp_path / "set/config.json").read_text())["classifier_dropout"] == 0.3
+    theirs = getattr(transformers, cls.hf_architecture).from_pretrained(str(tmp_path / "set"))
+    assert theirs.dropout.p == 0.3
+    theirs.config.classifier_dropout = 0.2  # a folder written by transformers, read back here
+    theirs.save_pretrained(str(tmp_path / "back"))
+    again = load_model(tmp_path / "back", cls, **kwargs)
+    assert again.config.classifier_dropout == 0.2 and again.dropout.p == 0.2
+    assert again.bert.embeddings.dropout.p == 0.1  # the encoder keeps hidden_dropout
+    with pytest.raises(ValueError, match="classifier_dropout must be in"):
+        base.replace(classifier_dropout=1.0)
+
+
+def test_problem_type_round_trips(tmp_path: Path) -> None:
+    ours = BertForSequenceClassification(ODD, labels=["a", "b"], problem_type="multi_label_classification")
+    save_model(ours, tmp_path)
+    assert transformers.AutoConfig.from_pretrained(str(tmp_path)).problem_type == "multi_label_classification"
+    assert load_model(tmp_path, BertForSequenceClassification).problem_type == "multi_label_classification"
+    assert isinstance(load_model(tmp_path), BertModel)  # another class takes the encoder and ignores problem_type
+    save_model(BertForSequenceClassification(ODD, labels=["a", "b"]), tmp_path / "single")
+    assert "problem_type" not in json.loads((tmp_path / "single/config.json").read_text())
+    assert load_model(tmp_path / "single", BertForSequenceClassification).problem_type is None
+    with pytest.raises(ValueError, match="problem_type must be one of"):
+        BertForSequenceClassification(ODD, num_labels=2, problem_type="multilabel")
+
+
 def test_encoder_loads_from_any_layout(tmp_path: Path) -> None:
     """A BertModel from a pre-training checkpoint (heads ignored); a classifier from a bare encoder (head new)."""
     torch.manual_seed(0)

@@ -165,6 +165,7 @@ def test_regression_and_multilabel(tiny_model, tmp_path):
     assert json.loads((tmp_path / "reg/config.json").read_text())["problem_type"] == "regression"
     multi = finetune.run(tmp_path / "multi", task="multilabel", label_column="tags", **common)
     assert multi.best_metric >= 0.9  # micro F1
+    assert json.loads((tmp_path / "multi/config.json").read_text())["problem_type"] == "multi_label_classification"
     finetune_predict.run(tmp_path / "multi", dev, tmp_path / "tags.csv", probabilities=False)
     with (tmp_path / "tags.csv").open(encoding="utf-8") as handle:
         got = [r["label"] for r in csv.DictReader(handle)]

@@ -2,7 +2,8 @@
 (AdamW with decay off biases/LayerNorm, eps 1e-6, linear schedule, clipping at 1.0) trained by bertforge's
 `train` and by a plain loop over the `transformers` model classes and their own losses must end at the same
 model. Dropout is off so that the two runs are deterministic; everything else (heads, losses, masks, segment
-ids, optimizer groups, schedule, clipping, batch order) is compared."""
+ids, optimizer groups, schedule, clipping, batch order) is compared. The runs are long enough (20 steps, 5 of
+them warmup) and the weight decay large enough (0.1) that an off-by-one in the warmup or a decayed bias shows."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import math
 import pytest
 import torch
 
-from bertforge.checkpoint import load_model
+from bertforge.checkpoint import load_model, to_hf_state_dict
 from bertforge.tasks import family
 from bertforge.tasks.base import IGNORE_INDEX, Feature, collate
 from bertforge.training.finetune_loop import train
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB, SEED, BATCH, EPOCHS, LR = 60, 7, 4, 2, 2e-3
+VOCAB, SEED, BATCH, EPOCHS, LR = 60, 7, 4, 4, 2e-3
+N_FEATURES, WARMUP_RATIO, WEIGHT_DECAY = 20, 0.25, 0.1  # 20 steps, 5 of warmup
 
 
-def _features(task_name: str, n: int = 12) -> list[Feature]:
+def _features(task_name: str, n: int = N_FEATURES) -> list[Feature]:
     """Random inputs of lengths 5-20 with the label layout of each family."""
     g = torch.Generator().manual_seed(1)
     features = []
@@ -76,19 +78,21 @@ def test_training_matches_transformers_step_for_step(tmp_path, task_name, hf_cla
     probe = collate(features[:6], 0)
     with torch.no_grad():
         assert torch.allclose(_logits(ours.eval()(**probe)), _logits(hf.eval()(**probe)), atol=1e-5)
-        before = _logits(hf(**probe)).clone()
+    before = {name: tensor.clone() for name, tensor in hf.state_dict().items()}
 
     train(ours, task, features, pad_id=0, epochs=EPOCHS, batch_size=BATCH, learning_rate=LR, seed=SEED,
-          group_by_length=False, token_loss="batch_mean", progress=False)
+          weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO, group_by_length=False, token_loss="batch_mean",
+          progress=False)
 
     hf.train()
     no_decay = ("bias", "LayerNorm.weight")
     groups = [{"params": [p for n, p in hf.named_parameters() if not any(k in n for k in no_decay)],
-               "weight_decay": 0.01},
+               "weight_decay": WEIGHT_DECAY},
               {"params": [p for n, p in hf.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=LR, eps=1e-6)
     total = math.ceil(len(features) / BATCH) * EPOCHS
-    schedule = transformers.get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
+    assert (total, int(WARMUP_RATIO * total)) == (20, 5)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total), total)
     generator = torch.Generator().manual_seed(SEED)
     for _ in range(EPOCHS):
         order = torch.randperm(len(features), generator=generator).tolist()
@@ -103,5 +107,13 @@ def test_training_matches_transformers_step_for_step(tmp_path, task_name, hf_cla
 
     with torch.no_grad():
         theirs, mine = _logits(hf.eval()(**probe)), _logits(ours.eval()(**probe))
-    assert (theirs - before).abs().max() > 0.05  # both trained: the comparison below is not of two idle models
     torch.testing.assert_close(mine, theirs, atol=2e-4, rtol=1e-4)
+    # Every weight, not only the logits: a bias that decays or a step taken at the wrong rate shows here even
+    # where random labels leave the logits near where they started.
+    their_weights = hf.state_dict()
+    moved = max(float((their_weights[name] - before[name]).abs().max()) for name in before)
+    assert moved > 0.01  # both trained: the comparison is not of two idle models
+    for name, tensor in to_hf_state_dict(ours).items():
+        if name == "qa_outputs.bias":
+            continue  # one shift for every position: the softmax over positions cancels it, its gradient is rounding
+        torch.testing.assert_close(tensor, their_weights[name], atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")

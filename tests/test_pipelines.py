@@ -69,6 +69,27 @@ def test_classify_labels_and_probabilities(tmp_path: Path) -> None:
         assert result["score"] == pytest.approx(float(p.max()), abs=1e-5)
 
 
+def test_multi_label_scores_are_sigmoids_here_and_in_transformers(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    labels = ["sports", "politics", "music"]
+    model = build(BertForSequenceClassification, tmp_path, seed=4, labels=labels,
+                  problem_type="multi_label_classification")
+    assert json.loads((tmp_path / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    loaded = load_pipeline(tmp_path)
+    assert loaded.predictor.model.problem_type == "multi_label_classification"  # kept through the reload
+    texts = ["good movie", "bad film , i hate it", "the day was new"]
+    with torch.inference_mode():
+        sigmoid = model(**loaded.predictor.tokenizer.encode(texts, padding="longest").tensors()).logits.sigmoid()
+    assert max(abs(float(row.sum()) - 1.0) for row in sigmoid) > 0.1  # a softmax would sum to 1: not one here
+    ours = pipelines.classify(loaded.predictor, texts)
+    theirs = transformers.pipeline("text-classification", model=str(tmp_path), top_k=None)(texts)
+    for mine, their, expected in zip(ours, theirs, sigmoid.tolist(), strict=True):
+        np.testing.assert_allclose([mine["scores"][label] for label in labels], expected, atol=1e-5)
+        np.testing.assert_allclose([{d["label"]: d["score"] for d in their}[label] for label in labels], expected,
+                                   atol=1e-5)
+        assert mine["label"] == their[0]["label"] == labels[int(np.argmax(expected))]
+
+
 def test_ner_merges_subtokens_with_character_spans(tmp_path: Path) -> None:
     labels = ["O", "B-PER", "I-PER", "B-LOC"]
     model = build(BertForTokenClassification, tmp_path, seed=5, labels=labels)

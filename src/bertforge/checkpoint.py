@@ -40,6 +40,7 @@ CONFIG_KEYS = {  # bertforge field -> config.json field
     "layer_norm_eps": "layer_norm_eps",
     "initializer_range": "initializer_range",
     "pad_token_id": "pad_token_id",
+    "classifier_dropout": "classifier_dropout",
 }
 # Our own field for what Hugging Face cannot express (it sees a sinusoidal table as learned weights).
 POSITION_TYPE_KEY = "bertforge_position_embedding_type"
@@ -291,6 +292,9 @@ def load_model(directory: str | Path, model_class: type[nn.Module] = BertModel, 
         id2label = values.get("id2label")
         if id2label and values.get("architectures", [None])[0] == model_class.hf_architecture:
             model_kwargs["labels"] = [id2label[str(i)] for i in range(len(id2label))]
+    same_head = values.get("architectures", [None])[0] == model_class.hf_architecture
+    if values.get("problem_type") and same_head and "problem_type" in _init_params(model_class):
+        model_kwargs.setdefault("problem_type", values["problem_type"])  # multi-label: sigmoid, not softmax
     model = model_class(config, **model_kwargs)
     state, path = read_weights(directory)
     check_vocab(directory, config)

@@ -40,6 +40,7 @@ class BertConfig:
         position_embedding_type: "learned" (BERT), "sinusoidal" (Transformer paper §3.5), "relative_key",
             "relative_key_query", "rope", "alibi" or "none" (see model/positions.py).
         pad_token_id: Id of [PAD]; its embedding row starts at zero.
+        classifier_dropout: Dropout before the classification heads; None takes hidden_dropout (as transformers).
     """
 
     vocab_size: int = 30522
@@ -55,6 +56,7 @@ class BertConfig:
     initializer_range: float = 0.02
     position_embedding_type: PositionEmbeddingType = "learned"
     pad_token_id: int = 0
+    classifier_dropout: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -68,8 +70,8 @@ class BertConfig:
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads}); "
                 f"choose num_heads from {_divisors(self.hidden_size)}"
             )
-        for name in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+        for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.position_embedding_type not in PositionEmbeddingType.__args__:
             raise ConfigError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -155,18 +156,33 @@ class _LabelledHead(nn.Module):
         return num_labels
 
 
+def _head_dropout(config: BertConfig) -> nn.Dropout:
+    """The dropout before a classifier: classifier_dropout when the config sets it, as in transformers."""
+    return nn.Dropout(config.hidden_dropout if config.classifier_dropout is None else config.classifier_dropout)
+
+
+ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+
+
 class BertForSequenceClassification(_LabelledHead):
-    """[CLS] -> pooler -> dropout -> linear (BERT §4.1). num_labels=1 is regression (e.g. STS-B)."""
+    """[CLS] -> pooler -> dropout -> linear (BERT §4.1). num_labels=1 is regression (e.g. STS-B).
+
+    `problem_type` is saved in config.json under transformers' name: "multi_label_classification" makes
+    its pipelines score every label with a sigmoid (independent yes/no) instead of a softmax over labels."""
 
     hf_architecture = "BertForSequenceClassification"
 
     def __init__(self, config: BertConfig, *, num_labels: int | None = None,
-                 labels: Sequence[str] | None = None) -> None:
+                 labels: Sequence[str] | None = None, problem_type: ProblemType | None = None) -> None:
         super().__init__()
+        if problem_type not in (None, *ProblemType.__args__):
+            raise ValueError(f"problem_type must be one of {', '.join(ProblemType.__args__)}, not {problem_type!r}")
         self.config = config
         self.num_labels = self._set_labels(num_labels, labels)
+        self.problem_type = problem_type
+        self.hf_config = {"problem_type": problem_type} if problem_type else {}
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = _head_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.bert._init_weights(self.classifier)
 
@@ -186,7 +202,7 @@ class BertForTokenClassification(_LabelledHead):
         self.config = config
         self.num_labels = self._set_labels(num_labels, labels)
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = _head_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.bert._init_weights(self.classifier)
 
@@ -231,7 +247,7 @@ class BertForMultipleChoice(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = _head_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.bert._init_weights(self.classifier)
 

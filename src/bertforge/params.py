@@ -38,6 +38,30 @@ def total_parameters(config: BertConfig, *, pooler: bool = True) -> int:
     return sum(c for name, _, c in rows if not name.startswith("  "))
 
 
+def approximate_parameters(config: BertConfig) -> list[tuple[str, str, str, int]]:
+    """The back-of-envelope count: rows of (part, formula, the formula with this config's numbers, count).
+
+    A layer's matrices are Q, K, V and the attention output (4·H²) and the feed-forward pair (2·H·I); with
+    I = 4H (every BERT size) that is 12·H² per layer. Embeddings are the token and position tables. Biases,
+    LayerNorms, the segment table and the pooler are left out: at most about 1% of any preset.
+    """
+    h, i, n, v = config.hidden_size, config.intermediate_size, config.num_layers, config.vocab_size
+    if i == 4 * h:
+        layers = ("layers", "12·L·H²", f"12 × {n} × {h}²", 12 * n * h * h)
+    else:
+        layers = ("layers", "L·(4H² + 2HI)", f"{n} × (4 × {h}² + 2 × {h} × {i})", n * (4 * h * h + 2 * h * i))
+    if config.position_embedding_type == "learned":
+        p = config.max_position_embeddings
+        embeddings = ("embeddings", "V·H + P·H", f"({v:,} + {p:,}) × {h}", (v + p) * h)
+    else:
+        embeddings = ("embeddings", "V·H", f"{v:,} × {h}", v * h)
+    return [layers, embeddings, ("sum", "", "", layers[3] + embeddings[3])]
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.1f}M"
+
+
 def run(preset: str = "base", pooler: bool = True, position_embedding_type: str = "learned") -> int:
     """Print where the parameters of a preset are and the total.
 
@@ -61,4 +85,8 @@ def run(preset: str = "base", pooler: bool = True, position_embedding_type: str 
     for name, formula, count in rows:
         print(f"{name:<24} {formula:<28} {count:>14,}")
     print(f"{'total':<24} {'':<28} {total:>14,}")
+    print("\napproximately (matrices only; biases, LayerNorms, segments and pooler left out):")
+    for name, formula, arithmetic, count in approximate_parameters(config):
+        print(f"{name:<10} {formula:<13} {arithmetic:<28} {count:>14,}  ≈ {_millions(count)}")
+    print(f"{'exact':<24} {'':<28} {total:>14,}  ≈ {_millions(total)}")
     return total

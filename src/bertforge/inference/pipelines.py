@@ -118,7 +118,8 @@ def embed(predictor: Predictor, texts: Sequence[str], *, pooling: Pooling = "mea
 # ----- classify -------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def classify(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
-    """{label, score, scores: {label: probability}} per text (pair); regression models give {value}."""
+    """{label, score, scores: {label: probability}} per text (pair); regression models give {value}.
+    Multi-label models score each label by its own sigmoid, as transformers' pipeline does."""
     _require(predictor, BertForSequenceClassification, "classify")
     model: BertForSequenceClassification = predictor.model
     labels = model.labels or [f"LABEL_{i}" for i in range(model.num_labels)]
@@ -129,7 +130,8 @@ def classify(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | 
             if model.num_labels == 1:
                 results[i] = {"value": float(logits[row, 0])}
                 continue
-            probs = logits[row].softmax(-1).tolist()
+            multi_label = model.problem_type == "multi_label_classification"  # independent yes/no per label
+            probs = (logits[row].sigmoid() if multi_label else logits[row].softmax(-1)).tolist()
             best = int(np.argmax(probs))
             results[i] = {"label": labels[best], "score": probs[best],
                           "scores": dict(zip(labels, probs, strict=True))}

@@ -246,6 +246,8 @@ class SequenceClassification:
                             "training data; classification needs at least two")
 
     def model_kwargs(self) -> dict:
+        if self.kind == "multilabel":  # saved as transformers' problem_type: its pipelines then use a sigmoid
+            return {"labels": self.label_names, "problem_type": "multi_label_classification"}
         return {"num_labels": 1} if self.kind == "regression" else {"labels": self.label_names}
 
     def settings(self) -> dict:

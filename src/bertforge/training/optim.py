@@ -45,7 +45,7 @@ def lr_multiplier(schedule: ScheduleName, *, warmup_steps: int, total_steps: int
         if schedule == "constant":
             return 1.0
         if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
+            return step / warmup_steps  # from 0, as transformers' schedules: step 0 trains at lr 0
         if schedule == "constant_with_warmup":
             return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
