@@ -50,6 +50,7 @@ from bertforge.data.pretraining import (
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
+from bertforge.model.positions import sinusoidal_table
 from bertforge.training.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -76,9 +77,11 @@ EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable 
 # end at the wall-clock budget.
 RECIPES: dict[str, dict] = {
     "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "lr": 5e-4,
-             "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32},
+             "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32,
+             "position_init": "normal", "adam_beta2": 0.999},
     "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "lr": 1e-3,
-               "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32},
+               "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32,
+               "position_init": "sinusoidal", "adam_beta2": 0.999},
 }
 Recipe = Literal["bert", "budget"]
 
@@ -107,6 +110,7 @@ class PretrainConfig:
     steps: int | None = None
     optimizer: Literal["adamw", "lamb"] = "adamw"
     lr: float | None = None
+    adam_beta2: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int | None = None
     warmup_ratio: float | None = None
@@ -115,6 +119,7 @@ class PretrainConfig:
     precision: Precision | Literal["auto"] | None = None
     compile: bool = False
     dropout: float | None = None
+    position_init: Literal["normal", "sinusoidal"] | None = None
     seed: int = 0
     eval_every: int | None = None
     eval_batches: int = 10
@@ -189,9 +194,21 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining | Be
         model = BertLMHeadModel(config)
     else:
         model = BertForPreTraining(config, nsp=cfg.objective == "mlm_nsp")
+    if cfg.position_init == "sinusoidal" and config.position_embedding_type == "learned":
+        init_positions_sinusoidal(model.bert.embeddings.position_embeddings.weight, config.initializer_range)
     if cfg.init_from is not None:
         _load_initial_weights(model, cfg.init_from)
     return model
+
+
+@torch.no_grad()
+def init_positions_sinusoidal(weight: torch.Tensor, std: float) -> None:
+    """Start the learned position table [P, H] from the Transformer's sinusoids, scaled to the std of
+    the token embeddings. It stays an ordinary learned table (the Hugging Face layout), but from step 0
+    neighbouring positions are told apart, and an offset is a linear map of the vectors, so attention
+    can look at "the previous token" early (the random 0.02 table must first learn positions)."""
+    table = sinusoidal_table(weight.shape[0], weight.shape[1])
+    weight.copy_(table * (std / table.std()))
 
 
 def _load_initial_weights(model: BertForPreTraining, source: Path) -> None:
@@ -206,9 +223,10 @@ def _load_initial_weights(model: BertForPreTraining, source: Path) -> None:
 
 
 def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    betas = (0.9, cfg.adam_beta2)
     if cfg.optimizer == "lamb":
-        return Lamb(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
-    return build_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return Lamb(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas)
+    return build_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
 
 
 class BatchMasker:
@@ -489,8 +507,9 @@ def plan_steps(cfg: PretrainConfig, step_seconds: float, eval_seconds: float, sp
     """Steps that fit the wall-clock budget with its ~10 evaluations, so the schedule ends at the budget
     (a step-based schedule cut short by a timer never decays its learning rate)."""
     budget = cfg.max_minutes * 60 * 0.97 - spent_seconds  # 3% for checkpoints and the export
-    evaluations = 10 if cfg.eval_every is None else 0
-    return max(10, int((budget - evaluations * eval_seconds) / step_seconds))
+    if cfg.eval_every is None:  # plan() will evaluate 10 times
+        return max(10, int((budget - 10 * eval_seconds) / step_seconds))
+    return max(10, int(budget / (step_seconds + eval_seconds / cfg.eval_every)))
 
 
 def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module], None] | None = None,
@@ -693,10 +712,12 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
         packing: bool | None = None, max_seq_length: int = 128, short_seq_prob: float = 0.1,
         masking_rate: float | None = None, max_predictions: int | None = None, whole_word_masking: bool = False,
         batch_size: int | None = None, grad_accum_steps: int = 1, steps: int | None = None,
-        optimizer: Literal["adamw", "lamb"] = "adamw", lr: float | None = None, weight_decay: float = 0.01,
+        optimizer: Literal["adamw", "lamb"] = "adamw", lr: float | None = None, adam_beta2: float | None = None,
+        weight_decay: float = 0.01,
         warmup_steps: int | None = None, warmup_ratio: float | None = None, schedule: ScheduleName = "linear",
         max_grad_norm: float = 1.0, precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None,
-        compile: bool = False, dropout: float | None = None, seed: int = 0, eval_every: int | None = None,
+        compile: bool = False, dropout: float | None = None,
+        position_init: Literal["normal", "sinusoidal"] | None = None, seed: int = 0, eval_every: int | None = None,
         eval_batches: int = 10, log_every: int = 10, save_every: int | None = None, keep_checkpoints: int = 2,
         resume: bool = False, max_minutes: float | None = None, threads: int | None = None, device: str = "auto",
         progress: bool = True, tensorboard: bool = True) -> Path:
@@ -733,6 +754,9 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
             measured speed so the schedule ends at the budget; unset without: 1000.
         optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
         lr: Peak learning rate.
+        adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
+            short run the squared gradients of the first steps, far larger than later ones, then fade in
+            ~50 steps instead of ~1,000, so they stop shrinking the updates.
         weight_decay: Decoupled weight decay (not on biases and LayerNorm weights).
         warmup_steps: Linear warm-up steps.
         warmup_ratio: Linear warm-up as a share of the steps (instead of warmup_steps).
@@ -742,6 +766,8 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
             computes it natively, else fp32). Saved weights are fp32 either way.
         compile: Compile the model with torch.compile.
         dropout: Override the preset's dropout (hidden and attention), e.g. 0 for short runs.
+        position_init: normal (BERT's N(0, 0.02)) or sinusoidal (the learned table starts from sinusoids
+            scaled to the token embeddings; same layout, positions usable from step 0).
         seed: Seeds the weights, the example pairing and the masks.
         eval_every: Evaluate on the held-out shards every n steps (default: 10 evaluations per run).
         eval_batches: Held-out batches (of 32 rows) per evaluation.

@@ -1,0 +1,122 @@
+"""Held-out MLM accuracy per CPU-minute: today's defaults (`--recipe bert`), the budget recipe, and the
+recipe with one choice undone at a time, each pre-trained for the same wall-clock budget on one corpus.
+
+Run it on a quiet machine (nothing else running): every variant is a real `bertforge pretrain` run with
+`--max-minutes`, so the step count each reaches depends on its own speed, and accuracy per minute is what
+is compared. Finished variants are read back from their run folders, so an interrupted sweep resumes.
+
+    python benchmarks/pretrain_budget.py --data runs/wiki16k --minutes 4 --output-dir runs/budget \
+        --report docs/results/pretraining_budget.md
+
+Writes a markdown table (accuracy where the input shows [MASK], the conventional all-selected-positions
+figure beside it, steps, tokens/s) and a plot of accuracy against minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+# name -> (what it shows, pretrain options on top of the common ones)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "bert": ("today's defaults: MLM + NSP pairs, 15% masking, dropout 0.1, lr 5e-4, fp32",
+             ["--recipe", "bert"]),
+    "budget": ("the budget recipe", ["--recipe", "budget"]),
+    "budget_nsp_pairs": ("recipe with MLM + NSP on sentence pairs (no packing)",
+                         ["--recipe", "budget", "--objective", "mlm_nsp", "--packing", "false"]),
+    "budget_unpacked": ("recipe without packing (one window of whole sentences per row, padded)",
+                        ["--recipe", "budget", "--packing", "false"]),
+    "budget_mask15": ("recipe with 15% masking", ["--recipe", "budget", "--masking-rate", "0.15"]),
+    "budget_mask40": ("recipe with 40% masking", ["--recipe", "budget", "--masking-rate", "0.4"]),
+    "budget_dropout": ("recipe with dropout 0.1", ["--recipe", "budget", "--dropout", "0.1"]),
+    "budget_fp32": ("recipe in fp32", ["--recipe", "budget", "--precision", "fp32"]),
+    "budget_lr5e-4": ("recipe at lr 5e-4", ["--recipe", "budget", "--lr", "5e-4"]),
+    "budget_lr2e-3": ("recipe at lr 2e-3", ["--recipe", "budget", "--lr", "2e-3"]),
+}
+
+
+def run_variant(name: str, options: list[str], args: argparse.Namespace) -> Path:
+    out = args.output_dir / name
+    if (out / "model" / "config.json").is_file():
+        print(f"{name}: done earlier, read from {out}")
+        return out
+    command = [sys.executable, "-m", "bertforge", "pretrain", "--data", str(args.data), "--output-dir", str(out),
+               "--max-minutes", str(args.minutes), "--threads", str(args.threads), "--eval-batches",
+               str(args.eval_batches), "--progress", "false", "--tensorboard", "false", "--seed", str(args.seed),
+               *args.common, *options]
+    print("$ " + shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
+    return out
+
+
+def summary(out: Path) -> dict:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    heldout = [r for r in records if r["split"] == "heldout"]
+    train = [r for r in records if r["split"] == "train"]
+    config = json.loads((out / "config.json").read_text())
+    speed = sorted(r["tokens_per_s"] for r in train[1:])  # the first window includes start-up
+    return {"curve": [(r["minutes"], r.get("mlm_mask_accuracy"), r["mlm_accuracy"]) for r in heldout],
+            "final": heldout[-1], "steps": heldout[-1]["step"], "config": config,
+            "tokens_per_s": speed[len(speed) // 2] if speed else None}
+
+
+def report(results: dict[str, dict], args: argparse.Namespace) -> str:
+    lines = [f"| variant | what | steps | tokens/s | MLM acc. at [MASK] | MLM acc. all selected | loss |",
+             "|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        final = res["final"]
+        mask = final.get("mlm_mask_accuracy")
+        lines.append(f"| {name} | {VARIANTS[name][0]} | {res['steps']:,} | {res['tokens_per_s'] or 0:,.0f} | "
+                     f"{100 * mask:.1f}% | {100 * final['mlm_accuracy']:.1f}% | {final['mlm_loss']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(8, 5))
+    for name, res in results.items():
+        minutes = [m for m, _, _ in res["curve"]]
+        accuracy = [100 * (a or 0) for _, a, _ in res["curve"]]
+        axis.plot(minutes, accuracy, "o-" if name in ("budget", "bert") else ".-", label=name,
+                  linewidth=2.5 if name in ("budget", "bert") else 1)
+    axis.set(xlabel="training minutes (wall clock, 2 CPU cores)", ylabel="held-out MLM accuracy at [MASK] (%)",
+             title="held-out MLM accuracy against time")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="a folder from `bertforge prepare`")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/budget"))
+    parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget per variant")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-batches", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--common", nargs=argparse.REMAINDER, default=[],
+                        help="further pretrain options for every variant (e.g. --preset mini), last on the line")
+    parser.add_argument("--report", type=Path, help="write the markdown table here (and a PNG beside it)")
+    args = parser.parse_args()
+    results = {name: summary(run_variant(name, VARIANTS[name][1], args)) for name in args.variants}
+    table = report(results, args)
+    print(table)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(table + "\n")
+        plot(results, args.report.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
