@@ -65,7 +65,7 @@ def summary(out: Path) -> dict:
 
 
 def report(results: dict[str, dict], args: argparse.Namespace) -> str:
-    lines = [f"| variant | what | steps | tokens/s | MLM acc. at [MASK] | MLM acc. all selected | loss |",
+    lines = ["| variant | what | steps | tokens/s | MLM acc. at [MASK] | MLM acc. all selected | loss |",
              "|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         final = res["final"]
