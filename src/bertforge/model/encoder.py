@@ -18,6 +18,7 @@ from bertforge.model.embeddings import BertEmbeddings
 from bertforge.model.layer import BertLayer
 from bertforge.model.packed import Packing
 from bertforge.model.pooler import BertPooler
+from bertforge.model.pretrained_model import PretrainedModel
 
 
 @dataclass
@@ -73,7 +74,7 @@ class KVCache:
         return 0 if keys is None else keys.shape[2]
 
 
-class BertModel(nn.Module):
+class BertModel(PretrainedModel):
     hf_architecture = "BertModel"
 
     def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True) -> None:
