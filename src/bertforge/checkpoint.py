@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bertforge.config import BertConfig, ConfigError
-from bertforge.errors import BertforgeError
 from bertforge.files import write_atomic, write_text_atomic
 from bertforge.model import BertModel
+from bertforge.pretrained import CheckpointError, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,6 @@ _IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|cls\.predictions\.decoder\.(wei
 _LEGACY_SUFFIXES = {".gamma": ".weight", ".beta": ".bias"}
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class CheckpointError(BertforgeError, RuntimeError):
-    """A checkpoint that cannot be loaded or saved, with what is wrong and what to do."""
 
 
 @dataclass
@@ -278,14 +274,15 @@ def read_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     raise CheckpointError(f"{directory}: no weights file; expected one of {', '.join(WEIGHT_FILES)}")
 
 
-def load_model(directory: str | Path, model_class: type[nn.Module] = BertModel, **model_kwargs) -> nn.Module:
+def load_model(name_or_path: str | Path, model_class: type[nn.Module] = BertModel, **model_kwargs) -> nn.Module:
     """Build `model_class` from a Hugging Face-format directory and load its weights (eval mode).
 
+    `name_or_path`: a folder, the packaged `all-minilm-l6-v2` or a Hub id (pretrained.resolve_model).
     Works across layouts: a BertModel from a BertForPreTraining checkpoint (heads ignored), a task
     model from a bare encoder (head freshly initialised and reported). Labels saved as id2label are
     restored for classification models unless given.
     """
-    directory = Path(directory)
+    directory = resolve_model(name_or_path)
     values = read_config(directory)
     config = config_from_hf(values, source=str(directory / "config.json"))
     if "labels" in _init_params(model_class) and "labels" not in model_kwargs and "num_labels" not in model_kwargs:

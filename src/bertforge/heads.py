@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertforge.config import BertConfig
-from bertforge.model import BertModel, BertOutput, KVCache
+from bertforge.model import BertModel, BertOutput, KVCache, PretrainedModel
 
 
 class BertMLMHead(nn.Module):
@@ -45,7 +45,7 @@ class PreTrainingOutput:
     encoder: BertOutput
 
 
-class BertForPreTraining(nn.Module):
+class BertForPreTraining(PretrainedModel):
     """MLM + NSP (BERT §3.1). Set `nsp=False` for MLM-only pre-training (RoBERTa, Cramming)."""
 
     hf_architecture = "BertForPreTraining"
@@ -101,7 +101,7 @@ class CausalLMOutput:
     encoder: BertOutput
 
 
-class BertLMHeadModel(nn.Module):
+class BertLMHeadModel(PretrainedModel):
     """BERT run as a left-to-right decoder: causal self-attention plus the (tied) MLM head as an LM head.
 
     The layout of Hugging Face `BertLMHeadModel` with `is_decoder=True` (the paper's "LTR" ablation, §5.1)."""
@@ -139,7 +139,7 @@ class ClassifierOutput:
     encoder: BertOutput
 
 
-class _LabelledHead(nn.Module):
+class _LabelledHead(PretrainedModel):
     """Shared by the task models whose outputs are named classes (saved as id2label / label2id)."""
 
     def _set_labels(self, num_labels: int | None, labels: Sequence[str] | None) -> int:
@@ -220,7 +220,7 @@ class SpanOutput:
     encoder: BertOutput
 
 
-class BertForQuestionAnswering(nn.Module):
+class BertForQuestionAnswering(PretrainedModel):
     """Start vector S and end vector E, one [H, 2] linear layer over every token (BERT §4.2)."""
 
     hf_architecture = "BertForQuestionAnswering"
@@ -238,7 +238,7 @@ class BertForQuestionAnswering(nn.Module):
         return SpanOutput(start_logits=start, end_logits=end, encoder=enc)
 
 
-class BertForMultipleChoice(nn.Module):
+class BertForMultipleChoice(PretrainedModel):
     """Each (context, ending) pair -> pooled [CLS] -> one score; softmax over the choices (BERT §4.4)."""
 
     hf_architecture = "BertForMultipleChoice"

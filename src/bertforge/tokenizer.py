@@ -4,6 +4,10 @@ The pipeline is google-research/bert's: clean text (drop control characters, nor
 -> put spaces around every CJK character -> lower-case and strip accents (uncased models) -> split on
 whitespace and punctuation -> greedy longest-match-first WordPiece with `##` continuation pieces,
 [UNK] for a word longer than 100 characters or not coverable by the vocabulary.
+
+`tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt")` is the transformers calling
+convention (a `BatchEncoding` dict ready for `model(**batch)`); `encode` returns everything the tasks need
+(offsets, word ids, sequence ids) in one `Encoding`.
 """
 
 from __future__ import annotations
@@ -20,12 +24,18 @@ from tokenizers.models import WordPiece
 
 from bertforge.errors import BertforgeError
 from bertforge.files import open_text, write_text_atomic
+from bertforge.pretrained import resolve_model
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_INPUT_CHARS_PER_WORD = 100  # google-research/bert tokenization.py: longer words become [UNK]
 
 Truncation = Literal["longest_first", "only_first", "only_second"]
 Padding = Literal["none", "longest", "max_length"]
+# The transformers spellings accepted by BertTokenizer.__call__ -> ours.
+_CALL_PADDING: dict = {False: "none", "do_not_pad": "none", True: "longest", "longest": "longest",
+                       "max_length": "max_length"}
+_CALL_TRUNCATION: dict = {False: None, "do_not_truncate": None, True: "longest_first",
+                          **{name: name for name in ("longest_first", "only_first", "only_second")}}
 
 
 class TokenizerError(BertforgeError, ValueError):
@@ -65,6 +75,26 @@ class Encoding:
             "attention_mask": torch.from_numpy(self.attention_mask),
             "token_type_ids": torch.from_numpy(self.token_type_ids),
         }
+
+
+class BatchEncoding(dict):
+    """What calling a tokenizer returns: input_ids, token_type_ids and attention_mask (lists, numpy arrays or
+    torch tensors), readable as keys or attributes, so `model(**batch)` works; `encoding` holds the full
+    `Encoding` (offsets, word ids) of the same call."""
+
+    def __init__(self, columns: dict, encoding: Encoding) -> None:
+        super().__init__(columns)
+        self.encoding = encoding
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device) -> BatchEncoding:
+        """The same batch with every tensor on `device`."""
+        return BatchEncoding({k: v.to(device) for k, v in self.items()}, self.encoding)
 
 
 class BertTokenizer:
@@ -115,9 +145,10 @@ class BertTokenizer:
         return cls(backend, lowercase=lowercase, model_max_length=model_max_length)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> BertTokenizer:
-        """From a model directory: `tokenizer.json` if present, else `vocab.txt` + `tokenizer_config.json`."""
-        directory = Path(directory)
+    def from_pretrained(cls, name_or_path: str | Path) -> BertTokenizer:
+        """From a model folder, the packaged `all-minilm-l6-v2` or a Hub id (pretrained.resolve_model):
+        `tokenizer.json` if present, else `vocab.txt` + `tokenizer_config.json`."""
+        directory = resolve_model(name_or_path)
         settings = {}
         if (directory / "tokenizer_config.json").is_file():
             settings = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -225,6 +256,47 @@ class BertTokenizer:
             sequence_ids=[e.sequence_ids for e in encodings], truncated=[bool(e.overflowing) for e in encodings],
         )
 
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        padding: bool | str = False,
+        truncation: bool | str = False,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        add_special_tokens: bool = True,
+    ) -> BatchEncoding:
+        """Encode like a transformers tokenizer: padding True/"longest"/"max_length", truncation
+        True/"longest_first"/"only_first"/"only_second", return_tensors None (lists), "np" or "pt".
+        One string gives un-batched lists, or [1, T] arrays. Unlike transformers, an input longer than
+        max_length (default: the model's maximum) with truncation off is an error, not a warning."""
+        if padding not in _CALL_PADDING:
+            raise TokenizerError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', "
+                                 f"not {padding!r}")
+        if truncation not in _CALL_TRUNCATION:
+            raise TokenizerError(f"truncation must be True, False, 'longest_first', 'only_first' or 'only_second', "
+                                 f"not {truncation!r}")
+        if return_tensors not in (None, "np", "pt"):
+            raise TokenizerError(f"return_tensors must be None, 'np' or 'pt', not {return_tensors!r}")
+        enc = self.encode(text, text_pair, max_length=max_length, truncation=_CALL_TRUNCATION[truncation],
+                          padding=_CALL_PADDING[padding], add_special_tokens=add_special_tokens)
+        columns = {"input_ids": enc.input_ids, "token_type_ids": enc.token_type_ids,
+                   "attention_mask": enc.attention_mask}
+        if return_tensors is None:
+            columns = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in columns.items()}
+            if isinstance(text, str):
+                columns = {k: v[0] for k, v in columns.items()}
+            return BatchEncoding(columns, enc)
+        if len({len(row) for row in enc.input_ids}) > 1:
+            raise TokenizerError(f"return_tensors={return_tensors!r} needs rows of one length: pass padding=True")
+        columns = {k: np.asarray(v, dtype=np.int64) for k, v in columns.items()}
+        if return_tensors == "pt":
+            import torch
+
+            columns = {k: torch.from_numpy(v) for k, v in columns.items()}
+        return BatchEncoding(columns, enc)
+
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         """Ids back to text: `##` pieces joined to their word, spaces before punctuation removed."""
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -242,7 +314,7 @@ class BertTokenizer:
         self._truncation = key
 
     # ----- saving -------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path) -> Path:
         """Write vocab.txt (google-research/bert and HF read it), tokenizer.json and tokenizer_config.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -259,6 +331,9 @@ class BertTokenizer:
         specials = {name: tok for name, tok in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"),
                                                    SPECIAL_TOKENS, strict=True)}
         write_text_atomic(directory / "special_tokens_map.json", json.dumps(specials, indent=2) + "\n")
+        return directory
+
+    save = save_pretrained  # the name the training jobs and save_model use
 
 
 def read_vocab(vocab_file: str | Path) -> dict[str, int]:

@@ -51,7 +51,8 @@ class Loaded:
 
 
 def load_pipeline(directory: str | Path, *, device: str = "cpu", int8: bool = False, **predictor_kwargs) -> Loaded:
-    """Load a Hugging Face-format directory as the task model its config names, wrapped in a Predictor.
+    """Load a Hugging Face-format model (a folder, `all-minilm-l6-v2` or a Hub id: pretrained.resolve_model)
+    as the task model its config names, wrapped in a Predictor.
     `int8` applies dynamic int8 quantisation (CPU only; see predictor.quantize_int8 for its accuracy cost)."""
     from bertforge.checkpoint import load_model, read_config
     from bertforge.pretrained import resolve_model

@@ -3,7 +3,8 @@
 `Predictor` owns a model (a BertModel or any task head around one) and its tokenizer and yields the encoder's
 outputs for many texts with as little wasted work as possible:
 - texts are sorted by length and cut into batches by a token budget (many short texts per batch, few long);
-- in "packed" mode every position-wise layer runs on the real tokens only (`model/packed.py`);
+- in "packed" mode the encoder's own forward runs in its packed layout (`model/packed.py`): every position-wise
+  layer works on the real tokens only;
 - "padded" mode is the plain forward pass, kept as the reference the packed mode is tested against;
 - on GPU, `dtype="bfloat16"`/`"float16"` runs under autocast; on CPU `quantize_int8` swaps every Linear for
   torch's dynamic int8 version (weights int8, activations quantised per batch; changes the numbers a little).
@@ -22,7 +23,7 @@ from torch import nn
 
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
-from bertforge.model.positions import ABSOLUTE
+from bertforge.model.positions import DISTANCE_BIAS
 from bertforge.tokenizer import BertTokenizer, Encoding
 
 Mode = Literal["packed", "padded"]
@@ -113,7 +114,7 @@ class Predictor:
         tokenizer: The model's tokenizer.
         mode: "packed" (no work on padding) or "padded" (the plain forward pass).
         attention: How packed mode attends within each text: "padded", "nested" or "block"
-            (see model/packed.py; "padded" measured fastest on CPU).
+            (see attention.packed_attention; "padded" measured fastest on CPU).
         max_tokens: Token budget of one batch (batch size × longest text in it).
         max_batch: Most texts in one batch.
         max_length: Texts are truncated to this many tokens (default: the model's maximum).
@@ -130,8 +131,8 @@ class Predictor:
         self.model = model
         self.encoder = encoder_of(model)
         self.tokenizer = tokenizer
-        if self.encoder.config.position_embedding_type not in ABSOLUTE:
-            mode = "padded"  # relative, rotary and ALiBi positions act inside attention: no packed path
+        if self.encoder.config.position_embedding_type in DISTANCE_BIAS:
+            mode = "padded"  # relative and ALiBi positions score a padded [T, T] grid of distances
         self.mode = mode
         self.attention = attention
         self.max_tokens = max_tokens

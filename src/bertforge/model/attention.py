@@ -1,9 +1,11 @@
 """Multi-head self-attention (Transformer paper §3.2) on torch's scaled_dot_product_attention.
 
-Shapes: B = batch, T = sequence length, H = hidden size, A = heads, D = H / A.
+Shapes: B = batch, T = sequence length, H = hidden size, A = heads, D = H / A, N = packed tokens.
 Query, key and value are one fused [H, 3H] projection: one matrix multiply instead of three.
 For left-to-right decoding, a LayerCache keeps the keys and values of earlier positions (S of them),
 so each new token costs one row of attention instead of a whole new forward pass.
+In packed mode (`packing` given, see packed.py) x is [N, H], the real tokens of B sequences one after another;
+the same projections run on them and only the attention call itself keeps the sequences apart.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from bertforge.config import BertConfig
 from bertforge.model import positions as pos
+from bertforge.model.packed import Packing
 
 
 @dataclass
@@ -47,12 +50,40 @@ class BertSelfAttention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,  # [B, T, H]
+        x: torch.Tensor,  # [B, T, H], or [N, H] packed
         mask: torch.Tensor | None,  # [B, 1, 1 or T, S + T] bool, True = may attend; None = attend everywhere
         return_probs: bool = False,
         cache: LayerCache | None = None,
-        positions: torch.Tensor | None = None,  # [T] absolute positions of the queries (default 0 … T-1)
+        positions: torch.Tensor | None = None,  # [T] (packed: [N]) positions of the queries (default 0 … T-1)
+        *,
+        packing: Packing | None = None,  # packed mode: where each sequence of x lies (mask is then unused)
+        keep_tokens: torch.Tensor | None = None,  # [R] indices along dim -2 of x: return only these tokens
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention output [B, T, H] ([N, H] packed; R instead of T or N with keep_tokens) and, when asked,
+        the probabilities [B, A, T, S + T]. Tokens left out by keep_tokens still serve as keys and values."""
+        if packing is not None:
+            context, probs = self._packed_context(x, packing, positions), None  # [N, H]
+        else:
+            context, probs = self._context(x, mask, return_probs, cache, positions)  # [B, T, H]
+        if keep_tokens is not None:
+            context = context.index_select(-2, keep_tokens)  # skip the output projection of the others
+        return self.output(context), probs
+
+    def _packed_context(self, x: torch.Tensor, packing: Packing, positions: torch.Tensor | None) -> torch.Tensor:
+        if self.position_type in pos.DISTANCE_BIAS:
+            raise ValueError(f"packed mode supports learned, sinusoidal, rope and none positions, not "
+                             f"{self.position_type!r} (it scores distances on a padded grid); use the padded forward")
+        n = x.shape[0]
+        qkv = self.qkv(x).view(n, 3, self.num_heads, self.head_size)  # [N, 3, A, D]
+        if self.position_type == "rope":
+            positions = packing.positions if positions is None else positions  # [N]
+            q, k, v = qkv.unbind(1)  # each [N, A, D]
+            q, k = (pos.rope_rotate(t.transpose(0, 1), positions).transpose(0, 1) for t in (q, k))
+            qkv = torch.stack([q, k, v], dim=1)  # [N, 3, A, D]
+        return packed_attention(qkv, packing, self.dropout_p if self.training else 0.0)
+
+    def _context(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool, cache: LayerCache | None,
+                 positions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq_len, hidden = x.shape
         qkv = self.qkv(x).view(batch, seq_len, 3, self.num_heads, self.head_size)  # [B, T, 3, A, D]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, A, T, D]
@@ -84,12 +115,11 @@ class BertSelfAttention(nn.Module):
         else:
             probs = None
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        context = context.transpose(1, 2).reshape(batch, seq_len, hidden)  # [B, T, H]
-        return self.output(context), probs
+        return context.transpose(1, 2).reshape(batch, seq_len, hidden), probs  # [B, T, H]
 
     def _position_bias(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
                        key_positions: torch.Tensor) -> torch.Tensor | None:
-        if self.position_type not in pos.RELATIVE and self.position_type != "alibi":
+        if self.position_type not in pos.DISTANCE_BIAS:
             return None
         distance = positions[:, None] - key_positions[None, :]  # [T, S + T] signed i - j
         if self.position_type in pos.RELATIVE:
@@ -97,3 +127,30 @@ class BertSelfAttention(nn.Module):
                                          with_key=self.position_type == "relative_key_query")
             return scores / math.sqrt(self.head_size)  # added before the 1/sqrt(D) scaling in the HF layout
         return pos.alibi_bias(self.alibi_slopes, distance).to(q.dtype)[None]
+
+
+def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0) -> torch.Tensor:
+    """[N, 3, A, D] fused q, k, v of packed tokens -> [N, A·D] context; each token attends within its own
+    sequence only, in the way `packing.attention` names (the results agree within float rounding)."""
+    n, _, heads, head = qkv.shape
+    if packing.attention == "padded":
+        # Padding only inside attention, the cheapest part of a short-sequence BERT.
+        batch, longest, index = packing.batch_size, packing.longest, packing.padded_index
+        padded = qkv.new_zeros(batch * longest, 3, heads, head)
+        padded[index] = qkv
+        q, k, v = padded.view(batch, longest, 3, heads, head).permute(2, 0, 3, 1, 4).unbind(0)  # [B, A, T, D]
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask, dropout_p=dropout_p)
+        return context.transpose(1, 2).reshape(batch * longest, heads * head)[index]  # [N, A·D]
+    if packing.attention == "nested":
+        # No padding at all; on CPU SDPA has no fused jagged kernel and loops over the sequences.
+        q, k, v = (
+            # SDPA's nested path needs each of q, k, v contiguous in the [B, j, A, D] layout.
+            torch.nested.nested_tensor_from_jagged(t.contiguous(), packing.cu_seqlens).transpose(1, 2)  # [B, A, j, D]
+            for t in qkv.unbind(1)
+        )
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # [B, A, j, D]
+        return context.transpose(1, 2).values().reshape(n, heads * head)
+    # "block": one row of N tokens, a block-diagonal [N, N] mask (O(N²) work).
+    q, k, v = qkv.permute(1, 2, 0, 3).unbind(0)  # [A, N, D]
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.block_mask, dropout_p=dropout_p)
+    return context.transpose(0, 1).reshape(n, heads * head)  # [N, A·D]

@@ -1,8 +1,10 @@
 """Input representation (BERT §3, Figure 2): token + segment + position embeddings, LayerNorm, dropout.
 
 Absolute positions (learned or sinusoidal) are added here; the other schemes act inside attention.
+Every step is per token, so packed input (the [N] real tokens of several sequences, packed.py) works the same
+way given each token's position inside its own sequence.
 
-Shapes: B = batch, T = sequence length, H = hidden size.
+Shapes: B = batch, T = sequence length, H = hidden size, N = packed tokens.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ class BertEmbeddings(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # [B, T]
-        token_type_ids: torch.Tensor | None = None,  # [B, T]
-        position_ids: torch.Tensor | None = None,  # [B, T] or [T]
+        input_ids: torch.Tensor,  # [B, T], or [N] packed
+        token_type_ids: torch.Tensor | None = None,  # the shape of input_ids
+        position_ids: torch.Tensor | None = None,  # [B, T] or [T]; packed: [N], required (default 0 … T-1)
     ) -> torch.Tensor:
-        seq_len = input_ids.shape[1]
-        if seq_len > self.config.max_position_embeddings:
+        seq_len = input_ids.shape[-1]
+        # A packed row holds many sequences and may be longer than the table: its positions are checked instead.
+        packed = input_ids.dim() == 1 and position_ids is not None
+        if not packed and seq_len > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {seq_len} exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings}); truncate the input (tokenizer max_length)"
@@ -52,10 +56,10 @@ class BertEmbeddings(nn.Module):
         if position_ids is not None and int(position_ids.max()) >= self.config.max_position_embeddings:
             raise ValueError(f"position {int(position_ids.max())} is beyond max_position_embeddings "
                              f"({self.config.max_position_embeddings}); the text is too long for this model")
-        x = self.word_embeddings(input_ids)  # [B, T, H]
+        x = self.word_embeddings(input_ids)  # [B, T, H] or [N, H]
         table = self.position_table()
         if table is not None:
-            x = x + (table[:seq_len] if position_ids is None else table[position_ids])  # [T, H] or [B, T, H]
+            x = x + (table[:seq_len] if position_ids is None else table[position_ids])  # [T, H], [B, T, H] or [N, H]
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:

@@ -1,6 +1,8 @@
 """BertModel: embeddings -> L encoder layers -> (sequence output, pooled [CLS] output).
 
-Shapes: B = batch, T = sequence length, H = hidden size, A = heads, L = layers.
+One forward pass, two layouts: padded [B, T] batches with an attention mask, or packed (unpadded) [N] tokens
+with a `Packing` that says where each sequence lies (packed.py) — the same modules and weights either way.
+Shapes: B = batch, T = sequence length, H = hidden size, A = heads, L = layers, N = packed tokens.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from bertforge.config import BertConfig
 from bertforge.model.attention import LayerCache
 from bertforge.model.embeddings import BertEmbeddings
 from bertforge.model.layer import BertLayer
+from bertforge.model.packed import Packing
 from bertforge.model.pooler import BertPooler
+from bertforge.model.pretrained_model import PretrainedModel
 
 
 @dataclass
 class BertOutput:
     """What the encoder returns, always this one type.
 
-    sequence_output: [B, T, H] final layer.
+    sequence_output: [B, T, H] final layer ([N, H] packed; [B, 1, H] or [B, H] packed with first_token_only).
     pooled_output: [B, H] tanh(W h_[CLS]) (causal: of the last real token), or None for a model built without
         a pooler.
-    hidden_states: L + 1 tensors [B, T, H] (embeddings first), when requested.
+    hidden_states: L + 1 tensors [B, T, H] ([N, H] packed) (embeddings first), when requested.
     attentions: L tensors [B, A, T, T] of attention probabilities, when requested.
     """
 
@@ -75,7 +79,7 @@ class KVCache:
         return 0 if keys is None else keys.shape[2]
 
 
-class BertModel(nn.Module):
+class BertModel(PretrainedModel):
     hf_architecture = "BertModel"
 
     def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True) -> None:
@@ -111,10 +115,24 @@ class BertModel(nn.Module):
         output_attentions: bool = False,
         causal: bool = False,
         cache: KVCache | None = None,
+        packing: Packing | None = None,
+        first_token_only: bool = False,
     ) -> BertOutput:
         """`causal=True` runs the encoder left to right (each token sees only earlier ones); `cache`
         (causal only) holds the keys/values of earlier calls and is extended in place, and
-        `attention_mask` then covers the cached positions too."""
+        `attention_mask` then covers the cached positions too.
+
+        `packing` switches to the packed layout: input_ids and token_type_ids are [N], the real tokens of
+        B sequences one after another, position_ids default to each token's place in its own sequence, and no
+        attention_mask is needed. `first_token_only`: the last layer finishes only each sequence's first
+        ([CLS]) token — all a pooler or [CLS] classifier reads — skipping its output projection and
+        feed-forward network for every other token (sequence_output [B, 1, H], packed [B, H]).
+        """
+        if packing is not None:
+            _check_packed_call(input_ids, attention_mask, output_attentions, causal, cache)
+            position_ids = packing.positions if position_ids is None else position_ids
+        if first_token_only and (causal or output_hidden_states):
+            raise ValueError("first_token_only excludes causal and output_hidden_states (it cuts the last layer short)")
         past = 0
         if cache is not None:
             if not causal:
@@ -129,21 +147,44 @@ class BertModel(nn.Module):
             mask = causal_mask(attention_mask, input_ids.shape[1], past, input_ids.device)
         else:
             mask = padding_mask(attention_mask)
-        x = self.embeddings(input_ids, token_type_ids, position_ids)  # [B, T, H]
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # [B, T, H] or [N, H]
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
+        first_tokens = None  # [B] packed, [1] padded: the tokens the last layer finishes
+        if first_token_only:
+            first_tokens = packing.starts if packing is not None else torch.zeros(1, dtype=torch.long,
+                                                                                  device=input_ids.device)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, probs = layer(x, mask, output_attentions, cache.layers[i] if cache is not None else None, positions)
+            x, probs = layer(x, mask, output_attentions, cache.layers[i] if cache is not None else None, positions,
+                             packing=packing, keep_tokens=first_tokens if i == last else None)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:
                 attentions.append(probs)
+        if self.pooler is None:
+            pooled = None
+        elif packing is not None:
+            cls = x if first_token_only else x[packing.starts]  # [B, H]
+            pooled = self.pooler(cls.unsqueeze(1))
+        else:
+            pooled = self.pooler(x, attention_mask, last_token=causal)
         return BertOutput(
             sequence_output=x,
-            pooled_output=self.pooler(x, attention_mask, last_token=causal) if self.pooler is not None else None,
+            pooled_output=pooled,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
             attentions=tuple(attentions) if attentions is not None else None,
         )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _check_packed_call(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool,
+                       causal: bool, cache: KVCache | None) -> None:
+    if input_ids.dim() != 1:
+        raise ValueError(f"packed input_ids are one row [N] of real tokens, got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None:
+        raise ValueError("packed input has no padding: pass packing (cu_seqlens), not an attention_mask")
+    if output_attentions or causal or cache is not None:
+        raise ValueError("attention probabilities, causal use and the KV cache need the padded layout")

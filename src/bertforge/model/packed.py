@@ -1,49 +1,34 @@
-"""The BertModel forward pass over packed (unpadded) sequences, for inference.
+"""The packed (unpadded) layout: B sequences of different lengths stored one after another as N tokens.
 
-A batch of B sequences of different lengths is stored as one [N, H] matrix of its N real tokens
-(N = sum of lengths) and `cu_seqlens` [B + 1], the offset of each sequence (as in FlashAttention's
-variable-length API). Every position-wise part of the encoder — embeddings, the qkv and output projections,
-the feed-forward layers, LayerNorm — runs on the N real tokens only, so no work is spent on padding.
-Only attention needs to know where sequences begin and end; `attention` chooses how:
+A packed batch is one [N] row of token ids (N = sum of lengths) and `cu_seqlens` [B + 1], the offset of each
+sequence (FlashAttention's variable-length convention, which ModernBERT also uses). It is a *mode* of the one
+`BertModel` forward, not a second model: pass `packing=Packing(cu_seqlens)` and the same embedding, attention
+and layer modules run on [N, H] instead of [B, T, H]. Every position-wise part — embeddings, the qkv and output
+projections, the feed-forward layers, LayerNorm — then touches real tokens only; only attention needs to know
+where sequences begin and end, and `Packing` holds that layout (see `attention.packed_attention` for the three
+ways of using it).
 
-- "padded": scatter q, k, v to [B, A, T, D] and call SDPA with a key-padding mask (padding only inside
-  attention, the cheapest part of a short-sequence BERT);
-- "nested": torch nested jagged tensors through SDPA (no padding at all; on CPU SDPA has no fused jagged
-  kernel and loops over sequences — measured 1.8× slower than "padded", docs/inference.md);
-- "block": all sequences in one row with a block-diagonal mask (O(N²); measured 2.5× slower at batch 32).
-
-Uses the weights of an existing BertModel (no parameters of its own); results equal the padded forward
-within float32 rounding. Dropout is skipped, so the model must be in eval mode.
-Shapes: B = batch, N = total real tokens, T = longest sequence, H = hidden, A = heads, D = H / A.
+This file holds the layout and two helpers: `pack` (id lists -> packed tensors) and `packed_forward` (the
+inference entry point `inference/predictor.py` uses).
+Shapes: B = batch, N = total real tokens, T = longest sequence, H = hidden size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from bertforge.model.encoder import BertModel
-from bertforge.model.layer import BertLayer
-from bertforge.model.positions import ABSOLUTE
+if TYPE_CHECKING:  # encoder.py imports this file
+    from bertforge.model.encoder import BertModel
 
+# How attention keeps the sequences of a packed batch apart (attention.packed_attention):
+# "padded" scatters q, k, v to [B, A, T, D] for one SDPA call with a key-padding mask (measured fastest on CPU,
+# docs/inference.md); "nested" uses nested jagged tensors; "block" one [N, N] block-diagonal mask.
 PackedAttention = Literal["padded", "nested", "block"]
-
-
-@dataclass
-class PackedOutput:
-    """sequence_output: [N, H] real tokens only; pooled_output: [B, H] or None; cu_seqlens: [B + 1]."""
-
-    sequence_output: torch.Tensor
-    pooled_output: torch.Tensor | None
-    cu_seqlens: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-
-    def first_tokens(self) -> torch.Tensor:
-        """[B, H] the final hidden state of each sequence's first token ([CLS])."""
-        return self.sequence_output[self.cu_seqlens[:-1]]
 
 
 def pack(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,63 +46,76 @@ def packed_positions(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return torch.arange(int(cu_seqlens[-1]), device=cu_seqlens.device) - starts
 
 
-def _padded_index(cu_seqlens: torch.Tensor, longest: int) -> torch.Tensor:
-    """[N] index of every real token in the flattened [B * T] padded layout."""
-    lengths = cu_seqlens.diff()
-    rows = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths)
-    return rows * longest + packed_positions(cu_seqlens)
+class Packing:
+    """Where each sequence of a packed batch lies, and the derived tensors attention needs.
+
+    Each derived tensor is computed on first use and then shared by every layer of the forward pass, so
+    build one `Packing` per batch (not per layer).
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, *, attention: PackedAttention = "padded") -> None:
+        if attention not in get_args(PackedAttention):
+            raise ValueError(f"attention must be padded, nested or block, not {attention!r}")
+        if cu_seqlens.dim() != 1 or len(cu_seqlens) < 2:
+            raise ValueError(f"cu_seqlens must be [B + 1] offsets starting at 0, got shape {tuple(cu_seqlens.shape)}")
+        self.cu_seqlens = cu_seqlens
+        self.attention = attention
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.cu_seqlens) - 1
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """[B] index of each sequence's first token ([CLS])."""
+        return self.cu_seqlens[:-1]
+
+    @cached_property
+    def lengths(self) -> torch.Tensor:
+        return self.cu_seqlens.diff()  # [B]
+
+    @cached_property
+    def longest(self) -> int:
+        return int(self.lengths.max())
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        return packed_positions(self.cu_seqlens)  # [N]
+
+    @cached_property
+    def sequence_ids(self) -> torch.Tensor:
+        """[N] which sequence (0 … B-1) each token belongs to."""
+        return torch.repeat_interleave(torch.arange(self.batch_size, device=self.cu_seqlens.device), self.lengths)
+
+    @cached_property
+    def padded_index(self) -> torch.Tensor:
+        """[N] index of every token in the flattened [B * T] padded layout."""
+        return self.sequence_ids * self.longest + self.positions
+
+    @cached_property
+    def key_mask(self) -> torch.Tensor | None:
+        """[B, 1, 1, T] bool, True = a real key, for the padded layout; None when nothing is padded."""
+        mask = torch.arange(self.longest, device=self.cu_seqlens.device)[None, :] < self.lengths[:, None]  # [B, T]
+        return None if bool(mask.all()) else mask[:, None, None, :]
+
+    @cached_property
+    def block_mask(self) -> torch.Tensor:
+        """[N, N] bool, True where query and key belong to the same sequence."""
+        return self.sequence_ids[:, None] == self.sequence_ids[None, :]
 
 
-def _attend(qkv: torch.Tensor, cu_seqlens: torch.Tensor, num_heads: int, mode: PackedAttention,
-            cache: dict) -> torch.Tensor:
-    """[N, 3H] fused q, k, v of packed tokens -> [N, H] attention context."""
-    n, three_h = qkv.shape
-    hidden = three_h // 3
-    head = hidden // num_heads
-    qkv = qkv.view(n, 3, num_heads, head)  # [N, 3, A, D]
-    batch = len(cu_seqlens) - 1
-    if mode == "padded":
-        if "index" not in cache:
-            lengths = cu_seqlens.diff()
-            longest = int(lengths.max())
-            cache["longest"] = longest
-            cache["index"] = _padded_index(cu_seqlens, longest)
-            mask = torch.arange(longest, device=qkv.device)[None, :] < lengths[:, None]  # [B, T]
-            cache["mask"] = None if bool(mask.all()) else mask[:, None, None, :]  # [B, 1, 1, T]
-        longest, index = cache["longest"], cache["index"]
-        padded = qkv.new_zeros(batch * longest, 3, num_heads, head)
-        padded[index] = qkv
-        q, k, v = padded.view(batch, longest, 3, num_heads, head).permute(2, 0, 3, 1, 4).unbind(0)  # [B, A, T, D]
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=cache["mask"])  # [B, A, T, D]
-        return context.transpose(1, 2).reshape(batch * longest, hidden)[index]  # [N, H]
-    if mode == "nested":
-        q, k, v = (
-            # SDPA's nested path needs each of q, k, v contiguous in the [B, j, A, D] layout.
-            torch.nested.nested_tensor_from_jagged(t.contiguous(), cu_seqlens).transpose(1, 2)  # [B, A, j, D]
-            for t in qkv.unbind(1)
-        )
-        context = F.scaled_dot_product_attention(q, k, v)  # [B, A, j, D]
-        return context.transpose(1, 2).values().reshape(n, hidden)
-    if mode == "block":
-        if "block_mask" not in cache:
-            seq_of = torch.repeat_interleave(torch.arange(batch, device=qkv.device), cu_seqlens.diff())
-            cache["block_mask"] = seq_of[:, None] == seq_of[None, :]  # [N, N]
-        q, k, v = qkv.permute(1, 2, 0, 3).unbind(0)  # [A, N, D]
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=cache["block_mask"])  # [A, N, D]
-        return context.transpose(0, 1).reshape(n, hidden)
-    raise ValueError(f"attention must be padded, nested or block, not {mode!r}")
+@dataclass
+class PackedOutput:
+    """sequence_output: [N, H] real tokens only; pooled_output: [B, H] or None; cu_seqlens: [B + 1]."""
 
+    sequence_output: torch.Tensor
+    pooled_output: torch.Tensor | None
+    cu_seqlens: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
-def _layer(layer: BertLayer, x: torch.Tensor, cu_seqlens: torch.Tensor, mode: PackedAttention,
-           cache: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """The BertLayer computation on [N, H] packed tokens (same modules, no dropout).
-    With `rows`, every token is attended to but only those rows are computed further ([len(rows), H])."""
-    attn = layer.attention
-    context = _attend(attn.qkv(x), cu_seqlens, attn.num_heads, mode, cache)  # [N, H]
-    if rows is not None:
-        x, context = x[rows], context[rows]  # [R, H]
-    h = layer.attention_norm(x + attn.output(context))
-    return layer.output_norm(h + layer.output(F.gelu(layer.intermediate(h))))
+    def first_tokens(self) -> torch.Tensor:
+        """[B, H] the final hidden state of each sequence's first token ([CLS])."""
+        return self.sequence_output[self.cu_seqlens[:-1]]
 
 
 def packed_forward(
@@ -130,38 +128,17 @@ def packed_forward(
     output_hidden_states: bool = False,
     first_token_only: bool = False,
 ) -> PackedOutput:
-    """The encoder over packed tokens; equals `model(padded batch)` at every real token.
+    """Inference over packed tokens: `model(input_ids, packing=...)`, equal to the padded forward at every real
+    token. Refuses training mode: served results must not depend on dropout.
 
-    `first_token_only`: the last layer finishes only each sequence's first ([CLS]) token — all a pooler or
-    [CLS] classifier reads — skipping its output projection and feed-forward for every other token. The
-    output is then packed with length 1 per sequence: sequence_output [B, H], cu_seqlens = 0, 1, …, B.
+    `first_token_only`: the output is packed with length 1 per sequence: sequence_output [B, H] (each [CLS]),
+    cu_seqlens = 0, 1, …, B (see BertModel.forward).
     """
     if model.training:
-        raise RuntimeError("packed_forward skips dropout: call model.eval() first")
-    if model.config.position_embedding_type not in ABSOLUTE:
-        raise ValueError(f"packed_forward supports absolute positions only, not "
-                         f"{model.config.position_embedding_type!r}; use the padded forward")
-    emb = model.embeddings
-    positions = packed_positions(cu_seqlens)
-    if int(cu_seqlens.diff().max()) > model.config.max_position_embeddings:
-        raise ValueError(f"a sequence is longer than max_position_embeddings ({model.config.max_position_embeddings})")
-    x = emb.word_embeddings(input_ids) + emb.position_table()[positions]  # [N, H]
-    if token_type_ids is None:
-        x = x + emb.token_type_embeddings.weight[0]
-    else:
-        x = x + emb.token_type_embeddings(token_type_ids)
-    x = emb.layer_norm(x)
-    states = [x] if output_hidden_states else None
-    cache: dict = {}  # attention index/mask, computed once and shared by every layer
-    if first_token_only and output_hidden_states:
-        raise ValueError("first_token_only and output_hidden_states exclude each other")
-    last = len(model.layers) - 1
-    for i, layer in enumerate(model.layers):
-        x = _layer(layer, x, cu_seqlens, attention, cache, cu_seqlens[:-1] if first_token_only and i == last else None)
-        if states is not None:
-            states.append(x)
+        raise RuntimeError("packed_forward is for inference: call model.eval() first (dropout would apply)")
+    out = model(input_ids, token_type_ids=token_type_ids, packing=Packing(cu_seqlens, attention=attention),
+                output_hidden_states=output_hidden_states, first_token_only=first_token_only)
     if first_token_only:
         cu_seqlens = torch.arange(len(cu_seqlens), device=cu_seqlens.device)  # [B + 1]: one token each
-    pooled = model.pooler(x[cu_seqlens[:-1]].unsqueeze(1)) if model.pooler is not None else None
-    return PackedOutput(sequence_output=x, pooled_output=pooled, cu_seqlens=cu_seqlens,
-                        hidden_states=tuple(states) if states is not None else None)
+    return PackedOutput(sequence_output=out.sequence_output, pooled_output=out.pooled_output,
+                        cu_seqlens=cu_seqlens, hidden_states=out.hidden_states)

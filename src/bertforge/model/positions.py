@@ -21,6 +21,8 @@ import torch
 
 ABSOLUTE = ("learned", "sinusoidal")
 RELATIVE = ("relative_key", "relative_key_query")
+# Schemes that add a bias for every (query, key) distance: they need the padded layout, not packed tokens.
+DISTANCE_BIAS = (*RELATIVE, "alibi")
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:

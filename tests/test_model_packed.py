@@ -1,0 +1,99 @@
+"""The packed layout is a mode of the one BertModel forward: the same modules and weights give the padded
+results for rotary and position-free models too, train with equal gradients, cut the last layer short to
+[CLS] in both layouts, and refuse what they cannot do with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bertforge.config import BertConfig
+from bertforge.model import BertModel
+from bertforge.model.packed import Packing, pack
+
+# Odd sizes expose transposes and head-split bugs (after Hugging Face's model tester).
+ODD = BertConfig(vocab_size=99, hidden_size=36, num_layers=2, num_heads=3, intermediate_size=37,
+                 max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+LENGTHS = [7, 1, 13, 4]
+
+
+def _batch(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(5, 99, (n,), generator=gen).tolist() for n in LENGTHS]
+    types = [[0] * (n // 2) + [1] * (n - n // 2) for n in LENGTHS]
+    longest = max(LENGTHS)
+    ids = torch.zeros(len(seqs), longest, dtype=torch.long)
+    type_ids = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    for r, (s, t) in enumerate(zip(seqs, types, strict=True)):
+        ids[r, : len(s)], type_ids[r, : len(t)], mask[r, : len(s)] = torch.tensor(s), torch.tensor(t), 1
+    flat, cu = pack(seqs)
+    flat_types, _ = pack(types)
+    return (ids, mask, type_ids), (flat, cu, flat_types)
+
+
+@pytest.mark.parametrize("position_type", ["learned", "sinusoidal", "rope", "none"])
+@pytest.mark.parametrize("attention", ["padded", "block"])
+def test_packed_mode_equals_padded_for_every_packable_position_scheme(position_type: str, attention: str) -> None:
+    torch.manual_seed(0)
+    model = BertModel(ODD.replace(position_embedding_type=position_type)).eval()
+    (ids, mask, type_ids), (flat, cu, flat_types) = _batch()
+    with torch.inference_mode():
+        ref = model(ids, mask, type_ids)
+        out = model(flat, token_type_ids=flat_types, packing=Packing(cu, attention=attention))
+    assert out.sequence_output.shape == (sum(LENGTHS), 36)
+    assert (out.sequence_output - ref.sequence_output[mask.bool()]).abs().max() < 1e-5
+    assert (out.pooled_output - ref.pooled_output).abs().max() < 1e-5
+
+
+def test_packed_mode_trains_with_the_padded_gradients() -> None:
+    """In training mode (dropout 0 here) the packed layout gives the same loss gradient as the padded one."""
+    torch.manual_seed(0)
+    model = BertModel(ODD).train()
+    (ids, mask, type_ids), (flat, cu, flat_types) = _batch(1)
+    model(ids, mask, type_ids).sequence_output[mask.bool()].square().mean().backward()
+    padded_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model(flat, token_type_ids=flat_types, packing=Packing(cu)).sequence_output.square().mean().backward()
+    for name, p in model.named_parameters():
+        if name in padded_grads:
+            assert (p.grad - padded_grads[name]).abs().max() < 1e-6, name
+
+
+def test_first_token_only_in_the_padded_layout() -> None:
+    torch.manual_seed(0)
+    model = BertModel(ODD).eval()
+    (ids, mask, type_ids), _ = _batch(2)
+    with torch.inference_mode():
+        full = model(ids, mask, type_ids)
+        first = model(ids, mask, type_ids, first_token_only=True)
+    assert first.sequence_output.shape == (len(LENGTHS), 1, 36)
+    assert (first.sequence_output[:, 0] - full.sequence_output[:, 0]).abs().max() < 1e-6
+    assert (first.pooled_output - full.pooled_output).abs().max() < 1e-6
+
+
+def test_packed_mode_refuses_what_it_cannot_do() -> None:
+    (ids, mask, _), (flat, cu, _) = _batch()
+    model = BertModel(ODD).eval()
+    with pytest.raises(ValueError, match="one row"):
+        model(ids, packing=Packing(cu))
+    with pytest.raises(ValueError, match="not an attention_mask"):
+        model(flat, torch.ones_like(flat), packing=Packing(cu))
+    with pytest.raises(ValueError, match="padded layout"):
+        model(flat, packing=Packing(cu), output_attentions=True)
+    with pytest.raises(ValueError, match="attention must be padded, nested or block"):
+        Packing(cu, attention="sparse")
+    for scheme in ("relative_key", "alibi"):
+        with pytest.raises(ValueError, match=f"not '{scheme}'.*use the padded forward"):
+            BertModel(ODD.replace(position_embedding_type=scheme)).eval()(flat, packing=Packing(cu))
+
+
+def test_a_packed_row_may_be_longer_than_the_position_table() -> None:
+    """Positions count inside each sequence, so 3 × 40 tokens fit a 64-position model; 65 in one do not."""
+    model = BertModel(ODD).eval()
+    flat, cu = pack([[5] * 40] * 3)
+    with torch.inference_mode():
+        assert model(flat, packing=Packing(cu)).sequence_output.shape == (120, 36)
+        flat, cu = pack([[5] * 65])
+        with pytest.raises(ValueError, match="beyond max_position_embeddings"):
+            model(flat, packing=Packing(cu))
