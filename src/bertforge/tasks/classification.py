@@ -160,7 +160,8 @@ def read_table(path: str | Path, *, text_column: str, text_pair_column: str | No
                label_separator: str = ",") -> list[TextExample]:
     """The user's own CSV/TSV/JSONL. `kind`: classification, regression (float label) or multilabel
     (a JSON list, or labels joined by `label_separator`)."""
-    required = tuple(c for c in (text_column, text_pair_column, label_column) if c)
+    columns = {text_column: "--text-column", text_pair_column: "--text-pair-column", label_column: "--label-column"}
+    required = {c: option for c, option in columns.items() if c}
     examples = []
     for row in read_records(path, required=required):
         source = f"{path}:{row['_line']}"

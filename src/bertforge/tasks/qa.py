@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bertforge.data.tables import DataError
+from bertforge.files import open_text
 from bertforge.heads import BertForQuestionAnswering
 from bertforge.tasks.base import Feature
 
@@ -45,7 +46,8 @@ def read_squad(path: str | Path, *, titles: Sequence[str] | None = None) -> list
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    raw = path.read_text(encoding="utf-8")
+    with open_text(path) as handle:
+        raw = handle.read()
     try:
         articles = json.loads(raw)["data"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
