@@ -41,17 +41,12 @@ from bertforge.data.pretraining import DataPosition, ExampleSettings, ExampleStr
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
-from bertforge.training.checkpointing import (
-    latest_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bertforge.training.distributed import all_reduce_sum, init_distributed
 from bertforge.training.lamb import Lamb
 from bertforge.training.metrics import MetricsLogger
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule, parameter_groups
+from bertforge.training.run_folder import open_run
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +90,7 @@ class PretrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     resume: bool = False
+    overwrite: bool = False
     max_minutes: float | None = None
     threads: int | None = None
     device: str = "auto"
@@ -273,6 +269,7 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
           stop_after: int | None = None) -> PretrainResult:
     """Run (or resume) pre-training. `on_step(step, loss, model)` is called after every optimizer step;
     `stop_after` ends the run after that step without a final checkpoint (to simulate a crash)."""
+    resumed_from = open_run(cfg)  # options, positions, the run folder's rules; the checkpoint to resume from
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device)
@@ -292,7 +289,6 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     scheduler = build_schedule(optimizer, cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     position, step = DataPosition(), 0
-    resumed_from = latest_checkpoint(ckpt_dir) if cfg.resume and ckpt_dir.is_dir() else None
     if resumed_from is not None:
         state = load_checkpoint(resumed_from)
         model.load_state_dict(state["model"])
@@ -465,7 +461,7 @@ def run(data: Path, output_dir: Path, preset: str = "mini", model_overrides: dic
         warmup_steps: int = 100, schedule: ScheduleName = "linear", max_grad_norm: float = 1.0,
         precision: Precision = "fp32", compile: bool = False, dropout: float | None = None, seed: int = 0,
         eval_every: int = 200, eval_batches: int = 10, log_every: int = 10, save_every: int = 500,
-        keep_checkpoints: int = 2, resume: bool = False, max_minutes: float | None = None,
+        keep_checkpoints: int = 2, resume: bool = False, overwrite: bool = False, max_minutes: float | None = None,
         threads: int | None = None, device: str = "auto",
         progress: bool = True, tensorboard: bool = True) -> Path:
     """Pre-train BERT with masked-LM (+ next-sentence prediction) on a corpus from `bertforge prepare`.
@@ -504,7 +500,9 @@ def run(data: Path, output_dir: Path, preset: str = "mini", model_overrides: dic
         log_every: Log training metrics every n steps.
         save_every: Write a checkpoint every n steps (and at the end).
         keep_checkpoints: Keep the newest n checkpoints.
-        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped).
+        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped; a truncated
+            latest checkpoint is skipped for the newest intact one).
+        overwrite: Delete the earlier run in output_dir first (a folder that is not empty needs --resume or this).
         max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
         threads: CPU threads for torch (default: torch's choice).
         device: auto, cpu, cuda or cuda:N.
