@@ -304,16 +304,22 @@ def load_model(directory: str | Path, model_class: type[nn.Module] = BertModel, 
 
 
 def check_vocab(directory: Path, config: BertConfig) -> None:
-    """A vocab.txt with more tokens than embedding rows would index past the matrix: refuse it."""
+    """vocab.txt must match the embedding matrix: more tokens than rows would index past it, fewer means
+    the vocabulary belongs to other weights (every id would name another token). Only rounding the rows up
+    to a multiple of 64 for speed, as some checkpoints do, may leave a few rows without a token."""
     vocab = directory / "vocab.txt"
-    if vocab.is_file():
-        with vocab.open(encoding="utf-8") as handle:
-            size = sum(1 for _ in handle)
-        if size > config.vocab_size:
-            raise CheckpointError(
-                f"{vocab}: {size} tokens but the embedding matrix has {config.vocab_size} rows "
-                "(config.json vocab_size); the vocabulary does not belong to these weights"
-            )
+    if not vocab.is_file():
+        return
+    with vocab.open(encoding="utf-8") as handle:
+        size = sum(1 for _ in handle)
+    padded = size < config.vocab_size and config.vocab_size % 64 == 0 and config.vocab_size - size < 64
+    if size != config.vocab_size and not padded:
+        relation = "more" if size > config.vocab_size else "fewer"
+        raise CheckpointError(
+            f"{vocab}: {size} tokens, {relation} than the {config.vocab_size} rows of the embedding matrix "
+            "(config.json vocab_size); the vocabulary does not belong to these weights — use the vocab.txt "
+            "saved with them"
+        )
 
 
 def save_model(model: nn.Module, directory: str | Path, *, tokenizer=None, extra_config: dict | None = None) -> Path:
