@@ -18,8 +18,8 @@ __all__ = ["DataError", "read_records", "read_texts"]
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 # Python's csv module refuses fields over 128 KiB; a long document is fine, but a field that grows past
 # this is almost always an unclosed quote swallowing the rest of the file.
-MAX_FIELD_BYTES = 32 << 20
-csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_BYTES))
+MAX_FIELD_CHARS = 32 << 20
+csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
 
 
 def _suffix(path: Path) -> str:
@@ -81,8 +81,8 @@ def _check_columns(path: Path, columns: list[str], required: tuple[str, ...] | M
 
 def _csv_problem(path: Path, line: int, exc: csv.Error) -> str:
     if "field larger than field limit" in str(exc):
-        return (f"{path}:{line}: a field longer than {MAX_FIELD_BYTES >> 20} MiB; probably a quote (\") that is "
-                "never closed — check the quoting near this line")
+        return (f"{path}:{line}: a field longer than {csv.field_size_limit():,} characters; probably a quote (\") "
+                "that is never closed — check the quoting near this line")
     return f"{path}:{line}: not valid CSV/TSV ({exc})"
 
 
