@@ -25,11 +25,12 @@ def _rule(names: str, low: float | None, high: float | None, *, low_ok: bool = T
 
 # counts that must be at least 1
 _rule("batch_size eval_batch_size grad_accum_steps steps save_every eval_every log_every max_seq_length max_length "
-      "max_predictions top_k shard_tokens max_documents max_train_examples max_eval_examples max_examples "
+      "max_predictions shard_tokens max_documents max_train_examples max_eval_examples max_examples "
       "max_query_length max_answer_length max_answer_tokens n_best_size doc_stride threads num_threads "
       "batch_documents", 1, None)
 _rule("epochs max_minutes max_grad_norm", 0, None, low_ok=False)
-_rule("learning_rate lr heldout_every warmup_steps keep_checkpoints weight_decay stride eval_batches", 0, None)
+# zero allowed: top_k 0 = no top-k filter (generate), learning rate 0 = a frozen run, heldout_every 0 = none
+_rule("top_k learning_rate lr heldout_every warmup_steps keep_checkpoints weight_decay stride eval_batches", 0, None)
 _rule("masking_rate", 0, 1, low_ok=False)  # BERT §3.1: 0.15
 _rule("dropout warmup_ratio short_seq_prob", 0, 1, high_ok=False)
 
