@@ -330,6 +330,19 @@ def test_finetune_options_out_of_range(capsys, tmp_path, encoder, option, value,
     assert not (tmp_path / "out").exists()
 
 
+def test_finetune_and_predict_lengths_beyond_the_position_table(capsys, tmp_path, encoder, classifier):
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(8))
+    line = refused(capsys, "finetune", "--model", encoder, "--train", train, "--output_dir", tmp_path / "out",
+                   "--max_seq_length", "100000")
+    assert line == (f"bertforge: error: --max-seq-length 100000: longer than the 64 positions of {encoder} "
+                    "(max_position_embeddings); use at most 64")
+    rows = write_csv(tmp_path / "rows.csv", [{"text": "good movie"}])
+    line = refused(capsys, "predict", "--model", classifier, "--input", rows, "--output", tmp_path / "p.csv",
+                   "--max_seq_length", "65")
+    assert "--max-seq-length 65: longer than the 64 positions" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p.csv").exists()
+
+
 def test_embed_bad_layers_device_and_batch_size(capsys, tmp_path, encoder):
     texts = tmp_path / "t.txt"
     texts.write_text("good movie\n", encoding="utf-8")
@@ -428,7 +441,8 @@ def test_missing_columns_name_the_option_that_chose_them(capsys, tmp_path, class
     line = refused(capsys, "predict", "--model", classifier, "--input", rows, "--id_column", "id", "--output",
                    tmp_path / "p.csv")
     assert line.endswith("no column 'id'; the columns are ['text', 'target'] (choose one with --id-column)")
-    line = refused(capsys, "finetune", "--model", encoder, "--train", rows, "--output_dir", tmp_path / "o")
+    line = refused(capsys, "finetune", "--model", encoder, "--train", rows, "--output_dir", tmp_path / "o",
+                   "--max_seq_length", "16")
     assert line.endswith("no column 'label'; the columns are ['text', 'target'] (choose one with --label-column)")
 
 

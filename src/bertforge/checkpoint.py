@@ -253,6 +253,8 @@ def read_config(directory: str | Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: byte {exc.start} is not UTF-8; the file is damaged or not a config.json") from None
 
 
 def read_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -310,8 +312,8 @@ def check_vocab(directory: Path, config: BertConfig) -> None:
     vocab = directory / "vocab.txt"
     if not vocab.is_file():
         return
-    with vocab.open(encoding="utf-8") as handle:
-        size = sum(1 for _ in handle)
+    data = vocab.read_bytes()
+    size = data.count(b"\n") + (not data.endswith(b"\n") and len(data) > 0)  # lines, the last unterminated
     padded = size < config.vocab_size and config.vocab_size % 64 == 0 and config.vocab_size - size < 64
     if size != config.vocab_size and not padded:
         relation = "more" if size > config.vocab_size else "fewer"

@@ -76,6 +76,14 @@ def _check_range(name: str, value: Any) -> None:
         raise OptionError(f"{option_name(name)} {value}: must be {wanted}{meaning}")
 
 
+def check_length(option: str, value: int | None, limit: int, model: str) -> None:
+    """A sequence length must fit the model's position-embedding table: longer inputs would index past it
+    (an error deep inside torch) or, where the table grows, allocate attention that grows with its square."""
+    if value is not None and value > limit:
+        raise OptionError(f"{option} {value}: longer than the {limit} positions of {model} (max_position_embeddings); "
+                          f"use at most {limit}")
+
+
 def check_device(name: str) -> None:
     """auto, cpu, cuda, cuda:N or mps — and the accelerator must be there."""
     import torch

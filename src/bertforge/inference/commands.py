@@ -12,6 +12,7 @@ from pathlib import Path
 from bertforge.errors import OptionError
 from bertforge.files import check_output_file
 from bertforge.inference import pipelines
+from bertforge.options import check_length
 
 
 def _listed(value: list[str] | str | None) -> list[str] | None:
@@ -136,5 +137,6 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
     if not question or not context or len(question) != len(context):
         raise OptionError("give as many --question as --context (or --input with question/context columns)")
     loaded = _load(model, device, "qa")
+    check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
     return _emit(pipelines.qa(loaded.predictor, question, context, max_length=max_length, stride=stride,
                               max_answer_tokens=max_answer_tokens), output)

@@ -44,8 +44,6 @@ class QAExample:
 def read_squad(path: str | Path, *, titles: Sequence[str] | None = None) -> list[QAExample]:
     """SQuAD JSON (v1.1 or v2.0), optionally only the articles named in `titles`."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     with open_text(path) as handle:
         raw = handle.read()
     try:

@@ -17,7 +17,7 @@ import torch
 
 from bertforge.data.tables import DataError
 from bertforge.files import move_into_place, open_text, remove_stale_temporaries, temporary_sibling, write_text_atomic
-from bertforge.options import check_options
+from bertforge.options import check_length, check_options
 from bertforge.tasks.classification import GLUE_TASKS
 from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult, seed_everything
 from bertforge.training.finetune_loop import train as train_loop
@@ -115,7 +115,7 @@ def run(
         overwrite: Replace what output_dir holds (a folder that is not empty is refused without it). The new
             run is built beside it and replaces it only when finished, so a killed run changes nothing.
     """
-    from bertforge.checkpoint import load_model, save_model
+    from bertforge.checkpoint import load_model, read_config, save_model
     from bertforge.pretrained import resolve_model
     from bertforge.tasks.base import family
     from bertforge.tokenizer import BertTokenizer
@@ -129,6 +129,8 @@ def run(
     family_task = family(task, **options)
     train_path, eval_paths = _data_files(family_task.name, train, validation, data_dir)
     model_dir = resolve_model(model)
+    positions = read_config(model_dir).get("max_position_embeddings", 512)
+    check_length("--max-seq-length", max_seq_length, positions, str(model_dir))
     check_run_folder(output_dir, resume=False, overwrite=overwrite, clear=False,
                      inputs=(train_path, *eval_paths, model_dir, titles, eval_titles))
     remove_stale_temporaries(output_dir.parent, name=output_dir.name)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bertforge.errors import DataError
 from bertforge.files import check_output_file, write_text_atomic
+from bertforge.options import check_length
 
 
 def run(
@@ -50,6 +51,7 @@ def run(
                                 label_column=label_column)
     settings = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("bertforge_task", {})
     max_seq_length = max_seq_length or settings.get("max_seq_length", 128)
+    check_length("--max-seq-length", max_seq_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
     examples = task.read(data, titles=_lines(titles)) if titles else task.read(data)
     examples = examples[:max_examples] if max_examples else examples

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bertforge.errors import DataError
 from bertforge.files import check_output_file, write_atomic, write_text_atomic
+from bertforge.options import check_length
 
 
 def run(
@@ -56,6 +57,7 @@ def run(
     net, task = load_task_model(model)
     settings = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("bertforge_task", {})
     max_seq_length = max_seq_length or settings.get("max_seq_length", 128)
+    check_length("--max-seq-length", max_seq_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
     net = net.to(device)
 
