@@ -254,7 +254,8 @@ def read_config(directory: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
     except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{path}: byte {exc.start} is not UTF-8; the file is damaged or not a config.json") from None
+        raise CheckpointError(f"{path}: byte {exc.start} is not UTF-8; the file is damaged or not a "
+                              "config.json") from None
 
 
 def read_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
