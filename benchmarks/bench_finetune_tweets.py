@@ -54,7 +54,7 @@ def main() -> None:
     common = ["--task", "classification", "--text-column", "text", "--label-column", "target", "--epochs",
               args.epochs, "--learning-rate", args.learning_rate, "--batch-size", args.batch_size,
               "--num-threads", args.threads, "--progress",
-              "false", "--tensorboard", "false"]
+              "false", "--tensorboard", "false", "--overwrite", "true"]  # a rerun replaces its runs
     scores = []
     for k in range(args.max_folds or args.folds):
         held = set(order[k :: args.folds])

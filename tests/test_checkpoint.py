@@ -260,7 +260,10 @@ def test_bad_checkpoints_get_clear_errors(tmp_path: Path) -> None:
     config["vocab_size"] = 99
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(120)))
-    with pytest.raises(CheckpointError, match="120 tokens but the embedding matrix has 99 rows"):
+    with pytest.raises(CheckpointError, match="120 tokens, more than the 99 rows of the embedding matrix"):
+        load_model(tmp_path)
+    (tmp_path / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(50)))  # another model's vocabulary
+    with pytest.raises(CheckpointError, match="50 tokens, fewer than the 99 rows of the embedding matrix"):
         load_model(tmp_path)
     (tmp_path / "vocab.txt").unlink()
 

@@ -97,7 +97,7 @@ def test_bad_options(real) -> None:
     model, tok = real
     with pytest.raises(ValueError, match="layers .* out of range"):
         embed_texts(model, tok, ["x"], layers=[7])
-    with pytest.raises(ValueError, match="pooling must be"):
+    with pytest.raises(ValueError, match="--pooling max: must be cls, pooled or mean"):
         embed_texts(model, tok, ["x"], pooling="max")
     with pytest.raises(ValueError, match="pooler"):
         embed_texts(model, tok, ["x"], pooling="pooled", layers=[-2])
@@ -139,7 +139,7 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path, minilm_dir: Path, capsys)
     assert "bad.jsonl:2: invalid JSON" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["embed", "--model", str(tmp_path / "no-model"), "--input", str(tmp_path / "in.csv")])
-    assert "no-model: no such model directory" in capsys.readouterr().err
+    assert "no-model: no such folder" in capsys.readouterr().err
     with pytest.raises(DataError, match="needs --text-column"):
         from bertforge.data.tables import read_texts
 

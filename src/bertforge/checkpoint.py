@@ -250,6 +250,9 @@ def read_config(directory: str | Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: byte {exc.start} is not UTF-8; the file is damaged or not a "
+                              "config.json") from None
 
 
 def read_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -305,16 +308,22 @@ def load_model(name_or_path: str | Path, model_class: type[nn.Module] = BertMode
 
 
 def check_vocab(directory: Path, config: BertConfig) -> None:
-    """A vocab.txt with more tokens than embedding rows would index past the matrix: refuse it."""
+    """vocab.txt must match the embedding matrix: more tokens than rows would index past it, fewer means
+    the vocabulary belongs to other weights (every id would name another token). Only rounding the rows up
+    to a multiple of 64 for speed, as some checkpoints do, may leave a few rows without a token."""
     vocab = directory / "vocab.txt"
-    if vocab.is_file():
-        with vocab.open(encoding="utf-8") as handle:
-            size = sum(1 for _ in handle)
-        if size > config.vocab_size:
-            raise CheckpointError(
-                f"{vocab}: {size} tokens but the embedding matrix has {config.vocab_size} rows "
-                "(config.json vocab_size); the vocabulary does not belong to these weights"
-            )
+    if not vocab.is_file():
+        return
+    data = vocab.read_bytes()
+    size = data.count(b"\n") + (not data.endswith(b"\n") and len(data) > 0)  # lines, the last unterminated
+    padded = size < config.vocab_size and config.vocab_size % 64 == 0 and config.vocab_size - size < 64
+    if size != config.vocab_size and not padded:
+        relation = "more" if size > config.vocab_size else "fewer"
+        raise CheckpointError(
+            f"{vocab}: {size} tokens, {relation} than the {config.vocab_size} rows of the embedding matrix "
+            "(config.json vocab_size); the vocabulary does not belong to these weights — use the vocab.txt "
+            "saved with them"
+        )
 
 
 def save_model(model: nn.Module, directory: str | Path, *, tokenizer=None, extra_config: dict | None = None) -> Path:

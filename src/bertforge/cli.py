@@ -3,12 +3,14 @@ and docstring by jsonargparse (so `--config job.yaml` works for every job). Noth
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import logging
 import sys
 from collections.abc import Callable
 
-from bertforge.errors import BertforgeError
+from bertforge.errors import BertforgeError, describe_os_error
 
 # sub-command -> "module:function". Modules are imported only when the command line is parsed.
 JOBS: dict[str, str] = {
@@ -39,8 +41,18 @@ JOBS: dict[str, str] = {
 
 
 def _load(target: str) -> Callable:
+    """The job function, wrapped so that its option values are checked before it runs."""
+    from bertforge.options import check_options
+
     module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
+    job = getattr(importlib.import_module(module), func)
+
+    @functools.wraps(job)  # jsonargparse reads the signature and docstring through the wrapper
+    def checked(*args, **kwargs):
+        check_options(inspect.signature(job).bind(*args, **kwargs).arguments)
+        return job(*args, **kwargs)
+
+    return checked
 
 
 def _option_names_with_underscores(args: list[str]) -> list[str]:
@@ -65,8 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         CLI({name: _load(JOBS[name]) for name in chosen}, args=args, as_positional=False)
     except BertforgeError as exc:  # bad input: one clear line, not a traceback
-        print(f"bertforge: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc), 2)
+    except OSError as exc:  # a path that cannot be read or written, a full disk: the path and the fix
+        _fail(describe_os_error(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; every file written so far is complete (pretrain continues with --resume)", 130)
+
+
+def _fail(message: str, status: int) -> None:
+    message = " ".join(message.split())  # one line, whatever the message held
+    print(f"bertforge: error: {message}", file=sys.stderr)
+    raise SystemExit(status) from None
 
 
 if __name__ == "__main__":

@@ -342,7 +342,7 @@ def read_vocab(vocab_file: str | Path) -> dict[str, int]:
     if not path.is_file():
         raise TokenizerError(f"{path}: vocabulary file not found")
     vocab: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
+    with open_text(path) as handle:  # strict UTF-8: a bad byte is named, not replaced
         for line_no, line in enumerate(handle, start=1):
             token = line.rstrip("\n").rstrip("\r")
             if not token.strip():

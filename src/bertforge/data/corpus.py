@@ -8,11 +8,12 @@ sentences and a Wikipedia line is a whole paragraph.
 
 from __future__ import annotations
 
-import gzip
-import io
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from bertforge.errors import DataError
+from bertforge.files import TextLines, check_text_file
 
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets), then whitespace, then
 # something that can start a sentence (capital letter, digit, opening quote or bracket).
@@ -43,36 +44,18 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in sentences if s]
 
 
-class ByteProgress:
-    """A text file opened for line reading whose progress is the number of bytes read from disk
-    (for a .gz file that is the compressed position, so a progress bar knows its total)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.raw = self.path.open("rb")
-        stream = gzip.GzipFile(fileobj=self.raw) if self.path.suffix == ".gz" else self.raw
-        self.text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
-
-    def tell(self) -> int:
-        return self.raw.tell()
-
-    def close(self) -> None:
-        self.text.close()
-
-
 def iter_documents(files: Sequence[str | Path], *, on_bytes=None) -> Iterator[list[str]]:
     """Yield each document as its list of sentences (empty documents are skipped).
 
-    on_bytes: optional callback(bytes_read_since_last_call) for a progress bar.
+    Text that is not UTF-8 and damaged gzip streams are errors naming the file and the line.
+    on_bytes: optional callback(bytes_read_since_last_call) for a progress bar (for a .gz file these are
+    compressed bytes, so the bar knows its total).
     """
     for path in files:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: corpus file not found (give plain-text or .gz files)")
-        reader = ByteProgress(path)
-        seen = 0
-        try:
+        with TextLines(check_text_file(path, what="corpus file")) as reader:
+            seen = 0
             document: list[str] = []
-            for line in reader.text:
+            for line in reader:
                 if line.strip():
                     document.extend(split_sentences(line))
                 elif document:
@@ -83,21 +66,22 @@ def iter_documents(files: Sequence[str | Path], *, on_bytes=None) -> Iterator[li
                     seen = reader.tell()
             if document:
                 yield document
-        finally:
-            reader.close()
 
 
 def corpus_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Files given directly, or every *.txt / *.txt.gz / *.gz file inside given folders (sorted)."""
+    """Files given directly, or every *.txt / *.txt.gz / *.gz file inside given folders (sorted); each must
+    exist, hold something and, if .gz, be gzip."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
             inside = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith((".txt", ".gz")))
             if not inside:
-                raise FileNotFoundError(f"{path}: folder holds no .txt or .gz files")
+                raise DataError(f"{path}: the folder holds no .txt or .gz files")
             found.extend(inside)
-        elif path.is_file():
+        elif path.exists():
             found.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return found
+            raise DataError(f"{path}: no such file or folder")
+    if not found:
+        raise DataError("no corpus files given; pass text files or folders with --files")
+    return [check_text_file(p, what="corpus file") for p in found]

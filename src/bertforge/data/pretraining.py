@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from bertforge.data.shards import Shard
+from bertforge.errors import OptionError
 
 IS_NEXT, NOT_NEXT = 0, 1
 
@@ -35,10 +36,10 @@ class ExampleSettings:
 
     def __post_init__(self) -> None:
         if self.packed and self.nsp:
-            raise ValueError("packed rows hold windows of several documents, so they have no sentence pairs: "
+            raise OptionError("packed rows hold windows of several documents, so they have no sentence pairs: "
                              "packing needs the mlm objective (no NSP)")
         if self.max_seq_length < 8:
-            raise ValueError(f"max_seq_length {self.max_seq_length} is too short; use at least 8")
+            raise OptionError(f"max_seq_length {self.max_seq_length} is too short; use at least 8")
 
 
 def build_examples(shard: Shard, rng: random.Random, settings: ExampleSettings) -> np.ndarray:

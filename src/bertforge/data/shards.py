@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,22 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from bertforge.data.corpus import corpus_files, iter_documents
-from bertforge.files import write_atomic, write_text_atomic
+from bertforge.errors import DataError
+from bertforge.files import (
+    check_output_dir,
+    is_inside,
+    move_into_place,
+    remove_stale_temporaries,
+    temporary_sibling,
+    write_atomic,
+    write_text_atomic,
+)
 from bertforge.tokenizer import BertTokenizer
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
+# What `prepare` writes into its folder; meta.json, last, marks a complete corpus.
+PREPARED = ("tokenizer", *SPLITS, "meta.json")
 
 
 @dataclass
@@ -64,9 +76,9 @@ class PreparedCorpus:
         directory = Path(directory)
         meta_path = directory / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(
+            raise DataError(
                 f"{meta_path}: not a prepared corpus (or preparation did not finish); "
-                f"run `bertforge prepare --files ... --output_dir {directory}`"
+                f"run `bertforge prepare --files ... --output-dir {directory}`"
             )
         return cls(directory, json.loads(meta_path.read_text(encoding="utf-8")))
 
@@ -143,10 +155,12 @@ def prepare_corpus(files: Sequence[str | Path], output_dir: str | Path, tokenize
     """Tokenize `files` into shards under `output_dir`; skipped when the same input was prepared already.
 
     Every `heldout_every`-th document goes to the held-out split (0 = none). Sentences are tokenized in
-    batches by the `tokenizers` library, which spreads each batch over all cores.
+    batches by the `tokenizers` library, which spreads each batch over all cores. The corpus is built in a
+    temporary folder beside `output_dir` and moved in when complete: a bad input (a damaged .gz, bytes that
+    are not UTF-8) or a kill leaves an earlier corpus in `output_dir` as it was.
     """
     files = corpus_files(files)
-    output_dir = Path(output_dir)
+    output_dir = check_output_dir(output_dir)
     settings = {"heldout_every": heldout_every, "shard_tokens": shard_tokens, "max_documents": max_documents,
                 "format": FORMAT_VERSION}
     key = fingerprint(files, tokenizer, settings)
@@ -154,10 +168,27 @@ def prepare_corpus(files: Sequence[str | Path], output_dir: str | Path, tokenize
     if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("fingerprint") == key:
         print(f"{output_dir}: already prepared from the same input, skipping")
         return PreparedCorpus.open(output_dir)
-    meta_path.unlink(missing_ok=True)
-    for split in SPLITS:  # stale shards of an earlier, different preparation
-        for old in (output_dir / split).glob("*.npy") if (output_dir / split).is_dir() else ():
-            old.unlink()
+    for path in files:
+        for name in PREPARED:
+            if is_inside(path, output_dir / name):
+                raise DataError(f"{path}: this input lies inside {output_dir / name}, which preparing replaces; "
+                                "move it or choose another --output-dir")
+    remove_stale_temporaries(output_dir.parent, name=output_dir.name)
+    work = temporary_sibling(output_dir)
+    try:
+        meta = _prepare_into(work, files, tokenizer, key, settings, max_documents=max_documents,
+                             batch_documents=batch_documents, progress=progress)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    move_into_place(work, output_dir, PREPARED)
+    return PreparedCorpus(output_dir, meta)
+
+
+def _prepare_into(output_dir: Path, files: list[Path], tokenizer: BertTokenizer, key: str, settings: dict, *,
+                  max_documents: int | None, batch_documents: int, progress: bool) -> dict:
+    """Tokenize `files` into a new, empty `output_dir`; returns the metadata written as meta.json."""
+    heldout_every, shard_tokens = settings["heldout_every"], settings["shard_tokens"]
     tokenizer.save(output_dir / "tokenizer")
 
     # A private copy of the backend without truncation: ids of whole sentences, no special tokens.
@@ -167,7 +198,6 @@ def prepare_corpus(files: Sequence[str | Path], output_dir: str | Path, tokenize
     dtype = np.dtype(np.uint16) if tokenizer.vocab_size <= np.iinfo(np.uint16).max else np.dtype(np.int32)
     writers = {split: _ShardWriter(output_dir / split, dtype, shard_tokens) for split in SPLITS}
     total_bytes = sum(p.stat().st_size for p in files)
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress)
     batch: list[list[str]] = []
     index = 0
 
@@ -182,32 +212,32 @@ def prepare_corpus(files: Sequence[str | Path], output_dir: str | Path, tokenize
             heldout = heldout_every > 0 and (first_index + offset) % heldout_every == heldout_every - 1
             writers["heldout" if heldout else "train"].add(ids)
 
-    for document in iter_documents(files, on_bytes=bar.update):
-        batch.append(document)
-        if len(batch) == batch_documents:
-            tokenize(batch, index)
-            index += len(batch)
-            batch = []
-        if max_documents is not None and index + len(batch) >= max_documents:
-            break
-    tokenize(batch, index)
-    bar.close()
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress) as bar:
+        for document in iter_documents(files, on_bytes=bar.update):
+            batch.append(document)
+            if len(batch) == batch_documents:
+                tokenize(batch, index)
+                index += len(batch)
+                batch = []
+            if max_documents is not None and index + len(batch) >= max_documents:
+                break
+        tokenize(batch, index)
     for writer in writers.values():
         writer.flush()
     if not writers["train"].names:
-        raise ValueError(f"{', '.join(map(str, files))}: no text found (one sentence or paragraph per line)")
+        raise DataError(f"{', '.join(map(str, files))}: no text found (one sentence or paragraph per line)")
     meta = {
         "fingerprint": key, "format": FORMAT_VERSION, "files": [str(p) for p in files], "settings": settings,
         "vocab_size": tokenizer.vocab_size, "dtype": dtype.name,
         "shards": {split: writers[split].names for split in SPLITS},
         "counts": {split: writers[split].counts for split in SPLITS},
     }
-    write_text_atomic(meta_path, json.dumps(meta, indent=2))
-    return PreparedCorpus(output_dir, meta)
+    write_text_atomic(output_dir / "meta.json", json.dumps(meta, indent=2))
+    return meta
 
 
 def run(files: list[Path], output_dir: Path, vocab: str = "all-minilm-l6-v2", heldout_every: int = 100,
-        shard_tokens: int = 1 << 23, max_documents: int | None = None) -> Path:
+        shard_tokens: int = 1 << 23, max_documents: int | None = None, progress: bool = True) -> Path:
     """Tokenize a corpus once into memory-mapped shards for `bertforge pretrain`.
 
     Args:
@@ -219,13 +249,14 @@ def run(files: list[Path], output_dir: Path, vocab: str = "all-minilm-l6-v2", he
         heldout_every: Every n-th document goes to the held-out split used for evaluation (0 = none).
         shard_tokens: Tokens per shard (a shard's example index is built in memory; its tokens are not).
         max_documents: Stop after this many documents (for quick experiments).
+        progress: Show a progress bar.
     """
     from bertforge.pretrained import resolve_model
 
     tokenizer = BertTokenizer.from_pretrained(resolve_model(vocab))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     corpus = prepare_corpus(files, output_dir, tokenizer, heldout_every=heldout_every, shard_tokens=shard_tokens,
-                            max_documents=max_documents)
+                            max_documents=max_documents, progress=progress)
     for split, counts in corpus.meta["counts"].items():
         print(f"{split}: {counts['documents']:,} documents, {counts['sentences']:,} sentences, "
               f"{counts['tokens']:,} tokens in {len(corpus.meta['shards'][split])} shards")

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
-from bertforge.errors import BertforgeError
+from bertforge.errors import DataError
 from bertforge.files import open_text
 
+__all__ = ["DataError", "read_records", "read_texts"]
+
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
-
-
-class DataError(BertforgeError, ValueError):
-    """Input data that cannot be used as given."""
+# Python's csv module refuses fields over 128 KiB; a long document is fine, but a field that grows past
+# this is almost always an unclosed quote swallowing the rest of the file.
+MAX_FIELD_CHARS = 32 << 20
+csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
 
 
 def _suffix(path: Path) -> str:
@@ -24,26 +27,28 @@ def _suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
-def read_records(path: str | Path, *, required: tuple[str, ...] = ()) -> list[dict]:
+def read_records(path: str | Path, *, required: tuple[str, ...] | Mapping[str, str] = ()) -> list[dict]:
     """Rows of a CSV/TSV (header line required) or JSONL file as dicts, with `_line` = the line number.
 
-    `required` columns must exist; a row missing one is an error naming the line.
+    `required` columns must exist; a row missing one is an error naming the line. As a mapping
+    {column: option}, the error names the option that chose the column (e.g. "--label-column").
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     kind = _suffix(path)
     rows: list[dict] = []
     with open_text(path) as handle:
         if kind in (".csv", ".tsv"):
             reader = csv.DictReader(handle, delimiter="," if kind == ".csv" else "\t")
-            if reader.fieldnames is None:
-                raise DataError(f"{path}: empty file; expected a header line with column names")
-            reader.fieldnames = [name.lstrip("\ufeff").strip() for name in reader.fieldnames]
-            _check_columns(path, reader.fieldnames, required)
-            for row in reader:
-                row["_line"] = reader.line_num
-                rows.append(row)
+            try:
+                if reader.fieldnames is None:
+                    raise DataError(f"{path}: empty file; expected a header line with column names")
+                reader.fieldnames = [name.lstrip("\ufeff").strip() for name in reader.fieldnames]
+                _check_columns(path, reader.fieldnames, required)
+                for row in reader:
+                    row["_line"] = reader.line_num
+                    rows.append(row)
+            except csv.Error as exc:
+                raise DataError(_csv_problem(path, reader.line_num, exc)) from None
         elif kind in (".jsonl", ".json"):
             for line_no, line in enumerate(handle, start=1):
                 if not line.strip():
@@ -56,7 +61,9 @@ def read_records(path: str | Path, *, required: tuple[str, ...] = ()) -> list[di
                     raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
                 missing = [c for c in required if c not in row]
                 if missing:
-                    raise DataError(f"{path}:{line_no}: no field {missing[0]!r}; fields are {sorted(row)}")
+                    option = required.get(missing[0]) if isinstance(required, Mapping) else None
+                    fix = f" (choose one with {option})" if option else ""
+                    raise DataError(f"{path}:{line_no}: no field {missing[0]!r}; fields are {sorted(row)}{fix}")
                 row["_line"] = line_no
                 rows.append(row)
         else:
@@ -64,10 +71,19 @@ def read_records(path: str | Path, *, required: tuple[str, ...] = ()) -> list[di
     return rows
 
 
-def _check_columns(path: Path, columns: list[str], required: tuple[str, ...]) -> None:
+def _check_columns(path: Path, columns: list[str], required: tuple[str, ...] | Mapping[str, str]) -> None:
     for column in required:
         if column not in columns:
-            raise DataError(f"{path}: no column {column!r}; the columns are {columns} (choose one with --text-column)")
+            option = required.get(column) if isinstance(required, Mapping) else None
+            fix = f" (choose one with {option})" if option else ""
+            raise DataError(f"{path}: no column {column!r}; the columns are {columns}{fix}")
+
+
+def _csv_problem(path: Path, line: int, exc: csv.Error) -> str:
+    if "field larger than field limit" in str(exc):
+        return (f"{path}:{line}: a field longer than {csv.field_size_limit():,} characters; probably a quote (\") "
+                "that is never closed — check the quoting near this line")
+    return f"{path}:{line}: not valid CSV/TSV ({exc})"
 
 
 def read_texts(path: str | Path, *, text_column: str | None = None) -> list[str]:
@@ -77,13 +93,11 @@ def read_texts(path: str | Path, *, text_column: str | None = None) -> list[str]
         if not text_column:
             raise DataError(f"{path}: a table needs --text-column to say which column holds the text")
         texts = []
-        for row in read_records(path, required=(text_column,)):
+        for row in read_records(path, required={text_column: "--text-column"}):
             value = row[text_column]
             if value is not None and not isinstance(value, str):
                 raise DataError(f"{path}:{row['_line']}: {text_column!r} is {type(value).__name__}, not text")
             texts.append(value or "")
         return texts
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     with open_text(path) as handle:
         return [line.rstrip("\r\n") for line in handle]

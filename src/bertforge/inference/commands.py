@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bertforge.errors import OptionError
+from bertforge.files import check_output_file
 from bertforge.inference import pipelines
+from bertforge.options import check_length
 
 
 def _listed(value: list[str] | str | None) -> list[str] | None:
@@ -20,8 +23,28 @@ def _texts(text: list[str] | str | None, input: Path | None, text_column: str | 
     from bertforge.data.tables import read_texts
 
     if (text is None) == (input is None):
-        raise SystemExit("give the texts with --text (a text or a JSON list) or a file with --input, not both")
+        raise OptionError("give the texts with --text (a text or a JSON list) or a file with --input, not both")
     return _listed(text) if text is not None else read_texts(input, text_column=text_column)
+
+
+def _check_output(output: Path | None, input: Path | None) -> None:
+    """Before any model is loaded: the output can be written and is not the input."""
+    if output is not None:
+        check_output_file(output, inputs=(input,))
+
+
+def _load(model: str, device: str, task: str) -> pipelines.Loaded:
+    """The model's pipeline, after checking from its config.json alone that it has the head `task` needs."""
+    from bertforge.checkpoint import read_config
+    from bertforge.pretrained import resolve_model
+
+    directory = resolve_model(model)
+    architecture = (read_config(directory).get("architectures") or ["BertModel"])[0]
+    serving = [name for name, (_, tasks) in pipelines.TASKS.items() if task in tasks]
+    if task not in pipelines.TASKS.get(architecture, (None, ()))[1]:
+        raise OptionError(f"{task} --model {model}: this model is a {architecture}, without the head {task} needs; "
+                          f"give a {' or '.join(serving)} checkpoint")
+    return pipelines.load_pipeline(directory, device=device)
 
 
 def _emit(results: list, output: Path | None) -> list:
@@ -49,7 +72,8 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
         output: Write JSON lines here instead of printing.
         device: cpu, cuda, ...
     """
-    loaded = pipelines.load_pipeline(model, device=device)
+    _check_output(output, input)
+    loaded = _load(model, device, "fill-mask")
     return _emit(pipelines.fill_mask(loaded.predictor, _texts(text, input, text_column), top_k=top_k), output)
 
 
@@ -65,7 +89,8 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
         output: Write JSON lines here instead of printing.
         device: cpu, cuda, ...
     """
-    loaded = pipelines.load_pipeline(model, device=device)
+    _check_output(output, input)
+    loaded = _load(model, device, "classify")
     return _emit(pipelines.classify(loaded.predictor, _texts(text, input, text_column)), output)
 
 
@@ -81,7 +106,8 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
         output: Write JSON lines here instead of printing.
         device: cpu, cuda, ...
     """
-    loaded = pipelines.load_pipeline(model, device=device)
+    _check_output(output, input)
+    loaded = _load(model, device, "ner")
     return _emit(pipelines.ner(loaded.predictor, _texts(text, input, text_column)), output)
 
 
@@ -103,12 +129,14 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
     """
     from bertforge.data.tables import read_records
 
+    _check_output(output, input)
     if input is not None:
         rows = read_records(input, required=("question", "context"))
         question, context = [r["question"] for r in rows], [r["context"] for r in rows]
     question, context = _listed(question), _listed(context)
     if not question or not context or len(question) != len(context):
-        raise SystemExit("give as many --question as --context (or --input with question/context columns)")
-    loaded = pipelines.load_pipeline(model, device=device)
+        raise OptionError("give as many --question as --context (or --input with question/context columns)")
+    loaded = _load(model, device, "qa")
+    check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
     return _emit(pipelines.qa(loaded.predictor, question, context, max_length=max_length, stride=stride,
                               max_answer_tokens=max_answer_tokens), output)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bertforge.files import write_atomic
+from bertforge.errors import OptionError
+from bertforge.files import check_output_file, write_atomic
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 
@@ -82,15 +83,15 @@ def embed_texts(
     Batches run through `predictor` (default: a packed, length-sorted Predictor over `model`).
     """
     if pooling not in ("cls", "pooled", "mean"):
-        raise ValueError(f"pooling must be cls, pooled or mean, not {pooling!r}")
+        raise OptionError(f"--pooling {pooling}: must be cls, pooled or mean")
     if pooling == "pooled" and (model.pooler is None or layers):
-        raise ValueError("pooling='pooled' needs a model with a pooler and no layer selection")
+        raise OptionError("--pooling pooled: needs a model with a pooler and no --layers")
     layers = list(layers) if layers else [-1]
     n_states = model.config.num_layers + 1
     bad = [i for i in layers if not -n_states <= i < n_states]
     if bad:
-        raise ValueError(f"layers {bad} out of range: this model has hidden states 0..{n_states - 1} "
-                         f"(or -1..-{n_states})")
+        raise OptionError(f"--layers {bad}: out of range; this model has hidden states 0..{n_states - 1} "
+                          f"(or -1..-{n_states})")
     max_length = min(max_length or tokenizer.model_max_length, model.config.max_position_embeddings)
     if predictor is None:
         from bertforge.inference.predictor import Predictor
@@ -156,6 +157,7 @@ def run(
     from bertforge.data.tables import read_texts
     from bertforge.pretrained import resolve_model
 
+    check_output_file(output, inputs=(input,))
     directory = resolve_model(model)
     texts = read_texts(input, text_column=text_column)
     bert = load_model(directory).to(device)

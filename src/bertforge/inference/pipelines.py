@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertforge.errors import BertforgeError
 from bertforge.heads import (
     BertForMaskedLM,
     BertForPreTraining,
@@ -38,7 +39,7 @@ TASKS: dict[str, tuple[type, tuple[str, ...]]] = {
 }
 
 
-class PipelineError(ValueError):
+class PipelineError(BertforgeError, ValueError):
     """An input the pipeline cannot answer (no [MASK], wrong model for the task, ...)."""
 
 

@@ -118,8 +118,10 @@ def read_glue(task: str, path: str | Path) -> list[TextExample]:
     """A GLUE TSV. Fields are split on tabs only: GLUE text holds bare quotes (MRPC) that a CSV reader
     would take for quoting. The MRPC header's byte-order mark is dropped; CoLA train/dev have no header."""
     spec, path = GLUE_TASKS[task], Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give its file (GLUE {task} expects train.tsv and dev.tsv in it)")
     if not path.is_file():
-        raise DataError(f"{path}: file not found (GLUE {task} expects train.tsv and dev.tsv in its folder)")
+        raise DataError(f"{path}: no such file (GLUE {task} expects train.tsv and dev.tsv in its folder)")
     with open_text(path) as handle:
         rows = [line.rstrip("\r\n").split("\t") for line in handle]
     if not rows:
@@ -160,7 +162,8 @@ def read_table(path: str | Path, *, text_column: str, text_pair_column: str | No
                label_separator: str = ",") -> list[TextExample]:
     """The user's own CSV/TSV/JSONL. `kind`: classification, regression (float label) or multilabel
     (a JSON list, or labels joined by `label_separator`)."""
-    required = tuple(c for c in (text_column, text_pair_column, label_column) if c)
+    columns = {text_column: "--text-column", text_pair_column: "--text-pair-column", label_column: "--label-column"}
+    required = {c: option for c, option in columns.items() if c}
     examples = []
     for row in read_records(path, required=required):
         source = f"{path}:{row['_line']}"

@@ -35,8 +35,6 @@ def read_conll(path: str | Path, *, tag_column: int = -1, labelled: bool = True)
     """CoNLL format: one word per line with space-separated columns (word first, the tag in `tag_column`),
     a blank line between sentences, `-DOCSTART-` lines between documents."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     sentences, words, tags, start = [], [], [], 0
     with open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bertforge.data.tables import DataError
+from bertforge.files import open_text
 from bertforge.heads import BertForQuestionAnswering
 from bertforge.tasks.base import Feature
 
@@ -43,9 +44,8 @@ class QAExample:
 def read_squad(path: str | Path, *, titles: Sequence[str] | None = None) -> list[QAExample]:
     """SQuAD JSON (v1.1 or v2.0), optionally only the articles named in `titles`."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    raw = path.read_text(encoding="utf-8")
+    with open_text(path) as handle:
+        raw = handle.read()
     try:
         articles = json.loads(raw)["data"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from bertforge.data.tables import DataError
-from bertforge.files import write_text_atomic
+from bertforge.files import move_into_place, open_text, remove_stale_temporaries, temporary_sibling, write_text_atomic
+from bertforge.options import check_length, check_options
 from bertforge.tasks.classification import GLUE_TASKS
 from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult, seed_everything
 from bertforge.training.finetune_loop import train as train_loop
@@ -65,6 +67,7 @@ def run(
     progress: bool = True,
     num_threads: int | None = None,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> TrainResult:
     """Fine-tune a BERT checkpoint on a task; the best epoch's model is saved to output_dir.
 
@@ -109,12 +112,16 @@ def run(
         progress: Show a progress bar.
         num_threads: CPU threads for torch (default: torch's choice).
         device: cpu, cuda, cuda:1, ...
+        overwrite: Replace what output_dir holds (a folder that is not empty is refused without it). The new
+            run is built beside it and replaces it only when finished, so a killed run changes nothing.
     """
-    from bertforge.checkpoint import load_model, save_model
+    from bertforge.checkpoint import load_model, read_config, save_model
     from bertforge.pretrained import resolve_model
     from bertforge.tasks.base import family
     from bertforge.tokenizer import BertTokenizer
+    from bertforge.training.run_folder import check_run_folder
 
+    check_options(locals())
     if num_threads:
         torch.set_num_threads(num_threads)
     output_dir = Path(output_dir)
@@ -122,6 +129,11 @@ def run(
     family_task = family(task, **options)
     train_path, eval_paths = _data_files(family_task.name, train, validation, data_dir)
     model_dir = resolve_model(model)
+    positions = read_config(model_dir).get("max_position_embeddings", 512)
+    check_length("--max-seq-length", max_seq_length, positions, str(model_dir))
+    check_run_folder(output_dir, resume=False, overwrite=overwrite, clear=False,
+                     inputs=(train_path, *eval_paths, model_dir, titles, eval_titles))
+    remove_stale_temporaries(output_dir.parent, name=output_dir.name)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
 
     train_examples = family_task.read(train_path, titles=_lines(titles)) if titles else family_task.read(train_path)
@@ -142,25 +154,29 @@ def run(
     seed_everything(seed)  # the new head's initial weights depend on the seed too
     net = load_model(model_dir, family_task.model_class, **family_task.model_kwargs())
     net = with_dropout(net, dropout).to(device)
-    output_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()
                 if k in run.__code__.co_varnames[: run.__code__.co_argcount]}
     settings["validation"] = [str(p) for p in eval_paths]
-    write_text_atomic(output_dir / "finetune_config.json", json.dumps(settings, indent=2, default=str) + "\n")
-    (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+    # The run is built in a temporary folder beside output_dir and moved there when it has finished.
+    work = temporary_sibling(output_dir)
+    write_text_atomic(work / "finetune_config.json", json.dumps(settings, indent=2, default=str) + "\n")
 
     def save_best(trained, record: dict) -> None:
-        save_model(trained, output_dir, tokenizer=tokenizer,
+        save_model(trained, work, tokenizer=tokenizer,
                    extra_config={TASK_CONFIG_KEY: {**family_task.settings(), "max_seq_length": max_seq_length}})
-        write_text_atomic(output_dir / "best_metrics.json", json.dumps(record, indent=2) + "\n")
+        write_text_atomic(work / "best_metrics.json", json.dumps(record, indent=2) + "\n")
 
-    result = train_loop(net, family_task, train_features, eval_sets, pad_id=tokenizer.pad_id, epochs=epochs,
-                   batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-                   warmup_ratio=warmup_ratio, seed=seed, early_stopping_patience=early_stopping_patience,
-                   eval_batch_size=eval_batch_size, group_by_length=group_by_length,
-                   token_loss=token_loss, save_best=save_best,
-                   log_file=output_dir / "metrics.jsonl",
-                   tensorboard_dir=output_dir / "tensorboard" if tensorboard else None, progress=progress)
+    try:
+        result = train_loop(net, family_task, train_features, eval_sets, pad_id=tokenizer.pad_id, epochs=epochs,
+                            batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+                            warmup_ratio=warmup_ratio, seed=seed, early_stopping_patience=early_stopping_patience,
+                            eval_batch_size=eval_batch_size, group_by_length=group_by_length,
+                            token_loss=token_loss, save_best=save_best, log_file=work / "metrics.jsonl",
+                            tensorboard_dir=work / "tensorboard" if tensorboard else None, progress=progress)
+    except BaseException:  # a failed run leaves output_dir as it was (a kill leaves `work`, removed next time)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    move_into_place(work, output_dir)
     best = f"best {family_task.metric_names[0]} {result.best_metric:.4f} at epoch {result.best_epoch}" \
         if result.best_metric is not None else "no validation set: last epoch kept"
     print(f"fine-tuned {family_task.name} in {result.train_seconds:.1f}s; {best}; model in {output_dir}")
@@ -190,7 +206,8 @@ def _data_files(task: str, train_file: Path | None, validation: Path | list[Path
 def _lines(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    with open_text(path) as handle:
+        return [line.strip() for line in handle if line.strip()]
 
 
 def with_dropout(net: torch.nn.Module, dropout: float) -> torch.nn.Module:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bertforge.files import write_text_atomic
+from bertforge.errors import DataError
+from bertforge.files import check_output_file, write_text_atomic
+from bertforge.options import check_length
 
 
 def run(
@@ -43,13 +45,18 @@ def run(
     from bertforge.training.finetune import _lines
     from bertforge.training.finetune_loop import EvalSet, evaluate, load_task_model
 
+    if output is not None:
+        check_output_file(output, inputs=(data,))
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column,
                                 label_column=label_column)
     settings = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("bertforge_task", {})
     max_seq_length = max_seq_length or settings.get("max_seq_length", 128)
+    check_length("--max-seq-length", max_seq_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
     examples = task.read(data, titles=_lines(titles)) if titles else task.read(data)
     examples = examples[:max_examples] if max_examples else examples
+    if not examples:
+        raise DataError(f"{data}: no examples to evaluate (only a header line?)")
     features = task.features(examples, tokenizer, max_seq_length=max_seq_length)
     metrics = evaluate(net.to(device), task, EvalSet(Path(data).stem, examples, features), pad_id=tokenizer.pad_id,
                        batch_size=batch_size, progress=True)

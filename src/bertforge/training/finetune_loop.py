@@ -236,8 +236,9 @@ def load_task_model(directory: str | Path, **overrides) -> tuple[torch.nn.Module
     values = read_config(directory)
     settings = values.get(TASK_CONFIG_KEY)
     if settings is None and "task" not in overrides:
-        raise CheckpointError(f"{directory}/config.json: no {TASK_CONFIG_KEY!r} entry; this model was not saved by "
-                              "`bertforge finetune` — pass --task to say which task it does")
+        raise CheckpointError(f"{directory}/config.json: no {TASK_CONFIG_KEY!r} entry, so this is not a model saved by "
+                              f"`bertforge finetune`; fine-tune it first (bertforge finetune --model {directory} "
+                              "--task ...), or use classify/ner/qa for a task model from elsewhere")
     settings = {**(settings or {}), **{k: v for k, v in overrides.items() if v is not None}}
     task = family(settings.pop("task"), **settings)
     model = load_model(directory, task.model_class)

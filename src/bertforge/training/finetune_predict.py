@@ -13,7 +13,9 @@ import csv
 import json
 from pathlib import Path
 
-from bertforge.files import write_atomic, write_text_atomic
+from bertforge.errors import DataError
+from bertforge.files import check_output_file, write_atomic, write_text_atomic
+from bertforge.options import check_length
 
 
 def run(
@@ -51,13 +53,17 @@ def run(
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune_loop import load_task_model, predict_outputs
 
+    check_output_file(output, inputs=(input,))
     net, task = load_task_model(model)
     settings = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("bertforge_task", {})
     max_seq_length = max_seq_length or settings.get("max_seq_length", 128)
+    check_length("--max-seq-length", max_seq_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
     net = net.to(device)
 
     def outputs_for(examples):
+        if not examples:
+            raise DataError(f"{input}: no examples to predict (only a header line?)")
         features = task.features(examples, tokenizer, max_seq_length=max_seq_length)
         return features, predict_outputs(net, task, features, pad_id=tokenizer.pad_id, batch_size=batch_size,
                                          progress=True)
@@ -65,7 +71,8 @@ def run(
     if isinstance(task, SequenceClassification):
         text_column = text_column or settings.get("text_column") or "text"
         text_pair_column = text_pair_column or settings.get("text_pair_column")
-        rows = read_records(input, required=tuple(c for c in (text_column, text_pair_column, id_column) if c))
+        columns = {text_column: "--text-column", text_pair_column: "--text-pair-column", id_column: "--id-column"}
+        rows = read_records(input, required={c: option for c, option in columns.items() if c})
         examples = [TextExample(_text(r[text_column], f"{input}:{r['_line']}", text_column),
                                 _text(r[text_pair_column], f"{input}:{r['_line']}", text_pair_column)
                                 if text_pair_column else None, None, f"{input}:{r['_line']}") for r in rows]
@@ -74,7 +81,7 @@ def run(
         names = task.label_names or ["score"]
         _write_table(output, rows, id_column, label_output_column, labels, probs if probabilities else None, names)
     elif isinstance(task, MultipleChoice):
-        rows = read_records(input)
+        rows = read_records(input, required={id_column: "--id-column"} if id_column else ())
         examples = task.read(input, labelled=False)
         features, outputs = outputs_for(examples)
         import numpy as np

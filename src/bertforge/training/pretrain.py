@@ -48,20 +48,16 @@ from bertforge.data.pretraining import (
     collate_packed,
 )
 from bertforge.data.shards import PreparedCorpus
+from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
 from bertforge.model.positions import sinusoidal_table
-from bertforge.training.checkpointing import (
-    latest_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bertforge.training.distributed import World, all_reduce_sum, init_distributed
 from bertforge.training.lamb import Lamb
 from bertforge.training.metrics import MetricsLogger
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule, parameter_groups
+from bertforge.training.run_folder import open_run
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +123,7 @@ class PretrainConfig:
     save_every: int | None = None
     keep_checkpoints: int = 2
     resume: bool = False
+    overwrite: bool = False
     max_minutes: float | None = None
     threads: int | None = None
     device: str = "auto"
@@ -137,27 +134,27 @@ class PretrainConfig:
         self.data, self.output_dir = Path(self.data), Path(self.output_dir)
         self.init_from = Path(self.init_from) if self.init_from is not None else None
         if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+            raise OptionError(f"--recipe {self.recipe}: choose one of {', '.join(RECIPES)}")
         explicit_warmup = self.warmup_steps is not None or self.warmup_ratio is not None
         for name, value in RECIPES[self.recipe].items():
             if getattr(self, name) is None and not (name.startswith("warmup") and explicit_warmup):
                 setattr(self, name, value)
         if self.objective not in ("mlm_nsp", "mlm", "ltr"):
-            raise ValueError(f"objective must be 'mlm_nsp' (BERT), 'mlm' (no NSP, RoBERTa) or 'ltr' (left-to-right "
+            raise OptionError(f"objective must be 'mlm_nsp' (BERT), 'mlm' (no NSP, RoBERTa) or 'ltr' (left-to-right "
                              f"LM), not {self.objective!r}")
         if self.packing and self.objective != "mlm":
-            raise ValueError(f"packing fills rows with windows of several documents, which only the mlm objective "
-                             f"can use; use --objective mlm or --packing false (objective {self.objective!r})")
+            raise OptionError(f"--packing with --objective {self.objective}: packed rows hold windows of several "
+                              "documents, which only the mlm objective can use; use --objective mlm or --packing false")
         if self.precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise ValueError(f"precision must be fp32, bf16, fp16 or auto, not {self.precision!r}")
+            raise OptionError(f"precision must be fp32, bf16, fp16 or auto, not {self.precision!r}")
         if not 0 < self.masking_rate < 1:
-            raise ValueError(f"masking_rate must be between 0 and 1 (BERT: 0.15), not {self.masking_rate}")
+            raise OptionError(f"--masking-rate {self.masking_rate}: must be between 0 and 1 (BERT: 0.15)")
         if self.max_predictions is None:
             self.max_predictions = math.ceil(self.masking_rate * self.max_seq_length)
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio}")
+            raise OptionError(f"--warmup-ratio {self.warmup_ratio}: must be at least 0 and below 1 (e.g. 0.06)")
         if self.batch_size % self.grad_accum_steps:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by "
+            raise OptionError(f"batch_size {self.batch_size} is not divisible by "
                              f"grad_accum_steps {self.grad_accum_steps}")
 
     def example_settings(self) -> ExampleSettings:
@@ -517,6 +514,7 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     """Run (or resume) pre-training. `on_step(step, loss, model)` is called after every optimizer step;
     `stop_after` ends the run after that step without a final checkpoint (to simulate a crash)."""
     started = time.monotonic()
+    resumed_from = open_run(cfg)  # options, positions, the run folder's rules; the checkpoint to resume from
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device)
@@ -531,7 +529,6 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     tokenizer = corpus.tokenizer()
     out_dir, ckpt_dir = cfg.output_dir, cfg.output_dir / "checkpoints"
 
-    resumed_from = latest_checkpoint(ckpt_dir) if cfg.resume and ckpt_dir.is_dir() else None
     state = load_checkpoint(resumed_from) if resumed_from is not None else None
     if state is not None and cfg.steps is None:
         cfg.plan(state["config"]["steps"])  # the planned length of the interrupted run
@@ -719,8 +716,8 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
         compile: bool = False, dropout: float | None = None,
         position_init: Literal["normal", "sinusoidal"] | None = None, seed: int = 0, eval_every: int | None = None,
         eval_batches: int = 10, log_every: int = 10, save_every: int | None = None, keep_checkpoints: int = 2,
-        resume: bool = False, max_minutes: float | None = None, threads: int | None = None, device: str = "auto",
-        progress: bool = True, tensorboard: bool = True) -> Path:
+        resume: bool = False, overwrite: bool = False, max_minutes: float | None = None, threads: int | None = None,
+        device: str = "auto", progress: bool = True, tensorboard: bool = True) -> Path:
     """Pre-train BERT with masked-LM (+ next-sentence prediction) on a corpus from `bertforge prepare`.
 
     Data-parallel: `torchrun --nproc_per_node=N -m bertforge pretrain ...` (gloo on CPU, NCCL on GPU).
@@ -774,7 +771,9 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
         log_every: Log training metrics every n steps.
         save_every: Write a checkpoint every n steps and at the end (default: 4 per run).
         keep_checkpoints: Keep the newest n checkpoints.
-        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped).
+        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped; a truncated
+            latest checkpoint is skipped for the newest intact one).
+        overwrite: Delete the earlier run in output_dir first (a folder that is not empty needs --resume or this).
         max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
         threads: CPU threads for torch (default: torch's choice).
         device: auto, cpu, cuda or cuda:N.
