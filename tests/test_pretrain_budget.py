@@ -151,7 +151,7 @@ def test_the_budget_recipe_fills_its_options_and_explicit_values_win(corpus, tmp
     assert (bert.objective, bert.packing, bert.masking_rate, bert.max_predictions) == ("mlm_nsp", False, 0.15, 20)
     with pytest.raises(ValueError, match="packing"):
         PretrainConfig(data=corpus, output_dir=tmp_path, objective="mlm_nsp", packing=True)
-    with pytest.raises(ValueError, match="masking_rate"):
+    with pytest.raises(ValueError, match="masking-rate"):
         PretrainConfig(data=corpus, output_dir=tmp_path, masking_rate=2)
 
 

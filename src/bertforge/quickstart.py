@@ -151,7 +151,7 @@ def run(output_dir: Path = Path("quickstart"), corpus: list[Path] | None = None,
         data=prepared.directory, output_dir=output_dir / "run", recipe="budget", preset="mini",
         model_overrides=spec.model, max_seq_length=spec.max_seq_length, batch_size=spec.batch_size, lr=spec.lr,
         steps=steps, max_minutes=minutes, seed=seed, eval_batches=8, log_every=10, tensorboard=True,
-        threads=threads,
+        threads=threads, overwrite=True,  # the quickstart's own folder: a rerun replaces the last run
     )
     result = train(cfg)
     final_step = max(result.evaluations)
