@@ -653,13 +653,17 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm_acc=f"{metrics['mlm_accuracy']:.3f}",
                                 tok_s=f"{rate:,.0f}")
             if heldout and (step % cfg.eval_every == 0 or last):
+                evaluated = time.perf_counter()
                 evaluations[step] = evaluate(model, heldout, device, cfg.precision)
                 logger.log(step, {**evaluations[step], "minutes": (time.monotonic() - clock) / 60}, prefix="heldout")
                 logger.plot()
                 tqdm.write(f"step {step}: held-out {_fmt(evaluations[step])}")
+                window["time"] += time.perf_counter() - evaluated  # tokens/s counts training time only
             if step % cfg.save_every == 0 or last:
+                saving = time.perf_counter()
                 save_checkpoint(ckpt_dir, step, checkpoint_state(step, stream.position, rng_state()),
                                 keep=cfg.keep_checkpoints)
+                window["time"] += time.perf_counter() - saving
         bar.update(1)
         if on_step is not None:
             on_step(step, metrics["loss"], model)
@@ -695,6 +699,8 @@ def export_model(model: BertForPreTraining | BertLMHeadModel, directory: Path, t
 
 def _fmt(metrics: dict) -> str:
     text = f"MLM accuracy {metrics['mlm_accuracy']:.4f} (loss {metrics['mlm_loss']:.3f})"
+    if metrics.get("mlm_mask_accuracy") is not None:
+        text += f", at [MASK] {metrics['mlm_mask_accuracy']:.4f}"
     if metrics.get("nsp_accuracy") is not None:
         text += f", NSP accuracy {metrics['nsp_accuracy']:.4f}"
     return text
