@@ -168,7 +168,8 @@ def test_cli_commands(mlm_dir: Path, qa_dir: Path, tmp_path: Path, capsys) -> No
     expected = pipelines.fill_mask(load_pipeline(mlm_dir).predictor, ["john [MASK] the guitar ."], top_k=2)
     assert [t["token"] for t in out[0][0]] == [t["token"] for t in expected[0][0]]
     context = "The capital is Paris of France ."
-    main(["qa", "--model", str(qa_dir), "--question", "what is the capital ?", "--context", context])
+    main(["qa", "--model", str(qa_dir), "--max-length", "128", "--question", "what is the capital ?",
+          "--context", context])
     out = json.loads(capsys.readouterr().out)
     assert out[0]["answer"] == "Paris of France"
 

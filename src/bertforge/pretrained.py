@@ -57,7 +57,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise CheckpointError(f"{path}: is a file; a model is a folder with config.json and the weights")
+        raise CheckpointError(f"{path}: is a file; give the model's folder (the one holding config.json)")
     name = str(name_or_path)
     if name.lower() in PACKAGED_NAMES:
         found = packaged_model_dir()
@@ -69,8 +69,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
         )
     looks_like_path = any(sep in name for sep in ("/", "\\")) and not is_hub_id(name)
     if isinstance(name_or_path, Path) or looks_like_path:
-        raise CheckpointError(f"{path}: no such model directory — checkpoint directory not found here, and a "
-                              "local path is never looked up on the Hub")
+        raise CheckpointError(f"{path}: no such folder (a model folder holds config.json and the weights)")
     if not is_hub_id(name):
         raise CheckpointError(f"{name}: no such model directory, nor a known name; pass a folder, "
                               f"{DEFAULT_MODEL} or a Hub id (org/name)")
