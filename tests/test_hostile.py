@@ -231,11 +231,18 @@ def test_pretrain_rerun_into_a_finished_run_needs_resume_or_overwrite(capsys, tm
     assert snapshot(run) == before
     refused(capsys, "pretrain", "--data", corpus, "--output_dir", run, "--resume", "true", "--overwrite", "true",
             *PRETRAIN)
-    # An input inside the folder would be deleted by --overwrite: refused.
+    # --overwrite would delete the weights a second phase starts from: refused.
+    line = refused(capsys, "pretrain", "--data", corpus, "--init_from", run, "--output_dir", run, "--overwrite",
+                   "true", *PRETRAIN)
+    assert line == (f"bertforge: error: --overwrite {run}: would delete the input {run}; move it out of the way or "
+                    "choose another output folder")
+    assert snapshot(run) == before
+    # A corpus kept inside the run folder is not pretrain's to delete: it survives --overwrite.
     inside = copy_of(corpus, run)
-    line = refused(capsys, "pretrain", "--data", inside, "--output_dir", run, "--overwrite", "true", *PRETRAIN)
-    assert "is inside it and would be deleted" in line
-    assert snapshot(run) == {**before, **snapshot(inside)}
+    kept = snapshot(inside)
+    code, _, err = cli(capsys, "pretrain", "--data", inside, "--output_dir", run, "--overwrite", "true", *PRETRAIN)
+    assert code == 0, err
+    assert snapshot(inside) == kept
 
 
 def test_pretrain_overwrite_replaces_the_run_and_resume_continues_it(capsys, tmp_path, corpus, finished_run):
@@ -279,7 +286,8 @@ def test_finetune_into_a_used_folder_needs_overwrite_and_a_killed_run_changes_no
     args = ["finetune", "--model", encoder, "--train", train, "--output_dir", out, "--epochs", "1",
             "--batch_size", "4", "--max_seq_length", "16", "--progress", "false", "--tensorboard", "false"]
     line = refused(capsys, *args)
-    assert "already holds best_metrics.json" in line and "--overwrite to replace it" in line
+    assert line.endswith("already holds best_metrics.json, config.json, finetune_config.json, metrics.jsonl, ...; "
+                         "pass --overwrite to replace it, or choose a new folder")  # finetune has no --resume
 
     from bertforge.training import finetune
 
@@ -356,6 +364,31 @@ def test_embed_bad_layers_device_and_batch_size(capsys, tmp_path, encoder):
     assert refused(capsys, *base, "--device", "tpu9").endswith("--device tpu9: not a device; use cpu, cuda, cuda:N "
                                                                "or auto")
     assert not (tmp_path / "v.npy").exists()
+
+
+def test_a_bad_command_line_is_one_line_too(capsys, tmp_path, encoder):
+    texts = tmp_path / "t.txt"
+    texts.write_text("good movie\n", encoding="utf-8")
+    line = refused(capsys, "embed", "--model", encoder, "--input", texts, "--batch_size", "many")
+    assert "batch_size" in line and line.endswith("(`bertforge embed --help` lists what is accepted)")
+    line = refused(capsys, "embed", "--model", encoder, "--input", texts, "--colour", "red")
+    assert "--colour" in line
+    code, out, _ = cli(capsys, "embed", "--help")
+    assert code == 0 and "--batch_size" in out
+
+
+def test_out_of_memory_is_one_line(capsys, tmp_path, encoder, monkeypatch):
+    texts = tmp_path / "t.txt"
+    texts.write_text("good movie\n", encoding="utf-8")
+    from bertforge.inference import embed
+
+    def exhausted(*_, **__):
+        raise MemoryError
+
+    monkeypatch.setattr(embed, "embed_texts", exhausted)
+    line = refused(capsys, "embed", "--model", encoder, "--input", texts, "--output", tmp_path / "v.npy", status=1)
+    assert line == ("bertforge: error: out of memory; lower --batch-size (or the sequence length), or use a smaller "
+                    "model")
 
 
 # ----- paths ---------------------------------------------------------------------------------------

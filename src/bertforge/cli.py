@@ -68,20 +68,33 @@ def _option_names_with_underscores(args: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import CLI
+    from jsonargparse import CLI, ArgumentError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _option_names_with_underscores(sys.argv[1:] if argv is None else argv)
     # Import only the chosen job's module (start-up stays fast); `bertforge --help` lists them all.
     chosen = [args[0]] if args and args[0] in JOBS else list(JOBS)
     try:
-        CLI({name: _load(JOBS[name]) for name in chosen}, args=args, as_positional=False)
+        CLI({name: _load(JOBS[name]) for name in chosen}, args=args, as_positional=False, exit_on_error=False)
+    except ArgumentError as exc:  # an unknown option, a value of the wrong type, a missing argument
+        where = f"bertforge {chosen[0]} --help" if len(chosen) == 1 else "bertforge --help"
+        _fail(f"{exc} (`{where}` lists what is accepted)", 2)
     except BertforgeError as exc:  # bad input: one clear line, not a traceback
         _fail(str(exc), 2)
     except OSError as exc:  # a path that cannot be read or written, a full disk: the path and the fix
         _fail(describe_os_error(exc), 1)
     except KeyboardInterrupt:
         _fail("interrupted; every file written so far is complete (pretrain continues with --resume)", 130)
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise  # a bug: the traceback is for us
+        _fail("out of memory; lower --batch-size (or the sequence length), or use a smaller model", 1)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's OutOfMemoryError (a RuntimeError)."""
+    torch = sys.modules.get("torch")
+    return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
 
 
 def _fail(message: str, status: int) -> None:

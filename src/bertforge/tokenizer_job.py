@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bertforge.files import check_output_dir
 from bertforge.tokenizer import BertTokenizer
 
 
@@ -18,6 +19,7 @@ def run(files: list[Path], output_dir: Path, vocab_size: int = 30522, min_freque
         min_frequency: Pairs seen fewer times are not merged.
         lowercase: Lower-case and strip accents (an uncased model).
     """
+    check_output_dir(output_dir)
     tokenizer = BertTokenizer.train(files, vocab_size=vocab_size, min_frequency=min_frequency,
                                     lowercase=lowercase, show_progress=True)
     tokenizer.save(output_dir)

@@ -131,7 +131,7 @@ def run(
     model_dir = resolve_model(model)
     positions = read_config(model_dir).get("max_position_embeddings", 512)
     check_length("--max-seq-length", max_seq_length, positions, str(model_dir))
-    check_run_folder(output_dir, resume=False, overwrite=overwrite, clear=False,
+    check_run_folder(output_dir, resume=None, overwrite=overwrite, clear=False,
                      inputs=(train_path, *eval_paths, model_dir, titles, eval_titles))
     remove_stale_temporaries(output_dir.parent, name=output_dir.name)
     tokenizer = BertTokenizer.from_pretrained(model_dir)

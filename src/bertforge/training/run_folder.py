@@ -53,10 +53,11 @@ def check_sequence_length(max_seq_length: int, preset: str, model_overrides: dic
                           "the square of the length)")
 
 
-def check_run_folder(folder: str | Path, *, resume: bool, overwrite: bool, inputs: Iterable[Path | None] = (),
+def check_run_folder(folder: str | Path, *, resume: bool | None, overwrite: bool, inputs: Iterable[Path | None] = (),
                      run_files: Iterable[str] | None = None, clear: bool = True) -> None:
-    """Apply the rules above to `folder`. `run_files` are the entries `--overwrite` deletes (None: all of
-    the folder's contents); `clear=False` checks without changing anything."""
+    """Apply the rules above to `folder`. `resume=None`: the job cannot resume (its message offers only
+    --overwrite). `run_files` are the entries `--overwrite` deletes (None: all of the folder's contents);
+    `clear=False` checks without changing anything."""
     folder = check_output_dir(folder, option="--output-dir")
     if resume and overwrite:
         raise OptionError("--resume and --overwrite: choose one (continue the run, or replace it)")
@@ -69,16 +70,17 @@ def check_run_folder(folder: str | Path, *, resume: bool, overwrite: bool, input
         return
     if not overwrite:
         shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
-        raise OutputError(f"--output-dir {folder}: already holds {shown}; pass --resume to continue that run, "
-                          "--overwrite to replace it, or choose a new folder")
+        resume_it = "pass --resume to continue that run, " if resume is not None else "pass "
+        raise OutputError(f"--output-dir {folder}: already holds {shown}; {resume_it}--overwrite to replace it, "
+                          "or choose a new folder")
+    doomed = [folder / name for name in (run_files if run_files is not None else present)]
     for source in inputs:
-        if source is not None and is_inside(source, folder):
-            raise OutputError(f"--overwrite {folder}: the input {source} is inside it and would be deleted; "
-                              "move it out or choose another output folder")
+        if source is not None and any(is_inside(source, d) or is_inside(d, source) for d in doomed):
+            raise OutputError(f"--overwrite {folder}: would delete the input {source}; move it out of the way or "
+                              "choose another output folder")
     if not clear:
         return
-    for name in run_files if run_files is not None else present:
-        path = folder / name
+    for path in doomed:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
