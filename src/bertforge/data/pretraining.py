@@ -257,6 +257,15 @@ class PreTrainingBatch:
         return self.sequence_ids[:, :, None] == self.sequence_ids[:, None, :]
 
 
+def pad_rows(rows: list[np.ndarray], fill: int, pad_to_multiple: int) -> torch.Tensor:
+    """Rows of different lengths -> [B, W] int64, W the longest rounded up to `pad_to_multiple`."""
+    width = -(-max(len(r) for r in rows) // pad_to_multiple) * pad_to_multiple
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.from_numpy(np.asarray(row, dtype=np.int64))
+    return out
+
+
 def collate(examples: list[tuple[Shard, np.ndarray]], *, cls_id: int, sep_id: int, pad_id: int,
             pad_to_multiple: int = 8) -> PreTrainingBatch:
     """Assemble `[CLS] A [SEP] B [SEP]` (or `[CLS] A [SEP]` when B is empty) with segment ids 0…0 1…1."""
@@ -271,15 +280,9 @@ def collate(examples: list[tuple[Shard, np.ndarray]], *, cls_id: int, sep_id: in
             type_ids.append(np.ones(len(b) + 1, dtype=np.int64))
         rows.append(np.concatenate(ids))
         types.append(np.concatenate(type_ids))
-    width = max(len(r) for r in rows)
-    width = -(-width // pad_to_multiple) * pad_to_multiple
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row, type_row) in enumerate(zip(rows, types, strict=True)):
-        input_ids[i, :len(row)] = torch.from_numpy(row)
-        token_type_ids[i, :len(row)] = torch.from_numpy(type_row)
-        attention_mask[i, :len(row)] = 1
+    input_ids = pad_rows(rows, pad_id, pad_to_multiple)
+    token_type_ids = pad_rows(types, 0, pad_to_multiple)
+    attention_mask = pad_rows([np.ones(len(r), dtype=np.int64) for r in rows], 0, pad_to_multiple)
     special = (input_ids == cls_id) | (input_ids == sep_id) | (attention_mask == 0)
     labels = torch.tensor([int(record[4]) for _, record in examples], dtype=torch.long)
     return PreTrainingBatch(input_ids, token_type_ids, attention_mask, special, labels)
@@ -300,15 +303,9 @@ def collate_packed(rows: list[tuple[Shard, np.ndarray]], *, cls_id: int, sep_id:
         ids_rows.append(np.concatenate(ids))
         seq_rows.append(np.concatenate(seqs))
         pos_rows.append(np.concatenate(pos))
-    width = max(len(r) for r in ids_rows)
-    width = -(-width // pad_to_multiple) * pad_to_multiple
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    sequence_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row, seq, pos) in enumerate(zip(ids_rows, seq_rows, pos_rows, strict=True)):
-        input_ids[i, :len(row)] = torch.from_numpy(row)
-        sequence_ids[i, :len(row)] = torch.from_numpy(seq)
-        position_ids[i, :len(row)] = torch.from_numpy(pos)
+    input_ids = pad_rows(ids_rows, pad_id, pad_to_multiple)
+    sequence_ids = pad_rows(seq_rows, 0, pad_to_multiple)
+    position_ids = pad_rows(pos_rows, 0, pad_to_multiple)
     attention_mask = (sequence_ids > 0).long()
     special = (input_ids == cls_id) | (input_ids == sep_id) | (attention_mask == 0)
     return PreTrainingBatch(input_ids, torch.zeros_like(input_ids), attention_mask, special,
