@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bertforge.analysis.attention import attention_maps, plot_cls_attention, plot_head
+from bertforge.analysis.input_embeddings import PAIR, SENTENCE, input_parts, plot_input_parts
 from bertforge.analysis.poolings import sts_spearman
 from bertforge.analysis.positions import plot_sinusoidal, same_token_distance, scheme_distances
 from bertforge.checkpoint import load_model
@@ -46,6 +47,25 @@ def test_same_token_distance(real, tmp_path: Path) -> None:
     assert all(value > 1e-5 for scheme, value in distances.items() if scheme != "none"), distances
     plot_sinusoidal(tmp_path / "sin.png")
     assert (tmp_path / "sin.png").stat().st_size > 10000
+
+
+def test_input_parts_add_up_to_the_embedding_layer(real, tmp_path: Path) -> None:
+    """token + segment + position, normalised, is exactly what the model's embedding layer computes."""
+    model, tok = real
+    model.eval()
+    parts = input_parts(model, tok, SENTENCE, PAIR)
+    assert sum(t.startswith("##") for t in parts.tokens) >= 2  # the picture shows WordPiece pieces
+    assert parts.tokens[0] == "[CLS]" and parts.tokens.count("[SEP]") == 2
+    enc = tok.encode(SENTENCE, PAIR, padding="longest").tensors()
+    with torch.inference_mode():
+        expected = model.embeddings(enc["input_ids"], enc["token_type_ids"])[0].numpy()
+    np.testing.assert_allclose(parts.normalized, expected, atol=1e-5)
+    np.testing.assert_allclose(parts.summed, parts.token + parts.segment + parts.position)
+    first_b = parts.tokens.index("[SEP]") + 1
+    assert not np.allclose(parts.segment[0], parts.segment[first_b])  # segment A and segment B differ
+    np.testing.assert_allclose(parts.segment[1], parts.segment[0])  # and are shared inside a segment
+    path = plot_input_parts(parts, tmp_path / "sum.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10000
 
 
 def test_sts_spearman_on_a_known_ranking(real) -> None:

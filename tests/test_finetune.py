@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from bertforge.checkpoint import save_model
+from bertforge.checkpoint import load_model, save_model
 from bertforge.config import BertConfig
 from bertforge.data.tables import DataError
+from bertforge.errors import OptionError
+from bertforge.heads import BertForSequenceClassification
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training import finetune, finetune_evaluate, finetune_predict
@@ -152,6 +154,28 @@ def test_sliding_window_reads_what_truncation_cuts(tiny_model, tmp_path):
     assert windowed.best_metric >= 0.9
 
 
+def test_parquet_and_datasets_inputs_train_exactly_like_csv(tiny_model, tmp_path):
+    """The same rows as CSV, Parquet and `datasets.Dataset` objects: the same run, to the last digit."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    rows = [{**r, "id": str(r["id"])} for r in sentiment_rows(80, seed=3)]
+    common = {**FAST, "epochs": 2, "model": str(tiny_model)}
+    from_csv = finetune.run(tmp_path / "csv", train=write_csv(tmp_path / "train.csv", rows[:64]),
+                            validation=[write_csv(tmp_path / "dev.csv", rows[64:])], **common)
+    pq.write_table(pa.Table.from_pylist(rows[:64]), tmp_path / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[64:]), tmp_path / "dev.parquet")
+    from_parquet = finetune.run(tmp_path / "pq", train=tmp_path / "train.parquet",
+                                validation=[tmp_path / "dev.parquet"], **common)
+    dev = datasets.Dataset.from_list(rows[64:], split="validation")
+    from_dataset = finetune.run(tmp_path / "ds", train=datasets.Dataset.from_list(rows[:64], split="train"),
+                                validation=dev, **common)
+    assert from_csv.best_metric > 0.5
+    assert from_parquet.best_metric == from_csv.best_metric == from_dataset.best_metric
+    saved = json.loads((tmp_path / "ds/finetune_config.json").read_text())
+    assert (saved["train"], saved["validation"]) == ("train", ["validation"])
+
+
 def test_regression_and_multilabel(tiny_model, tmp_path):
     rng = random.Random(1)
     rows = [{"text": " ".join(rng.choice(["good", "bad", "movie"]) for _ in range(6))} for _ in range(88)]
@@ -172,6 +196,46 @@ def test_regression_and_multilabel(tiny_model, tmp_path):
     exact = np.mean([set(g.split(";")) == set(r["tags"].split(",")) for g, r in zip(got, rows[64:], strict=True)])
     assert exact == pytest.approx(finetune_evaluate.run(tmp_path / "multi", dev)["subset_accuracy"])
     assert exact >= 0.75
+
+
+def test_fine_tuned_multi_label_model_gets_sigmoids_in_transformers_pipeline(tiny_model, tmp_path):
+    """problem_type in the saved config.json makes transformers' pipeline score each label on its own."""
+    transformers = pytest.importorskip("transformers")
+    rows = [{"text": t, "tags": tags} for t, tags in [("good movie", "good"), ("bad movie", "bad"),
+                                                      ("good bad movie", "good,bad"), ("the movie", "none")] * 8]
+    train = write_csv(tmp_path / "train.csv", rows)
+    finetune.run(tmp_path / "multi", task="multilabel", label_column="tags", model=str(tiny_model), train=train,
+                 **{**FAST, "epochs": 1})
+    model = load_model(tmp_path / "multi", BertForSequenceClassification).eval()
+    texts = ["good movie", "bad bad film"]
+    with torch.inference_mode():
+        sigmoid = model(**BertTokenizer.from_pretrained(tmp_path / "multi").encode(
+            texts, padding="longest").tensors()).logits.sigmoid()
+    theirs = transformers.pipeline("text-classification", model=str(tmp_path / "multi"), top_k=None)(texts)
+    for their, expected in zip(theirs, sigmoid.tolist(), strict=True):
+        scores = {d["label"]: d["score"] for d in their}
+        np.testing.assert_allclose([scores[label] for label in model.labels], expected, atol=1e-5)
+        assert abs(sum(scores.values()) - 1.0) > 1e-3  # not a softmax
+
+
+def test_classifier_dropout_is_honoured_and_saved(tiny_model, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = BertConfig(vocab_size=30, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=37)
+    net = finetune.with_dropout(BertForSequenceClassification(config.replace(classifier_dropout=0.25), num_labels=2),
+                                0.05)
+    assert (net.dropout.p, net.bert.embeddings.dropout.p, net.config.classifier_dropout) == (0.25, 0.05, 0.25)
+    assert finetune.with_dropout(net, 0.05, 0.0).dropout.p == 0.0  # the option beats the model's config
+    assert finetune.with_dropout(BertForSequenceClassification(config, num_labels=2), 0.2).dropout.p == 0.2
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(16, seed=5))
+    settings = {**FAST, "epochs": 1, "train": train}
+    finetune.run(tmp_path / "set", model=str(tiny_model), classifier_dropout=0.3, **settings)
+    saved = json.loads((tmp_path / "set/config.json").read_text())
+    assert (saved["classifier_dropout"], saved["hidden_dropout_prob"]) == (0.3, 0.1)
+    assert transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "set")).dropout.p == 0.3
+    finetune.run(tmp_path / "again", model=str(tmp_path / "set"), **settings)  # kept from the model's config
+    assert json.loads((tmp_path / "again/config.json").read_text())["classifier_dropout"] == 0.3
+    with pytest.raises(OptionError, match="--classifier-dropout 1.5: must be"):
+        finetune.run(tmp_path / "bad", model=str(tiny_model), classifier_dropout=1.5, **settings)
 
 
 def test_ner_end_to_end(tiny_model, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bertforge.analysis.positions import LIKE, phrase_attention, phrase_shift
 from bertforge.checkpoint import load_model, save_model
 from bertforge.config import BertConfig
 from bertforge.generation import generate_ids
@@ -118,6 +119,24 @@ def test_i_believe_i_can(minilm_dir: Path) -> None:
             # Random-init distance tables are small (std 0.02), so relative schemes differ by ~1e-4 at
             # init: still three orders above float rounding, and exactly zero only without positions.
             assert gap > 1e-4, scheme
+
+
+def test_like_dont_like_moves_only_absolute_positions(tmp_path: Path) -> None:
+    """ "don't" (3 pieces) shifts "like this movie" by 3 positions: the layer-0 attention among the phrase
+    stays the same under relative schemes (and without positions) and changes under absolute ones."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "i", "like", "this", "movie", "don", "'", "t"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer.from_vocab(tmp_path / "vocab.txt")
+    assert tokenizer.tokenize(LIKE[1]) == ["i", "don", "'", "t", "like", "this", "movie"]
+    for scheme in SCHEMES:
+        torch.manual_seed(0)
+        model = BertModel(ODD.replace(position_embedding_type=scheme)).eval()
+        assert phrase_attention(model, tokenizer, LIKE[0]).shape == (3, 3, 3)
+        shift = phrase_shift(model, tokenizer)
+        if scheme in ("learned", "sinusoidal"):
+            assert shift > 1e-2, scheme
+        else:
+            assert shift < 1e-5, scheme
 
 
 def test_alibi_slopes() -> None:

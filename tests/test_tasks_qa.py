@@ -125,3 +125,42 @@ def test_agreed_split_of_real_squad(shared_data):
     assert squad_scores(evaluation, perfect) == pytest.approx({"exact_match": 100.0, "f1": 100.0})
     v2 = read_squad(shared_data / "squad" / "dev-v2.0.reconstructed.json")
     assert len(v2) == 11873 and sum(e.is_impossible for e in v2) == 5945
+
+
+def test_best_null_threshold_is_the_best_of_every_threshold():
+    """Against brute force: official v2.0 F1 at every margin (and below all of them)."""
+    from bertforge.tasks.qa import best_null_threshold
+
+    rng = np.random.default_rng(0)
+    examples, margins, answers = [], {}, {}
+    for k in range(60):
+        impossible = k % 3 == 0
+        gold = [] if impossible else ["the red house", "red house"]
+        examples.append(QAExample(f"q{k}", "t", "?", "c", gold, is_impossible=impossible))
+        answers[f"q{k}"] = str(rng.choice(["red house", "a blue car", "the red house by the sea", ""]))
+        margins[f"q{k}"] = float(rng.choice([-2.0, -0.5, 0.0, 0.5, 1.0, 3.0]) + (rng.normal() if k % 2 else 0.0))
+    threshold, scores = best_null_threshold(examples, margins, answers)
+
+    def f1_at(t):
+        return squad_scores(examples, {i: "" if m > t else answers[i] for i, m in margins.items()}, version_2=True)
+
+    candidates = [min(margins.values()) - 1, *margins.values()]
+    best = max(f1_at(t)["f1"] for t in candidates)
+    assert scores["f1"] == pytest.approx(best) and scores == f1_at(threshold)
+    assert scores["f1"] > max(f1_at(-1e9)["f1"], f1_at(1e9)["f1"])  # better than always / never answering
+
+
+def test_agreed_v2_split_of_real_squad(shared_data):
+    """dev-v2.0's 35 articles split by title: 21 train, 7 tune the null threshold, 7 evaluate."""
+    from bertforge.tasks.qa import SQUAD_V2_EVAL_TITLES, SQUAD_V2_TUNE_TITLES, agreed_v2_split
+
+    examples = read_squad(shared_data / "squad" / "dev-v2.0.reconstructed.json")
+    train, tune, evaluation = agreed_v2_split(examples)
+    titles = sorted({e.title for e in examples})
+    assert len(titles) == 35 and len(train) + len(tune) + len(evaluation) == len(examples)
+    assert {e.title for e in tune} == SQUAD_V2_TUNE_TITLES and {e.title for e in evaluation} == SQUAD_V2_EVAL_TITLES
+    assert SQUAD_V2_EVAL_TITLES == set(titles[4::5]) and SQUAD_V2_TUNE_TITLES == set(titles[2::5])
+    assert len({e.title for e in train}) == 21
+    for part in (train, tune, evaluation):  # each part has both kinds of question, about half unanswerable
+        assert 0.4 < np.mean([e.is_impossible for e in part]) < 0.6
+

@@ -32,12 +32,13 @@ _rule("epochs max_minutes max_grad_norm", 0, None, low_ok=False)
 # zero allowed: top_k 0 = no top-k filter (generate), learning rate 0 = a frozen run, heldout_every 0 = none
 _rule("top_k learning_rate lr heldout_every warmup_steps keep_checkpoints weight_decay stride eval_batches", 0, None)
 _rule("masking_rate", 0, 1, low_ok=False)  # BERT §3.1: 0.15
-_rule("dropout warmup_ratio short_seq_prob", 0, 1, high_ok=False)
+_rule("dropout classifier_dropout warmup_ratio short_seq_prob", 0, 1, high_ok=False)
 
 _MEANING = {
     "epochs": "passes over the training data",
     "masking_rate": "the share of tokens to predict, e.g. 0.15",
     "dropout": "a probability, e.g. 0.1",
+    "classifier_dropout": "a probability, e.g. 0.1",
     "warmup_ratio": "the share of steps with warm-up, e.g. 0.1",
 }
 

@@ -1,8 +1,11 @@
-"""Pictures of position information: the sinusoidal table, learned position similarity, and the classic
-demonstration that without positions the two "I" of "I believe I can be the best." are the same vector."""
+"""Pictures of position information: the sinusoidal table, learned position similarity, the classic
+demonstration that without positions the two "I" of "I believe I can be the best." are the same vector, and
+"I like this movie" / "I don't like this movie": absolute positions move with the inserted words, relative
+ones do not."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,8 @@ from bertforge.tokenizer import BertTokenizer
 
 SCHEMES = ("learned", "sinusoidal", "relative_key", "relative_key_query", "rope", "alibi", "none")
 SENTENCE = "I believe I can be the best."
+LIKE = ("I like this movie", "I don't like this movie")  # "don't" is 3 pieces: the phrase moves 3 positions
+PHRASE = ("like", "this", "movie")
 
 
 def _pyplot():
@@ -79,14 +84,43 @@ def same_token_distance(model: BertModel, tokenizer: BertTokenizer, sentence: st
     return float((out[first] - out[second]).norm() / out[first].norm())
 
 
-def scheme_distances(tokenizer: BertTokenizer, preset: str = "mini", seed: int = 0) -> dict[str, float]:
-    """same_token_distance for a randomly initialised model of every position scheme (same seed)."""
-    distances = {}
+@torch.inference_mode()
+def phrase_attention(model: BertModel, tokenizer: BertTokenizer, sentence: str,
+                     phrase: Sequence[str] = PHRASE) -> torch.Tensor:
+    """[A, W, W] layer-0 attention among the W words of `phrase`, as log-probabilities minus their row mean.
+
+    Within a row, log p(i→j) − log p(i→k) = s_ij − s_ik: the softmax's normaliser (which sums over the
+    whole sentence) cancels, so this is a function of the scores among the phrase alone."""
+    enc = tokenizer.encode(sentence, padding="longest")
+    tokens = [tokenizer.id_to_token(int(i)) for i in enc.input_ids[0]]
+    at = [tokens.index(word) for word in phrase]
+    probs = model(**enc.tensors(), output_attentions=True).attentions[0][0]  # [A, T, T]
+    logs = probs[:, at][:, :, at].log()  # [A, W, W]
+    return logs - logs.mean(-1, keepdim=True)
+
+
+def phrase_shift(model: BertModel, tokenizer: BertTokenizer, sentences: Sequence[str] = LIKE) -> float:
+    """Largest change of `phrase_attention` between the two sentences. Layer 0 sees the phrase's words with
+    identical content in both; only their positions moved. Relative schemes score content and distance, so
+    the change is 0 up to rounding; absolute schemes added each word a different position vector."""
+    first, second = (phrase_attention(model, tokenizer, s) for s in sentences)
+    return float((first - second).abs().max())
+
+
+def _random_models(preset: str, seed: int):
     for scheme in SCHEMES:
         torch.manual_seed(seed)
-        model = BertModel(BertConfig.from_preset(preset, position_embedding_type=scheme)).eval()
-        distances[scheme] = same_token_distance(model, tokenizer)
-    return distances
+        yield scheme, BertModel(BertConfig.from_preset(preset, position_embedding_type=scheme)).eval()
+
+
+def scheme_distances(tokenizer: BertTokenizer, preset: str = "mini", seed: int = 0) -> dict[str, float]:
+    """same_token_distance for a randomly initialised model of every position scheme (same seed)."""
+    return {scheme: same_token_distance(model, tokenizer) for scheme, model in _random_models(preset, seed)}
+
+
+def scheme_shifts(tokenizer: BertTokenizer, preset: str = "mini", seed: int = 0) -> dict[str, float]:
+    """phrase_shift ("I like this movie" vs "I don't like this movie") for every position scheme (random init)."""
+    return {scheme: phrase_shift(model, tokenizer) for scheme, model in _random_models(preset, seed)}
 
 
 def plot_scheme_distances(distances: dict[str, float], path: str | Path, extra: dict[str, float]) -> Path:
@@ -107,7 +141,8 @@ def plot_scheme_distances(distances: dict[str, float], path: str | Path, extra: 
 
 
 def run(model: str = "all-minilm-l6-v2", output_dir: Path = Path("docs/figures")) -> dict[str, float]:
-    """Plot the sinusoidal encoding, the learned positions' similarity, and the "I believe I can" test.
+    """Plot the sinusoidal encoding, the learned positions' similarity, and the "I believe I can" test; print
+    how the "I like this movie" / "I don't like this movie" phrase attention moves under each scheme.
 
     Args:
         model: A model with learned positions (for its similarity matrix and tokenizer), or all-minilm-l6-v2.
@@ -136,5 +171,9 @@ def run(model: str = "all-minilm-l6-v2", output_dir: Path = Path("docs/figures")
     for scheme, value in distances.items():
         print(f"{scheme:>20}: relative distance between the two 'i' = {value:.3g}")
     print(f"{'pre-trained model':>20}: {trained_distance:.3g}")
+    print(f'\n"{LIKE[0]}" vs "{LIKE[1]}": largest change of the layer-0 attention among "{" ".join(PHRASE)}"')
+    for scheme, value in scheme_shifts(tokenizer).items():
+        print(f"{scheme:>20}: {value:.3g}")
+    print(f"{'pre-trained model':>20}: {phrase_shift(trained, tokenizer):.3g}")
     print(f"wrote 4 figures to {output_dir}")
     return {**distances, "pretrained": trained_distance}

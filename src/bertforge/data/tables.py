@@ -1,6 +1,7 @@
-"""Reading texts and records from the files users have: .txt (one text per line), .csv, .tsv, .jsonl.
+"""Reading texts and records from what users have: .txt (one text per line), .csv, .tsv, .jsonl, .parquet,
+and, with the `datasets` library, a `save_to_disk` folder or a `datasets.Dataset` (data/hf_datasets.py).
 
-Errors name the file, the line and what to do; nothing is silently skipped.
+Errors name the file, the line (for .parquet and datasets: the row) and what to do; nothing is silently skipped.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ import csv
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from bertforge.data import hf_datasets
 from bertforge.errors import DataError
 from bertforge.files import open_text
 
-__all__ = ["DataError", "read_records", "read_texts"]
+__all__ = ["DataError", "is_table", "read_records", "read_texts", "source_name"]
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 # Python's csv module refuses fields over 128 KiB; a long document is fine, but a field that grows past
 # this is almost always an unclosed quote swallowing the rest of the file.
 MAX_FIELD_CHARS = 32 << 20
@@ -27,14 +30,33 @@ def _suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
-def read_records(path: str | Path, *, required: tuple[str, ...] | Mapping[str, str] = ()) -> list[dict]:
-    """Rows of a CSV/TSV (header line required) or JSONL file as dicts, with `_line` = the line number.
+def source_name(source: str | Path | Any) -> str:
+    """How messages name a data source: its path, or a Dataset's name and split."""
+    return hf_datasets.describe(source) if hf_datasets.is_dataset(source) else str(source)
+
+
+def is_table(source: str | Path | Any) -> bool:
+    """A source `read_records` reads: a table file, a `save_to_disk` folder or a `datasets.Dataset`."""
+    if hf_datasets.is_dataset(source):
+        return True
+    return _suffix(Path(source)) in TABLE_SUFFIXES or hf_datasets.is_saved_dataset(Path(source))
+
+
+def read_records(path: str | Path | Any, *, required: tuple[str, ...] | Mapping[str, str] = ()) -> list[dict]:
+    """Rows of a CSV/TSV (header line required), JSONL or Parquet file, a `save_to_disk` folder or a
+    `datasets.Dataset`, as dicts with `_line` = the line number (Parquet and datasets: the row number).
 
     `required` columns must exist; a row missing one is an error naming the line. As a mapping
     {column: option}, the error names the option that chose the column (e.g. "--label-column").
     """
+    if hf_datasets.is_dataset(path) or hf_datasets.is_saved_dataset(Path(path)):
+        dataset = path if hf_datasets.is_dataset(path) else hf_datasets.load_saved(Path(path))
+        _check_columns(source_name(path), list(dataset.column_names), required)
+        return hf_datasets.records(dataset, source_name(path))
     path = Path(path)
     kind = _suffix(path)
+    if kind == ".parquet":
+        return _read_parquet(path, required)
     rows: list[dict] = []
     with open_text(path) as handle:
         if kind in (".csv", ".tsv"):
@@ -67,11 +89,30 @@ def read_records(path: str | Path, *, required: tuple[str, ...] | Mapping[str, s
                 row["_line"] = line_no
                 rows.append(row)
         else:
-            raise DataError(f"{path}: unknown table format {kind!r}; use .csv, .tsv or .jsonl")
+            raise DataError(f"{path}: unknown table format {kind!r}; use .csv, .tsv, .jsonl or .parquet")
     return rows
 
 
-def _check_columns(path: Path, columns: list[str], required: tuple[str, ...] | Mapping[str, str]) -> None:
+def _read_parquet(path: Path, required: tuple[str, ...] | Mapping[str, str]) -> list[dict]:
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'bertforge[data]' "
+                        "(or: pip install pyarrow)") from None
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except pyarrow.ArrowException as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    _check_columns(path, table.column_names, required)
+    rows = table.to_pylist()
+    for number, row in enumerate(rows, start=1):
+        row["_line"] = number
+    return rows
+
+
+def _check_columns(path: Path | str, columns: list[str], required: tuple[str, ...] | Mapping[str, str]) -> None:
     for column in required:
         if column not in columns:
             option = required.get(column) if isinstance(required, Mapping) else None
@@ -89,7 +130,7 @@ def _csv_problem(path: Path, line: int, exc: csv.Error) -> str:
 def read_texts(path: str | Path, *, text_column: str | None = None) -> list[str]:
     """Texts from a .txt file (one per line, blank lines kept as empty texts) or a table column."""
     path = Path(path)
-    if _suffix(path) in TABLE_SUFFIXES:
+    if is_table(path):
         if not text_column:
             raise DataError(f"{path}: a table needs --text-column to say which column holds the text")
         texts = []

@@ -137,8 +137,11 @@ def run(
     max_length: int | None = None,
     normalize: bool = False,
     device: str = "cpu",
+    per_token: bool = False,
 ) -> Path:
     """Write one vector per input text to a .npy file ([N, H] float32, rows in input order).
+
+    With --per-token, every token's contextual vector instead, to an .npz (see inference/token_vectors.py).
 
     Args:
         model: A model directory (Hugging Face format), or all-minilm-l6-v2 for the packaged checkpoint.
@@ -152,6 +155,8 @@ def run(
         max_length: Longer texts are truncated (and reported); default the model's 512.
         normalize: Scale every vector to unit length.
         device: cpu, cuda, cuda:1, ...
+        per_token: Write each token's vector (from the last layer, or the one layer of --layers) to an .npz:
+            `vectors` [all tokens, H], `offsets` [N + 1] where each text's tokens start, `tokens` (WordPieces).
     """
     from bertforge.checkpoint import load_model
     from bertforge.data.tables import read_texts
@@ -162,6 +167,8 @@ def run(
     texts = read_texts(input, text_column=text_column)
     bert = load_model(directory).to(device)
     tokenizer = BertTokenizer.from_pretrained(directory)
+    if per_token:
+        return _write_token_vectors(bert, tokenizer, texts, layers, max_length, batch_size, output)
     result = embed_texts(bert, tokenizer, texts, pooling=pooling, layers=layers, combine=combine,
                          batch_size=batch_size, max_length=max_length, normalize=normalize, progress=True)
     if result.empty:
@@ -176,4 +183,18 @@ def run(
 
     write_atomic(output, save)
     print(f"wrote {result.vectors.shape[0]} vectors of size {result.vectors.shape[1]} to {output}")
+    return Path(output)
+
+
+def _write_token_vectors(bert: BertModel, tokenizer: BertTokenizer, texts: list[str], layers: list[int] | None,
+                         max_length: int | None, batch_size: int, output: Path) -> Path:
+    from bertforge.inference.token_vectors import save_token_vectors, token_vectors
+
+    if layers and len(layers) > 1:
+        raise OptionError(f"--per-token --layers {layers}: give one layer (per-token vectors are not combined)")
+    result = token_vectors(bert, tokenizer, texts, layer=layers[0] if layers else -1, max_length=max_length,
+                           batch_size=batch_size)
+    save_token_vectors(result, output)
+    count = sum(len(t) for t in result.tokens)
+    print(f"wrote {count} token vectors of {len(texts)} texts (size {bert.config.hidden_size}) to {output}")
     return Path(output)

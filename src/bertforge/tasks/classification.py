@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertforge.data.tables import DataError, read_records
+from bertforge.data import hf_datasets
+from bertforge.data.tables import DataError, read_records, source_name
 from bertforge.files import open_text
 from bertforge.heads import BertForSequenceClassification
 from bertforge.tasks.base import Feature
@@ -82,7 +83,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 # ----- GLUE layouts -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GlueTask:
-    """Where a GLUE TSV keeps its fields (header names; CoLA's train/dev have no header: indices)."""
+    """Where a GLUE TSV keeps its fields (header names; CoLA's train/dev have no header: indices), and
+    where the Hub's `glue` dataset (`--dataset glue:sst2`, parquet or save_to_disk copies) keeps them."""
 
     text: str | int
     pair: str | int | None
@@ -90,19 +92,37 @@ class GlueTask:
     labels: tuple[str, ...] | None  # None = regression
     metrics: tuple[str, ...]  # the first is the one the best checkpoint is chosen by
     validation: tuple[str, ...] = ("dev.tsv",)
+    hub_columns: tuple[str, str | None] = ("sentence1", "sentence2")  # the label is always "label"
+    hub_labels: tuple[str, ...] = ()  # the Hub's class names, in the order of its integer labels
+
+    def from_hub(self, value) -> str:
+        """The TSV spelling of a Hub label: its class name where the TSV uses names (MNLI, QNLI, RTE), its
+        index where the TSV uses 0/1 (SST-2's "positive" is "1"). `value` is a class name or its index."""
+        name = self.hub_labels[value] if isinstance(value, int) and 0 <= value < len(self.hub_labels) else str(value)
+        if name in self.labels or name not in self.hub_labels:
+            return name
+        return self.labels[self.hub_labels.index(name)]
 
 
+_NLI = ("entailment", "not_entailment")
 GLUE_TASKS: dict[str, GlueTask] = {
-    "cola": GlueTask(3, None, 1, ("0", "1"), ("matthews", "accuracy")),
-    "sst2": GlueTask("sentence", None, "label", ("0", "1"), ("accuracy",)),
-    "mrpc": GlueTask("#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy")),
-    "qqp": GlueTask("question1", "question2", "is_duplicate", ("0", "1"), ("f1", "accuracy")),
+    "cola": GlueTask(3, None, 1, ("0", "1"), ("matthews", "accuracy"), hub_columns=("sentence", None),
+                     hub_labels=("unacceptable", "acceptable")),
+    "sst2": GlueTask("sentence", None, "label", ("0", "1"), ("accuracy",), hub_columns=("sentence", None),
+                     hub_labels=("negative", "positive")),
+    "mrpc": GlueTask("#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy"),
+                     hub_labels=("not_equivalent", "equivalent")),
+    "qqp": GlueTask("question1", "question2", "is_duplicate", ("0", "1"), ("f1", "accuracy"),
+                    hub_columns=("question1", "question2"), hub_labels=("not_duplicate", "duplicate")),
     "stsb": GlueTask("sentence1", "sentence2", "score", None, ("pearson", "spearman")),
     "mnli": GlueTask("sentence1", "sentence2", "gold_label", ("contradiction", "entailment", "neutral"),
-                     ("accuracy",), ("dev_matched.tsv", "dev_mismatched.tsv")),
-    "qnli": GlueTask("question", "sentence", "label", ("entailment", "not_entailment"), ("accuracy",)),
-    "rte": GlueTask("sentence1", "sentence2", "label", ("entailment", "not_entailment"), ("accuracy",)),
-    "wnli": GlueTask("sentence1", "sentence2", "label", ("0", "1"), ("accuracy",)),
+                     ("accuracy",), ("dev_matched.tsv", "dev_mismatched.tsv"), hub_columns=("premise", "hypothesis"),
+                     hub_labels=("entailment", "neutral", "contradiction")),
+    "qnli": GlueTask("question", "sentence", "label", _NLI, ("accuracy",), hub_columns=("question", "sentence"),
+                     hub_labels=_NLI),
+    "rte": GlueTask("sentence1", "sentence2", "label", _NLI, ("accuracy",), hub_labels=_NLI),
+    "wnli": GlueTask("sentence1", "sentence2", "label", ("0", "1"), ("accuracy",),
+                     hub_labels=("not_entailment", "entailment")),
 }
 
 
@@ -157,6 +177,30 @@ def read_glue(task: str, path: str | Path) -> list[TextExample]:
     return examples
 
 
+def is_glue_tsv(source) -> bool:
+    """A GLUE task's own TSV file (anything else, e.g. the Hub's copy, is read by read_glue_table)."""
+    return not hf_datasets.is_dataset(source) and ".tsv" in Path(source).suffixes
+
+
+def read_glue_table(task: str, source) -> list[TextExample]:
+    """A GLUE task in the Hub's layout (`datasets.load_dataset("glue", task)`, or its parquet or
+    save_to_disk copy): the Hub's columns and class names, labels given as the TSV files spell them."""
+    spec = GLUE_TASKS[task]
+    text, pair = spec.hub_columns
+    examples = []
+    for row in read_records(source, required=tuple(c for c in (text, pair, "label") if c)):
+        where = f"{source_name(source)}:{row['_line']}"
+        label = None if row["label"] == -1 else row["label"]  # -1: the Hub's unlabelled test rows
+        if label is not None:
+            label = _number(label, where) if spec.labels is None else spec.from_hub(label)
+            if spec.labels is not None and label not in spec.labels:
+                raise DataError(f"{where}: label {row['label']!r} is not one of GLUE {task}'s labels "
+                                f"{list(spec.hub_labels)}; is this the {task} data?")
+        examples.append(TextExample(_text(row[text], where, text), _text(row[pair], where, pair) if pair else None,
+                                    label, where))
+    return examples
+
+
 def read_table(path: str | Path, *, text_column: str, text_pair_column: str | None = None,
                label_column: str | None = None, kind: str = "classification",
                label_separator: str = ",") -> list[TextExample]:
@@ -166,7 +210,7 @@ def read_table(path: str | Path, *, text_column: str, text_pair_column: str | No
     required = {c: option for c, option in columns.items() if c}
     examples = []
     for row in read_records(path, required=required):
-        source = f"{path}:{row['_line']}"
+        source = f"{source_name(path)}:{row['_line']}"
         label = row.get(label_column) if label_column else None
         if label_column and (label is None or str(label).strip() == ""):
             raise DataError(f"{source}: empty {label_column!r}; give every row a label or drop the row")
@@ -233,7 +277,7 @@ class SequenceClassification:
     # reading
     def read(self, path: str | Path, *, labelled: bool = True) -> list[TextExample]:
         if self.glue:
-            return read_glue(self.name, path)
+            return read_glue(self.name, path) if is_glue_tsv(path) else read_glue_table(self.name, path)
         text, pair, label = self.columns
         return read_table(path, text_column=text, text_pair_column=pair, label_column=label if labelled else None,
                           kind=self.kind, label_separator=self.label_separator)

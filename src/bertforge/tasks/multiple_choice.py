@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertforge.data.tables import DataError, read_records
+from bertforge.data.tables import DataError, read_records, source_name
 from bertforge.heads import BertForMultipleChoice
 from bertforge.tasks.base import Feature
 from bertforge.tasks.classification import accuracy
@@ -34,7 +34,7 @@ def read_swag(path: str | Path, *, num_choices: int = 4, labelled: bool = True) 
     rows = read_records(path, required=("sent1", "sent2", *endings, *(("label",) if labelled else ())))
     examples = []
     for row in rows:
-        source = f"{path}:{row['_line']}"
+        source = f"{source_name(path)}:{row['_line']}"
         label = None
         if labelled:
             try:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertforge.data.tables import DataError
+from bertforge.data.tables import DataError, is_table, read_records, source_name
 from bertforge.files import open_text
 from bertforge.heads import BertForTokenClassification
 from bertforge.tasks.base import IGNORE_INDEX, Feature
@@ -57,6 +57,31 @@ def read_conll(path: str | Path, *, tag_column: int = -1, labelled: bool = True)
             start = start if len(words) > 1 else line_no
     if words:
         sentences.append(Sentence(words, tags if labelled else None, f"{path}:{start}"))
+    return sentences
+
+
+def _holds_lists(source) -> bool:
+    """Sources whose rows can hold lists: datasets, Parquet, JSON Lines (not CSV/TSV, nor CoNLL text)."""
+    return is_table(source) and not str(source).endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz"))
+
+
+def read_token_table(source, *, words: str = "tokens", tags: str = "ner_tags",
+                     labelled: bool = True) -> list[Sentence]:
+    """One sentence per row, a list of words and a list of tags: the Hub's `conll2003` layout
+    (`--dataset conll2003`, or its parquet or save_to_disk copy)."""
+    sentences = []
+    for row in read_records(source, required=(words, tags) if labelled else (words,)):
+        where = f"{source_name(source)}:{row['_line']}"
+        row_words, row_tags = list(row[words] or []), list(row[tags] or []) if labelled else None
+        if labelled:
+            if len(row_words) != len(row_tags):
+                raise DataError(f"{where}: {len(row_words)} words but {len(row_tags)} tags; every word needs a tag")
+            bad = next((str(t) for t in row_tags if not TAG.match(str(t))), None)
+            if bad is not None:
+                raise DataError(f"{where}: tag {bad!r} is not O, B-TYPE, I-TYPE, E-TYPE or S-TYPE; are the tags "
+                                "class names (a ClassLabel column) or their strings?")
+        if row_words:
+            sentences.append(Sentence([str(w) for w in row_words], row_tags, where))
     return sentences
 
 
@@ -141,6 +166,8 @@ class TokenClassification:
         self.tag_column = tag_column
 
     def read(self, path: str | Path, *, labelled: bool = True) -> list[Sentence]:
+        if _holds_lists(path):  # the Hub's layout: a list of words and a list of tags per row
+            return read_token_table(path, labelled=labelled)
         return read_conll(path, tag_column=self.tag_column, labelled=labelled)
 
     def fit_labels(self, sentences: Sequence[Sentence]) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertforge.data.tables import DataError
+from bertforge.data import hf_datasets
+from bertforge.data.tables import DataError, read_records, source_name
 from bertforge.files import open_text
 from bertforge.heads import BertForQuestionAnswering
 from bertforge.tasks.base import Feature
@@ -68,6 +69,28 @@ def read_squad(path: str | Path, *, titles: Sequence[str] | None = None) -> list
     return examples
 
 
+def read_squad_table(source, *, titles: Sequence[str] | None = None) -> list[QAExample]:
+    """SQuAD in the Hub's layout (`--dataset squad` / `squad_v2`, or its parquet or save_to_disk copy): one
+    question per row, answers as {"text": [...], "answer_start": [...]}, none for an unanswerable one."""
+    wanted = set(titles) if titles is not None else None
+    examples = []
+    for row in read_records(source, required=("id", "title", "context", "question", "answers")):
+        if wanted is not None and row["title"] not in wanted:
+            continue
+        answers = row["answers"] or {}
+        texts = list(answers.get("text") or [])
+        examples.append(QAExample(str(row["id"]), row["title"], row["question"], row["context"], texts,
+                                  list(answers.get("answer_start") or []), not texts,
+                                  f"{source_name(source)}:{row['_line']}"))
+    return examples
+
+
+def is_squad_table(source) -> bool:
+    """Rows from `datasets` or Parquet, not SQuAD's own JSON file."""
+    return hf_datasets.is_dataset(source) or hf_datasets.is_saved_dataset(Path(source)) or \
+        Path(source).suffix == ".parquet"
+
+
 # The project's agreed SQuAD split (../shared/data/README.md: no SQuAD train set here): evaluate on the v1.1
 # dev questions of these 13 articles, train on the other 35 (those that also appear in dev-v2.0).
 AGREED_EVAL_TITLES = frozenset((
@@ -80,6 +103,25 @@ def agreed_split(examples: Sequence[QAExample]) -> tuple[list[QAExample], list[Q
     """(training, evaluation) examples of the agreed split, each in file order."""
     return ([e for e in examples if e.title not in AGREED_EVAL_TITLES],
             [e for e in examples if e.title in AGREED_EVAL_TITLES])
+
+
+# SQuAD v2.0 has only its 35 dev articles here; they are split by title like the v1.1 split above. In sorted
+# title order, every fifth article from the fifth evaluates, every fifth from the third is held out to tune the
+# null-score threshold, and the other 21 train.
+SQUAD_V2_TUNE_TITLES = frozenset((
+    "Black_Death", "Economic_inequality", "Geology", "Intergovernmental_Panel_on_Climate_Change", "Packet_switching",
+    "Scottish_Parliament", "Victoria_(Australia)"))
+SQUAD_V2_EVAL_TITLES = frozenset((
+    "Computational_complexity_theory", "Force", "Huguenot", "Jacksonville,_Florida", "Prime_number",
+    "Southern_California", "Yuan_dynasty"))
+
+
+def agreed_v2_split(examples: Sequence[QAExample]) -> tuple[list[QAExample], list[QAExample], list[QAExample]]:
+    """(training, threshold-tuning, evaluation) examples of dev-v2.0, each in file order."""
+    held_out = SQUAD_V2_TUNE_TITLES | SQUAD_V2_EVAL_TITLES
+    return ([e for e in examples if e.title not in held_out],
+            [e for e in examples if e.title in SQUAD_V2_TUNE_TITLES],
+            [e for e in examples if e.title in SQUAD_V2_EVAL_TITLES])
 
 
 # ----- the official metrics -----------------------------------------------------------------------
@@ -127,6 +169,35 @@ def squad_scores(examples: Sequence[QAExample], predictions: dict[str, str], *, 
     return {k: float(v) for k, v in scores.items()}
 
 
+def best_null_threshold(examples: Sequence[QAExample], null_margins: dict[str, float],
+                        answers: dict[str, str]) -> tuple[float, dict]:
+    """The null-score threshold that maximises v2.0 F1 on `examples`, and the scores it gives.
+
+    `null_margins`: per question, null score − best span score; `answers`: the best span's text. A question
+    is answered "" when its margin exceeds the threshold, so only the margins themselves need trying (the
+    official script's best_f1_thresh does the same sweep). Tune on held-out questions, then evaluate others
+    with `--null-score-threshold` set to the result.
+    """
+    if not examples:
+        raise ValueError("no questions to tune the null-score threshold on")
+    gold = {e.id: [a for a in e.answers if normalize_answer(a)] or [""] for e in examples}
+    ids = [e.id for e in examples]
+    margins = np.array([null_margins[i] for i in ids])
+    with_answer = np.array([max(token_f1(answers.get(i, ""), g, version_2=True) for g in gold[i]) for i in ids])
+    with_null = np.array([float(gold[i] == [""]) for i in ids])
+    order = np.argsort(margins, kind="mergesort")
+    # threshold = margins[order[k]]: the first k + 1 (margin <= threshold) keep their span, the rest say "".
+    kept = np.cumsum(with_answer[order])
+    nulled = np.concatenate([np.cumsum(with_null[order][::-1])[::-1][1:], [0.0]])
+    totals = kept + nulled
+    last_of_ties = np.append(np.diff(margins[order]) > 0, True)  # equal margins cannot be separated
+    totals = np.where(last_of_ties, totals, -1.0)
+    all_null = with_null.sum()  # a threshold below every margin
+    threshold = float(margins[order[int(totals.argmax())]]) if totals.max() >= all_null else float(margins.min()) - 1
+    predictions = {i: "" if null_margins[i] > threshold else answers.get(i, "") for i in ids}
+    return threshold, squad_scores(examples, predictions, version_2=True)
+
+
 # ----- the family ---------------------------------------------------------------------------------
 class QuestionAnswering:
     model_class = BertForQuestionAnswering
@@ -143,6 +214,8 @@ class QuestionAnswering:
         self.null_score_threshold = null_score_threshold
 
     def read(self, path: str | Path, *, titles: Sequence[str] | None = None, labelled: bool = True) -> list[QAExample]:
+        if is_squad_table(path):
+            return read_squad_table(path, titles=titles)
         return read_squad(path, titles=titles)
 
     def fit_labels(self, examples) -> None:

@@ -3,6 +3,7 @@
     bertforge finetune --task sst2 --data-dir ../shared/data/glue/SST-2 --model all-minilm-l6-v2 --output-dir out
     bertforge finetune --task classification --train train.csv --validation dev.csv --text-column text \\
         --label-column label --epochs 3 --output-dir out
+    bertforge finetune --task sst2 --dataset glue:sst2 --output-dir out      # needs `datasets` and the network
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Literal
 
 import torch
 
-from bertforge.data.tables import DataError
+from bertforge.data import hf_datasets
+from bertforge.data.tables import DataError, source_name
 from bertforge.files import move_into_place, open_text, remove_stale_temporaries, temporary_sibling, write_text_atomic
 from bertforge.options import check_length, check_options
 from bertforge.tasks.classification import GLUE_TASKS
@@ -37,6 +39,7 @@ def run(
     train: Path | None = None,
     validation: Path | list[Path] | None = None,
     data_dir: Path | None = None,
+    dataset: str | None = None,
     text_column: str = "text",
     text_pair_column: str | None = None,
     label_column: str = "label",
@@ -47,6 +50,7 @@ def run(
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.1,
     dropout: float = 0.1,
+    classifier_dropout: float | None = None,
     max_seq_length: int = 128,
     long_text: Literal["truncate", "sliding_window"] = "truncate",
     doc_stride: int | None = None,
@@ -76,9 +80,13 @@ def run(
         task: A GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli), classification, regression or
             multilabel (your own CSV/TSV/JSONL), ner (CoNLL-2003 format), squad / squad_v2, or swag.
         model: A model directory (bertforge or Hugging Face BERT), or all-minilm-l6-v2 (the packaged checkpoint).
-        train: Training data (for GLUE/CoNLL it defaults to the file inside --data-dir).
-        validation: Evaluation file(s), evaluated after every epoch; the first chooses the best checkpoint.
+        train: Training data: a file (.csv/.tsv/.jsonl/.parquet; GLUE TSV; CoNLL text; SQuAD JSON), a folder saved
+            by `datasets`' save_to_disk, or (Python API) a `datasets.Dataset`. For GLUE/CoNLL it defaults to the
+            file inside --data-dir.
+        validation: Evaluation data (as --train), evaluated after every epoch; the first chooses the best checkpoint.
         data_dir: A GLUE task folder or the CoNLL-2003 folder, holding the standard file names.
+        dataset: A Hugging Face Hub dataset, name[:config] (glue:sst2, conll2003): its train split trains and its
+            validation split(s) evaluate, unless --train/--validation are given. Needs `datasets` and the network.
         text_column: Column of the text (own data; for swag: the context column, default sent1).
         text_pair_column: Column of the second text of a pair (own data).
         label_column: Column of the label (own data).
@@ -88,7 +96,10 @@ def run(
         learning_rate: Peak AdamW learning rate (the paper: 5e-5, 3e-5 or 2e-5).
         weight_decay: Decoupled weight decay (BERT: 0.01).
         warmup_ratio: Share of the steps with linear warmup (BERT: 0.1), then linear decay to 0.
-        dropout: Dropout probability in the encoder and before the head (BERT: 0.1).
+        dropout: Dropout probability in the encoder, and before the head unless classifier_dropout says otherwise
+            (BERT: 0.1).
+        classifier_dropout: Dropout before the head; default: the model's config.json `classifier_dropout`
+            (transformers' setting) if it has one, else --dropout. Saved in the model's config.json.
         max_seq_length: Longest input in tokens (longer inputs are truncated or windowed).
         long_text: For classification: truncate, or sliding_window (chunks whose logits are averaged).
         doc_stride: Tokens between the starts of successive windows (sliding_window, squad).
@@ -127,19 +138,19 @@ def run(
     output_dir = Path(output_dir)
     options = {k: v for k, v in locals().items() if k in _FAMILY_OPTIONS}
     family_task = family(task, **options)
-    train_path, eval_paths = _data_files(family_task.name, train, validation, data_dir)
+    train_path, eval_paths = _data_files(family_task.name, train, validation, data_dir, dataset)
     model_dir = resolve_model(model)
     positions = read_config(model_dir).get("max_position_embeddings", 512)
     check_length("--max-seq-length", max_seq_length, positions, str(model_dir))
     check_run_folder(output_dir, resume=None, overwrite=overwrite, clear=False,
-                     inputs=(train_path, *eval_paths, model_dir, titles, eval_titles))
+                     inputs=[p for p in (train_path, *eval_paths, model_dir, titles, eval_titles) if _is_path(p)])
     remove_stale_temporaries(output_dir.parent, name=output_dir.name)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
 
     train_examples = family_task.read(train_path, titles=_lines(titles)) if titles else family_task.read(train_path)
     train_examples = train_examples[:max_train_examples] if max_train_examples else train_examples
     if not train_examples:
-        raise DataError(f"{train_path}: no training examples")
+        raise DataError(f"{source_name(train_path)}: no training examples")
     family_task.fit_labels(train_examples)
     train_features = family_task.features(train_examples, tokenizer, max_seq_length=max_seq_length, train=True)
     eval_sets = []
@@ -147,16 +158,17 @@ def run(
         examples = family_task.read(path, titles=_lines(eval_titles)) if eval_titles else family_task.read(path)
         examples = examples[:max_eval_examples] if max_eval_examples else examples
         features = family_task.features(examples, tokenizer, max_seq_length=max_seq_length)
-        eval_sets.append(EvalSet(Path(path).stem, examples, features))
+        eval_sets.append(EvalSet(Path(path).stem if _is_path(path) else source_name(path), examples, features))
     log.info("%s: %d training examples (%d features), %s", family_task.name, len(train_examples), len(train_features),
              ", ".join(f"{s.name}: {len(s.examples)} examples" for s in eval_sets) or "no validation set")
 
     seed_everything(seed)  # the new head's initial weights depend on the seed too
     net = load_model(model_dir, family_task.model_class, **family_task.model_kwargs())
-    net = with_dropout(net, dropout).to(device)
+    net = with_dropout(net, dropout, classifier_dropout).to(device)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()
                 if k in run.__code__.co_varnames[: run.__code__.co_argcount]}
-    settings["validation"] = [str(p) for p in eval_paths]
+    settings["train"] = source_name(train_path)
+    settings["validation"] = [source_name(p) for p in eval_paths]
     # The run is built in a temporary folder beside output_dir and moved there when it has finished.
     work = temporary_sibling(output_dir)
     write_text_atomic(work / "finetune_config.json", json.dumps(settings, indent=2, default=str) + "\n")
@@ -187,10 +199,23 @@ _FAMILY_OPTIONS = ("text_column", "text_pair_column", "label_column", "label_sep
                    "max_query_length", "max_answer_length", "n_best_size", "null_score_threshold")
 
 
-def _data_files(task: str, train_file: Path | None, validation: Path | list[Path] | None,
-                data_dir: Path | None) -> tuple[Path, list[Path]]:
-    if isinstance(validation, (str, Path)):
+def _is_path(source) -> bool:
+    return isinstance(source, (str, Path))
+
+
+def _data_files(task: str, train_file, validation, data_dir: Path | None, dataset: str | None = None) -> tuple:
+    """(training source, evaluation sources): paths, or `datasets.Dataset`s from the Python API or --dataset."""
+    if _is_path(validation) or hf_datasets.is_dataset(validation):
         validation = [validation]
+    if dataset is not None:
+        if data_dir is not None:
+            raise DataError("--dataset and --data-dir: choose one source of data")
+        hub_train, hub_validation = hf_datasets.load_hub(dataset)
+        train_file = hub_train if train_file is None else train_file
+        validation = hub_validation if validation is None else validation
+    as_source = lambda s: Path(s) if _is_path(s) else s  # noqa: E731
+    if train_file is not None and not _is_path(train_file):
+        return train_file, [as_source(p) for p in validation or []]
     defaults = DEFAULT_FILES.get(task)
     if data_dir is not None and defaults is None:
         raise DataError(f"--data-dir has no standard layout for task {task!r}; give --train and --validation")
@@ -200,7 +225,7 @@ def _data_files(task: str, train_file: Path | None, validation: Path | list[Path
         train_file = Path(data_dir) / defaults[0]
     if validation is None and data_dir is not None:
         validation = [Path(data_dir) / name for name in defaults[1]]
-    return Path(train_file), [Path(p) for p in validation or []]
+    return Path(train_file), [as_source(p) for p in validation or []]
 
 
 def _lines(path: Path | None) -> list[str] | None:
@@ -210,12 +235,20 @@ def _lines(path: Path | None) -> list[str] | None:
         return [line.strip() for line in handle if line.strip()]
 
 
-def with_dropout(net: torch.nn.Module, dropout: float) -> torch.nn.Module:
-    """Set every dropout probability: hidden, attention (a plain attribute of the fused attention) and head."""
+def with_dropout(net: torch.nn.Module, dropout: float, classifier_dropout: float | None = None) -> torch.nn.Module:
+    """Set every dropout probability: hidden, attention (a plain attribute of the fused attention) and head.
+
+    The head's is `classifier_dropout` when given, else the one the model's config already sets (as
+    transformers honours `classifier_dropout`), else `dropout`; the config records it for the saved model."""
+    head_dropout = classifier_dropout if classifier_dropout is not None else net.config.classifier_dropout
     for module in net.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = dropout
         if hasattr(module, "dropout_p"):
             module.dropout_p = dropout
-    net.config = net.config.replace(hidden_dropout=dropout, attention_dropout=dropout)
+    head = getattr(net, "dropout", None)  # the classifier heads' dropout (heads.py); QA has none
+    if head_dropout is not None and isinstance(head, torch.nn.Dropout):
+        head.p = head_dropout
+    net.config = net.config.replace(hidden_dropout=dropout, attention_dropout=dropout,
+                                    classifier_dropout=head_dropout)
     return net

@@ -1,0 +1,76 @@
+"""Per-token contextual vectors: equal to a plain forward pass whatever the batching, words made of several
+pieces, the "bank" example on the real model, and `bertforge embed --per-token`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertforge.checkpoint import load_model
+from bertforge.cli import main
+from bertforge.errors import OptionError
+from bertforge.inference.token_vectors import cosine, token_vectors, word_similarity
+from bertforge.tokenizer import BertTokenizer
+
+BANK = ["He sat on the bank of the river.", "The river bank was muddy.", "She opened an account at the bank.",
+        "The bank raised its interest rates."]
+
+
+@pytest.fixture(scope="module")
+def real(minilm_dir: Path):
+    return load_model(minilm_dir).eval(), BertTokenizer.from_pretrained(minilm_dir)
+
+
+def test_vectors_are_the_forward_pass_of_each_text_alone(real) -> None:
+    model, tokenizer = real
+    texts = ["Unaffable tokenizers split words.", "Hi", "The bank raised its interest rates again this year."]
+    result = token_vectors(model, tokenizer, texts, batch_size=2)
+    with torch.inference_mode():
+        for i, text in enumerate(texts):
+            out = model(**tokenizer.encode(text, padding="longest").tensors(), output_hidden_states=True)
+            assert result.tokens[i] == ["[CLS]", *tokenizer.tokenize(text), "[SEP]"]
+            np.testing.assert_allclose(result.vectors[i], out.sequence_output[0].numpy(), atol=1e-5)
+            second = token_vectors(model, tokenizer, [text], layer=2).vectors[0]
+            np.testing.assert_allclose(second, out.hidden_states[2][0].numpy(), atol=1e-5)
+    assert result.tokens[1] == ["[CLS]", "hi", "[SEP]"]
+    pieces = result.tokens[0][1:-1]
+    assert any(p.startswith("##") for p in pieces)  # "unaffable" is cut into pieces; its vector is their mean
+    word = [i for i, w in enumerate(result.word_ids[0]) if w == 0]
+    assert len(word) > 1
+    np.testing.assert_allclose(result.word_vector(0, "unaffable"), result.vectors[0][word].mean(0), atol=1e-6)
+
+
+def test_bank_means_two_things(real) -> None:
+    """The same word, four contexts: the two river banks are closer to each other than to the money banks."""
+    model, tokenizer = real
+    result = token_vectors(model, tokenizer, BANK)
+    assert all(t.count("bank") == 1 for t in result.tokens)
+    similarity = word_similarity(result, "bank")
+    np.testing.assert_allclose(np.diag(similarity), 1.0, atol=1e-6)
+    river, money = similarity[0, 1], similarity[2, 3]
+    across = similarity[:2, 2:]
+    assert river > across.max() and money > across.max()
+    assert across.max() < 0.9  # one token id, clearly different vectors
+    assert cosine(result.word_vector(0, "bank"), result.word_vector(0, "bank")) == pytest.approx(1.0)
+    with pytest.raises(OptionError, match=r"'money' occurs 0 time\(s\) in text 0"):
+        result.word_vector(0, "money")
+
+
+def test_cli_embed_per_token_writes_npz(tmp_path: Path, minilm_dir: Path, real, capsys) -> None:
+    model, tokenizer = real
+    (tmp_path / "bank.txt").write_text("\n".join(BANK[:2]) + "\n", encoding="utf-8")
+    main(["embed", "--model", str(minilm_dir), "--input", str(tmp_path / "bank.txt"), "--per-token",
+          "--output", str(tmp_path / "bank.npz")])
+    saved = np.load(tmp_path / "bank.npz")
+    expected = token_vectors(model, tokenizer, BANK[:2])
+    assert saved["offsets"].tolist() == [0, len(expected.tokens[0]), sum(map(len, expected.tokens))]
+    assert saved["tokens"].tolist() == expected.tokens[0] + expected.tokens[1]
+    np.testing.assert_allclose(saved["vectors"], np.concatenate(expected.vectors), atol=1e-5)
+    assert f"wrote {len(saved['tokens'])} token vectors of 2 texts" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["embed", "--model", str(minilm_dir), "--input", str(tmp_path / "bank.txt"), "--per-token",
+              "--output", str(tmp_path / "bank.npy")])
+    assert "per-token vectors are written as .npz" in capsys.readouterr().err
