@@ -161,6 +161,7 @@ def test_agreed_v2_split_of_real_squad(shared_data):
     assert {e.title for e in tune} == SQUAD_V2_TUNE_TITLES and {e.title for e in evaluation} == SQUAD_V2_EVAL_TITLES
     assert SQUAD_V2_EVAL_TITLES == set(titles[4::5]) and SQUAD_V2_TUNE_TITLES == set(titles[2::5])
     assert len({e.title for e in train}) == 21
+    assert (len(train), len(tune), len(evaluation)) == (7090, 2295, 2488)
     for part in (train, tune, evaluation):  # each part has both kinds of question, about half unanswerable
         assert 0.4 < np.mean([e.is_impossible for e in part]) < 0.6
 
