@@ -34,7 +34,7 @@ def test_printed_examples_and_shares_on_wikipedia(shared_data, minilm_dir, capsy
           "--vocab", str(minilm_dir), "--examples", "2", "--max-documents", "60", "--count-examples", "1500"])
     out = capsys.readouterr().out
     assert out.count("--- example") == 2 and "what the model sees:" in out and "[MASK]" in out
-    assert "IsNext: sentence B follows A" in out or "NotNext: sentence B comes from another" in out
+    assert "IsNext: B follows A in its document" in out or "NotNext: B comes from another document" in out
     shares = shown.run([shared_data / "wikipedia" / "wiki_AA.txt.gz"], vocab=str(minilm_dir), examples=0,
                        max_documents=60, count_examples=1500)
     assert shares["examples"] == 1500
@@ -59,7 +59,7 @@ def test_corruption_kinds_read_the_masked_batch(tokenizer):
     masked = MaskedBatch(corrupted, labels, labels != IGNORE_INDEX)
     assert shown.corruption_kinds(batch, masked, tokenizer.mask_id).tolist() == [[0, 1, 2, 3, 0, 0]]
     text = shown.describe(tokenizer, batch, masked, 0)
-    assert text.startswith("NotNext: sentence B comes from another document")
+    assert text.startswith("NotNext: B comes from another document")
     names = [tokenizer.id_to_token(i) for i in (2000, 2001, 2002)]
     assert f"3 targets: {names[0]}→[MASK], {names[1]}→{tokenizer.id_to_token(3000)} (random), " \
            f"{names[2]}→{names[2]} (kept)" in text

@@ -62,8 +62,8 @@ def describe(tokenizer: BertTokenizer, batch: PreTrainingBatch, masked: MaskedBa
     targets = [f"{original[i]}→{shown[i]}" + {1: "", 2: " (random)", 3: " (kept)"}[k]
                for i, k in enumerate(kinds) if k]
     label = NSP_NAMES[int(batch.nsp_labels[row])]
-    return "\n".join([f"{label}: sentence B {'follows A in' if label == 'IsNext' else 'comes from another'} "
-                      f"document", wrap(original), "  what the model sees:", wrap(shown),
+    pairing = "B follows A in its document" if label == "IsNext" else "B comes from another document"
+    return "\n".join([f"{label}: {pairing}", wrap(original), "  what the model sees:", wrap(shown),
                       f"  {len(targets)} targets: " + ", ".join(targets)])
 
 

@@ -188,9 +188,10 @@ def read_glue_table(task: str, source) -> list[TextExample]:
     spec = GLUE_TASKS[task]
     text, pair = spec.hub_columns
     examples = []
-    for row in read_records(source, required=tuple(c for c in (text, pair, "label") if c)):
+    for row in read_records(source, required=tuple(c for c in (text, pair) if c)):
         where = f"{source_name(source)}:{row['_line']}"
-        label = None if row["label"] == -1 else row["label"]  # -1: the Hub's unlabelled test rows
+        label = row.get("label")
+        label = None if label == -1 else label  # -1: the Hub's unlabelled test rows
         if label is not None:
             label = _number(label, where) if spec.labels is None else spec.from_hub(label)
             if spec.labels is not None and label not in spec.labels:
