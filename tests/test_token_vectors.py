@@ -62,7 +62,7 @@ def test_bank_means_two_things(real) -> None:
 def test_cli_embed_per_token_writes_npz(tmp_path: Path, minilm_dir: Path, real, capsys) -> None:
     model, tokenizer = real
     (tmp_path / "bank.txt").write_text("\n".join(BANK[:2]) + "\n", encoding="utf-8")
-    main(["embed", "--model", str(minilm_dir), "--input", str(tmp_path / "bank.txt"), "--per-token",
+    main(["embed", "--model", str(minilm_dir), "--input", str(tmp_path / "bank.txt"), "--per-token", "true",
           "--output", str(tmp_path / "bank.npz")])
     saved = np.load(tmp_path / "bank.npz")
     expected = token_vectors(model, tokenizer, BANK[:2])
@@ -71,6 +71,6 @@ def test_cli_embed_per_token_writes_npz(tmp_path: Path, minilm_dir: Path, real, 
     np.testing.assert_allclose(saved["vectors"], np.concatenate(expected.vectors), atol=1e-5)
     assert f"wrote {len(saved['tokens'])} token vectors of 2 texts" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["embed", "--model", str(minilm_dir), "--input", str(tmp_path / "bank.txt"), "--per-token",
+        main(["embed", "--model", str(minilm_dir), "--input", str(tmp_path / "bank.txt"), "--per-token", "true",
               "--output", str(tmp_path / "bank.npy")])
     assert "per-token vectors are written as .npz" in capsys.readouterr().err
