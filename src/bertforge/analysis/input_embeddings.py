@@ -18,7 +18,7 @@ from bertforge.errors import OptionError
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 
-SENTENCE = "The playwright was unflappable."  # "playwright" and "unflappable" come out as ## pieces
+SENTENCE = "The playwright was unflappable."  # "unflappable" (and "embellishments" below) come out as ## pieces
 PAIR = "Critics adored his embellishments."
 
 

@@ -64,7 +64,8 @@ def describe(tokenizer: BertTokenizer, batch: PreTrainingBatch, masked: MaskedBa
     label = NSP_NAMES[int(batch.nsp_labels[row])]
     pairing = "B follows A in its document" if label == "IsNext" else "B comes from another document"
     return "\n".join([f"{label}: {pairing}", wrap(original), "  what the model sees:", wrap(shown),
-                      f"  {len(targets)} targets: " + ", ".join(targets)])
+                      textwrap.fill(f"{len(targets)} targets: " + ", ".join(targets), 110, initial_indent="  ",
+                                    subsequent_indent="    ")])
 
 
 def tally(kinds: torch.Tensor, special: torch.Tensor, nsp_labels: torch.Tensor) -> dict[str, float]:
