@@ -6,14 +6,14 @@ outputs for many texts with as little wasted work as possible:
 - in "packed" mode the encoder's own forward runs in its packed layout (`model/packed.py`): every position-wise
   layer works on the real tokens only;
 - "padded" mode is the plain forward pass, kept as the reference the packed mode is tested against;
-- on GPU, `dtype="bfloat16"`/`"float16"` runs under autocast; on CPU `quantize_int8` swaps every Linear for
-  torch's dynamic int8 version (weights int8, activations quantised per batch; changes the numbers a little).
+- `precision` (bertforge/precision.py) is the same option as every job's `--precision`: bf16/fp16 run under
+  autocast (on GPUs and on CPUs with native bf16); int8 swaps every Linear for torch's dynamic int8 version
+  (`quantize_int8`; CPU, weights int8, activations quantised per batch; changes the numbers a little).
 Shapes: B = batch, N = real tokens in a batch, T = longest sequence, H = hidden size.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +24,7 @@ from torch import nn
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
 from bertforge.model.positions import DISTANCE_BIAS
+from bertforge.precision import InferencePrecision, autocast, resolve_precision
 from bertforge.tokenizer import BertTokenizer, Encoding
 
 Mode = Literal["packed", "padded"]
@@ -118,16 +119,19 @@ class Predictor:
         max_tokens: Token budget of one batch (batch size × longest text in it).
         max_batch: Most texts in one batch.
         max_length: Texts are truncated to this many tokens (default: the model's maximum).
-        dtype: "float32", or "bfloat16"/"float16" autocast on GPU.
+        precision: fp32, bf16 or fp16 (autocast), int8 (a dynamically quantised copy of the model; CPU) or
+            auto (bf16 where the hardware has it natively); see bertforge/precision.py.
     """
 
     def __init__(self, model: nn.Module, tokenizer: BertTokenizer, *, mode: Mode = "packed",
                  attention: PackedAttention = "padded", max_tokens: int = 8192, max_batch: int = 256,
-                 max_length: int | None = None, dtype: str = "float32") -> None:
+                 max_length: int | None = None, precision: InferencePrecision = "fp32") -> None:
         if mode not in ("packed", "padded"):
             raise ValueError(f"mode must be packed or padded, not {mode!r}")
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        self.precision = resolve_precision(precision, device)
+        if self.precision == "int8":
+            model = quantize_int8(model)
         self.model = model
         self.encoder = encoder_of(model)
         self.tokenizer = tokenizer
@@ -139,17 +143,11 @@ class Predictor:
         self.max_batch = max_batch
         limit = self.encoder.config.max_position_embeddings
         self.max_length = min(max_length or tokenizer.model_max_length, limit)
-        self.dtype = dtype
-        self.device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        self.device = device
 
     def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs) -> Encoding:
         kwargs.setdefault("max_length", self.max_length)
         return self.tokenizer.encode(list(texts), list(pairs) if pairs is not None else None, **kwargs)
-
-    def _autocast(self):
-        if self.dtype == "float32" or self.device.type == "cpu":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, self.dtype))
 
     @torch.inference_mode()
     def run(self, enc: Encoding, *, output_hidden_states: bool = False, output_attentions: bool = False,
@@ -162,7 +160,7 @@ class Predictor:
         for batch in token_budget_batches(lengths, self.max_tokens, self.max_batch):
             ids = [enc.input_ids[i] for i in batch]
             types = [enc.token_type_ids[i] for i in batch]
-            with self._autocast():
+            with autocast(self.precision, self.device):
                 if self.mode == "packed" and not output_attentions:
                     yield self._packed(batch, ids, types, output_hidden_states, first_token_only)
                 else:
