@@ -38,7 +38,6 @@ class Embeddings:
     vectors: np.ndarray  # [N, H] or [N, K·H] for concat, float32, in input order
     truncated: list[int]  # indices of texts cut to max_length
     empty: list[int]  # indices of empty texts (embedded as "[CLS] [SEP]")
-    tokens: int = 0  # tokens embedded, [CLS] and [SEP] included (what the OpenAI API bills as prompt tokens)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -130,7 +129,7 @@ def embed_texts(
             vectors = batch.pooled_output.float()
         else:
             states = [batch.hidden_states[i] for i in layers] if need_states else [batch.sequence_output]
-            states = [h.float() for h in states]  # bf16 outputs are summed in fp32: sums of 512 drift in bf16
+            states = [h.float() for h in states]  # pool in fp32: a bf16 sum over hundreds of tokens loses digits
             pooled = [pool_packed(h, batch.cu_seqlens, pooling) for h in states]  # K × [B, H]
             if combine == "concat":
                 vectors = torch.cat(pooled, dim=-1)
@@ -143,7 +142,6 @@ def embed_texts(
         vectors=out,
         truncated=[i for i, t in enumerate(enc.truncated) if t],
         empty=[i for i, t in enumerate(texts) if not (t.strip() if isinstance(t, str) else t)],
-        tokens=sum(len(ids) for ids in enc.input_ids),
     )
 
 
