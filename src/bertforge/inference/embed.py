@@ -54,8 +54,9 @@ def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pooling: Pooling
     lengths = cu_seqlens.diff()
     rows = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)  # [N]
     if pooling == "max":
-        return hidden.new_zeros(len(lengths), hidden.shape[-1]).index_reduce_(0, rows, hidden, "amax",
-                                                                             include_self=False)
+        index = rows.unsqueeze(-1).expand_as(hidden)  # [N, H]
+        return hidden.new_zeros(len(lengths), hidden.shape[-1]).scatter_reduce_(0, index, hidden, "amax",
+                                                                               include_self=False)
     sums = hidden.new_zeros(len(lengths), hidden.shape[-1]).index_add_(0, rows, hidden)  # [B, H]
     return sums / lengths.clamp(min=1).unsqueeze(-1).to(hidden.dtype)
 
@@ -126,10 +127,9 @@ def embed_texts(
     batches = predictor.run(enc, output_hidden_states=need_states)
     for batch in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
         if pooling == "pooled":
-            vectors = batch.pooled_output.float()
+            vectors = batch.pooled_output
         else:
             states = [batch.hidden_states[i] for i in layers] if need_states else [batch.sequence_output]
-            states = [h.float() for h in states]  # pool in fp32: a bf16 sum over hundreds of tokens loses digits
             pooled = [pool_packed(h, batch.cu_seqlens, pooling) for h in states]  # K × [B, H]
             if combine == "concat":
                 vectors = torch.cat(pooled, dim=-1)

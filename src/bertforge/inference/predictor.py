@@ -54,6 +54,15 @@ class EncodedBatch:
         lengths = self.cu_seqlens.diff()
         return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
 
+    def float(self) -> EncodedBatch:
+        """This batch with every output in float32 (itself when it already is)."""
+        def cast(states):
+            return None if states is None else tuple(h.float() for h in states)
+
+        pooled = None if self.pooled_output is None else self.pooled_output.float()
+        return EncodedBatch(self.indices, self.sequence_output.float(), self.cu_seqlens, pooled,
+                            cast(self.hidden_states), cast(self.attentions))
+
     def split(self, values: torch.Tensor) -> list[torch.Tensor]:
         """[N, ...] packed values -> B tensors [T_i, ...], one per text."""
         return list(values.split(self.cu_seqlens.diff().tolist()))
@@ -162,9 +171,11 @@ class Predictor:
             types = [enc.token_type_ids[i] for i in batch]
             with autocast(self.precision, self.device):
                 if self.mode == "packed" and not output_attentions:
-                    yield self._packed(batch, ids, types, output_hidden_states, first_token_only)
+                    encoded = self._packed(batch, ids, types, output_hidden_states, first_token_only)
                 else:
-                    yield self._padded(batch, ids, types, output_hidden_states, output_attentions)
+                    encoded = self._padded(batch, ids, types, output_hidden_states, output_attentions)
+            # Only the encoder runs in bf16/fp16: the heads and poolings of the caller get fp32, as their weights are.
+            yield encoded.float()
 
     def _packed(self, batch, ids, types, output_hidden_states, first_token_only=False) -> EncodedBatch:
         flat_ids, cu_seqlens = pack(ids)
