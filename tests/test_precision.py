@@ -127,3 +127,32 @@ def test_classify_cli_in_bf16_and_int8_agrees_with_fp32(tmp_path: Path, capsys) 
         main(["classify", "--model", str(tmp_path), "--text", "a", "--precision", "fp64"])
     assert exit_info.value.code == 2
     assert "precision" in capsys.readouterr().err
+
+
+def test_finetune_in_bf16_follows_fp32_and_saves_fp32_weights(tmp_path: Path, monkeypatch) -> None:
+    from safetensors import safe_open
+
+    from bertforge.training import finetune, finetune_loop
+
+    build(BertModel, tmp_path / "base", seed=2)
+    rows = [{"text": f"the movie was {word} , {filler}", "label": "pos" if word == "good" else "neg"}
+            for word in ("good", "bad") for filler in ("the plot", "she said", "in paris", "they play", "at night")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    used = []
+    monkeypatch.setattr(finetune_loop, "autocast", lambda p, d: used.append(p) or autocast(p, d))
+    losses = {}
+    for name in ("fp32", "bf16"):
+        result = finetune.run(tmp_path / name, model=str(tmp_path / "base"), train=tmp_path / "train.jsonl",
+                              validation=[tmp_path / "train.jsonl"], epochs=2, batch_size=4, learning_rate=1e-3,
+                              warmup_ratio=0.0, dropout=0.0, max_seq_length=16, progress=False, tensorboard=False,
+                              precision=name)
+        losses[name] = [h["train_loss"] for h in result.history]
+    assert used.count("bf16") == used.count("fp32") > 6  # every training step and evaluation batch
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
+    assert losses["bf16"] != losses["fp32"]  # really a different computation
+    assert json.loads((tmp_path / "bf16" / "finetune_config.json").read_text())["precision"] == "bf16"
+    with safe_open(str(tmp_path / "bf16" / "model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float32}
+    with pytest.raises(OptionError, match="int8 is for inference only"):
+        finetune.run(tmp_path / "int8", model=str(tmp_path / "base"), train=tmp_path / "train.jsonl",
+                     precision="int8")
