@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from bertforge.data.shards import PreparedCorpus
+from bertforge.precision import resolve_precision
 from bertforge.training.distributed import World
 from bertforge.training.pretrain import (
     BatchMasker,
@@ -32,7 +33,6 @@ from bertforge.training.pretrain import (
     build_model,
     build_optimizer,
     collate_examples,
-    resolve_precision,
 )
 
 SIDES: dict[str, dict] = {
@@ -46,7 +46,7 @@ SIDES: dict[str, dict] = {
 def side(name: str, corpus: PreparedCorpus, tokenizer, args: argparse.Namespace, out: Path) -> dict:
     cfg = PretrainConfig(data=corpus.directory, output_dir=out / name, preset=args.preset, steps=1000,
                          batch_size=args.batch_size, **SIDES[name])
-    cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))
+    cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"), training=True)
     cfg.plan(1000)
     torch.manual_seed(0)
     model = build_model(cfg, tokenizer.vocab_size)

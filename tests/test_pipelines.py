@@ -195,7 +195,7 @@ def test_int8_pipeline_stays_close(tmp_path: Path) -> None:
     build(BertForSequenceClassification, tmp_path, seed=10, labels=["a", "b", "c"])
     texts = ["good movie", "bad film , i hate it", "the day was new", "john played the guitar in paris"]
     fp32 = pipelines.classify(load_pipeline(tmp_path).predictor, texts)
-    int8 = pipelines.classify(load_pipeline(tmp_path, int8=True).predictor, texts)
+    int8 = pipelines.classify(load_pipeline(tmp_path, precision="int8").predictor, texts)
     for a, b in zip(fp32, int8, strict=True):
         diffs = [abs(a["scores"][k] - b["scores"][k]) for k in a["scores"]]
         assert 0 < max(diffs) < 0.02  # different numbers, same answer

@@ -99,9 +99,12 @@ def test_endpoints_equal_pipelines(mlm) -> None:
     assert [[[t["token"] for t in m] for m in r] for r in got] == [[[t["token"] for t in m] for m in r]
                                                                     for r in expected]
     assert got[0][0][0]["score"] == pytest.approx(expected[0][0][0]["score"], abs=1e-6)
-    status, vectors = server.request("POST", "/embed", {"texts": ["a day", "the night"]})
+    status, vectors = server.request("POST", "/embed", {"texts": ["a day", "the night"], "normalize": True})
     assert status == 200 and len(vectors) == 2 and len(vectors[0]) == 96
     assert sum(v * v for v in vectors[0]) == pytest.approx(1.0, abs=1e-5)
+    # by default as the folder says: this one has no modules.json, so mean pooling, not normalised
+    status, plain = server.request("POST", "/embed", {"texts": ["a day"]})
+    assert plain[0] == pytest.approx(pipelines.embed(loaded.predictor, ["a day"])[0].tolist(), abs=1e-5)
     status, att = server.request("POST", "/attention", {"text": "john played", "layer": 1, "head": 2})
     assert status == 200 and att["tokens"] == ["[CLS]", "john", "played", "[SEP]"]
     assert all(abs(sum(row) - 1) < 1e-3 for row in att["attention"])

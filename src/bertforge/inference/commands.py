@@ -13,6 +13,7 @@ from bertforge.errors import OptionError
 from bertforge.files import check_output_file
 from bertforge.inference import pipelines
 from bertforge.options import check_length
+from bertforge.precision import InferencePrecision
 
 
 def _listed(value: list[str] | str | None) -> list[str] | None:
@@ -33,7 +34,7 @@ def _check_output(output: Path | None, input: Path | None) -> None:
         check_output_file(output, inputs=(input,))
 
 
-def _load(model: str, device: str, task: str) -> pipelines.Loaded:
+def _load(model: str, device: str, task: str, precision: InferencePrecision) -> pipelines.Loaded:
     """The model's pipeline, after checking from its config.json alone that it has the head `task` needs."""
     from bertforge.checkpoint import read_config
     from bertforge.pretrained import resolve_model
@@ -44,7 +45,7 @@ def _load(model: str, device: str, task: str) -> pipelines.Loaded:
     if task not in pipelines.TASKS.get(architecture, (None, ()))[1]:
         raise OptionError(f"{task} --model {model}: this model is a {architecture}, without the head {task} needs; "
                           f"give a {' or '.join(serving)} checkpoint")
-    return pipelines.load_pipeline(directory, device=device)
+    return pipelines.load_pipeline(directory, device=device, precision=precision)
 
 
 def _emit(results: list, output: Path | None) -> list:
@@ -60,7 +61,7 @@ def _emit(results: list, output: Path | None) -> list:
 
 def fill_mask(model: str, text: list[str] | str | None = None, input: Path | None = None,
               text_column: str | None = None, top_k: int = 5, output: Path | None = None,
-              device: str = "cpu") -> list:
+              device: str = "cpu", precision: InferencePrecision = "fp32") -> list:
     """Predict the tokens behind every [MASK] (a pre-training or masked-LM checkpoint).
 
     Args:
@@ -71,14 +72,16 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
         top_k: Predictions per [MASK].
         output: Write JSON lines here instead of printing.
         device: cpu, cuda, ...
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
-    loaded = _load(model, device, "fill-mask")
+    loaded = _load(model, device, "fill-mask", precision)
     return _emit(pipelines.fill_mask(loaded.predictor, _texts(text, input, text_column), top_k=top_k), output)
 
 
 def classify(model: str, text: list[str] | str | None = None, input: Path | None = None,
-             text_column: str | None = None, output: Path | None = None, device: str = "cpu") -> list:
+             text_column: str | None = None, output: Path | None = None, device: str = "cpu",
+             precision: InferencePrecision = "fp32") -> list:
     """Label texts with a sequence-classification checkpoint (labels and probabilities).
 
     Args:
@@ -88,14 +91,16 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
         text_column: The text column of a table input.
         output: Write JSON lines here instead of printing.
         device: cpu, cuda, ...
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
-    loaded = _load(model, device, "classify")
+    loaded = _load(model, device, "classify", precision)
     return _emit(pipelines.classify(loaded.predictor, _texts(text, input, text_column)), output)
 
 
 def ner(model: str, text: list[str] | str | None = None, input: Path | None = None,
-        text_column: str | None = None, output: Path | None = None, device: str = "cpu") -> list:
+        text_column: str | None = None, output: Path | None = None, device: str = "cpu",
+        precision: InferencePrecision = "fp32") -> list:
     """Find entities (type, text, character span, score) with a token-classification checkpoint.
 
     Args:
@@ -105,15 +110,16 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
         text_column: The text column of a table input.
         output: Write JSON lines here instead of printing.
         device: cpu, cuda, ...
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
-    loaded = _load(model, device, "ner")
+    loaded = _load(model, device, "ner", precision)
     return _emit(pipelines.ner(loaded.predictor, _texts(text, input, text_column)), output)
 
 
 def qa(model: str, question: list[str] | str | None = None, context: list[str] | str | None = None,
        input: Path | None = None, max_length: int = 384, stride: int = 128, max_answer_tokens: int = 30,
-       output: Path | None = None, device: str = "cpu") -> list:
+       output: Path | None = None, device: str = "cpu", precision: InferencePrecision = "fp32") -> list:
     """Extract answers from contexts (any length: overlapping windows) with a question-answering checkpoint.
 
     Args:
@@ -126,6 +132,7 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
         max_answer_tokens: Longest answer considered.
         output: Write JSON lines here instead of printing.
         device: cpu, cuda, ...
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     from bertforge.data.tables import read_records
 
@@ -136,7 +143,7 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
     question, context = _listed(question), _listed(context)
     if not question or not context or len(question) != len(context):
         raise OptionError("give as many --question as --context (or --input with question/context columns)")
-    loaded = _load(model, device, "qa")
+    loaded = _load(model, device, "qa", precision)
     check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
     return _emit(pipelines.qa(loaded.predictor, question, context, max_length=max_length, stride=stride,
                               max_answer_tokens=max_answer_tokens), output)

@@ -1,7 +1,8 @@
 """Feature extraction: one vector per text from chosen layers and a pooling (BERT §5.3 feature-based).
 
 Texts are sorted by length and batched so that little work is wasted on padding; results come back in
-input order and do not depend on the batch size.
+input order and do not depend on the batch size. Pooling and normalisation default to the model folder's own
+(sentence-transformers' modules.json, see sentence.py) in `bertforge embed`; `embed_texts` does what it is told.
 Shapes: B = batch, T = sequence length, H = hidden size, K = number of layers combined.
 """
 
@@ -20,14 +21,15 @@ from tqdm.auto import tqdm
 from bertforge.errors import OptionError
 from bertforge.files import check_output_file, write_atomic
 from bertforge.model import BertModel
-from bertforge.tokenizer import BertTokenizer
+from bertforge.precision import InferencePrecision
+from bertforge.tokenizer import BertTokenizer, Encoding
 
 if TYPE_CHECKING:
     from bertforge.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-Pooling = Literal["cls", "pooled", "mean"]
+Pooling = Literal["cls", "pooled", "mean", "max"]
 Combine = Literal["concat", "mean", "sum"]
 
 
@@ -45,21 +47,34 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 
 def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """[N, H] packed tokens of B texts -> [B, H]: each text's first ([CLS]) vector or its token mean."""
+    """[N, H] packed tokens of B texts -> [B, H]: each text's first ([CLS]) vector, its token mean or its
+    token-wise maximum (special tokens included, as sentence-transformers pools)."""
     if pooling == "cls":
         return hidden[cu_seqlens[:-1]]
     lengths = cu_seqlens.diff()
     rows = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)  # [N]
+    if pooling == "max":
+        index = rows.unsqueeze(-1).expand_as(hidden)  # [N, H]
+        return hidden.new_zeros(len(lengths), hidden.shape[-1]).scatter_reduce_(0, index, hidden, "amax",
+                                                                               include_self=False)
     sums = hidden.new_zeros(len(lengths), hidden.shape[-1]).index_add_(0, rows, hidden)  # [B, H]
     return sums / lengths.clamp(min=1).unsqueeze(-1).to(hidden.dtype)
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """[B, T, H] -> [B, H]: the [CLS] vector or the mean over real (unpadded) tokens."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+def encode_inputs(tokenizer: BertTokenizer, inputs: Sequence[str] | Sequence[Sequence[int]],
+                  max_length: int) -> Encoding:
+    """Texts, or token ids of the model's vocabulary (without [CLS]/[SEP]: they are added), -> an Encoding
+    cut to max_length."""
+    if all(isinstance(x, str) for x in inputs):
+        return tokenizer.encode(list(inputs), max_length=max_length)
+    if not all(isinstance(x, Sequence) and all(isinstance(t, int) for t in x) for x in inputs):
+        raise OptionError("inputs must all be texts or all be lists of token ids")
+    bad = [t for x in inputs for t in x if not 0 <= t < tokenizer.vocab_size]
+    if bad:
+        raise OptionError(f"token id {bad[0]} is outside this model's vocabulary (0..{tokenizer.vocab_size - 1})")
+    room = max_length - 2  # [CLS] ids [SEP]
+    ids = [[tokenizer.cls_id, *x[:room], tokenizer.sep_id] for x in inputs]
+    return Encoding(ids, [[0] * len(x) for x in ids], [], [], [], [], [], [len(x) > room for x in inputs])
 
 
 @torch.inference_mode()
@@ -74,16 +89,18 @@ def embed_texts(
     batch_size: int = 32,
     max_length: int | None = None,
     normalize: bool = False,
+    precision: InferencePrecision | None = None,
     progress: bool = False,
     predictor: Predictor | None = None,
 ) -> Embeddings:
-    """Embed `texts`. `layers` index hidden states (0 = embeddings, -1 = last; default: last only);
-    several layers are combined by `combine` — the paper's best feature-based NER used the concatenation
-    of the last four (`layers=[-4, -3, -2, -1]`). `pooled` is the [CLS] pooler output and takes no layers.
-    Batches run through `predictor` (default: a packed, length-sorted Predictor over `model`).
+    """Embed `texts` (or lists of token ids, see encode_inputs). `layers` index hidden states (0 = embeddings,
+    -1 = last; default: last only); several layers are combined by `combine` — the paper's best feature-based
+    NER used the concatenation of the last four (`layers=[-4, -3, -2, -1]`). `pooled` is the [CLS] pooler
+    output and takes no layers. Batches run through `predictor` (default: a packed, length-sorted Predictor over
+    `model` in `precision`, default fp32; a given predictor runs in its own precision).
     """
-    if pooling not in ("cls", "pooled", "mean"):
-        raise OptionError(f"--pooling {pooling}: must be cls, pooled or mean")
+    if pooling not in ("cls", "pooled", "mean", "max"):
+        raise OptionError(f"--pooling {pooling}: must be cls, pooled, mean or max")
     if pooling == "pooled" and (model.pooler is None or layers):
         raise OptionError("--pooling pooled: needs a model with a pooler and no --layers")
     layers = list(layers) if layers else [-1]
@@ -99,8 +116,11 @@ def embed_texts(
         # batch_size texts per pass, no token budget: the packed forward wastes nothing on padding
         # (it skips dropout, so a model left in training mode takes the plain padded path).
         predictor = Predictor(model, tokenizer, mode="padded" if model.training else "packed",
-                              max_batch=batch_size, max_tokens=batch_size * max_length)
-    enc = tokenizer.encode(list(texts), max_length=max_length)
+                              max_batch=batch_size, max_tokens=batch_size * max_length,
+                              precision=precision or "fp32")
+    elif precision is not None and precision != predictor.precision:
+        raise OptionError(f"precision {precision!r}, but the given predictor runs in {predictor.precision!r}")
+    enc = encode_inputs(tokenizer, texts, max_length)
     width = model.config.hidden_size * (len(layers) if combine == "concat" else 1)
     out = np.zeros((len(texts), width), dtype=np.float32)
     need_states = layers != [-1]
@@ -121,7 +141,7 @@ def embed_texts(
     return Embeddings(
         vectors=out,
         truncated=[i for i, t in enumerate(enc.truncated) if t],
-        empty=[i for i, t in enumerate(texts) if not t.strip()],
+        empty=[i for i, t in enumerate(texts) if not (t.strip() if isinstance(t, str) else t)],
     )
 
 
@@ -129,15 +149,16 @@ def run(
     model: str,
     input: Path,
     output: Path = Path("vectors.npy"),
-    pooling: Pooling = "mean",
+    pooling: Pooling | None = None,
     layers: list[int] | None = None,
     combine: Combine = "concat",
     text_column: str | None = None,
     batch_size: int = 32,
     max_length: int | None = None,
-    normalize: bool = False,
+    normalize: bool | None = None,
     device: str = "cpu",
     per_token: bool = False,
+    precision: InferencePrecision = "fp32",
 ) -> Path:
     """Write one vector per input text to a .npy file ([N, H] float32, rows in input order).
 
@@ -147,30 +168,38 @@ def run(
         model: A model directory (Hugging Face format), or all-minilm-l6-v2 for the packaged checkpoint.
         input: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         output: Where to write the vectors (.npy).
-        pooling: cls (first token), pooled (tanh pooler on [CLS]) or mean (over real tokens).
+        pooling: cls (first token), pooled (tanh pooler on [CLS]), mean or max (over real tokens); default the
+            model folder's own (sentence-transformers' 1_Pooling/config.json), else mean.
         layers: Hidden states to use: 0 = embeddings, -1 = last (default); e.g. [-4,-3,-2,-1].
         combine: How several layers are combined: concat, mean or sum.
         text_column: The text column of a table input.
         batch_size: Texts per forward pass.
-        max_length: Longer texts are truncated (and reported); default the model's 512.
-        normalize: Scale every vector to unit length.
+        max_length: Longer texts are truncated (and reported); default the folder's sentence-transformers
+            max_seq_length, else the model's 512.
+        normalize: Scale every vector to unit length; default the model folder's own (a Normalize module in
+            modules.json), else false.
         device: cpu, cuda, cuda:1, ...
         per_token: Write each token's vector (from the last layer, or the one layer of --layers) to an .npz:
             `vectors` [all tokens, H], `offsets` [N + 1] where each text's tokens start, `tokens` (WordPieces).
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     from bertforge.checkpoint import load_model
     from bertforge.data.tables import read_texts
+    from bertforge.inference.sentence import read_sentence_config
     from bertforge.pretrained import resolve_model
 
     check_output_file(output, inputs=(input,))
     directory = resolve_model(model)
+    settings = read_sentence_config(directory).with_options(pooling=pooling, normalize=normalize)
     texts = read_texts(input, text_column=text_column)
     bert = load_model(directory).to(device)
     tokenizer = BertTokenizer.from_pretrained(directory)
     if per_token:
-        return _write_token_vectors(bert, tokenizer, texts, layers, max_length, batch_size, output)
-    result = embed_texts(bert, tokenizer, texts, pooling=pooling, layers=layers, combine=combine,
-                         batch_size=batch_size, max_length=max_length, normalize=normalize, progress=True)
+        return _write_token_vectors(bert, tokenizer, texts, layers, max_length or settings.max_length,
+                                    batch_size, output)
+    result = embed_texts(bert, tokenizer, texts, pooling=settings.pooling, layers=layers, combine=combine,
+                         batch_size=batch_size, max_length=max_length or settings.max_length,
+                         normalize=settings.normalize, precision=precision, progress=True)
     if result.empty:
         log.warning("%s: %d empty texts (first on line %d) embedded as '[CLS] [SEP]'",
                     input, len(result.empty), result.empty[0] + 1)

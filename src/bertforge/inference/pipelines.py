@@ -24,8 +24,10 @@ from bertforge.heads import (
     BertForTokenClassification,
 )
 from bertforge.inference.embed import Pooling, embed_texts
-from bertforge.inference.predictor import Predictor, quantize_int8
+from bertforge.inference.predictor import Predictor
+from bertforge.inference.sentence import SentenceConfig, read_sentence_config
 from bertforge.model import BertModel
+from bertforge.precision import InferencePrecision
 from bertforge.tokenizer import Encoding
 
 # config.json architecture -> (model class, the pipelines it serves)
@@ -49,12 +51,15 @@ class Loaded:
     architecture: str
     tasks: tuple[str, ...]
     directory: Path
+    sentence: SentenceConfig = SentenceConfig()  # the folder's embedding defaults (modules.json)
 
 
-def load_pipeline(directory: str | Path, *, device: str = "cpu", int8: bool = False, **predictor_kwargs) -> Loaded:
+def load_pipeline(directory: str | Path, *, device: str = "cpu", precision: InferencePrecision = "fp32",
+                  **predictor_kwargs) -> Loaded:
     """Load a Hugging Face-format model (a folder, `all-minilm-l6-v2` or a Hub id: pretrained.resolve_model)
-    as the task model its config names, wrapped in a Predictor.
-    `int8` applies dynamic int8 quantisation (CPU only; see predictor.quantize_int8 for its accuracy cost)."""
+    as the task model its config names, wrapped in a Predictor that runs in `precision` (bertforge/precision.py;
+    int8 is dynamic quantisation on the CPU, see predictor.quantize_int8 for its accuracy cost). Texts are cut
+    at the folder's sentence-transformers max_seq_length when it has one, as sentence-transformers cuts them."""
     from bertforge.checkpoint import load_model, read_config
     from bertforge.pretrained import resolve_model
     from bertforge.tokenizer import BertTokenizer
@@ -65,13 +70,11 @@ def load_pipeline(directory: str | Path, *, device: str = "cpu", int8: bool = Fa
         raise PipelineError(f"{directory}/config.json: architecture {architecture!r} has no pipeline; "
                             f"supported: {', '.join(TASKS)}")
     model_class, tasks = TASKS[architecture]
+    sentence = read_sentence_config(directory)
+    predictor_kwargs.setdefault("max_length", sentence.max_length)
     model = load_model(directory, model_class).to(device)
-    if int8:
-        if device != "cpu":
-            raise PipelineError(f"int8 quantisation runs on the CPU only, not on {device}")
-        model = quantize_int8(model)
-    predictor = Predictor(model, BertTokenizer.from_pretrained(directory), **predictor_kwargs)
-    return Loaded(predictor, architecture, tasks, Path(directory))
+    predictor = Predictor(model, BertTokenizer.from_pretrained(directory), precision=precision, **predictor_kwargs)
+    return Loaded(predictor, architecture, tasks, Path(directory), sentence)
 
 
 def _require(predictor: Predictor, cls: type | tuple[type, ...], task: str) -> None:
@@ -110,9 +113,10 @@ def fill_mask(predictor: Predictor, texts: Sequence[str], *, top_k: int = 5) -> 
 
 
 # ----- embed ----------------------------------------------------------------------------------------------
-def embed(predictor: Predictor, texts: Sequence[str], *, pooling: Pooling = "mean",
+def embed(predictor: Predictor, texts: Sequence[str] | Sequence[Sequence[int]], *, pooling: Pooling = "mean",
           normalize: bool = False) -> np.ndarray:
-    """[len(texts), H] float32 sentence vectors (see inference/embed.py for layer selection)."""
+    """[len(texts), H] float32 sentence vectors of texts (or token-id lists; see embed.encode_inputs). A model
+    folder's own pooling and normalisation are in `Loaded.sentence`; inference/embed.py selects layers."""
     return embed_texts(predictor.encoder, predictor.tokenizer, texts, pooling=pooling, normalize=normalize,
                        max_length=predictor.max_length, predictor=predictor).vectors
 

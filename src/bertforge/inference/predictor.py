@@ -6,14 +6,14 @@ outputs for many texts with as little wasted work as possible:
 - in "packed" mode the encoder's own forward runs in its packed layout (`model/packed.py`): every position-wise
   layer works on the real tokens only;
 - "padded" mode is the plain forward pass, kept as the reference the packed mode is tested against;
-- on GPU, `dtype="bfloat16"`/`"float16"` runs under autocast; on CPU `quantize_int8` swaps every Linear for
-  torch's dynamic int8 version (weights int8, activations quantised per batch; changes the numbers a little).
+- `precision` (bertforge/precision.py) is the same option as every job's `--precision`: bf16/fp16 run under
+  autocast (on GPUs and on CPUs with native bf16); int8 swaps every Linear for torch's dynamic int8 version
+  (`quantize_int8`; CPU, weights int8, activations quantised per batch; changes the numbers a little).
 Shapes: B = batch, N = real tokens in a batch, T = longest sequence, H = hidden size.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +24,7 @@ from torch import nn
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
 from bertforge.model.positions import DISTANCE_BIAS
+from bertforge.precision import InferencePrecision, autocast, resolve_precision
 from bertforge.tokenizer import BertTokenizer, Encoding
 
 Mode = Literal["packed", "padded"]
@@ -52,6 +53,15 @@ class EncodedBatch:
         """[N] which text of the batch (0..B-1) each packed token belongs to."""
         lengths = self.cu_seqlens.diff()
         return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+
+    def float(self) -> EncodedBatch:
+        """This batch with every output in float32 (itself when it already is)."""
+        def cast(states):
+            return None if states is None else tuple(h.float() for h in states)
+
+        pooled = None if self.pooled_output is None else self.pooled_output.float()
+        return EncodedBatch(self.indices, self.sequence_output.float(), self.cu_seqlens, pooled,
+                            cast(self.hidden_states), cast(self.attentions))
 
     def split(self, values: torch.Tensor) -> list[torch.Tensor]:
         """[N, ...] packed values -> B tensors [T_i, ...], one per text."""
@@ -118,16 +128,19 @@ class Predictor:
         max_tokens: Token budget of one batch (batch size × longest text in it).
         max_batch: Most texts in one batch.
         max_length: Texts are truncated to this many tokens (default: the model's maximum).
-        dtype: "float32", or "bfloat16"/"float16" autocast on GPU.
+        precision: fp32, bf16 or fp16 (autocast), int8 (a dynamically quantised copy of the model; CPU) or
+            auto (bf16 where the hardware has it natively); see bertforge/precision.py.
     """
 
     def __init__(self, model: nn.Module, tokenizer: BertTokenizer, *, mode: Mode = "packed",
                  attention: PackedAttention = "padded", max_tokens: int = 8192, max_batch: int = 256,
-                 max_length: int | None = None, dtype: str = "float32") -> None:
+                 max_length: int | None = None, precision: InferencePrecision = "fp32") -> None:
         if mode not in ("packed", "padded"):
             raise ValueError(f"mode must be packed or padded, not {mode!r}")
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        self.precision = resolve_precision(precision, device)
+        if self.precision == "int8":
+            model = quantize_int8(model)
         self.model = model
         self.encoder = encoder_of(model)
         self.tokenizer = tokenizer
@@ -139,17 +152,11 @@ class Predictor:
         self.max_batch = max_batch
         limit = self.encoder.config.max_position_embeddings
         self.max_length = min(max_length or tokenizer.model_max_length, limit)
-        self.dtype = dtype
-        self.device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        self.device = device
 
     def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs) -> Encoding:
         kwargs.setdefault("max_length", self.max_length)
         return self.tokenizer.encode(list(texts), list(pairs) if pairs is not None else None, **kwargs)
-
-    def _autocast(self):
-        if self.dtype == "float32" or self.device.type == "cpu":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, self.dtype))
 
     @torch.inference_mode()
     def run(self, enc: Encoding, *, output_hidden_states: bool = False, output_attentions: bool = False,
@@ -162,11 +169,13 @@ class Predictor:
         for batch in token_budget_batches(lengths, self.max_tokens, self.max_batch):
             ids = [enc.input_ids[i] for i in batch]
             types = [enc.token_type_ids[i] for i in batch]
-            with self._autocast():
+            with autocast(self.precision, self.device):
                 if self.mode == "packed" and not output_attentions:
-                    yield self._packed(batch, ids, types, output_hidden_states, first_token_only)
+                    encoded = self._packed(batch, ids, types, output_hidden_states, first_token_only)
                 else:
-                    yield self._padded(batch, ids, types, output_hidden_states, output_attentions)
+                    encoded = self._padded(batch, ids, types, output_hidden_states, output_attentions)
+            # Only the encoder runs in bf16/fp16: the heads and poolings of the caller get fp32, as their weights are.
+            yield encoded.float()
 
     def _packed(self, batch, ids, types, output_hidden_states, first_token_only=False) -> EncodedBatch:
         flat_ids, cu_seqlens = pack(ids)

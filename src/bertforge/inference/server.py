@@ -1,7 +1,8 @@
 """`bertforge serve`: the pipelines over HTTP (FastAPI + uvicorn), with a web page and metrics.
 
 Endpoints (only those the model supports are mounted): POST /fill-mask, /embed, /classify, /ner, /qa,
-/attention; GET /health, /metrics (Prometheus text format), /info, /docs and /openapi.json, / (the page).
+/attention; GET /health, /metrics (Prometheus text format), /info, /docs and /openapi.json, / (the page); and
+OpenAI's POST /v1/embeddings and GET /v1/models (openai_api.py, with OpenAI's error shape under /v1).
 Bad input never reaches the model: oversize bodies (counted as they stream in), too many texts or too long
 texts answer 413; a body that does not arrive in time 408; malformed JSON, wrong types, empty lists, texts
 without [MASK] answer 422; a full queue or a timed-out request 503 — every error is JSON
@@ -26,6 +27,7 @@ from bertforge.errors import BertforgeError
 from bertforge.inference import pipelines
 from bertforge.inference.batcher import MicroBatcher, Overloaded
 from bertforge.inference.pipelines import Loaded, PipelineError
+from bertforge.precision import InferencePrecision
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -74,7 +76,8 @@ class FillMaskIn(TextsIn):
 
 
 class EmbedIn(TextsIn):
-    normalize: bool = True
+    normalize: bool | None = Field(None, description="Unit-length vectors; default the model folder's own "
+                                   "(a Normalize module in its modules.json), else false.")
 
 
 class ClassifyIn(TextsIn):
@@ -106,8 +109,8 @@ def _run_batch(loaded: Loaded, key: Hashable, items: list) -> list:
     task = key[0]
     if task == "fill-mask":
         return pipelines.fill_mask(predictor, items, top_k=key[1])
-    if task == "embed":
-        return pipelines.embed(predictor, items, normalize=key[1]).tolist()
+    if task == "embed":  # key = ("embed", pooling, normalize, input kind)
+        return pipelines.embed(predictor, items, pooling=key[1], normalize=key[2]).tolist()
     if task == "classify":
         texts = [t for t, _ in items]
         pairs = [p for _, p in items] if key[1] else None
@@ -132,14 +135,16 @@ def attention_map(loaded: Loaded, text: str, pair: str | None, layer: int, head:
 
 
 # ----- the app ----------------------------------------------------------------------------------------------
-def create_app(loaded: Loaded, limits: Limits = Limits()):
-    """The FastAPI application for one loaded model (`app.state.limits` holds `limits` for `uvicorn_config`)."""
+def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = None):
+    """The FastAPI application for one loaded model (`app.state.limits` holds `limits` for `uvicorn_config`).
+    `name` is the model's name in the OpenAI API (default: its folder's name)."""
     require_serve_extra()
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from bertforge.inference import openai_api
     from bertforge.inference.guards import RequestGuard
     from bertforge.inference.metrics import BatcherSnapshot, Metrics
 
@@ -171,23 +176,25 @@ def create_app(loaded: Loaded, limits: Limits = Limits()):
     app.add_middleware(RequestGuard, routes=app.router.routes, max_body_bytes=limits.max_body_bytes,
                        body_timeout_s=limits.body_timeout_s, observe=metrics.observe)
 
-    def error(status: int, message: str, detail: Any = None) -> JSONResponse:
+    def error(request: Request, status: int, message: str, detail: Any = None) -> JSONResponse:
+        if request.url.path.startswith(openai_api.PREFIX):  # OpenAI clients read OpenAI's error shape
+            return openai_api.error_response(status, message, detail)
         return JSONResponse({"error": message, "detail": detail}, status_code=status)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error(exc.status, exc.error, exc.detail)
+        return error(request, exc.status, exc.error, exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        return error(422, "invalid request body", detail)
+        return error(request, 422, "invalid request body", detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (e.g. not UTF-8)
-            return error(422, "request body is not valid UTF-8 JSON", str(exc.detail))
-        return error(exc.status_code, str(exc.detail))
+            return error(request, 422, "request body is not valid UTF-8 JSON", str(exc.detail))
+        return error(request, exc.status_code, str(exc.detail))
 
     def check_texts(texts: list[str], what: str = "texts") -> None:
         if len(texts) > limits.max_texts:
@@ -240,9 +247,13 @@ def create_app(loaded: Loaded, limits: Limits = Limits()):
     if "embed" in loaded.tasks:
         @app.post("/embed")
         async def embed(body: EmbedIn) -> list:
-            """One vector per text (mean of the last layer's tokens)."""
+            """One vector per text, pooled as the model folder says (modules.json; else the tokens' mean)."""
             check_texts(body.texts)
-            return await batched(("embed", body.normalize), body.texts)
+            settings = loaded.sentence.with_options(normalize=body.normalize)
+            return await batched(("embed", settings.pooling, settings.normalize, "text"), body.texts)
+
+        openai_api.add_openai_routes(app, loaded, name=name or loaded.directory.name, limits=limits,
+                                     batched=batched, check_texts=check_texts)
 
     if "classify" in loaded.tasks:
         @app.post("/classify")
@@ -308,7 +319,7 @@ def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cp
         timeout_s: float = Limits.timeout_s, head_timeout_s: float = Limits.head_timeout_s,
         body_timeout_s: float = Limits.body_timeout_s, keep_alive_s: float = Limits.keep_alive_s,
         max_connections: int = Limits.max_connections, max_header_bytes: int = Limits.max_header_bytes,
-        threads: int | None = None, int8: bool = False) -> None:
+        threads: int | None = None, precision: InferencePrecision = "fp32") -> None:
     """Serve a model's pipelines over HTTP, with a web page at / and OpenAPI docs at /docs.
 
     Args:
@@ -330,18 +341,19 @@ def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cp
         max_connections: Most open connections, idle ones included; requests beyond get 503 at once.
         max_header_bytes: Largest request line plus headers (400 beyond).
         threads: torch CPU threads (default: torch's choice).
-        int8: Serve a dynamically int8-quantised copy (CPU; faster, slightly different numbers).
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (a dynamically quantised
+            copy; CPU, slightly different numbers) or auto.
     """
     require_serve_extra()
     import uvicorn
 
     if threads:
         torch.set_num_threads(threads)
-    loaded = pipelines.load_pipeline(model, device=device, int8=int8)
+    loaded = pipelines.load_pipeline(model, device=device, precision=precision)
     limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, max_queue=max_queue,
                     max_wait_ms=max_wait_ms, max_batch_texts=max_batch_texts, timeout_s=timeout_s,
                     head_timeout_s=head_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
                     max_connections=max_connections, max_header_bytes=max_header_bytes)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service has no authentication; anyone who can reach it can use it", host)
-    uvicorn.Server(uvicorn_config(create_app(loaded, limits), host=host, port=port)).run()
+    uvicorn.Server(uvicorn_config(create_app(loaded, limits, name=model), host=host, port=port)).run()

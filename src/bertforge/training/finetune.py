@@ -20,6 +20,7 @@ from bertforge.data import hf_datasets
 from bertforge.data.tables import DataError, source_name
 from bertforge.files import move_into_place, open_text, remove_stale_temporaries, temporary_sibling, write_text_atomic
 from bertforge.options import check_length, check_options
+from bertforge.precision import TrainingPrecision, resolve_precision
 from bertforge.tasks.classification import GLUE_TASKS
 from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult, seed_everything
 from bertforge.training.finetune_loop import train as train_loop
@@ -71,6 +72,7 @@ def run(
     progress: bool = True,
     num_threads: int | None = None,
     device: str = "cpu",
+    precision: TrainingPrecision = "fp32",
     overwrite: bool = False,
 ) -> TrainResult:
     """Fine-tune a BERT checkpoint on a task; the best epoch's model is saved to output_dir.
@@ -123,6 +125,8 @@ def run(
         progress: Show a progress bar.
         num_threads: CPU threads for torch (default: torch's choice).
         device: cpu, cuda, cuda:1, ...
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16 (autocast + loss scaling) or auto
+            (bf16 where the hardware has it natively). The saved weights are fp32 either way.
         overwrite: Replace what output_dir holds (a folder that is not empty is refused without it). The new
             run is built beside it and replaces it only when finished, so a killed run changes nothing.
     """
@@ -133,6 +137,7 @@ def run(
     from bertforge.training.run_folder import check_run_folder
 
     check_options(locals())
+    running_precision = resolve_precision(precision, device, training=True)
     if num_threads:
         torch.set_num_threads(num_threads)
     output_dir = Path(output_dir)
@@ -183,7 +188,8 @@ def run(
                             batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
                             warmup_ratio=warmup_ratio, seed=seed, early_stopping_patience=early_stopping_patience,
                             eval_batch_size=eval_batch_size, group_by_length=group_by_length,
-                            token_loss=token_loss, save_best=save_best, log_file=work / "metrics.jsonl",
+                            token_loss=token_loss, precision=running_precision, save_best=save_best,
+                            log_file=work / "metrics.jsonl",
                             tensorboard_dir=work / "tensorboard" if tensorboard else None, progress=progress)
     except BaseException:  # a failed run leaves output_dir as it was (a kill leaves `work`, removed next time)
         shutil.rmtree(work, ignore_errors=True)

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bertforge.checkpoint import load_model
+from bertforge.precision import Precision, autocast
 from bertforge.tasks.base import Feature, TaskFamily, collate
 from bertforge.training.optim import build_adamw, build_schedule
 
@@ -73,8 +74,8 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 @torch.inference_mode()
 def predict_outputs(model: torch.nn.Module, task: TaskFamily, features: Sequence[Feature], *, pad_id: int,
-                    batch_size: int = 64, progress: bool = False) -> list[np.ndarray]:
-    """The head's outputs for every feature, in feature order (batched longest first)."""
+                    batch_size: int = 64, progress: bool = False, precision: Precision = "fp32") -> list[np.ndarray]:
+    """The head's outputs for every feature, in feature order (batched longest first), forward in `precision`."""
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(features)), key=lambda i: -features[i].length)
@@ -82,15 +83,17 @@ def predict_outputs(model: torch.nn.Module, task: TaskFamily, features: Sequence
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch_ids in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
         batch = collate([features[i] for i in batch_ids], pad_id)
-        output = model(**_to(batch, device))
+        with autocast(precision, device):
+            output = model(**_to(batch, device))
         for i, value in zip(batch_ids, task.outputs(output, batch), strict=True):
             outputs[i] = value
     return outputs
 
 
 def evaluate(model, task: TaskFamily, eval_set: EvalSet, *, pad_id: int, batch_size: int = 64,
-             progress: bool = False) -> dict:
-    outputs = predict_outputs(model, task, eval_set.features, pad_id=pad_id, batch_size=batch_size, progress=progress)
+             progress: bool = False, precision: Precision = "fp32") -> dict:
+    outputs = predict_outputs(model, task, eval_set.features, pad_id=pad_id, batch_size=batch_size, progress=progress,
+                              precision=precision)
     return task.evaluate(eval_set.examples, eval_set.features, outputs)
 
 
@@ -112,6 +115,7 @@ def train(
     eval_batch_size: int = 64,
     group_by_length: bool = True,
     token_loss: str = "auto",
+    precision: Precision = "fp32",
     save_best=None,
     log_file: Path | None = None,
     tensorboard_dir: Path | None = None,
@@ -128,6 +132,9 @@ def train(
     few tokens (a batch of headlines) to hundreds, so a batch mean gives the tokens of short sentences many times
     the weight of the others; the constant keeps every token's weight equal, as random batches do on average.
     "auto" = "constant" when grouping by length, else "batch_mean" (what `transformers` computes).
+
+    `precision` (resolved by bertforge.precision): forward and loss under bf16/fp16 autocast; fp16 adds loss
+    scaling. The weights and the optimizer state stay fp32.
     """
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -146,6 +153,7 @@ def train(
     optimizer = build_adamw(model, lr=learning_rate, weight_decay=weight_decay)
     schedule = build_schedule(optimizer, "linear", warmup_steps=int(warmup_ratio * total_steps),
                               total_steps=total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 gradients underflow unscaled
     writer = _tensorboard(tensorboard_dir)
     result, step, stale, started = TrainResult(None, None), 0, 0, time.perf_counter()
     main_metric = task.metric_names[0]
@@ -164,11 +172,14 @@ def train(
                 break
             chosen = [train_features[i] for i in batch_ids]
             inputs, labels = _to(collate(chosen, pad_id), device), _to(task.labels(chosen), device)
-            loss = task.loss(model(**inputs), labels, **loss_kwargs)
+            with autocast(precision, device):
+                loss = task.loss(model(**inputs), labels, **loss_kwargs)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             step += 1
             running, seen = running + loss.item(), seen + 1
@@ -180,7 +191,7 @@ def train(
         record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
                   "elapsed_s": round(time.perf_counter() - started, 2)}
         for eval_set in eval_sets:
-            metrics = evaluate(model, task, eval_set, pad_id=pad_id, batch_size=eval_batch_size)
+            metrics = evaluate(model, task, eval_set, pad_id=pad_id, batch_size=eval_batch_size, precision=precision)
             record.update({f"{eval_set.name}/{k}": v for k, v in metrics.items()})
         result.history.append(record)
         _log(record, log_file, writer, step)

@@ -52,6 +52,7 @@ from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
 from bertforge.model.positions import sinusoidal_table
+from bertforge.precision import Precision, TrainingPrecision, autocast, check_precision, resolve_precision
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bertforge.training.distributed import World, all_reduce_sum, init_distributed
 from bertforge.training.lamb import Lamb
@@ -62,7 +63,6 @@ from bertforge.training.run_folder import open_run
 log = logging.getLogger(__name__)
 
 Objective = Literal["mlm_nsp", "mlm", "ltr"]
-Precision = Literal["fp32", "bf16", "fp16"]
 EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable across steps and runs
 
 
@@ -112,7 +112,7 @@ class PretrainConfig:
     warmup_ratio: float | None = None
     schedule: ScheduleName = "linear"
     max_grad_norm: float = 1.0
-    precision: Precision | Literal["auto"] | None = None
+    precision: TrainingPrecision | None = None
     compile: bool = False
     dropout: float | None = None
     position_init: Literal["normal", "sinusoidal"] | None = None
@@ -145,8 +145,7 @@ class PretrainConfig:
         if self.packing and self.objective != "mlm":
             raise OptionError(f"--packing with --objective {self.objective}: packed rows hold windows of several "
                               "documents, which only the mlm objective can use; use --objective mlm or --packing false")
-        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise OptionError(f"precision must be fp32, bf16, fp16 or auto, not {self.precision!r}")
+        check_precision(self.precision, training=True)
         if not 0 < self.masking_rate < 1:
             raise OptionError(f"--masking-rate {self.masking_rate}: must be between 0 and 1 (BERT: 0.15)")
         if self.max_predictions is None:
@@ -261,23 +260,6 @@ def next_token_targets(batch: PreTrainingBatch) -> MaskedBatch:
     positions[:, :-1] = batch.attention_mask[:, 1:].bool()
     labels[~positions] = IGNORE_INDEX
     return MaskedBatch(batch.input_ids, labels, positions)
-
-
-def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """`auto`: bf16 autocast where the hardware computes bf16 natively (recent GPUs; CPUs with AVX-512
-    BF16 or AMX, where a bf16 matmul runs ~2.3x an fp32 one), fp32 elsewhere."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if native else "fp32"
-
-
-def autocast(precision: Precision, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def losses(out, labels: torch.Tensor, nsp_labels: torch.Tensor,
@@ -521,7 +503,7 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     world = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
-    cfg.precision = resolve_precision(cfg.precision, device)
+    cfg.precision = resolve_precision(cfg.precision, device, training=True)
     if cfg.batch_size % (world.size * cfg.grad_accum_steps):
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world.size}) x "
                          f"grad_accum_steps ({cfg.grad_accum_steps})")
@@ -718,7 +700,7 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
         optimizer: Literal["adamw", "lamb"] = "adamw", lr: float | None = None, adam_beta2: float | None = None,
         weight_decay: float = 0.01,
         warmup_steps: int | None = None, warmup_ratio: float | None = None, schedule: ScheduleName = "linear",
-        max_grad_norm: float = 1.0, precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None,
+        max_grad_norm: float = 1.0, precision: TrainingPrecision | None = None,
         compile: bool = False, dropout: float | None = None,
         position_init: Literal["normal", "sinusoidal"] | None = None, seed: int = 0, eval_every: int | None = None,
         eval_batches: int = 10, log_every: int = 10, save_every: int | None = None, keep_checkpoints: int = 2,

@@ -1,0 +1,84 @@
+"""Numeric precision: the one `--precision` option of every job, checked and applied here and nowhere else.
+
+    fp32  float32 throughout: the reference every other setting is measured against.
+    bf16  bfloat16 autocast: matmuls in bf16, softmax, norms and reductions kept in fp32 by torch's autocast
+          lists. Fast where the hardware computes bf16 natively: GPUs from Ampere on, CPUs with AVX-512 BF16
+          or AMX (a bf16 matmul runs ~2.3x an fp32 one there). Elsewhere on a CPU torch emulates it: correct,
+          but slower than fp32, so bertforge says so.
+    fp16  float16 autocast (training adds loss scaling); meant for GPUs.
+    int8  dynamic int8 Linear layers (`inference.predictor.quantize_int8`): inference on the CPU only.
+    auto  bf16 where the hardware has it natively, fp32 elsewhere.
+
+Jobs that train take fp32, bf16, fp16 or auto; jobs that predict take all five.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Literal, get_args
+
+import torch
+
+from bertforge.errors import OptionError
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16", "fp16", "int8"]  # what a job runs in, once `auto` is resolved
+InferencePrecision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+TrainingPrecision = Literal["auto", "fp32", "bf16", "fp16"]
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware (not emulated): a bf16-capable GPU, or a CPU whose oneDNN
+    reports bf16 support (AVX-512 BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def check_precision(precision: str, *, training: bool = False) -> None:
+    """Refuse a value that is not a precision at all (or int8 for training), before any work starts."""
+    allowed = get_args(TrainingPrecision if training else InferencePrecision)
+    if precision not in allowed:
+        extra = " (int8 is for inference only)" if precision == "int8" else ""
+        raise OptionError(f"--precision {precision}: choose one of {', '.join(allowed)}{extra}")
+
+
+def resolve_precision(precision: str, device: torch.device | str, *, training: bool = False) -> Precision:
+    """`precision` checked against `device` (and against training, which has no int8), with `auto` resolved.
+    Raises OptionError, naming the option and the fix, where the combination cannot run."""
+    device = torch.device(device)
+    check_precision(precision, training=training)
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise OptionError(f"--precision int8: dynamic int8 runs on the CPU only, not on {device}; "
+                          "use --precision bf16 (or fp16) on an accelerator")
+    if precision == "bf16":
+        _check_bf16(device)
+    return precision
+
+
+def _check_bf16(device: torch.device) -> None:
+    if device.type == "cuda" and not native_bf16(device):
+        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else str(device)
+        raise OptionError(f"--precision bf16: {name} has no bf16 support (GPUs from Ampere on have it); "
+                          "use --precision fp16 or fp32")
+    if device.type not in ("cuda", "cpu"):
+        raise OptionError(f"--precision bf16: not supported on {device}; use --precision fp16 or fp32")
+    if device.type == "cpu" and not native_bf16(device):
+        log.warning("--precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so torch emulates it: "
+                    "results are right but slower than fp32; --precision auto picks fp32 here")
+
+
+def autocast(precision: Precision, device: torch.device | str):
+    """The context a forward (and loss) runs in: torch autocast for bf16/fp16, nothing for fp32 and int8
+    (int8 changes the model's layers instead, once, before the first batch)."""
+    if precision not in _AUTOCAST_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
