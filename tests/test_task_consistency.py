@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("fastapi", reason="pip install fastapi uvicorn (the 'serve' extra)")
 pytest.importorskip("uvicorn", reason="pip install fastapi uvicorn (the 'serve' extra)")
@@ -157,6 +158,11 @@ LABELS = ["negative", "positive", "neutral"]
 def classifier_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("classifier")
     model = build(BertForSequenceClassification, directory, seed=4, labels=LABELS)
+    with torch.no_grad():  # a random [CLS] barely depends on the text: louder attention values make it
+        for layer in model.bert.layers:
+            layer.attention.qkv.weight[2 * model.config.hidden_size :].mul_(30)  # the value projection
+            layer.attention.output.weight.mul_(30)
+        model.classifier.weight.mul_(30)
     return save_as_finetuned(model, directory, family("classification", labels=LABELS))
 
 
