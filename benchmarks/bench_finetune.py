@@ -29,8 +29,9 @@ import torch
 
 from bertforge.checkpoint import load_model
 from bertforge.pretrained import resolve_model
-from bertforge.tasks.base import collate, family
+from bertforge.tasks.base import collate
 from bertforge.tasks.qa import agreed_split
+from bertforge.tasks.registry import family
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training.finetune import with_dropout
 from bertforge.training.finetune_loop import EvalSet, evaluate, predict_outputs, seed_everything, train

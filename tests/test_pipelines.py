@@ -113,16 +113,6 @@ def test_ner_merges_subtokens_with_character_spans(tmp_path: Path) -> None:
     assert all(0.5 < e["score"] <= 1.0 for e in entities[0])
 
 
-def test_merge_words_tag_schemes() -> None:
-    labels = ["O", "B-X", "I-X", "Y"]
-    text = "aa bb cc dd"
-    offsets = [(0, 0), (0, 2), (3, 5), (6, 8), (9, 11), (0, 0)]
-    word_ids = [None, 0, 1, 2, 3, None]
-    probs = torch.eye(4)[[0, 1, 1, 2, 3, 0]]  # aa:B-X, bb:B-X (new entity), cc:I-X (joins bb), dd:Y
-    ents = pipelines._merge_words(text, word_ids, offsets, probs, labels)
-    assert [(e["entity"], e["text"]) for e in ents] == [("X", "aa"), ("X", "bb cc"), ("Y", "dd")]
-
-
 @pytest.fixture(scope="module")
 def qa_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("qa")

@@ -11,8 +11,8 @@ import torch
 
 from bertforge.data.tables import DataError
 from bertforge.tasks import family
-from bertforge.tasks.base import IGNORE_INDEX
-from bertforge.tasks.ner import Sentence, chunks, conll_f1, read_conll
+from bertforge.tasks.base import IGNORE_INDEX, Feature
+from bertforge.tasks.ner import Sentence, chunks, conll_f1, read_conll, split_words
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training.finetune_loop import train
 
@@ -31,6 +31,26 @@ def test_chunks_iob1():
 
 def test_chunks_iobes():
     assert chunks(["S-PER", "B-ORG", "I-ORG", "E-ORG", "S-ORG"]) == {(0, 0, "PER"), (1, 3, "ORG"), (4, 4, "ORG")}
+
+
+def test_entities_group_words_by_tag_scheme_with_character_spans():
+    task = family("ner", labels=["O", "B-X", "I-X", "Y"])  # "Y": a label without a prefix reads as I-Y
+    sentence = Sentence(["aa", "bb", "cc", "dd"], None, text="aa bb  cc dd", spans=[(0, 2), (3, 5), (7, 9), (10, 12)])
+    feature = Feature([2, 5, 6, 7, 8, 9, 3], [0] * 7, None, 0, {"first_pieces": [1, 2, 3, 5], "words": (0, 4)})
+    # aa:B-X, bb:B-X (a new entity), cc:I-X (joins bb; its second piece is ignored), dd:Y
+    logits = 10 * np.eye(4)[[0, 1, 1, 2, 3, 3, 0]]  # [T, C]
+    (entities,) = task.entities([sentence], [feature], [logits])
+    assert [(e["entity"], e["text"], e["start"], e["end"]) for e in entities] == [
+        ("X", "aa", 0, 2), ("X", "bb  cc", 3, 9), ("Y", "dd", 10, 12)]
+    confident = float(np.exp(10) / (np.exp(10) + 3))
+    assert all(e["score"] == pytest.approx(confident) for e in entities)
+
+
+def test_split_words_keeps_character_spans(tokenizer):
+    (sentence,) = split_words(["Bob  lives in paris."], tokenizer)
+    assert sentence.words == ["Bob", "lives", "in", "paris", "."]
+    assert [sentence.text[a:b] for a, b in sentence.spans] == sentence.words
+    assert sentence.spans[1] == (5, 10)
 
 
 def test_conll_f1_golden():

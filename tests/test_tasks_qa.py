@@ -107,14 +107,22 @@ def test_postprocessing_nbest_max_answer_length_and_null(tokenizer):
     start, end = np.full(len(feature.input_ids), -5.0), np.full(len(feature.input_ids), -5.0)
     start[first], end[first + 1] = 3.0, 3.0  # "Denver Broncos": score 6
     start[off], end[len(feature.input_ids) - 2] = 9.0, 9.0  # a span too long for max_answer_length
-    logits = np.stack([start, end])
+    logits = np.stack([start, end], -1)  # [T, 2], the head's layout
     assert task.predictions([example], [feature], [logits]) == {"q": "Denver Broncos"}
-    logits[:, 0] = 3.5  # null score 7 > best span 6: "no answer"
+    logits[0, :] = 3.5  # null score 7 > best span 6: "no answer"
     assert task.predictions([example], [feature], [logits]) == {"q": ""}
     task.null_score_threshold = 2.0  # 7 - 6 = 1 <= 2: answer again
     assert task.predictions([example], [feature], [logits]) == {"q": "Denver Broncos"}
     nbest = task.nbest([example], [feature], [logits])["q"]
     assert nbest["spans"][0]["text"] == "Denver Broncos" and nbest["null_score"] == 7.0
+    # Probabilities: a softmax over the n best scores and, in v2.0, the null score.
+    scores = np.array([s["score"] for s in nbest["spans"]] + [7.0])
+    expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    np.testing.assert_allclose([s["probability"] for s in nbest["spans"]] + [nbest["null_probability"]], expected)
+    (answer,) = task.answers([example], [feature], [logits])
+    begin = CONTEXT.index("Denver")
+    assert answer == {"answer": "Denver Broncos", "score": nbest["spans"][0]["probability"], "start": begin,
+                      "end": begin + len("Denver Broncos")}
 
 
 def test_agreed_split_of_real_squad(shared_data):

@@ -77,9 +77,12 @@ class BertForPreTraining(PretrainedModel):
         if masked_positions is not None:
             # The vocabulary projection dominates the cost: run it only where there is a label.
             hidden = hidden[masked_positions]  # [N, H]
-        mlm_logits = self.mlm(hidden, self.bert.embeddings.word_embeddings.weight)
         nsp_logits = self.nsp(enc.pooled_output) if self.nsp is not None else None
-        return PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits, encoder=enc)
+        return PreTrainingOutput(mlm_logits=self.head_logits(hidden), nsp_logits=nsp_logits, encoder=enc)
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLM head on encoder outputs: [..., H] -> [..., V] (what `forward` and the pipelines share)."""
+        return self.mlm(hidden, self.bert.embeddings.word_embeddings.weight)
 
 
 class BertForMaskedLM(BertForPreTraining):
@@ -121,8 +124,11 @@ class BertLMHeadModel(PretrainedModel):
         """`masked_positions` ([B, T] bool): compute the logits only there ([N, V]), as pre-training does."""
         enc = self.bert(input_ids, attention_mask, token_type_ids, causal=True, cache=cache, **encoder_flags)
         hidden = enc.sequence_output if masked_positions is None else enc.sequence_output[masked_positions]
-        logits = self.mlm(hidden, self.bert.embeddings.word_embeddings.weight)
-        return CausalLMOutput(logits=logits, cache=cache, encoder=enc)
+        return CausalLMOutput(logits=self.head_logits(hidden), cache=cache, encoder=enc)
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on encoder outputs: [..., H] -> [..., V]."""
+        return self.mlm(hidden, self.bert.embeddings.word_embeddings.weight)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -188,7 +194,11 @@ class BertForSequenceClassification(_LabelledHead):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> ClassifierOutput:
         enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
-        return ClassifierOutput(logits=self.classifier(self.dropout(enc.pooled_output)), encoder=enc)
+        return ClassifierOutput(logits=self.head_logits(enc.pooled_output), encoder=enc)
+
+    def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The classifier on pooled [CLS] outputs: [..., H] -> [..., C]."""
+        return self.classifier(self.dropout(pooled))
 
 
 class BertForTokenClassification(_LabelledHead):
@@ -208,7 +218,11 @@ class BertForTokenClassification(_LabelledHead):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> ClassifierOutput:
         enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
-        return ClassifierOutput(logits=self.classifier(self.dropout(enc.sequence_output)), encoder=enc)
+        return ClassifierOutput(logits=self.head_logits(enc.sequence_output), encoder=enc)
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The classifier on every token: [..., H] -> [..., C]."""
+        return self.classifier(self.dropout(hidden))
 
 
 @dataclass
@@ -234,8 +248,12 @@ class BertForQuestionAnswering(PretrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> SpanOutput:
         enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
-        start, end = self.span(enc.sequence_output).unbind(-1)  # each [B, T]
+        start, end = self.head_logits(enc.sequence_output).unbind(-1)  # each [B, T]
         return SpanOutput(start_logits=start, end_logits=end, encoder=enc)
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """S·T_i and E·T_i for every token: [..., H] -> [..., 2] (start, end)."""
+        return self.span(hidden)
 
 
 class BertForMultipleChoice(PretrainedModel):

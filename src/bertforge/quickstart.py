@@ -96,15 +96,13 @@ def write_corpus(documents: list[list[str]], path: Path) -> Path:
     return path
 
 
-@torch.no_grad()
 def fill_mask(model: BertForPreTraining, tokenizer: BertTokenizer, text: str, top_k: int = 5) -> list[str]:
-    """The model's top-k tokens for the single [MASK] in `text`."""
-    model.eval()
-    encoding = tokenizer.encode(text, padding="longest")
-    tensors = encoding.tensors()
-    where = tensors["input_ids"] == tokenizer.mask_id
-    logits = model(**tensors, masked_positions=where).mlm_logits[0]  # [V]
-    return [tokenizer.id_to_token(int(i)) for i in logits.topk(top_k).indices]
+    """The model's top-k tokens for the first [MASK] in `text`, from the fill-mask pipeline."""
+    from bertforge.inference.pipelines import fill_mask as fill_mask_pipeline
+    from bertforge.inference.predictor import Predictor
+
+    first_mask = fill_mask_pipeline(Predictor(model.eval(), tokenizer), [text], top_k=top_k)[0][0]
+    return [t["token"] for t in first_mask]
 
 
 def run(output_dir: Path = Path("quickstart"), corpus: list[Path] | None = None, budget_minutes: float = 10.0,

@@ -268,7 +268,7 @@ def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path,
              result_file: Path) -> dict:
     """Fine-tune one pre-trained variant on one task; returns the best epoch's evaluation (cached)."""
     from bertforge.checkpoint import load_model
-    from bertforge.tasks.base import family
+    from bertforge.tasks.registry import family
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune_loop import EvalSet, seed_everything, train
 

@@ -120,7 +120,8 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
 def qa(model: str, question: list[str] | str | None = None, context: list[str] | str | None = None,
        input: Path | None = None, max_length: int = 384, stride: int = 128, max_answer_tokens: int = 30,
        output: Path | None = None, device: str = "cpu", precision: InferencePrecision = "fp32") -> list:
-    """Extract answers from contexts (any length: overlapping windows) with a question-answering checkpoint.
+    """Extract answers from contexts (any length: overlapping windows) with a question-answering checkpoint,
+    decoded as `evaluate` and `predict` do (n-best start + end logits, max-context windows).
 
     Args:
         model: Model directory (BertForQuestionAnswering).
@@ -128,7 +129,8 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
         context: The passage to answer from.
         input: Or a .csv/.tsv/.jsonl file with question and context columns.
         max_length: Tokens per window (question + context piece + 3 special tokens).
-        stride: Tokens of overlap between consecutive windows.
+        stride: Tokens between the starts of consecutive windows (the step, as finetune's --doc-stride;
+            transformers' stride is the overlap instead: window length minus this).
         max_answer_tokens: Longest answer considered.
         output: Write JSON lines here instead of printing.
         device: cpu, cuda, ...

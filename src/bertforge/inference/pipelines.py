@@ -3,6 +3,9 @@
 Each function takes a Predictor (which holds the model and tokenizer) and plain Python inputs and returns
 plain Python values (lists and dicts of str/float/int), in input order, ready for JSON.
 `load_pipeline(dir)` picks the task from the checkpoint's `architectures` entry.
+What an answer means lives in tasks/: the task family turns texts into features and the head's logits into
+answers, exactly as `evaluate` and `predict` do; here the Predictor only runs the encoder fast and
+`head_logits` applies the model's own head.
 Shapes: N = real tokens of a batch, H = hidden size, V = vocabulary, C = classes.
 """
 
@@ -28,6 +31,12 @@ from bertforge.inference.predictor import Predictor
 from bertforge.inference.sentence import SentenceConfig, read_sentence_config
 from bertforge.model import BertModel
 from bertforge.precision import InferencePrecision
+from bertforge.tasks.base import Feature
+from bertforge.tasks.classification import TextExample
+from bertforge.tasks.masked_lm import top_tokens
+from bertforge.tasks.ner import split_words
+from bertforge.tasks.qa import examples_from_pairs
+from bertforge.tasks.registry import family_for
 from bertforge.tokenizer import Encoding
 
 # config.json architecture -> (model class, the pipelines it serves)
@@ -83,30 +92,39 @@ def _require(predictor: Predictor, cls: type | tuple[type, ...], task: str) -> N
                             f"this model is a {type(predictor.model).__name__}")
 
 
+@torch.inference_mode()
+def _head_outputs(predictor: Predictor, features: Sequence[Feature], *, pooled: bool = False) -> list[np.ndarray]:
+    """The model's head logits per feature, in feature order, in the layout the task families decode: [C] from
+    the pooled [CLS] when `pooled`, else [T_i, C] over the feature's tokens."""
+    enc = Encoding([f.input_ids for f in features], [f.token_type_ids for f in features], [], [], [], [], [], [])
+    outputs: list = [None] * len(features)
+    for batch in predictor.run(enc, first_token_only=pooled):
+        hidden = batch.pooled_output if pooled else batch.sequence_output  # [B, H] or [N, H]
+        logits = predictor.model.head_logits(hidden).float().cpu()
+        rows = list(logits) if pooled else batch.split(logits)
+        for row, i in zip(rows, batch.indices, strict=True):
+            outputs[i] = row.numpy()
+    return outputs
+
+
 # ----- fill-mask ------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def fill_mask(predictor: Predictor, texts: Sequence[str], *, top_k: int = 5) -> list[list[list[dict]]]:
     """For every text, for every [MASK] in it (left to right), the top-k tokens with probabilities."""
     _require(predictor, BertForPreTraining, "fill-mask")
-    model: BertForPreTraining = predictor.model
     tok = predictor.tokenizer
     enc = predictor.tokenize(texts)
     for i, ids in enumerate(enc.input_ids):
         if tok.mask_id not in ids:
             raise PipelineError(f"text {i} has no [MASK] token (or it was truncated away): {texts[i][:80]!r}")
     results: list = [None] * len(texts)
-    embedding = predictor.encoder.embeddings.word_embeddings.weight
     for batch in predictor.run(enc):
-        flat_ids = torch.tensor([t for i in batch.indices for t in enc.input_ids[i]], device=embedding.device)
+        flat_ids = torch.tensor([t for i in batch.indices for t in enc.input_ids[i]], device=batch.rows().device)
         masked = flat_ids == tok.mask_id  # [N]
-        probs = model.mlm(batch.sequence_output[masked], embedding).float().softmax(-1)  # [M, V]
-        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        rows = batch.rows()[masked].tolist()
+        predicted = top_tokens(predictor.model.head_logits(batch.sequence_output[masked]), tok, top_k=top_k)
         per_text: dict[int, list] = {}
-        for row, p, t in zip(rows, top.values.tolist(), top.indices.tolist(), strict=True):
-            per_text.setdefault(row, []).append(
-                [{"token": tok.id_to_token(j), "token_id": j, "score": s} for s, j in zip(p, t, strict=True)]
-            )
+        for row, top in zip(batch.rows()[masked].tolist(), predicted, strict=True):
+            per_text.setdefault(row, []).append(top)
         for row, i in enumerate(batch.indices):
             results[i] = per_text[row]
     return results
@@ -122,155 +140,47 @@ def embed(predictor: Predictor, texts: Sequence[str] | Sequence[Sequence[int]], 
 
 
 # ----- classify -------------------------------------------------------------------------------------------
-@torch.inference_mode()
 def classify(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
     """{label, score, scores: {label: probability}} per text (pair); regression models give {value}.
-    Multi-label models score each label by its own sigmoid, as transformers' pipeline does."""
+    Multi-label models score each label by its own sigmoid, as transformers' pipeline does
+    (tasks/classification.py: `SequenceClassification.answers`)."""
     _require(predictor, BertForSequenceClassification, "classify")
-    model: BertForSequenceClassification = predictor.model
-    labels = model.labels or [f"LABEL_{i}" for i in range(model.num_labels)]
-    results: list = [None] * len(texts)
-    for batch in predictor.run(predictor.tokenize(texts, pairs), first_token_only=True):
-        logits = model.classifier(batch.pooled_output).float()  # [B, C]
-        for row, i in enumerate(batch.indices):
-            if model.num_labels == 1:
-                results[i] = {"value": float(logits[row, 0])}
-                continue
-            multi_label = model.problem_type == "multi_label_classification"  # independent yes/no per label
-            probs = (logits[row].sigmoid() if multi_label else logits[row].softmax(-1)).tolist()
-            best = int(np.argmax(probs))
-            results[i] = {"label": labels[best], "score": probs[best],
-                          "scores": dict(zip(labels, probs, strict=True))}
-    return results
+    task = family_for(predictor.model)
+    examples = [TextExample(t, p) for t, p in zip(texts, pairs if pairs is not None else [None] * len(texts),
+                                                  strict=True)]
+    features = task.features(examples, predictor.tokenizer, max_seq_length=predictor.max_length)
+    return task.answers(examples, features, _head_outputs(predictor, features, pooled=True))
 
 
 # ----- ner ------------------------------------------------------------------------------------------------
-def _entity_type(label: str) -> tuple[str, str]:
-    """'B-PER' -> ('B', 'PER'); 'PER' -> ('I', 'PER'); 'O' -> ('O', '')."""
-    if label == "O":
-        return "O", ""
-    if len(label) > 2 and label[1] in "-_" and label[0] in "BIES":
-        return label[0], label[2:]
-    return "I", label
-
-
-@torch.inference_mode()
 def ner(predictor: Predictor, texts: Sequence[str]) -> list[list[dict]]:
     """Entities per text: {entity, text, start, end, score}; character spans into the original text.
 
-    Each word takes the label of its first sub-token (as in BERT §5.3); consecutive words of one type
-    merge into one entity unless a B- (or S-) label starts a new one. score = mean probability of the
-    first sub-tokens' labels.
+    Each word takes the label of its first sub-token (BERT §5.3); words group into entities by conlleval's
+    rules (a B- or S- label starts a new one); score = the mean probability of the words' labels
+    (tasks/ner.py: `TokenClassification.entities`).
     """
     _require(predictor, BertForTokenClassification, "ner")
-    model: BertForTokenClassification = predictor.model
-    labels = model.labels or [f"LABEL_{i}" for i in range(model.num_labels)]
-    enc = predictor.tokenize(texts)
-    results: list = [None] * len(texts)
-    for batch in predictor.run(enc):
-        probs = model.classifier(batch.sequence_output).float().softmax(-1)  # [N, C]
-        for row, p in enumerate(batch.split(probs)):
-            i = batch.indices[row]
-            results[i] = _merge_words(texts[i], enc.word_ids[i], enc.offsets[i], p, labels)
-    return results
-
-
-def _merge_words(text: str, word_ids: list, offsets: list, probs: torch.Tensor, labels: list[str]) -> list[dict]:
-    # One (label, prob, start, end) per word, from its first sub-token; later sub-tokens widen the span.
-    words: dict[int, list] = {}
-    best_p, best = probs.max(-1)
-    for t, w in enumerate(word_ids):
-        if w is None:
-            continue
-        if w not in words:
-            words[w] = [labels[int(best[t])], float(best_p[t]), offsets[t][0], offsets[t][1]]
-        else:
-            words[w][3] = offsets[t][1]
-    entities: list[dict] = []
-    current: dict | None = None
-    for w in sorted(words):
-        label, p, start, end = words[w]
-        tag, kind = _entity_type(label)
-        if tag == "O":
-            current = None
-            continue
-        if current is not None and current["entity"] == kind and tag in "IE":
-            current["end"], current["_scores"] = end, current["_scores"] + [p]
-        else:
-            current = {"entity": kind, "start": start, "end": end, "_scores": [p]}
-            entities.append(current)
-        if tag in "ES":
-            current = None
-    for e in entities:
-        scores = e.pop("_scores")
-        e["score"] = sum(scores) / len(scores)
-        e["text"] = text[e["start"] : e["end"]]
-    return entities
+    task = family_for(predictor.model)
+    sentences = split_words(texts, predictor.tokenizer)
+    features = task.features(sentences, predictor.tokenizer, max_seq_length=predictor.max_length)
+    return task.entities(sentences, features, _head_outputs(predictor, features))
 
 
 # ----- qa -------------------------------------------------------------------------------------------------
-@dataclass
-class _Window:
-    example: int
-    context_start: int  # index of the first context token inside the window's ids
-    offsets: list[tuple[int, int]]  # character spans of the window's context tokens
-
-
-@torch.inference_mode()
 def qa(predictor: Predictor, questions: Sequence[str], contexts: Sequence[str], *, max_length: int = 384,
        stride: int = 128, max_answer_tokens: int = 30) -> list[dict]:
     """{answer, score, start, end} per (question, context): the best span over all windows.
 
-    Contexts longer than the window are covered by overlapping windows (`stride` tokens of overlap,
-    as in BERT §4.2's SQuAD set-up); score = softmax(start) · softmax(end) within the window.
+    SQuAD decoding as `evaluate` does it (tasks/qa.py): contexts longer than one window of `max_length`
+    tokens are covered by windows starting every `stride` tokens (finetune's --doc-stride: the step, not
+    the overlap); spans are ranked by start + end logit over the n best, each token read in the window where
+    it has the most context; score = the answer's probability among the n best spans.
     """
     _require(predictor, BertForQuestionAnswering, "qa")
     if len(questions) != len(contexts):
         raise PipelineError(f"got {len(questions)} questions but {len(contexts)} contexts")
-    model: BertForQuestionAnswering = predictor.model
-    tok = predictor.tokenizer
-    max_length = min(max_length, predictor.max_length)
-    q_enc = tok.encode(list(questions), add_special_tokens=False, truncation=None, max_length=10**9)
-    c_enc = tok.encode(list(contexts), add_special_tokens=False, truncation=None, max_length=10**9)
-    ids, types, windows = [], [], []
-    for i, (q_ids, c_ids) in enumerate(zip(q_enc.input_ids, c_enc.input_ids, strict=True)):
-        q_ids = q_ids[: max_length // 2]  # a question never takes more than half the window
-        room = max_length - len(q_ids) - 3  # [CLS] q [SEP] c [SEP]
-        step = max(1, room - stride)
-        start = 0
-        while True:
-            piece = c_ids[start : start + room]
-            ids.append([tok.cls_id, *q_ids, tok.sep_id, *piece, tok.sep_id])
-            types.append([0] * (len(q_ids) + 2) + [1] * (len(piece) + 1))
-            windows.append(_Window(i, len(q_ids) + 2, c_enc.offsets[i][start : start + len(piece)]))
-            if start + room >= len(c_ids):
-                break
-            start += step
-    enc = Encoding(ids, types, [], [], [], [], [], [])
-    best: list[dict] = [{"answer": "", "score": 0.0, "start": 0, "end": 0} for _ in questions]
-    for batch in predictor.run(enc):
-        logits = model.span(batch.sequence_output).float()  # [N, 2]
-        for row, window_logits in enumerate(batch.split(logits)):
-            window = windows[batch.indices[row]]
-            span = _best_span(window_logits, window, max_answer_tokens)
-            if span is not None and span[0] > best[window.example]["score"]:
-                score, start, end = span
-                best[window.example] = {"answer": contexts[window.example][start:end], "score": score,
-                                        "start": start, "end": end}
-    return best
-
-
-def _best_span(logits: torch.Tensor, window: _Window, max_answer_tokens: int) -> tuple[float, int, int] | None:
-    """(probability, char start, char end) of the best span inside the window's context tokens."""
-    n = len(window.offsets)
-    if n == 0:
-        return None
-    context = slice(window.context_start, window.context_start + n)
-    p_start = logits[:, 0].softmax(-1)[context]  # [n] over the whole window, read at context tokens
-    p_end = logits[:, 1].softmax(-1)[context]
-    joint = p_start[:, None] * p_end[None, :]  # [n, n]: start i, end j
-    allowed = torch.ones(n, n, dtype=torch.bool).triu().tril(max_answer_tokens - 1)
-    joint = joint.masked_fill(~allowed, -1.0)
-    flat = int(joint.argmax())
-    i, j = divmod(flat, n)
-    return float(joint[i, j]), window.offsets[i][0], window.offsets[j][1]
+    task = family_for(predictor.model, doc_stride=stride, max_answer_length=max_answer_tokens)
+    examples = examples_from_pairs(questions, contexts)
+    features = task.features(examples, predictor.tokenizer, max_seq_length=min(max_length, predictor.max_length))
+    return task.answers(examples, features, _head_outputs(predictor, features))

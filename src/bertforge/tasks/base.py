@@ -1,21 +1,29 @@
-"""What every task family gives the fine-tuning loop, and the padding shared by all of them.
+"""What every task family gives the jobs, and the padding and prediction tables shared by all of them.
 
-A family turns examples into `Feature`s (token ids, segment ids, a label), collates them into padded
-tensors, computes its loss from the head's output, and turns the model's per-feature outputs back into
-per-example predictions and the task's official metrics.
+A family reads examples, turns them into `Feature`s (token ids, segment ids, a label), collates them into
+padded tensors, computes its loss from the head's output, and turns the model's per-feature outputs back into
+per-example answers, the task's official metrics, and `predict`'s output file. Training, evaluate, predict,
+the pipelines and the HTTP service all decode through these same methods.
+
+Per-feature outputs are the head's logits (`head_logits` in heads.py) over that feature: [C] for a
+sequence-level head, [T_i, C] (or [T_i, 2] start/end for spans) over its real tokens for a token-level one.
 Shapes: B = batch, T = longest sequence in the batch, C = classes or choices.
 """
 
 from __future__ import annotations
 
-import inspect
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+from bertforge.data.tables import read_records
+from bertforge.files import write_atomic
 
 IGNORE_INDEX = -100  # label of positions that take no loss (torch's cross_entropy default)
 
@@ -37,13 +45,31 @@ class Feature:
         return max(len(x) for x in ids) if ids and isinstance(ids[0], list) else len(ids)
 
 
+@dataclass(frozen=True)
+class PredictionTable:
+    """How `predict` lays out a table of predictions: an optional id column copied from the input (`ids`, in
+    input order), the predicted label's column, and one probability column per class when asked."""
+
+    id_column: str | None = None
+    ids: list | None = None
+    label_column: str = "label"
+    probabilities: bool = True
+
+
 class TaskFamily(Protocol):
-    """The interface `training.finetune` drives; see tasks/classification.py for the reference one."""
+    """The interface the jobs drive; see tasks/classification.py for the reference one."""
 
     name: str
     model_class: type[nn.Module]
+    metric_names: Sequence[str]
+
+    def read(self, path: Path, *, labelled: bool = True) -> list: ...
+
+    def fit_labels(self, examples: Sequence) -> None: ...
 
     def model_kwargs(self) -> dict: ...
+
+    def settings(self) -> dict: ...
 
     def features(self, examples: Sequence, tokenizer, *, max_seq_length: int, train: bool) -> list[Feature]: ...
 
@@ -54,6 +80,11 @@ class TaskFamily(Protocol):
     def outputs(self, output, batch: dict[str, torch.Tensor]) -> list[np.ndarray]: ...
 
     def evaluate(self, examples: Sequence, features: Sequence[Feature], outputs: Sequence[np.ndarray]) -> dict: ...
+
+    def read_ids(self, path: Path, id_column: str) -> list: ...
+
+    def write_predictions(self, path: Path, examples: Sequence, features: Sequence[Feature],
+                          outputs: Sequence[np.ndarray], table: PredictionTable) -> None: ...
 
 
 def pad(rows: Sequence[Sequence[int]], fill: int, width: int | None = None) -> torch.Tensor:
@@ -86,36 +117,23 @@ def _mask(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
     return (torch.arange(width)[None, :] < lengths[:, None]).long()
 
 
-def family(name: str, **settings) -> TaskFamily:
-    """The task family for a task name. `settings` are options (columns, doc_stride, ...); each family
-    takes those its constructor names and ignores the rest, so one CLI can carry all of them."""
-    cls = family_class(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    chosen = {k: v for k, v in settings.items() if k in accepted and v is not None}
-    return cls(name, **chosen)
+def read_ids(path: Path, id_column: str) -> list:
+    """The `id_column` of a CSV/TSV/JSONL input, in row order (checked before any model runs)."""
+    return [row[id_column] for row in read_records(path, required={id_column: "--id-column"})]
 
 
-def family_class(name: str) -> type:
-    from bertforge.tasks.classification import GLUE_TASKS
+def write_table(path: Path, table: PredictionTable, labels: Sequence, probs: np.ndarray, names: Sequence[str]) -> None:
+    """A CSV: [id,] label[, prob_<name>...] per example; a list of labels (multi-label) is joined with ';'."""
+    header = ([table.id_column] if table.id_column else []) + [table.label_column] + \
+        ([f"prob_{n}" for n in names] if table.probabilities else [])
 
-    key = name.lower().replace("-", "").replace("_", "")
-    if key in GLUE_TASKS or key in ("classification", "regression", "multilabel"):
-        from bertforge.tasks.classification import SequenceClassification
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for i, label in enumerate(labels):
+                label = ";".join(label) if isinstance(label, list) else label
+                values = ([table.ids[i]] if table.id_column else []) + [label]
+                writer.writerow(values + ([f"{p:.6f}" for p in probs[i]] if table.probabilities else []))
 
-        return SequenceClassification
-    if key in ("ner", "conll", "conll2003", "tokenclassification"):
-        from bertforge.tasks.ner import TokenClassification
-
-        return TokenClassification
-    if key in ("squad", "squadv1", "squadv11", "squadv2", "squadv20", "qa"):
-        from bertforge.tasks.qa import QuestionAnswering
-
-        return QuestionAnswering
-    if key in ("swag", "multiplechoice"):
-        from bertforge.tasks.multiple_choice import MultipleChoice
-
-        return MultipleChoice
-    tasks = [*GLUE_TASKS, "classification", "regression", "multilabel", "ner", "squad", "squad_v2", "swag"]
-    from bertforge.data.tables import DataError
-
-    raise DataError(f"unknown task {name!r}; choose one of {', '.join(tasks)}")
+    write_atomic(path, write)

@@ -22,7 +22,7 @@ from bertforge.data import hf_datasets
 from bertforge.data.tables import DataError, read_records, source_name
 from bertforge.files import open_text
 from bertforge.heads import BertForSequenceClassification
-from bertforge.tasks.base import Feature
+from bertforge.tasks.base import Feature, PredictionTable, read_ids, write_table
 
 LongText = Literal["truncate", "sliding_window"]
 
@@ -386,6 +386,29 @@ class SequenceClassification:
         probs = np.exp(scores - scores.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         return [self.label_names[j] for j in probs.argmax(1)], probs
+
+    def answers(self, examples: Sequence[TextExample], features: Sequence[Feature],
+                outputs: Sequence[np.ndarray]) -> list[dict]:
+        """Per example {label, score, scores: {label: probability}}, or {value} for regression. Multi-label
+        models score each label by its own sigmoid (as transformers' pipeline does); `label` is the likeliest."""
+        _, probs = self.predict(self.example_scores(features, outputs, len(examples)))
+        if self.kind == "regression":
+            return [{"value": float(row[0])} for row in probs]
+        answers = []
+        for row in probs:
+            best = int(row.argmax())
+            answers.append({"label": self.label_names[best], "score": float(row[best]),
+                            "scores": dict(zip(self.label_names, map(float, row), strict=True))})
+        return answers
+
+    def read_ids(self, path: str | Path, id_column: str) -> list:
+        return read_ids(path, id_column)
+
+    def write_predictions(self, path: Path, examples: Sequence[TextExample], features: Sequence[Feature],
+                          outputs: Sequence[np.ndarray], table: PredictionTable) -> None:
+        """A CSV with the predicted label (labels joined by ';' for multi-label) and one probability per class."""
+        labels, probs = self.predict(self.example_scores(features, outputs, len(examples)))
+        write_table(path, table, labels, probs, self.label_names or ["score"])
 
     def evaluate(self, examples: Sequence[TextExample], features: Sequence[Feature],
                  outputs: Sequence[np.ndarray]) -> dict:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from bertforge.data.tables import DataError, read_records, source_name
 from bertforge.heads import BertForMultipleChoice
-from bertforge.tasks.base import Feature
+from bertforge.tasks.base import Feature, PredictionTable, read_ids, write_table
 from bertforge.tasks.classification import accuracy
 
 
@@ -91,3 +91,14 @@ class MultipleChoice:
     def evaluate(self, examples: Sequence[ChoiceExample], features: Sequence[Feature],
                  outputs: Sequence[np.ndarray]) -> dict:
         return {"accuracy": accuracy(np.stack(outputs).argmax(1), [e.label for e in examples])}
+
+    def read_ids(self, path: str | Path, id_column: str) -> list:
+        return read_ids(path, id_column)
+
+    def write_predictions(self, path: Path, examples: Sequence[ChoiceExample], features: Sequence[Feature],
+                          outputs: Sequence[np.ndarray], table: PredictionTable) -> None:
+        """A CSV with the index of the chosen ending and the softmax over the choices."""
+        scores = np.stack(outputs).astype(np.float64)  # [N, C]
+        probs = np.exp(scores - scores.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        write_table(path, table, [int(i) for i in probs.argmax(1)], probs, [str(i) for i in range(self.num_choices)])

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertforge.data.tables import DataError, is_table, read_records, source_name
-from bertforge.files import open_text
+from bertforge.data.tables import is_table, read_records, source_name
+from bertforge.errors import DataError, OptionError
+from bertforge.files import open_text, write_text_atomic
 from bertforge.heads import BertForTokenClassification
-from bertforge.tasks.base import IGNORE_INDEX, Feature
+from bertforge.tasks.base import IGNORE_INDEX, Feature, PredictionTable
 
 TAG = re.compile(r"^(O|[BIES]-\S+)$")
 
@@ -29,6 +30,25 @@ class Sentence:
     words: list[str]
     tags: list[str] | None
     source: str = ""  # "file:line" of its first word
+    text: str = ""  # the raw text the words were cut from (`split_words`), for character spans
+    spans: list[tuple[int, int]] | None = None  # each word's (start, end) in `text`
+
+
+def split_words(texts: Sequence[str], tokenizer) -> list[Sentence]:
+    """Raw texts -> sentences of the words the tokenizer's pre-tokenizer sees (BERT splits punctuation off),
+    each word with its character span, so that predictions map back onto the original text."""
+    enc = tokenizer.encode(list(texts), add_special_tokens=False, truncation=None, max_length=10**9)
+    sentences = []
+    for text, word_ids, offsets in zip(texts, enc.word_ids, enc.offsets, strict=True):
+        spans: dict[int, list[int]] = {}
+        for word, (start, end) in zip(word_ids, offsets, strict=True):
+            if word is None:
+                continue
+            span = spans.setdefault(word, [start, end])  # a word's later pieces widen its span
+            span[1] = end
+        ordered = [tuple(spans[w]) for w in sorted(spans)]
+        sentences.append(Sentence([text[a:b] for a, b in ordered], None, text=text, spans=ordered))
+    return sentences
 
 
 def read_conll(path: str | Path, *, tag_column: int = -1, labelled: bool = True) -> list[Sentence]:
@@ -87,7 +107,12 @@ def read_token_table(source, *, words: str = "tokens", tags: str = "ner_tags",
 
 # ----- conlleval ----------------------------------------------------------------------------------
 def _split(tag: str) -> tuple[str, str]:
-    return ("O", "") if tag == "O" else (tag[0], tag[2:])
+    """'B-PER' -> ('B', 'PER'); a label without a prefix ('PER', from some checkpoints) -> ('I', 'PER')."""
+    if tag == "O":
+        return "O", ""
+    if len(tag) > 2 and tag[1] in "-_" and tag[0] in "BIES":
+        return tag[0], tag[2:]
+    return "I", tag
 
 
 def _ends(prev: str, prev_type: str, tag: str, type_: str) -> bool:
@@ -242,17 +267,53 @@ class TokenClassification:
         logits = output.logits.float().cpu().numpy()
         return [row[:n] for row, n in zip(logits, lengths, strict=True)]  # B × [T_i, C]
 
-    def word_tags(self, sentences: Sequence[Sentence], features: Sequence[Feature],
-                  outputs: Sequence[np.ndarray]) -> list[list[str]]:
-        """One predicted tag per word: the arg-max at the word's first piece."""
-        tags = [[""] * len(s.words) for s in sentences]
+    def word_predictions(self, sentences: Sequence[Sentence], features: Sequence[Feature],
+                         outputs: Sequence[np.ndarray]) -> list[list[tuple[str, float]]]:
+        """One (tag, probability) per word: the arg-max of the softmax at the word's first piece (BERT §5.3)."""
+        predicted: list[list] = [[("", 0.0)] * len(s.words) for s in sentences]
         for feature, logits in zip(features, outputs, strict=True):
             start, _ = feature.extra["words"]
-            best = logits[feature.extra["first_pieces"]].argmax(-1)
-            for offset, label in enumerate(best):
-                tags[feature.example][start + offset] = self.label_names[label]
-        return tags
+            firsts = logits[feature.extra["first_pieces"]].astype(np.float64)  # [W, C]
+            probs = np.exp(firsts - firsts.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            for offset, row in enumerate(probs):
+                best = int(row.argmax())
+                predicted[feature.example][start + offset] = (self.label_names[best], float(row[best]))
+        return predicted
+
+    def word_tags(self, sentences: Sequence[Sentence], features: Sequence[Feature],
+                  outputs: Sequence[np.ndarray]) -> list[list[str]]:
+        """One predicted tag per word."""
+        return [[tag for tag, _ in words] for words in self.word_predictions(sentences, features, outputs)]
+
+    def entities(self, sentences: Sequence[Sentence], features: Sequence[Feature],
+                 outputs: Sequence[np.ndarray]) -> list[list[dict]]:
+        """Per sentence of `split_words`, its entities {entity, text, start, end, score}: the words' tags grouped
+        by conlleval's chunk rules, character spans into the raw text, score = the mean of the words'
+        probabilities."""
+        found = []
+        for sentence, words in zip(sentences, self.word_predictions(sentences, features, outputs), strict=True):
+            entities = []
+            for first, last, kind in sorted(chunks([tag for tag, _ in words])):
+                start, end = sentence.spans[first][0], sentence.spans[last][1]
+                score = float(np.mean([p for _, p in words[first : last + 1]]))
+                entities.append({"entity": kind, "text": sentence.text[start:end], "start": start, "end": end,
+                                 "score": score})
+            found.append(entities)
+        return found
 
     def evaluate(self, sentences: Sequence[Sentence], features: Sequence[Feature],
                  outputs: Sequence[np.ndarray]) -> dict:
         return conll_f1([s.tags for s in sentences], self.word_tags(sentences, features, outputs))
+
+    def read_ids(self, path: str | Path, id_column: str) -> list:
+        raise OptionError(f"--id-column {id_column}: ner predictions are a CoNLL file (one 'word TAG' per line), "
+                          "which has no id column; leave --id-column out")
+
+    def write_predictions(self, path: Path, sentences: Sequence[Sentence], features: Sequence[Feature],
+                          outputs: Sequence[np.ndarray], table: PredictionTable) -> None:
+        """CoNLL: `word TAG` per line, a blank line between sentences."""
+        tags = self.word_tags(sentences, features, outputs)
+        lines = ["\n".join(f"{w} {t}" for w, t in zip(s.words, ts, strict=True)) + "\n"
+                 for s, ts in zip(sentences, tags, strict=True)]
+        write_text_atomic(path, "\n".join(lines))

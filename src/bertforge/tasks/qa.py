@@ -1,7 +1,9 @@
 """Extractive question answering (BERT §4.2 SQuAD v1.1, §4.3 v2.0).
 
 The question and a window of the context form one input `[CLS] question [SEP] context-window [SEP]`;
-long contexts are covered by windows starting every `doc_stride` tokens. A start vector S and an end
+long contexts are covered by windows starting every `doc_stride` tokens. The stride is the step between the
+starts of consecutive windows everywhere in bertforge (google-research/bert's `doc_stride`, a convolution's
+stride); transformers' `stride` is instead the overlap, i.e. window length minus step. A start vector S and an end
 vector E are scored against every token (the head); a span i..j scores S·T_i + E·T_j, taken from the
 n-best starts and ends with j >= i, j - i + 1 <= max_answer_length, inside the context, and with i in the
 window where it has the most surrounding context. For v2.0 the [CLS] span is "no answer": predicted when
@@ -24,10 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from bertforge.data import hf_datasets
-from bertforge.data.tables import DataError, read_records, source_name
-from bertforge.files import open_text
+from bertforge.data.tables import read_records, source_name
+from bertforge.errors import DataError, OptionError
+from bertforge.files import open_text, write_text_atomic
 from bertforge.heads import BertForQuestionAnswering
-from bertforge.tasks.base import Feature
+from bertforge.tasks.base import Feature, PredictionTable
 
 
 @dataclass
@@ -89,6 +92,11 @@ def is_squad_table(source) -> bool:
     """Rows from `datasets` or Parquet, not SQuAD's own JSON file."""
     return hf_datasets.is_dataset(source) or hf_datasets.is_saved_dataset(Path(source)) or \
         Path(source).suffix == ".parquet"
+
+
+def examples_from_pairs(questions: Sequence[str], contexts: Sequence[str]) -> list[QAExample]:
+    """Unlabelled (question, context) pairs as examples with ids "0", "1", ... (the pipelines' input)."""
+    return [QAExample(str(i), "", q, c, []) for i, (q, c) in enumerate(zip(questions, contexts, strict=True))]
 
 
 # The project's agreed SQuAD split (../shared/data/README.md: no SQuAD train set here): evaluate on the v1.1
@@ -243,8 +251,8 @@ class QuestionAnswering:
             answer = self._answer_tokens(example, offsets) if train else None
             room = max_seq_length - len(question) - 3  # [CLS] question [SEP] window [SEP]
             if room < 1:
-                raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context after a "
-                                 f"{len(question)}-token question; raise it or lower max_query_length")
+                raise OptionError(f"a maximum length of {max_seq_length} tokens leaves no room for the context after "
+                                  f"a {len(question)}-token question; raise it or lower max_query_length")
             windows = _windows(len(ids), room, self.doc_stride)
             for start, length in windows:
                 head = [tokenizer.cls_id, *question, tokenizer.sep_id]
@@ -285,36 +293,57 @@ class QuestionAnswering:
                 F.cross_entropy(output.end_logits, labels["end"])) / 2
 
     def outputs(self, output, batch) -> list[np.ndarray]:
+        """Per feature, the [T_i, 2] (start, end) logits of its real tokens, the layout `head_logits` gives."""
         lengths = batch["attention_mask"].sum(1).tolist()
-        spans = torch.stack([output.start_logits, output.end_logits], 1).float().cpu().numpy()  # [B, 2, T]
-        return [row[:, :n] for row, n in zip(spans, lengths, strict=True)]
+        spans = torch.stack([output.start_logits, output.end_logits], -1).float().cpu().numpy()  # [B, T, 2]
+        return [row[:n] for row, n in zip(spans, lengths, strict=True)]
 
     def nbest(self, examples: Sequence[QAExample], features: Sequence[Feature],
               outputs: Sequence[np.ndarray]) -> dict[str, dict]:
-        """Per question, the n best spans {text, score, start, end} and, for v2.0, the null score."""
+        """Per question, the n best spans {text, score, probability, start, end} and the null score ([CLS]).
+        `score` is the logit sum S·T_i + E·T_j; `probability` a softmax over the n best scores (and, for v2.0,
+        the null score), as google-research/bert's nbest_predictions.json."""
         by_example = collections.defaultdict(list)
         for feature, logits in zip(features, outputs, strict=True):
             by_example[feature.example].append((feature, logits))
         results = {}
         for n, example in enumerate(examples):
             candidates, null = [], float("inf")
-            for feature, (start_logits, end_logits) in by_example[n]:
-                null = min(null, float(start_logits[0] + end_logits[0]))
-                off, length = feature.extra["context_offset"], feature.extra["length"]
-                starts = np.argsort(start_logits[off : off + length])[::-1][: self.n_best_size]
-                ends = np.argsort(end_logits[off : off + length])[::-1][: self.n_best_size]
-                for i in starts:
-                    if not feature.extra["max_context"][i]:
-                        continue
-                    for j in ends:
-                        if j < i or j - i + 1 > self.max_answer_length:
-                            continue
-                        score = float(start_logits[off + i] + end_logits[off + j])
-                        candidates.append((score, feature, int(i), int(j)))
+            for feature, logits in by_example[n]:
+                null = min(null, float(logits[0, 0] + logits[0, 1]))
+                candidates += self._candidates(feature, logits[:, 0], logits[:, 1])
             candidates.sort(key=lambda c: -c[0])
-            results[example.id] = {"null_score": null, "spans": [
-                self._span(example, feature, i, j, score) for score, feature, i, j in candidates[: self.n_best_size]]}
+            best = candidates[: self.n_best_size]
+            spans = [self._span(example, feature, i, j, score) for score, feature, i, j in best]
+            results[example.id] = {"null_score": null, "spans": spans, **self._probabilities(spans, null)}
         return results
+
+    def _candidates(self, feature: Feature, start_logits: np.ndarray, end_logits: np.ndarray) -> list[tuple]:
+        """(score, feature, i, j) for the spans of one window: i among the n best starts and in its max-context
+        window, j among the n best ends, i <= j, at most max_answer_length tokens."""
+        off, length = feature.extra["context_offset"], feature.extra["length"]
+        starts = np.argsort(start_logits[off : off + length])[::-1][: self.n_best_size]
+        ends = np.argsort(end_logits[off : off + length])[::-1][: self.n_best_size]
+        found = []
+        for i in starts:
+            if not feature.extra["max_context"][i]:
+                continue
+            for j in ends:
+                if j < i or j - i + 1 > self.max_answer_length:
+                    continue
+                found.append((float(start_logits[off + i] + end_logits[off + j]), feature, int(i), int(j)))
+        return found
+
+    def _probabilities(self, spans: list[dict], null: float) -> dict:
+        """Adds each span's probability; returns the null answer's (0 unless v2.0, whose null competes)."""
+        scores = np.array([s["score"] for s in spans] + ([null] if self.version_2 else []), dtype=np.float64)
+        if not len(scores):
+            return {"null_probability": 0.0}
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        for span, p in zip(spans, probs, strict=False):
+            span["probability"] = float(p)
+        return {"null_probability": float(probs[-1]) if self.version_2 else 0.0}
 
     @staticmethod
     def _span(example: QAExample, feature: Feature, i: int, j: int, score: float) -> dict:
@@ -322,20 +351,41 @@ class QuestionAnswering:
         begin, end = feature.extra["offsets"][i][0], feature.extra["offsets"][j][1]
         return {"text": example.context[begin:end], "score": score, "start": begin, "end": end}
 
-    def predictions(self, examples, features, outputs) -> dict[str, str]:
-        """Question id -> answer text ("" = no answer, v2.0)."""
-        best = {}
-        for qid, result in self.nbest(examples, features, outputs).items():
+    def answers(self, examples: Sequence[QAExample], features: Sequence[Feature],
+                outputs: Sequence[np.ndarray]) -> list[dict]:
+        """Per question, in order, {answer, score, start, end}: the best span with its probability among the
+        n best; for v2.0 the empty answer when the null score beats the best span by more than
+        null_score_threshold (BERT §4.3). `start`/`end` are character offsets into the context."""
+        found = self.nbest(examples, features, outputs)
+        answers = []
+        for example in examples:
+            result = found[example.id]
             spans = result["spans"]
             if not spans or (self.version_2 and result["null_score"] - spans[0]["score"] > self.null_score_threshold):
-                best[qid] = ""
+                answers.append({"answer": "", "score": result["null_probability"], "start": 0, "end": 0})
             else:
-                best[qid] = spans[0]["text"]
-        return best
+                best = spans[0]
+                answers.append({"answer": best["text"], "score": best["probability"], "start": best["start"],
+                                "end": best["end"]})
+        return answers
+
+    def predictions(self, examples, features, outputs) -> dict[str, str]:
+        """Question id -> answer text ("" = no answer, v2.0)."""
+        answers = self.answers(examples, features, outputs)
+        return {example.id: answer["answer"] for example, answer in zip(examples, answers, strict=True)}
 
     def evaluate(self, examples: Sequence[QAExample], features: Sequence[Feature],
                  outputs: Sequence[np.ndarray]) -> dict:
         return squad_scores(examples, self.predictions(examples, features, outputs), version_2=self.version_2)
+
+    def read_ids(self, path: str | Path, id_column: str) -> list:
+        raise OptionError(f"--id-column {id_column}: SQuAD predictions are keyed by the question ids of the input; "
+                          "leave --id-column out")
+
+    def write_predictions(self, path: Path, examples: Sequence[QAExample], features: Sequence[Feature],
+                          outputs: Sequence[np.ndarray], table: PredictionTable) -> None:
+        """JSON {question id: answer}, as the official evaluation script reads it."""
+        write_text_atomic(path, json.dumps(self.predictions(examples, features, outputs), indent=2) + "\n")
 
 
 def _windows(n_tokens: int, room: int, stride: int) -> list[tuple[int, int]]:

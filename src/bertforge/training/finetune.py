@@ -132,7 +132,7 @@ def run(
     """
     from bertforge.checkpoint import load_model, read_config, save_model
     from bertforge.pretrained import resolve_model
-    from bertforge.tasks.base import family
+    from bertforge.tasks.registry import family
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.run_folder import check_run_folder
 

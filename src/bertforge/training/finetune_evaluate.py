@@ -43,14 +43,13 @@ def run(
     """
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune import _lines
-    from bertforge.training.finetune_loop import EvalSet, evaluate, load_task_model
+    from bertforge.training.finetune_loop import EvalSet, evaluate, load_task_model, task_settings
 
     if output is not None:
         check_output_file(output, inputs=(data,))
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column,
                                 label_column=label_column)
-    settings = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("bertforge_task", {})
-    max_seq_length = max_seq_length or settings.get("max_seq_length", 128)
+    max_seq_length = max_seq_length or task_settings(model).get("max_seq_length", 128)
     check_length("--max-seq-length", max_seq_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
     examples = task.read(data, titles=_lines(titles)) if titles else task.read(data)

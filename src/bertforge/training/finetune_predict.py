@@ -9,12 +9,10 @@ file (`word TAG` per line), SQuAD a JSON object {question id: answer} as the off
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 from bertforge.errors import DataError
-from bertforge.files import check_output_file, write_atomic, write_text_atomic
+from bertforge.files import check_output_file
 from bertforge.options import check_length
 
 
@@ -46,78 +44,24 @@ def run(
         batch_size: Inference batch size.
         device: cpu, cuda, ...
     """
-    from bertforge.data.tables import read_records
-    from bertforge.tasks.classification import SequenceClassification, TextExample, _text
-    from bertforge.tasks.multiple_choice import MultipleChoice
-    from bertforge.tasks.ner import TokenClassification
+    from bertforge.tasks.base import PredictionTable
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.training.finetune_loop import load_task_model, predict_outputs
+    from bertforge.training.finetune_loop import load_task_model, predict_outputs, task_settings
 
     check_output_file(output, inputs=(input,))
-    net, task = load_task_model(model)
-    settings = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("bertforge_task", {})
-    max_seq_length = max_seq_length or settings.get("max_seq_length", 128)
+    net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column)
+    max_seq_length = max_seq_length or task_settings(model).get("max_seq_length", 128)
     check_length("--max-seq-length", max_seq_length, net.config.max_position_embeddings, str(model))
+    # Every input problem (columns, ids, format) is found before the model runs.
+    ids = task.read_ids(input, id_column) if id_column else None
+    examples = task.read(input, labelled=False)
+    if not examples:
+        raise DataError(f"{input}: no examples to predict (only a header line?)")
     tokenizer = BertTokenizer.from_pretrained(model)
-    net = net.to(device)
-
-    def outputs_for(examples):
-        if not examples:
-            raise DataError(f"{input}: no examples to predict (only a header line?)")
-        features = task.features(examples, tokenizer, max_seq_length=max_seq_length)
-        return features, predict_outputs(net, task, features, pad_id=tokenizer.pad_id, batch_size=batch_size,
-                                         progress=True)
-
-    if isinstance(task, SequenceClassification):
-        text_column = text_column or settings.get("text_column") or "text"
-        text_pair_column = text_pair_column or settings.get("text_pair_column")
-        columns = {text_column: "--text-column", text_pair_column: "--text-pair-column", id_column: "--id-column"}
-        rows = read_records(input, required={c: option for c, option in columns.items() if c})
-        examples = [TextExample(_text(r[text_column], f"{input}:{r['_line']}", text_column),
-                                _text(r[text_pair_column], f"{input}:{r['_line']}", text_pair_column)
-                                if text_pair_column else None, None, f"{input}:{r['_line']}") for r in rows]
-        features, outputs = outputs_for(examples)
-        labels, probs = task.predict(task.example_scores(features, outputs, len(examples)))
-        names = task.label_names or ["score"]
-        _write_table(output, rows, id_column, label_output_column, labels, probs if probabilities else None, names)
-    elif isinstance(task, MultipleChoice):
-        rows = read_records(input, required={id_column: "--id-column"} if id_column else ())
-        examples = task.read(input, labelled=False)
-        features, outputs = outputs_for(examples)
-        import numpy as np
-
-        scores = np.stack(outputs)
-        probs = np.exp(scores - scores.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        _write_table(output, rows, id_column, label_output_column, [int(i) for i in probs.argmax(1)],
-                     probs if probabilities else None, [str(i) for i in range(task.num_choices)])
-    elif isinstance(task, TokenClassification):
-        sentences = task.read(input, labelled=False)
-        features, outputs = outputs_for(sentences)
-        tags = task.word_tags(sentences, features, outputs)
-        lines = ["\n".join(f"{w} {t}" for w, t in zip(s.words, ts, strict=True)) + "\n"
-                 for s, ts in zip(sentences, tags, strict=True)]
-        write_text_atomic(output, "\n".join(lines))
-    else:  # question answering
-        examples = task.read(input)
-        features, outputs = outputs_for(examples)
-        write_text_atomic(output, json.dumps(task.predictions(examples, features, outputs), indent=2) + "\n")
+    features = task.features(examples, tokenizer, max_seq_length=max_seq_length)
+    outputs = predict_outputs(net.to(device), task, features, pad_id=tokenizer.pad_id, batch_size=batch_size,
+                              progress=True)
+    task.write_predictions(output, examples, features, outputs,
+                           PredictionTable(id_column, ids, label_output_column, probabilities))
     print(f"wrote predictions for {input} to {output}")
     return Path(output)
-
-
-def _write_table(path: Path, rows: list[dict], id_column: str | None, label_column: str, labels, probs,
-                 names: list[str]) -> None:
-    header = ([id_column] if id_column else []) + [label_column] + \
-        ([f"prob_{n}" for n in names] if probs is not None else [])
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            for i, row in enumerate(rows):
-                label = ";".join(labels[i]) if isinstance(labels[i], list) else labels[i]
-                values = ([row[id_column]] if id_column else []) + [label]
-                writer.writerow(values + ([f"{p:.6f}" for p in probs[i]] if probs is not None else []))
-
-    write_atomic(path, write)
