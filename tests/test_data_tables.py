@@ -7,7 +7,7 @@ import pytest
 
 from bertforge.data import hf_datasets
 from bertforge.data.tables import DataError, read_records, read_texts
-from bertforge.tasks.base import family
+from bertforge.tasks import family
 from bertforge.training.finetune import _data_files
 
 pq = pytest.importorskip("pyarrow.parquet")
