@@ -50,6 +50,7 @@ from bertforge.data.pretraining import (
 from bertforge.data.shards import PreparedCorpus
 from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
+from bertforge.hardware import native_bf16
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
 from bertforge.model.positions import sinusoidal_table
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -268,10 +269,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     BF16 or AMX, where a bf16 matmul runs ~2.3x an fp32 one), fp32 elsewhere."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if native else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def autocast(precision: Precision, device: torch.device):
