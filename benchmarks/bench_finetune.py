@@ -46,10 +46,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def load_data(args, task):
     if args.task == "sst2":
-        return task.read(DATA / "glue/SST-2/train.tsv"), task.read(DATA / "glue/SST-2/dev.tsv")
+        return task.read(args.data / "glue/SST-2/train.tsv"), task.read(args.data / "glue/SST-2/dev.tsv")
     if args.task == "ner":
-        return task.read(DATA / "conll2003/train.txt"), task.read(DATA / "conll2003/test.txt")
-    return agreed_split(task.read(DATA / "squad/dev-v1.1.reconstructed.json"))
+        return task.read(args.data / "conll2003/train.txt"), task.read(args.data / "conll2003/test.txt")
+    return agreed_split(task.read(args.data / "squad/dev-v1.1.reconstructed.json"))
 
 
 # ----- transformers side --------------------------------------------------------------------------
@@ -223,6 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=("sst2", "ner", "squad"), default="sst2")
     parser.add_argument("--model", default="all-minilm-l6-v2")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with glue/, conll2003/, squad/")
     parser.add_argument("--train-examples", type=int, default=4000, help="first N training examples; 0 = all")
     parser.add_argument("--eval-examples", type=int, default=0, help="first N evaluation examples; 0 = all")
     parser.add_argument("--epochs", type=int, default=1)

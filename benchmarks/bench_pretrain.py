@@ -87,9 +87,10 @@ def build_models(preset: str):
 
 def bench_preset(args, preset: str) -> dict:
     config, ours, theirs = build_models(preset)
+    ours, theirs = ours.to(args.device), theirs.to(args.device)
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
-    batch = make_batch(config, args.batch, args.seq, args.rate)
+    batch = {k: v.to(args.device) for k, v in make_batch(config, args.batch, args.seq, args.rate).items()}
     tokens = args.batch * args.seq
     first = {"bertforge": ours_step(ours, opt_ours, batch), "transformers": hf_step(theirs, opt_theirs, batch)}
     # Each framework's one model serves both precisions: the step's cost does not depend on the weights' values.
@@ -97,14 +98,14 @@ def bench_preset(args, preset: str) -> dict:
                for name, step, model, opt in (("bertforge", ours_step, ours, opt_ours),
                                               ("transformers", hf_step, theirs, opt_theirs))
                for precision in ("fp32", "bf16")}
-    skipped = {name: bf16_skip_reason() for name, system in systems.items() if system[3] == "bf16"}
+    skipped = {name: bf16_skip_reason(args.device) for name, system in systems.items() if system[3] == "bf16"}
     runnable = {name: system for name, system in systems.items() if skipped.get(name) is None}
     times: dict[str, list[float]] = {name: [] for name in runnable}
     for step_index in range(args.warmup + args.steps):
         for name, (step, model, opt, precision) in runnable.items():
-            with precision_context(precision):
+            with precision_context(precision, args.device):
                 start = time.perf_counter()
-                step(model, opt, batch)
+                step(model, opt, batch)  # ends reading the loss: the step has finished on a GPU too
                 if step_index >= args.warmup:
                     times[name].append(time.perf_counter() - start)
     flops = (encoder_flops(config, [args.seq] * args.batch, training=True)
@@ -118,7 +119,7 @@ def bench_preset(args, preset: str) -> dict:
             print(f"{name:>18}: {skipped[name]}")
             continue
         print(f"{name:>18}: {tokens / median[name]:>9,.0f} tokens/s  (median step {median[name] * 1000:.0f} ms)  "
-              f"{mfu_text(flops, median[name], systems[name][3])}")
+              f"{mfu_text(flops, median[name], systems[name][3], args.device)}")
     ratios = {f"{o} / {t}": median[t] / median[o] for o in median if o.startswith("bertforge")
               for t in median if t.startswith("transformers")}
     for label, ratio in ratios.items():
@@ -137,6 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per system")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per system first")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     if args.threads:
@@ -144,7 +146,7 @@ def main() -> None:
     import transformers
 
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}")
-    print(peak_text())
+    print(peak_text(args.device))
     results = [bench_preset(args, preset) for preset in args.presets]
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
