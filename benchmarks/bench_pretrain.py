@@ -122,6 +122,10 @@ def bench_preset(args, preset: str) -> dict:
               f"{mfu_text(flops, median[name], systems[name][3], args.device)}")
     ratios = {f"{o} / {t}": median[t] / median[o] for o in median if o.startswith("bertforge")
               for t in median if t.startswith("transformers")}
+    peers = [name for name in median if name.startswith("transformers")]
+    ours_best = min((name for name in median if name.startswith("bertforge")), key=median.get)
+    strongest = min(peers, key=median.get)
+    ratios[f"{ours_best} / strongest peer ({strongest})"] = median[strongest] / median[ours_best]
     for label, ratio in ratios.items():
         print(f"  {label}: {ratio:.2f}x")
     return {"preset": preset, "first_loss": first, "skipped": {k: v for k, v in skipped.items() if v},
