@@ -237,7 +237,8 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
     def compare(vectors: np.ndarray) -> str:
         return f"cosine vs fp32 mean {(vectors * fp32).sum(-1).mean():.5f}  max|Δ| {np.abs(vectors - fp32).max():.1e}"
 
-    report(f"sentence embeddings, {directory.name}", systems, timings, encoder_flops(ours.config, lengths), compare,
+    name = args.model.name if args.model else "all-MiniLM-L6-v2"
+    report(f"sentence embeddings, {name}", systems, timings, encoder_flops(ours.config, lengths), compare,
            args.device)
 
 
