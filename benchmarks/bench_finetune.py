@@ -1,17 +1,20 @@
-"""Side by side: bertforge fine-tuning vs the same fine-tuning with `transformers` model classes and the plain
-PyTorch loop its users write (random batches padded to their longest member, no length grouping).
+"""Side by side: bertforge fine-tuning vs transformers' `Trainer` with `train_sampling_strategy="group_by_length"`
+(what its `group_by_length=True` became), its strongest setting on a CPU, or vs the plain PyTorch loop its users
+write (`--peer loop`: random batches padded to their longest member, no length grouping).
 
 Same checkpoint, same hyper-parameters (AdamW, weight decay 0.01 off biases/LayerNorm, linear warmup 10% and
-decay, grad clip 1.0), same seed, same examples. Prints the task metrics, the training wall-clock of each
-and the ratio. On a small CPU use a subset; with more compute drop --train-examples to run everything.
+decay, grad clip 1.0), same seed, same examples, same precision (`--precision bf16`: autocast on both sides,
+the Trainer's `bf16=True`; only where the processor computes bf16 natively). Prints the task metrics, the
+training wall-clock, CPU time, steps/s and MFU of each (useful matmul work, ×3 for training, flops.py) and
+the ratios. On a small CPU use a subset; with more compute drop --train-examples to run everything.
 
     python benchmarks/bench_finetune.py --task sst2 --train-examples 4000 --epochs 1
     python benchmarks/bench_finetune.py --task ner --train-examples 2000 --epochs 1
     python benchmarks/bench_finetune.py --task squad --train-examples 1000 --eval-examples 500 --max-seq-length 256
 
-SST-2 uses each side's own tokenizer (bertforge's vs transformers' BertTokenizer). For NER and SQuAD both
-sides train on the features bertforge builds (same tokens; transformers ships no CoNLL/SQuAD reader outside
-its example scripts) and are scored by the same official-metric code; only model code and loop differ.
+SST-2 uses each side's own tokenizer (bertforge's vs transformers' BertTokenizer), inside the timer. For NER and
+SQuAD both sides train on the features bertforge builds (same tokens; transformers ships no CoNLL/SQuAD reader
+outside its example scripts) and are scored by the same official-metric code; only model code and loop differ.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _speed import mfu_text, precision_context
 
-from bertforge.checkpoint import load_model
+from bertforge.checkpoint import config_from_hf, load_model, read_config
+from bertforge.flops import encoder_flops
+from bertforge.hardware import bf16_skip_reason
 from bertforge.pretrained import resolve_model
-from bertforge.tasks.base import collate
+from bertforge.tasks.base import Feature, collate
 from bertforge.tasks.qa import agreed_split
 from bertforge.tasks.registry import family
 from bertforge.tokenizer import BertTokenizer
@@ -41,10 +47,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def load_data(args, task):
     if args.task == "sst2":
-        return task.read(DATA / "glue/SST-2/train.tsv"), task.read(DATA / "glue/SST-2/dev.tsv")
+        return task.read(args.data / "glue/SST-2/train.tsv"), task.read(args.data / "glue/SST-2/dev.tsv")
     if args.task == "ner":
-        return task.read(DATA / "conll2003/train.txt"), task.read(DATA / "conll2003/test.txt")
-    return agreed_split(task.read(DATA / "squad/dev-v1.1.reconstructed.json"))
+        return task.read(args.data / "conll2003/train.txt"), task.read(args.data / "conll2003/test.txt")
+    return agreed_split(task.read(args.data / "squad/dev-v1.1.reconstructed.json"))
 
 
 # ----- transformers side --------------------------------------------------------------------------
@@ -93,6 +99,7 @@ def hf_train(args, model_dir: Path, task, train_examples, train_features, eval_e
     model = hf_model(args, model_dir, task).train()
     if args.shared_head_init:
         shared_head_init(model, args.seed)
+    model.to(args.device)
     no_decay = ("bias", "LayerNorm.weight")
     groups = [{"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
                "weight_decay": 0.01},
@@ -104,33 +111,84 @@ def hf_train(args, model_dir: Path, task, train_examples, train_features, eval_e
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
     generator = torch.Generator().manual_seed(args.seed)
     started, cpu = time.perf_counter(), time.process_time()
-    for _ in range(args.epochs):
-        if args.task == "sst2":
-            batches = hf_sst2_batches(args, model_dir, train_examples, True, generator)
-        else:
-            batches = _hf_feature_batches(task, train_features, args.batch_size, generator, pad_id)
-        for batch in batches:
+    with precision_context(args.precision, args.device):
+        for _ in range(args.epochs):
             if args.task == "sst2":
-                loss = model(**batch).loss
+                batches = hf_sst2_batches(args, model_dir, train_examples, True, generator)
             else:
-                inputs, labels = batch
-                loss = task.loss(model(**inputs), labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
+                batches = _hf_feature_batches(task, train_features, args.batch_size, generator, pad_id)
+            for batch in batches:
+                if args.task == "sst2":
+                    loss = model(**_to(batch, args.device)).loss
+                else:
+                    inputs, labels = batch
+                    loss = task.loss(model(**_to(inputs, args.device)), _to(labels, args.device))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
     seconds = (time.perf_counter() - started, time.process_time() - cpu)
     model.eval()
     if args.task == "sst2":
         correct = 0
         with torch.inference_mode():
             for batch in hf_sst2_batches(args, model_dir, eval_examples, False, generator):
-                labels = batch.pop("labels")
-                correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+                labels = batch.pop("labels").to(args.device)
+                correct += int((model(**_to(batch, args.device)).logits.argmax(-1) == labels).sum())
         return {"accuracy": correct / len(eval_examples)}, seconds
     outputs = predict_outputs(model, task, eval_features, pad_id=pad_id, batch_size=args.eval_batch_size)
     return task.evaluate(eval_examples, eval_features, outputs), seconds
+
+
+def trainer_train(args, model_dir: Path, task, train_examples, train_features, eval_examples, eval_features,
+                  pad_id: int) -> tuple[dict, tuple[float, float]]:
+    """transformers' Trainer, batches grouped by length, its default (fused) AdamW."""
+    import tempfile
+
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    torch.manual_seed(args.seed)
+    model = hf_model(args, model_dir, task)
+    if args.shared_head_init:
+        shared_head_init(model, args.seed)
+    started, cpu = time.perf_counter(), time.process_time()
+    if args.task == "sst2":  # its own tokenizer, inside the timer as on our side
+        enc = AutoTokenizer.from_pretrained(str(model_dir))([e.text for e in train_examples], truncation=True,
+                                                            max_length=args.max_seq_length)
+        train_features = [Feature(ids, types, int(e.label)) for ids, types, e
+                          in zip(enc["input_ids"], enc["token_type_ids"], train_examples, strict=True)]
+    # The sampler reads each item's "input_ids" for its length; the collator pads as bertforge's collate does.
+    dataset = [{"input_ids": f.input_ids, "feature": f} for f in train_features]
+    with tempfile.TemporaryDirectory() as output_dir:
+        settings = TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs,
+            learning_rate=args.learning_rate, weight_decay=0.01, adam_epsilon=1e-6, warmup_steps=0.1,
+            lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed, bf16=args.precision == "bf16",
+            use_cpu=args.device == "cpu", report_to="none", save_strategy="no", logging_strategy="no",
+            disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+            train_sampling_strategy="random" if args.no_length_grouping else "group_by_length")
+        trainer = Trainer(model=model, args=settings, train_dataset=dataset,
+                          data_collator=lambda items: trainer_collate(task, items, pad_id))
+        trainer.train()
+    seconds = (time.perf_counter() - started, time.process_time() - cpu)
+    outputs = predict_outputs(model, task, eval_features, pad_id=pad_id, batch_size=args.eval_batch_size)
+    return task.evaluate(eval_examples, eval_features, outputs), seconds
+
+
+# transformers' QA heads take the answer span as start_positions / end_positions.
+HF_LABEL_NAMES = {"start": "start_positions", "end": "end_positions"}
+
+
+def trainer_collate(task, items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    chosen = [item["feature"] for item in items]
+    batch = collate(chosen, pad_id)
+    batch.update({HF_LABEL_NAMES.get(k, k): v for k, v in task.labels(chosen).items()})
+    return batch
+
+
+def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _hf_feature_batches(task, features, batch_size, generator, pad_id):
@@ -147,11 +205,13 @@ def ours_train(args, model_dir: Path, task, train_examples, eval_examples) -> tu
     model = with_dropout(load_model(model_dir, task.model_class, **task.model_kwargs()), args.dropout)
     if args.shared_head_init:
         shared_head_init(model, args.seed)
+    model.to(args.device)
     started, cpu = time.perf_counter(), time.process_time()  # tokenization counts, as on the other side
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
-    result = train(model, task, features, (), pad_id=tokenizer.pad_id, epochs=args.epochs,
-                   batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, progress=False,
-                   group_by_length=not args.no_length_grouping, token_loss=args.token_loss)
+    with precision_context(args.precision, args.device):
+        result = train(model, task, features, (), pad_id=tokenizer.pad_id, epochs=args.epochs,
+                       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, progress=False,
+                       group_by_length=not args.no_length_grouping, token_loss=args.token_loss)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
     metrics = evaluate(model, task, EvalSet("eval", eval_examples, eval_features), pad_id=tokenizer.pad_id,
@@ -164,6 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=("sst2", "ner", "squad"), default="sst2")
     parser.add_argument("--model", default="all-minilm-l6-v2")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with glue/, conll2003/, squad/")
     parser.add_argument("--train-examples", type=int, default=4000, help="first N training examples; 0 = all")
     parser.add_argument("--eval-examples", type=int, default=0, help="first N evaluation examples; 0 = all")
     parser.add_argument("--epochs", type=int, default=1)
@@ -175,11 +236,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", choices=("ours", "transformers"), default=None)
+    parser.add_argument("--peer", choices=("trainer", "loop"), default="trainer",
+                        help="transformers' Trainer grouping by length (its best CPU setting), or the plain "
+                             "random-batch loop (the step-for-step reference with --no-length-grouping)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="both sides; bf16 = autocast, only where the processor computes bf16 natively")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--transformers-first", action="store_true",
                         help="run the transformers side first (to check that machine load did not favour one side)")
     parser.add_argument("--no-length-grouping", action="store_true",
-                        help="bertforge draws the same random batches as the transformers side (same seed, same "
-                             "permutation): isolates the implementation from the batch order")
+                        help="both sides draw random batches (with --peer loop: the same seed and permutation): "
+                             "isolates the implementation from the batch order")
     parser.add_argument("--dropout", type=float, default=0.1,
                         help="hidden, attention and head dropout on both sides; 0 with --no-length-grouping and "
                              "--shared-head-init makes the two runs deterministic and comparable step for step")
@@ -192,6 +259,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    reason = bf16_skip_reason(args.device) if args.precision == "bf16" else None
+    if reason is not None:
+        print(f"{args.task} bf16: {reason}")
+        return
     model_dir = resolve_model(args.model)
     task = family(args.task, doc_stride=args.doc_stride)
     train_examples, eval_examples = load_data(args, task)
@@ -200,28 +271,35 @@ def main() -> None:
     task.fit_labels(train_examples)
     print(f"{args.task}: {len(train_examples)} training examples, {len(eval_examples)} evaluation examples, "
           f"{args.epochs} epoch(s), batch {args.batch_size}, lr {args.learning_rate}, "
-          f"max_seq_length {args.max_seq_length}, seed {args.seed}, {args.threads} threads", flush=True)
+          f"max_seq_length {args.max_seq_length}, seed {args.seed}, {args.threads} threads, {args.precision}, "
+          f"{args.device}; peer: {PEERS[args.peer]}", flush=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}}
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
     eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
+    flops = args.epochs * encoder_flops(config_from_hf(read_config(model_dir)), [f.length for f in features],
+                                        training=True)
+    steps = math.ceil(len(features) / args.batch_size) * args.epochs
+
+    def record(side: str, metrics: dict, seconds: tuple[float, float], load: float) -> None:
+        report[side] = {"metrics": metrics, "train_seconds": seconds[0], "train_cpu_seconds": seconds[1],
+                        "steps_per_s": steps / seconds[0], "load_before": load}
+        print(f"{side + ':':13s} {_fmt(metrics)}  train {seconds[0]:.1f}s wall, {seconds[1]:.1f}s CPU, "
+              f"{steps / seconds[0]:.2f} steps/s  {mfu_text(flops, seconds[0], args.precision, args.device)} "
+              f"(load average {load:.1f})", flush=True)
+
     def run_ours():
         nonlocal features, eval_features
         load = os.getloadavg()[0]
         metrics, seconds, features, eval_features = ours_train(args, model_dir, task, train_examples, eval_examples)
-        report["bertforge"] = {"metrics": metrics, "train_seconds": seconds[0], "train_cpu_seconds": seconds[1],
-                               "load_before": load}
-        print(f"bertforge:    {_fmt(metrics)}  train {seconds[0]:.1f}s wall, {seconds[1]:.1f}s CPU "
-              f"(load average {load:.1f})", flush=True)
+        record("bertforge", metrics, seconds, load)
 
     def run_transformers():
         load = os.getloadavg()[0]
-        metrics, seconds = hf_train(args, model_dir, task, train_examples, features, eval_examples, eval_features,
-                                    tokenizer.pad_id)
-        report["transformers"] = {"metrics": metrics, "train_seconds": seconds[0], "train_cpu_seconds": seconds[1],
-                                  "load_before": load}
-        print(f"transformers: {_fmt(metrics)}  train {seconds[0]:.1f}s wall, {seconds[1]:.1f}s CPU "
-              f"(load average {load:.1f})", flush=True)
+        peer = trainer_train if args.peer == "trainer" else hf_train
+        metrics, seconds = peer(args, model_dir, task, train_examples, features, eval_examples, eval_features,
+                                tokenizer.pad_id)
+        record("transformers", metrics, seconds, load)
 
     sides = {"ours": run_ours, "transformers": run_transformers}
     for name in (("transformers", "ours") if args.transformers_first else ("ours", "transformers")):
@@ -231,11 +309,14 @@ def main() -> None:
         ratio = report["transformers"]["train_seconds"] / report["bertforge"]["train_seconds"]
         cpu_ratio = report["transformers"]["train_cpu_seconds"] / report["bertforge"]["train_cpu_seconds"]
         report["speedup"], report["cpu_speedup"] = ratio, cpu_ratio
-        print(f"bertforge is {ratio:.2f}x the speed of transformers in training wall-clock, "
+        print(f"bertforge is {ratio:.2f}x the speed of {PEERS[args.peer]} in training wall-clock, "
               f"{cpu_ratio:.2f}x in CPU time (robust to other load on a shared machine)")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+
+PEERS = {"trainer": "transformers Trainer (group_by_length)", "loop": "a plain transformers loop (random batches)"}
 
 
 def _fmt(metrics: dict) -> str:

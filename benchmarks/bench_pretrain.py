@@ -1,12 +1,17 @@
-"""Pre-training step throughput: bertforge vs `transformers.BertForPreTraining` (SDPA attention).
+"""Pre-training step throughput: bertforge vs `transformers.BertForPreTraining` (SDPA attention), each in fp32
+and under bf16 autocast, at one or more model shapes.
 
 Same config (default: the `mini` preset, vocabulary 30,522), same weights, same batch (sequence 128,
-batch 32, 15% of tokens masked, NSP labels), one step = forward + backward + AdamW, in one process.
-The two models alternate step by step so that a shared, noisy machine slows both alike; the median
-step time of each gives tokens/s. The first step's losses are compared to show both compute the same
-thing (bertforge projects onto the vocabulary only at the masked positions; transformers everywhere).
+batch 32, 15% of tokens masked, NSP labels), one step = forward + backward + AdamW, in one process. Every
+row of the batch is full, as packed pre-training rows are (no padding). The systems take turns step by step
+so that a shared, noisy machine slows all alike; the median step time of each gives tokens/s. The first
+step's fp32 losses are compared to show both compute the same thing (bertforge projects onto the vocabulary
+only at the masked positions; transformers everywhere). bf16 runs only where the processor computes it
+natively. MFU counts the useful matmul work (encoder + MLM head at the masked positions, ×3 for training;
+flops.py) against this machine's measured matmul peak of that precision.
 
-    python benchmarks/bench_pretrain.py --threads 2 --steps 10
+    python benchmarks/bench_pretrain.py --threads 2 --steps 10                      # mini, ~1 min on 2 cores
+    python benchmarks/bench_pretrain.py --threads 2 --presets base --steps 3 --warmup 1   # ~6 min on 2 cores
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _speed import mfu_text, peak_text, precision_context
 
 from bertforge.checkpoint import to_hf_state_dict
 from bertforge.config import BertConfig
+from bertforge.flops import encoder_flops, mlm_head_flops
+from bertforge.hardware import bf16_skip_reason
 from bertforge.heads import BertForPreTraining
 
 
@@ -56,21 +64,11 @@ def hf_step(model, optimizer, b) -> float:
     return float(out.loss.detach())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="mini")
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rate", type=float, default=0.15)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per model (after 2 warm-up steps)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", default=None, help="also write the results to this file")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def build_models(preset: str):
+    """bertforge's and transformers' BertForPreTraining with the same weights, dropout off, and their AdamWs."""
     import transformers
 
-    config = BertConfig.from_preset(args.preset, hidden_dropout=0.0, attention_dropout=0.0)
+    config = BertConfig.from_preset(preset, hidden_dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
     ours = BertForPreTraining(config).train()
     hf_config = transformers.BertConfig(
@@ -84,37 +82,80 @@ def main() -> None:
     missing, unexpected = theirs.load_state_dict(to_hf_state_dict(ours), strict=False)
     assert not unexpected and all("decoder" in k or "position_ids" in k for k in missing), (missing, unexpected)
     theirs.tie_weights()
+    return config, ours, theirs
+
+
+def bench_preset(args, preset: str) -> dict:
+    config, ours, theirs = build_models(preset)
+    ours, theirs = ours.to(args.device), theirs.to(args.device)
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
-    batch = make_batch(config, args.batch, args.seq, args.rate)
+    batch = {k: v.to(args.device) for k, v in make_batch(config, args.batch, args.seq, args.rate).items()}
     tokens = args.batch * args.seq
+    first = {"bertforge": ours_step(ours, opt_ours, batch), "transformers": hf_step(theirs, opt_theirs, batch)}
+    # Each framework's one model serves both precisions: the step's cost does not depend on the weights' values.
+    systems = {f"{name} {precision}": (step, model, opt, precision)
+               for name, step, model, opt in (("bertforge", ours_step, ours, opt_ours),
+                                              ("transformers", hf_step, theirs, opt_theirs))
+               for precision in ("fp32", "bf16")}
+    skipped = {name: bf16_skip_reason(args.device) for name, system in systems.items() if system[3] == "bf16"}
+    runnable = {name: system for name, system in systems.items() if skipped.get(name) is None}
+    times: dict[str, list[float]] = {name: [] for name in runnable}
+    for step_index in range(args.warmup + args.steps):
+        for name, (step, model, opt, precision) in runnable.items():
+            with precision_context(precision, args.device):
+                start = time.perf_counter()
+                step(model, opt, batch)  # ends reading the loss: the step has finished on a GPU too
+                if step_index >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+    flops = (encoder_flops(config, [args.seq] * args.batch, training=True)
+             + mlm_head_flops(config, int(batch["masked"].sum()), training=True))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"\n== {preset}: seq {args.seq}, batch {args.batch}, {args.rate:.0%} masked ==")
+    print(f"first-step fp32 loss: bertforge {first['bertforge']:.5f}, transformers {first['transformers']:.5f} "
+          "(same weights, same batch)")
+    for name in systems:
+        if name not in median:
+            print(f"{name:>18}: {skipped[name]}")
+            continue
+        print(f"{name:>18}: {tokens / median[name]:>9,.0f} tokens/s  (median step {median[name] * 1000:.0f} ms)  "
+              f"{mfu_text(flops, median[name], systems[name][3], args.device)}")
+    ratios = {f"{o} / {t}": median[t] / median[o] for o in median if o.startswith("bertforge")
+              for t in median if t.startswith("transformers")}
+    peers = [name for name in median if name.startswith("transformers")]
+    ours_best = min((name for name in median if name.startswith("bertforge")), key=median.get)
+    strongest = min(peers, key=median.get)
+    ratios[f"{ours_best} / strongest peer ({strongest})"] = median[strongest] / median[ours_best]
+    for label, ratio in ratios.items():
+        print(f"  {label}: {ratio:.2f}x")
+    return {"preset": preset, "first_loss": first, "skipped": {k: v for k, v in skipped.items() if v},
+            "tokens_per_s": {name: tokens / t for name, t in median.items()},
+            "median_step_s": median, "ratios": ratios, "train_flops_per_step": flops}
 
-    first = (ours_step(ours, opt_ours, batch), hf_step(theirs, opt_theirs, batch))
-    ours_step(ours, opt_ours, batch), hf_step(theirs, opt_theirs, batch)  # second warm-up step
-    times = {"bertforge": [], "transformers": []}
-    for _ in range(args.steps):
-        for name, step, model, opt in (("bertforge", ours_step, ours, opt_ours),
-                                       ("transformers", hf_step, theirs, opt_theirs)):
-            start = time.perf_counter()
-            step(model, opt, batch)
-            times[name].append(time.perf_counter() - start)
-    rate = {name: tokens / statistics.median(t) for name, t in times.items()}
-    result = {
-        "preset": args.preset, "seq": args.seq, "batch": args.batch, "masking": args.rate,
-        "threads": torch.get_num_threads(), "steps": args.steps,
-        "first_loss": {"bertforge": first[0], "transformers": first[1]},
-        "tokens_per_s": rate, "ratio": rate["bertforge"] / rate["transformers"],
-        "median_step_s": {name: statistics.median(t) for name, t in times.items()},
-    }
-    print(f"config: {args.preset}, seq {args.seq}, batch {args.batch}, {args.rate:.0%} masked, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"first-step loss: bertforge {first[0]:.5f}, transformers {first[1]:.5f} (same weights, same batch)")
-    for name in ("bertforge", "transformers"):
-        print(f"{name:>13}: {rate[name]:>9,.0f} tokens/s  (median step {result['median_step_s'][name] * 1000:.0f} ms)")
-    print(f"ratio: {result['ratio']:.2f}x")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["mini"], help="model shapes, e.g. mini base")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=0.15)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per system")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per system first")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(peak_text(args.device))
+    results = [bench_preset(args, preset) for preset in args.presets]
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+            json.dump({"seq": args.seq, "batch": args.batch, "masking": args.rate, "steps": args.steps,
+                       "threads": torch.get_num_threads(), "results": results}, handle, indent=2)
 
 
 if __name__ == "__main__":

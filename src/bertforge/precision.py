@@ -21,6 +21,7 @@ from typing import Literal, get_args
 import torch
 
 from bertforge.errors import OptionError
+from bertforge.hardware import native_bf16  # re-exported: the one check, shared with the benchmarks
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,6 @@ InferencePrecision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 TrainingPrecision = Literal["auto", "fp32", "bf16", "fp16"]
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware (not emulated): a bf16-capable GPU, or a CPU whose oneDNN
-    reports bf16 support (AVX-512 BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 def check_precision(precision: str, *, training: bool = False) -> None:

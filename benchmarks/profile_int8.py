@@ -1,0 +1,115 @@
+"""Where int8 embedding time and accuracy go (issue 16, item 3): a short profile, not a timed benchmark.
+
+    python benchmarks/profile_int8.py --texts 200 --threads 2      # about a minute on 2 cores
+
+1. torch.profiler over the same texts through the float32 Predictor and the int8 one (quantize_int8): self
+   CPU time per operator family (int8 matmuls, float matmuls, activation quantisation, attention, ...).
+2. Accuracy by choice: mean cosine to the float32 vectors when int8 is applied to different Linear layers
+   (attention projections, feed-forward in, feed-forward out) with weights per channel or per tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import warnings
+from collections import defaultdict
+
+import numpy as np
+import torch
+from bench_inference import DATA, load_texts
+from torch import nn
+
+from bertforge.checkpoint import load_model
+from bertforge.inference.embed import embed_texts
+from bertforge.inference.predictor import Predictor
+from bertforge.pretrained import packaged_model_dir
+from bertforge.tokenizer import BertTokenizer
+
+# Operator name fragments -> family, first match wins (names as torch.profiler reports them).
+FAMILIES = (
+    ("quantized::linear", "int8 matmul (quantized::linear_dynamic)"),
+    ("quantize_per", "activation quantisation"),
+    ("addmm", "float matmul (addmm/mm/bmm)"),
+    ("aten::mm", "float matmul (addmm/mm/bmm)"),
+    ("bmm", "float matmul (addmm/mm/bmm)"),
+    ("scaled_dot_product", "attention (SDPA)"),
+    ("layer_norm", "LayerNorm"),
+    ("gelu", "GELU"),
+    ("copy_", "copies / layout"),
+    ("contiguous", "copies / layout"),
+    ("index", "packing (index, scatter)"),
+    ("scatter", "packing (index, scatter)"),
+)
+
+
+def family(name: str) -> str:
+    return next((label for key, label in FAMILIES if key in name), "other")
+
+
+def profile(predictor: Predictor, model, tok, texts: list[str]) -> dict[str, float]:
+    """Self CPU seconds per operator family for one pass over `texts`."""
+    embed_texts(model, tok, texts[:16], predictor=predictor)  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        embed_texts(model, tok, texts, predictor=predictor)
+    seconds: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        seconds[family(event.key)] += event.self_cpu_time_total / 1e6
+    return dict(seconds)
+
+
+def quantized(model: nn.Module, chosen: str, per_channel: bool) -> nn.Module:
+    """A copy of `model` with dynamic int8 on the Linear layers whose name matches `chosen`."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    picks = {
+        "attention projections": lambda n: ".attention." in n,
+        "feed-forward in": lambda n: n.endswith(".intermediate"),
+        "feed-forward out": lambda n: n.endswith(".output") and ".attention." not in n,
+        "all Linear": lambda n: True,
+    }[chosen]
+    model = copy.deepcopy(model).eval()
+    layers = {n: qconfig for n, m in model.named_modules() if isinstance(m, nn.Linear) and picks(n)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, layers, dtype=torch.qint8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from bertforge.inference.predictor import quantize_int8
+
+    directory = packaged_model_dir()
+    model, tok = load_model(directory), BertTokenizer.from_pretrained(directory)
+    print("Linear layer names:", sorted({n.split(".", 2)[-1] for n, m in model.named_modules()
+                                         if isinstance(m, nn.Linear) and n.startswith("layers.")}))
+    texts = load_texts(DATA, args.texts)
+    int8 = quantize_int8(model)
+    profiles = {"float32": profile(Predictor(model, tok), model, tok, texts),
+                "int8 (quantize_int8)": profile(Predictor(int8, tok), int8, tok, texts)}
+    print(f"\n== self CPU seconds per operator family, {len(texts)} texts, {args.threads} threads ==")
+    names = sorted(set().union(*profiles.values()), key=lambda f: -profiles["float32"].get(f, 0.0))
+    print(f"{'family':42s} " + " ".join(f"{p:>22s}" for p in profiles))
+    for name in names:
+        print(f"{name:42s} " + " ".join(f"{profiles[p].get(name, 0.0):22.3f}" for p in profiles))
+    print(f"{'total':42s} " + " ".join(f"{sum(profiles[p].values()):22.3f}" for p in profiles))
+
+    reference = embed_texts(model, tok, texts, normalize=True).vectors
+    print("\n== mean (min) cosine to the float32 vectors, by which Linear layers are int8 ==")
+    for chosen in ("attention projections", "feed-forward in", "feed-forward out", "all Linear"):
+        for per_channel in (True, False):
+            variant = quantized(model, chosen, per_channel)
+            cos = (embed_texts(variant, tok, texts, normalize=True).vectors * reference).sum(-1)
+            weights = "per-channel" if per_channel else "per-tensor"
+            print(f"{chosen:24s} weights {weights:12s} mean {cos.mean():.4f}  min {cos.min():.4f}")
+    cos = (embed_texts(int8, tok, texts, normalize=True).vectors * reference).sum(-1)
+    print(f"{'quantize_int8 (default)':24s} {'':20s} mean {np.mean(cos):.4f}  min {np.min(cos):.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""What this machine computes fast: whether it has native bf16, and its measured matmul peak.
+
+A CPU without AVX-512 BF16 or AMX still runs a bf16 matmul, but emulated: about 1 GFLOP/s against ~100 for
+fp32 on a 2-core development machine. A bf16 timing there measures the emulation, so every bf16 figure first
+asks `bf16_skip_reason`. GPUs from Ampere (compute capability 8.0) on have bf16 tensor cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s (without 2:4 sparsity). Looked up by
+# substring of torch.cuda.get_device_name, most specific name first ("A100" before "A10", "L40S" before "L4").
+DATASHEET_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("B200", 2250.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+)
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """True where bf16 matmuls run on hardware made for them (bf16 tensor cores; AVX-512 BF16 or AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def bf16_skip_reason(device: str | torch.device = "cpu") -> str | None:
+    """None where bf16 is native; otherwise the line a benchmark prints instead of a meaningless number."""
+    device = torch.device(device)
+    if native_bf16(device):
+        return None
+    return f"skipped: this {'GPU' if device.type == 'cuda' else 'CPU'} has no native bf16"
+
+
+def datasheet_peak(device: str | torch.device) -> float | None:
+    """The vendor's dense bf16 peak of a GPU in FLOP/s, or None for a CPU or a GPU not in the table."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for key, tflops in DATASHEET_BF16_TFLOPS if key in name), None)
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> float:
+    """FLOP/s of a large square matmul at the current thread count: the most this machine gives a matmul.
+    Measured once per process for each (dtype, device, threads)."""
+    device = torch.device(device)
+    if dtype == torch.bfloat16 and not native_bf16(device):
+        raise ValueError(f"{device} has no native bf16: a bf16 peak would time the emulation")
+    return _measured_peak(dtype, str(device), torch.get_num_threads())
+
+
+@functools.cache
+def _measured_peak(dtype: torch.dtype, device: str, threads: int) -> float:
+    del threads  # part of the cache key only: the peak scales with the threads torch may use
+    on_gpu = device.startswith("cuda")
+    # Large enough that the matmul kernel's steady state dominates: 2·n³ = 17 GFLOP on a CPU, 1.1 TFLOP on a GPU.
+    size, per_timing = (8192, 20) if on_gpu else (2048, 1)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    a @ b  # first call: allocation and kernel choice
+    sync()
+    best, spent, timings = float("inf"), 0.0, 0
+    while timings < 3 or spent < 1.0:
+        start = time.perf_counter()
+        for _ in range(per_timing):
+            a @ b
+        sync()
+        elapsed = time.perf_counter() - start
+        best, spent, timings = min(best, elapsed / per_timing), spent + elapsed, timings + 1
+    return 2 * size**3 / best
