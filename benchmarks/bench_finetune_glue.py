@@ -37,8 +37,8 @@ def main() -> None:
         started = time.perf_counter()
         result = finetune.run(args.output_dir / task, task=task, model=args.model, data_dir=DATA / FOLDERS[task],
                               epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
-                              max_seq_length=args.max_seq_length, seed=args.seed,
-                              max_train_examples=args.train_examples or None, num_threads=args.threads,
+                              max_length=args.max_seq_length, seed=args.seed,
+                              max_train_examples=args.train_examples or None, threads=args.threads,
                               progress=False, tensorboard=False, overwrite=True)  # a rerun replaces its runs
         best = next(h for h in result.history if h["epoch"] == result.best_epoch)
         results[task] = {k: v for k, v in best.items() if "/" in k} | {"seconds": time.perf_counter() - started}

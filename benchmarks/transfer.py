@@ -54,7 +54,7 @@ def finetune_one(task: str, model: Path, seed: int, out: Path, args: argparse.Na
     name, data_dir, examples, epochs, _ = TASKS[task]
     result = finetune.run(out / "run", task=name, model=str(model), data_dir=data_dir, epochs=epochs,
                           learning_rate=args.learning_rate, batch_size=args.batch_size, seed=seed,
-                          max_train_examples=examples, num_threads=1, progress=False, tensorboard=False,
+                          max_train_examples=examples, threads=1, progress=False, tensorboard=False,
                           overwrite=True)
     best = next(h for h in result.history if h["epoch"] == result.best_epoch)
     (out / "result.json").write_text(json.dumps({"task": task, "seed": seed, "model": str(model), **best}, indent=2))

@@ -20,7 +20,7 @@ from bertforge.training import finetune, finetune_evaluate, finetune_predict
 
 WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film", "actor", "story", "bob", "alice", "paris",
          "london", "lives", "in", "who", "where", "does", "?", "."]
-FAST = {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_seq_length": 32,
+FAST = {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_length": 32,
         "progress": False, "tensorboard": False}
 
 
@@ -144,10 +144,10 @@ def test_sliding_window_reads_what_truncation_cuts(tiny_model, tmp_path):
         return out
 
     train, dev = write_csv(tmp_path / "train.csv", rows(64)), write_csv(tmp_path / "dev.csv", rows(32))
-    settings = {**FAST, "epochs": 6, "max_seq_length": 16, "model": str(tiny_model), "train": train,
+    settings = {**FAST, "epochs": 6, "max_length": 16, "model": str(tiny_model), "train": train,
                 "validation": [dev]}
     cut = finetune.run(tmp_path / "cut", **settings)
-    windowed = finetune.run(tmp_path / "win", long_text="sliding_window", doc_stride=7, **settings)
+    windowed = finetune.run(tmp_path / "win", long_text="sliding_window", stride=7, **settings)
     assert cut.best_metric <= 0.75  # the label is invisible after truncation: near chance
     assert windowed.best_metric >= 0.9
 
@@ -257,7 +257,7 @@ def test_squad_end_to_end(tiny_model, tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(squad(80, "t")))
     (tmp_path / "dev.json").write_text(json.dumps(squad(20, "d")))
     result = finetune.run(tmp_path / "qa", task="squad", model=str(tiny_model), train=tmp_path / "train.json",
-                          validation=[tmp_path / "dev.json"], doc_stride=8, **{**FAST, "epochs": 8})
+                          validation=[tmp_path / "dev.json"], stride=8, **{**FAST, "epochs": 8})
     assert result.best_metric >= 90.0  # F1 in percent; contexts longer than the 32-token window included
     theirs = transformers.BertForQuestionAnswering.from_pretrained(str(tmp_path / "qa")).eval()
     from bertforge.tasks.base import collate

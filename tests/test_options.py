@@ -8,7 +8,7 @@ import pytest
 
 from bertforge.cli import JOBS, _load
 from bertforge.errors import OptionError
-from bertforge.options import check_device, check_options
+from bertforge.options import check_device, check_options, resolve_device
 
 
 @pytest.mark.parametrize("name", list(JOBS))
@@ -45,3 +45,16 @@ def test_devices() -> None:
         check_device("gpu")
     with pytest.raises(OptionError, match="bertforge runs on cpu, cuda or mps"):
         check_device("meta")
+
+
+def test_auto_is_the_best_device_here(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -7,8 +7,10 @@ import functools
 import importlib
 import inspect
 import logging
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from bertforge.errors import BertforgeError, describe_os_error
 
@@ -55,30 +57,89 @@ def _load(target: str) -> Callable:
     return checked
 
 
-def _option_names_with_underscores(args: list[str]) -> list[str]:
-    """`--text-column x` and `--text_column x` both work: jsonargparse names options after the Python
-    parameters (underscores), while dashes are the command-line convention users type."""
+def option_names(job: Callable) -> set[str]:
+    """The Python names of a job's options."""
+    return set(inspect.signature(job).parameters)
+
+
+def _current_names(args: list[str], accepted: set[str]) -> list[str]:
+    """A job's arguments with every option under the name the job knows it by. `--text-column x` and
+    `--text_column x` both work (jsonargparse names options after the Python parameters, dashes are what
+    users type), and so do names replaced by one name per concept (options.RENAMED), also in --config."""
+    from bertforge.options import current_name
+
     out = []
     for arg in args:
         if arg.startswith("--") and len(arg) > 2:
             name, sep, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + sep + value
+            name = current_name(name, accepted)
+            if name == "config" and sep:
+                value = _config_text(value, accepted)
+            arg = "--" + name + sep + value
+        elif out and out[-1] == "--config":
+            arg = _config_text(arg, accepted)
         out.append(arg)
     return out
+
+
+def _config_text(path: str, accepted: set[str]) -> str:
+    """A --config YAML file as YAML text with its keys renamed as on the command line (dashes, old names)."""
+    import yaml
+
+    from bertforge.errors import OptionError
+    from bertforge.options import current_name
+
+    if not Path(path).is_file():
+        return path  # jsonargparse reports a missing file, or reads `path` as inline YAML
+    try:
+        settings = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(settings, dict):
+        raise OptionError(f"--config {path}: expected `option: value` lines, found a {type(settings).__name__}")
+    return yaml.safe_dump({current_name(str(key), accepted): value for key, value in settings.items()})
+
+
+def _dashed(text: str) -> str:
+    """Option names as users type them: --max_length -> --max-length."""
+    return re.sub(r"--[\w.]+", lambda match: match.group().replace("_", "-"), text)
+
+
+def _parser_class() -> type:
+    from jsonargparse import ArgumentParser
+
+    from bertforge.options import RENAMED
+
+    class Parser(ArgumentParser):
+        """jsonargparse's parser, showing options with dashes and listing the old names a job still accepts."""
+
+        def format_usage(self) -> str:
+            return _dashed(super().format_usage())
+
+        def format_help(self) -> str:
+            names = {action.dest for action in self._actions}
+            renamed = [f"--{old} (now --{new})" for old, new in RENAMED.items() if new in names and old not in names]
+            note = f"\nrenamed options, accepted until the next release: {', '.join(renamed)}\n" if renamed else ""
+            return _dashed(super().format_help() + note)
+
+    return Parser
 
 
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI, ArgumentError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _option_names_with_underscores(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     # Import only the chosen job's module (start-up stays fast); `bertforge --help` lists them all.
     chosen = [args[0]] if args and args[0] in JOBS else list(JOBS)
     try:
-        CLI({name: _load(JOBS[name]) for name in chosen}, args=args, as_positional=False, exit_on_error=False)
+        jobs = {name: _load(JOBS[name]) for name in chosen}
+        if len(chosen) == 1:
+            args = [args[0], *_current_names(args[1:], option_names(jobs[args[0]]))]
+        CLI(jobs, args=args, as_positional=False, exit_on_error=False, parser_class=_parser_class())
     except ArgumentError as exc:  # an unknown option, a value of the wrong type, a missing argument
         where = f"bertforge {chosen[0]} --help" if len(chosen) == 1 else "bertforge --help"
-        _fail(f"{exc} (`{where}` lists what is accepted)", 2)
+        _fail(_dashed(f"{exc} (`{where}` lists what is accepted)"), 2)
     except BertforgeError as exc:  # bad input: one clear line, not a traceback
         _fail(str(exc), 2)
     except OSError as exc:  # a path that cannot be read or written, a full disk: the path and the fix

@@ -60,7 +60,7 @@ def _emit(results: list, output: Path | None) -> list:
 
 def fill_mask(model: str, text: list[str] | str | None = None, input: Path | None = None,
               text_column: str | None = None, top_k: int = 5, output: Path | None = None,
-              device: str = "cpu") -> list:
+              device: str = "auto") -> list:
     """Predict the tokens behind every [MASK] (a pre-training or masked-LM checkpoint).
 
     Args:
@@ -70,7 +70,7 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
         text_column: The text column of a table input.
         top_k: Predictions per [MASK].
         output: Write JSON lines here instead of printing.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
     _check_output(output, input)
     loaded = _load(model, device, "fill-mask")
@@ -78,7 +78,7 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
 
 
 def classify(model: str, text: list[str] | str | None = None, input: Path | None = None,
-             text_column: str | None = None, output: Path | None = None, device: str = "cpu") -> list:
+             text_column: str | None = None, output: Path | None = None, device: str = "auto") -> list:
     """Label texts with a sequence-classification checkpoint (labels and probabilities).
 
     Args:
@@ -87,7 +87,7 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
         input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         text_column: The text column of a table input.
         output: Write JSON lines here instead of printing.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
     _check_output(output, input)
     loaded = _load(model, device, "classify")
@@ -95,7 +95,7 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
 
 
 def ner(model: str, text: list[str] | str | None = None, input: Path | None = None,
-        text_column: str | None = None, output: Path | None = None, device: str = "cpu") -> list:
+        text_column: str | None = None, output: Path | None = None, device: str = "auto") -> list:
     """Find entities (type, text, character span, score) with a token-classification checkpoint.
 
     Args:
@@ -104,7 +104,7 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
         input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         text_column: The text column of a table input.
         output: Write JSON lines here instead of printing.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
     _check_output(output, input)
     loaded = _load(model, device, "ner")
@@ -112,8 +112,8 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
 
 
 def qa(model: str, question: list[str] | str | None = None, context: list[str] | str | None = None,
-       input: Path | None = None, max_length: int = 384, stride: int = 128, max_answer_tokens: int = 30,
-       output: Path | None = None, device: str = "cpu") -> list:
+       input: Path | None = None, max_length: int = 384, stride: int = 128, max_answer_length: int = 30,
+       output: Path | None = None, device: str = "auto") -> list:
     """Extract answers from contexts (any length: overlapping windows) with a question-answering checkpoint.
 
     Args:
@@ -123,9 +123,9 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
         input: Or a .csv/.tsv/.jsonl file with question and context columns.
         max_length: Tokens per window (question + context piece + 3 special tokens).
         stride: Tokens of overlap between consecutive windows.
-        max_answer_tokens: Longest answer considered.
+        max_answer_length: Longest answer considered, in tokens.
         output: Write JSON lines here instead of printing.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
     from bertforge.data.tables import read_records
 
@@ -139,4 +139,4 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
     loaded = _load(model, device, "qa")
     check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
     return _emit(pipelines.qa(loaded.predictor, question, context, max_length=max_length, stride=stride,
-                              max_answer_tokens=max_answer_tokens), output)
+                              max_answer_tokens=max_answer_length), output)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from bertforge.errors import OptionError
 from bertforge.files import check_output_file, write_atomic
 from bertforge.model import BertModel
+from bertforge.options import resolve_device
 from bertforge.tokenizer import BertTokenizer
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def run(
     batch_size: int = 32,
     max_length: int | None = None,
     normalize: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> Path:
     """Write one vector per input text to a .npy file ([N, H] float32, rows in input order).
 
@@ -151,7 +152,7 @@ def run(
         batch_size: Texts per forward pass.
         max_length: Longer texts are truncated (and reported); default the model's 512.
         normalize: Scale every vector to unit length.
-        device: cpu, cuda, cuda:1, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
     from bertforge.checkpoint import load_model
     from bertforge.data.tables import read_texts
@@ -160,7 +161,7 @@ def run(
     check_output_file(output, inputs=(input,))
     directory = resolve_model(model)
     texts = read_texts(input, text_column=text_column)
-    bert = load_model(directory).to(device)
+    bert = load_model(directory).to(resolve_device(device))
     tokenizer = BertTokenizer.from_pretrained(directory)
     result = embed_texts(bert, tokenizer, texts, pooling=pooling, layers=layers, combine=combine,
                          batch_size=batch_size, max_length=max_length, normalize=normalize, progress=True)

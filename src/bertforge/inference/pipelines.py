@@ -26,6 +26,7 @@ from bertforge.heads import (
 from bertforge.inference.embed import Pooling, embed_texts
 from bertforge.inference.predictor import Predictor, quantize_int8
 from bertforge.model import BertModel
+from bertforge.options import resolve_device
 from bertforge.tokenizer import Encoding
 
 # config.json architecture -> (model class, the pipelines it serves)
@@ -51,10 +52,11 @@ class Loaded:
     directory: Path
 
 
-def load_pipeline(directory: str | Path, *, device: str = "cpu", int8: bool = False, **predictor_kwargs) -> Loaded:
+def load_pipeline(directory: str | Path, *, device: str = "auto", int8: bool = False, **predictor_kwargs) -> Loaded:
     """Load a Hugging Face-format model (a folder, `all-minilm-l6-v2` or a Hub id: pretrained.resolve_model)
     as the task model its config names, wrapped in a Predictor.
-    `int8` applies dynamic int8 quantisation (CPU only; see predictor.quantize_int8 for its accuracy cost)."""
+    `int8` applies dynamic int8 quantisation (CPU only, so `auto` is the CPU then; see predictor.quantize_int8
+    for its accuracy cost)."""
     from bertforge.checkpoint import load_model, read_config
     from bertforge.pretrained import resolve_model
     from bertforge.tokenizer import BertTokenizer
@@ -65,9 +67,10 @@ def load_pipeline(directory: str | Path, *, device: str = "cpu", int8: bool = Fa
         raise PipelineError(f"{directory}/config.json: architecture {architecture!r} has no pipeline; "
                             f"supported: {', '.join(TASKS)}")
     model_class, tasks = TASKS[architecture]
-    model = load_model(directory, model_class).to(device)
+    target = resolve_device("cpu" if int8 and device == "auto" else device)
+    model = load_model(directory, model_class).to(target)
     if int8:
-        if device != "cpu":
+        if target.type != "cpu":
             raise PipelineError(f"int8 quantisation runs on the CPU only, not on {device}")
         model = quantize_int8(model)
     predictor = Predictor(model, BertTokenizer.from_pretrained(directory), **predictor_kwargs)

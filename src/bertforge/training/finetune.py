@@ -17,7 +17,7 @@ import torch
 
 from bertforge.data.tables import DataError
 from bertforge.files import move_into_place, open_text, remove_stale_temporaries, temporary_sibling, write_text_atomic
-from bertforge.options import check_length, check_options
+from bertforge.options import check_length, check_options, resolve_device
 from bertforge.tasks.classification import GLUE_TASKS
 from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult, seed_everything
 from bertforge.training.finetune_loop import train as train_loop
@@ -47,9 +47,9 @@ def run(
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.1,
     dropout: float = 0.1,
-    max_seq_length: int = 128,
+    max_length: int = 128,
     long_text: Literal["truncate", "sliding_window"] = "truncate",
-    doc_stride: int | None = None,
+    stride: int | None = None,
     max_query_length: int = 64,
     max_answer_length: int = 30,
     n_best_size: int = 20,
@@ -65,8 +65,8 @@ def run(
     token_loss: Literal["auto", "constant", "batch_mean"] = "auto",
     tensorboard: bool = True,
     progress: bool = True,
-    num_threads: int | None = None,
-    device: str = "cpu",
+    threads: int | None = None,
+    device: str = "auto",
     overwrite: bool = False,
 ) -> TrainResult:
     """Fine-tune a BERT checkpoint on a task; the best epoch's model is saved to output_dir.
@@ -89,9 +89,9 @@ def run(
         weight_decay: Decoupled weight decay (BERT: 0.01).
         warmup_ratio: Share of the steps with linear warmup (BERT: 0.1), then linear decay to 0.
         dropout: Dropout probability in the encoder and before the head (BERT: 0.1).
-        max_seq_length: Longest input in tokens (longer inputs are truncated or windowed).
+        max_length: Longest input in tokens (longer inputs are truncated or windowed).
         long_text: For classification: truncate, or sliding_window (chunks whose logits are averaged).
-        doc_stride: Tokens between the starts of successive windows (sliding_window, squad).
+        stride: Tokens between the starts of successive windows (sliding_window, squad).
         max_query_length: SQuAD: questions are cut to this many tokens.
         max_answer_length: SQuAD: longest answer span in tokens.
         n_best_size: SQuAD: start and end candidates considered per window.
@@ -110,8 +110,8 @@ def run(
             length.
         tensorboard: Also write TensorBoard event files to output_dir/tensorboard.
         progress: Show a progress bar.
-        num_threads: CPU threads for torch (default: torch's choice).
-        device: cpu, cuda, cuda:1, ...
+        threads: CPU threads for torch (default: torch's choice).
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         overwrite: Replace what output_dir holds (a folder that is not empty is refused without it). The new
             run is built beside it and replaces it only when finished, so a killed run changes nothing.
     """
@@ -122,15 +122,16 @@ def run(
     from bertforge.training.run_folder import check_run_folder
 
     check_options(locals())
-    if num_threads:
-        torch.set_num_threads(num_threads)
+    if threads:
+        torch.set_num_threads(threads)
     output_dir = Path(output_dir)
     options = {k: v for k, v in locals().items() if k in _FAMILY_OPTIONS}
+    options["doc_stride"] = options.pop("stride")
     family_task = family(task, **options)
     train_path, eval_paths = _data_files(family_task.name, train, validation, data_dir)
     model_dir = resolve_model(model)
     positions = read_config(model_dir).get("max_position_embeddings", 512)
-    check_length("--max-seq-length", max_seq_length, positions, str(model_dir))
+    check_length("--max-length", max_length, positions, str(model_dir))
     check_run_folder(output_dir, resume=None, overwrite=overwrite, clear=False,
                      inputs=(train_path, *eval_paths, model_dir, titles, eval_titles))
     remove_stale_temporaries(output_dir.parent, name=output_dir.name)
@@ -141,19 +142,19 @@ def run(
     if not train_examples:
         raise DataError(f"{train_path}: no training examples")
     family_task.fit_labels(train_examples)
-    train_features = family_task.features(train_examples, tokenizer, max_seq_length=max_seq_length, train=True)
+    train_features = family_task.features(train_examples, tokenizer, max_seq_length=max_length, train=True)
     eval_sets = []
     for path in eval_paths:
         examples = family_task.read(path, titles=_lines(eval_titles)) if eval_titles else family_task.read(path)
         examples = examples[:max_eval_examples] if max_eval_examples else examples
-        features = family_task.features(examples, tokenizer, max_seq_length=max_seq_length)
+        features = family_task.features(examples, tokenizer, max_seq_length=max_length)
         eval_sets.append(EvalSet(Path(path).stem, examples, features))
     log.info("%s: %d training examples (%d features), %s", family_task.name, len(train_examples), len(train_features),
              ", ".join(f"{s.name}: {len(s.examples)} examples" for s in eval_sets) or "no validation set")
 
     seed_everything(seed)  # the new head's initial weights depend on the seed too
     net = load_model(model_dir, family_task.model_class, **family_task.model_kwargs())
-    net = with_dropout(net, dropout).to(device)
+    net = with_dropout(net, dropout).to(resolve_device(device))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()
                 if k in run.__code__.co_varnames[: run.__code__.co_argcount]}
     settings["validation"] = [str(p) for p in eval_paths]
@@ -163,7 +164,7 @@ def run(
 
     def save_best(trained, record: dict) -> None:
         save_model(trained, work, tokenizer=tokenizer,
-                   extra_config={TASK_CONFIG_KEY: {**family_task.settings(), "max_seq_length": max_seq_length}})
+                   extra_config={TASK_CONFIG_KEY: {**family_task.settings(), "max_seq_length": max_length}})
         write_text_atomic(work / "best_metrics.json", json.dumps(record, indent=2) + "\n")
 
     try:
@@ -183,7 +184,7 @@ def run(
     return result
 
 
-_FAMILY_OPTIONS = ("text_column", "text_pair_column", "label_column", "label_separator", "long_text", "doc_stride",
+_FAMILY_OPTIONS = ("text_column", "text_pair_column", "label_column", "label_separator", "long_text", "stride",
                    "max_query_length", "max_answer_length", "n_best_size", "null_score_threshold")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bertforge.errors import DataError
 from bertforge.files import check_output_file, write_atomic, write_text_atomic
-from bertforge.options import check_length
+from bertforge.options import check_length, resolve_device
 
 
 def run(
@@ -27,9 +27,9 @@ def run(
     id_column: str | None = None,
     label_output_column: str = "label",
     probabilities: bool = True,
-    max_seq_length: int | None = None,
+    max_length: int | None = None,
     batch_size: int = 64,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> Path:
     """Predict with a model saved by `bertforge finetune`.
 
@@ -42,9 +42,9 @@ def run(
         id_column: Copy this input column into the output first (e.g. id for a Kaggle submission).
         label_output_column: Name of the predicted-label column.
         probabilities: Add one probability column per class (prob_<label>).
-        max_seq_length: Override the maximum length used in training.
+        max_length: Override the maximum length used in training.
         batch_size: Inference batch size.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
     from bertforge.data.tables import read_records
     from bertforge.tasks.classification import SequenceClassification, TextExample, _text
@@ -56,15 +56,15 @@ def run(
     check_output_file(output, inputs=(input,))
     net, task = load_task_model(model)
     settings = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("bertforge_task", {})
-    max_seq_length = max_seq_length or settings.get("max_seq_length", 128)
-    check_length("--max-seq-length", max_seq_length, net.config.max_position_embeddings, str(model))
+    max_length = max_length or settings.get("max_seq_length", 128)
+    check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
-    net = net.to(device)
+    net = net.to(resolve_device(device))
 
     def outputs_for(examples):
         if not examples:
             raise DataError(f"{input}: no examples to predict (only a header line?)")
-        features = task.features(examples, tokenizer, max_seq_length=max_seq_length)
+        features = task.features(examples, tokenizer, max_seq_length=max_length)
         return features, predict_outputs(net, task, features, pad_id=tokenizer.pad_id, batch_size=batch_size,
                                          progress=True)
 

@@ -52,6 +52,7 @@ from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
 from bertforge.model.positions import sinusoidal_table
+from bertforge.options import resolve_device
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bertforge.training.distributed import World, all_reduce_sum, init_distributed
 from bertforge.training.lamb import Lamb
@@ -72,10 +73,10 @@ EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable 
 # NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak and a schedule planned to
 # end at the wall-clock budget.
 RECIPES: dict[str, dict] = {
-    "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "lr": 5e-4,
+    "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "learning_rate": 5e-4,
              "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32,
              "position_init": "normal", "adam_beta2": 0.999},
-    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "lr": 1e-3,
+    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": 1e-3,
                "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32,
                "position_init": "sinusoidal", "adam_beta2": 0.999},
 }
@@ -96,7 +97,7 @@ class PretrainConfig:
     init_from: Path | None = None
     objective: Objective | None = None
     packing: bool | None = None
-    max_seq_length: int = 128
+    max_length: int = 128
     short_seq_prob: float = 0.1
     masking_rate: float | None = None
     max_predictions: int | None = None
@@ -105,7 +106,7 @@ class PretrainConfig:
     grad_accum_steps: int = 1
     steps: int | None = None
     optimizer: Literal["adamw", "lamb"] = "adamw"
-    lr: float | None = None
+    learning_rate: float | None = None
     adam_beta2: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int | None = None
@@ -150,7 +151,7 @@ class PretrainConfig:
         if not 0 < self.masking_rate < 1:
             raise OptionError(f"--masking-rate {self.masking_rate}: must be between 0 and 1 (BERT: 0.15)")
         if self.max_predictions is None:
-            self.max_predictions = math.ceil(self.masking_rate * self.max_seq_length)
+            self.max_predictions = math.ceil(self.masking_rate * self.max_length)
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise OptionError(f"--warmup-ratio {self.warmup_ratio}: must be at least 0 and below 1 (e.g. 0.06)")
         if self.batch_size % self.grad_accum_steps:
@@ -158,7 +159,7 @@ class PretrainConfig:
                              f"grad_accum_steps {self.grad_accum_steps}")
 
     def example_settings(self) -> ExampleSettings:
-        return ExampleSettings(self.max_seq_length, self.short_seq_prob, self.objective == "mlm_nsp",
+        return ExampleSettings(self.max_length, self.short_seq_prob, self.objective == "mlm_nsp",
                                packed=bool(self.packing))
 
     def plan(self, steps: int) -> None:
@@ -182,7 +183,7 @@ class PretrainResult:
 
 # ----- pieces of the loop -------------------------------------------------------------------------
 def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining | BertLMHeadModel:
-    changes = {"vocab_size": vocab_size, "max_position_embeddings": max(512, cfg.max_seq_length),
+    changes = {"vocab_size": vocab_size, "max_position_embeddings": max(512, cfg.max_length),
                **cfg.model_overrides}
     if cfg.dropout is not None:
         changes.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
@@ -222,8 +223,8 @@ def _load_initial_weights(model: BertForPreTraining, source: Path) -> None:
 def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     betas = (0.9, cfg.adam_beta2)
     if cfg.optimizer == "lamb":
-        return Lamb(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas)
-    return build_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
+        return Lamb(parameter_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=betas)
+    return build_adamw(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=betas)
 
 
 class BatchMasker:
@@ -270,6 +271,8 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type != "cpu":  # mps: autocast there is not measured here
+        return "fp32"
     native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return "bf16" if native else "fp32"
 
@@ -388,15 +391,15 @@ def heldout_batches(corpus: PreparedCorpus, cfg: PretrainConfig, tokenizer) -> H
     if not shards or cfg.eval_batches <= 0:
         return HeldOut([], [], tokenizer.mask_id)
     ids = {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id}
-    windows = ExampleSettings(cfg.max_seq_length, short_seq_prob=0.0, nsp=False)
-    masking = MaskingSettings(rate=0.15, max_predictions=math.ceil(0.15 * cfg.max_seq_length))  # BERT §3.1
+    windows = ExampleSettings(cfg.max_length, short_seq_prob=0.0, nsp=False)
+    masking = MaskingSettings(rate=0.15, max_predictions=math.ceil(0.15 * cfg.max_length))  # BERT §3.1
     masker = BatchMasker(masking, tokenizer, left_to_right=cfg.objective == "ltr")
     mlm = []
     for i, batch in enumerate(_fixed_batches(shards, windows, cfg.eval_batches, ids)):
         mlm.append((batch, masker(batch, EVAL_SEED + i)))
     nsp = []
     if cfg.objective == "mlm_nsp":
-        pairs = ExampleSettings(cfg.max_seq_length, cfg.short_seq_prob, nsp=True)
+        pairs = ExampleSettings(cfg.max_length, cfg.short_seq_prob, nsp=True)
         nsp = _fixed_batches(shards, pairs, cfg.eval_batches, ids)
     return HeldOut(mlm, nsp, tokenizer.mask_id)
 
@@ -414,12 +417,6 @@ def _fixed_batches(shards, settings: ExampleSettings, count: int, ids: dict) -> 
 def collate_examples(examples, settings: ExampleSettings, tokenizer) -> PreTrainingBatch:
     ids = {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id}
     return collate_packed(examples, **ids) if settings.packed else collate(examples, **ids)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ----- the loop -----------------------------------------------------------------------------------
@@ -517,7 +514,7 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     resumed_from = open_run(cfg)  # options, positions, the run folder's rules; the checkpoint to resume from
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     world = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -712,11 +709,11 @@ def _jsonable(cfg: PretrainConfig) -> dict:
 
 def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mini",
         model_overrides: dict | None = None, init_from: Path | None = None, objective: Objective | None = None,
-        packing: bool | None = None, max_seq_length: int = 128, short_seq_prob: float = 0.1,
+        packing: bool | None = None, max_length: int = 128, short_seq_prob: float = 0.1,
         masking_rate: float | None = None, max_predictions: int | None = None, whole_word_masking: bool = False,
         batch_size: int | None = None, grad_accum_steps: int = 1, steps: int | None = None,
-        optimizer: Literal["adamw", "lamb"] = "adamw", lr: float | None = None, adam_beta2: float | None = None,
-        weight_decay: float = 0.01,
+        optimizer: Literal["adamw", "lamb"] = "adamw", learning_rate: float | None = None,
+        adam_beta2: float | None = None, weight_decay: float = 0.01,
         warmup_steps: int | None = None, warmup_ratio: float | None = None, schedule: ScheduleName = "linear",
         max_grad_norm: float = 1.0, precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None,
         compile: bool = False, dropout: float | None = None,
@@ -742,13 +739,13 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
             second phase at length 512 after a first phase at 128 (BERT Appendix A.2).
         objective: mlm_nsp (BERT), mlm (masked-LM only, as RoBERTa and Cramming found better) or ltr (a
             left-to-right LM, causal attention, no NSP: the paper's "LTR & No NSP" ablation).
-        packing: mlm only: fill every row to max_seq_length with windows of documents (several short ones
+        packing: mlm only: fill every row to max_length with windows of documents (several short ones
             share a row, attention stays inside each window), so no compute goes to padding.
-        max_seq_length: Tokens per example, [CLS] and [SEP]s included.
+        max_length: Tokens per example, [CLS] and [SEP]s included.
         short_seq_prob: Share of unpacked examples with a shorter random target length (BERT: 0.1).
         masking_rate: Share of tokens selected for prediction (BERT: 0.15). Held-out accuracy is always
             measured at 15%, so runs with other rates compare.
-        max_predictions: At most this many predictions per sequence (default: masking_rate x max_seq_length,
+        max_predictions: At most this many predictions per sequence (default: masking_rate x max_length,
             rounded up: BERT's 20 at 128).
         whole_word_masking: Select whole words (all their WordPiece pieces) instead of single pieces.
         batch_size: Examples per optimizer step, over all processes and accumulation steps.
@@ -756,7 +753,7 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
         steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
             measured speed so the schedule ends at the budget; unset without: 1000.
         optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
-        lr: Peak learning rate.
+        learning_rate: Peak learning rate.
         adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
             short run the squared gradients of the first steps, far larger than later ones, then fade in
             ~50 steps instead of ~1,000, so they stop shrinking the updates.
@@ -782,7 +779,7 @@ def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mi
         overwrite: Delete the earlier run in output_dir first (a folder that is not empty needs --resume or this).
         max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
         threads: CPU threads for torch (default: torch's choice).
-        device: auto, cpu, cuda or cuda:N.
+        device: auto (a GPU if there is one), cpu, cuda, cuda:N or mps.
         progress: Show the progress bar.
         tensorboard: Write TensorBoard event files.
     """
