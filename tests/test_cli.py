@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from pathlib import Path
 
 import pytest
 
-from bertforge.cli import JOBS, _current_names, _load, main, option_names
+from bertforge.cli import JOBS, _current_names, _load, main, option_defaults, option_names, settings_groups
 from bertforge.options import RENAMED
 
 
@@ -17,9 +18,12 @@ def test_every_job_is_importable_and_documented(name: str) -> None:
     job = _load(JOBS[name])
     doc = inspect.getdoc(job) or ""
     assert doc.strip(), f"{name}: the job's docstring is its --help"
-    params = [p for p in inspect.signature(job).parameters if p not in ("self",)]
-    for param in params:
-        assert param in doc, f"{name}: parameter {param!r} is not documented under Args:"
+    groups = settings_groups(job)
+    for param in set(inspect.signature(job).parameters) - set(groups):
+        assert f"{param}:" in doc, f"{name}: parameter {param!r} is not documented under Args:"
+    for settings in groups.values():  # a settings dataclass documents its fields itself
+        for field in dataclasses.fields(settings):
+            assert f"    {field.name}: " in (settings.__doc__ or ""), f"{settings.__name__}.{field.name} has no help"
 
 
 def test_top_level_help_lists_every_job(capsys) -> None:
@@ -48,8 +52,7 @@ def test_one_name_per_concept(name: str) -> None:
     file), and every job with a device picks the best one by default."""
     job = _load(JOBS[name])
     assert option_names(job) & (set(RENAMED) - {"data"}) == set()
-    device = inspect.signature(job).parameters.get("device")
-    assert device is None or device.default == "auto"
+    assert option_defaults(job).get("device", "auto") == "auto"
 
 
 def _printed_config(capsys, *args: str) -> str:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
-from bertforge.cli import JOBS, _load
+from bertforge.cli import JOBS, _load, option_defaults
 from bertforge.errors import OptionError
 from bertforge.options import check_device, check_options, resolve_device
 
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_every_jobs_defaults_pass_the_checks(name: str) -> None:
-    job = inspect.unwrap(_load(JOBS[name]))
-    defaults = {p.name: p.default for p in inspect.signature(job).parameters.values()
-                if p.default is not inspect.Parameter.empty}
-    check_options(defaults)
+    check_options(option_defaults(_load(JOBS[name])))
 
 
 @pytest.mark.parametrize(("values", "message"), [

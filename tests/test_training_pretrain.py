@@ -100,8 +100,8 @@ def test_nan_loss_stops_with_a_checkpoint(corpus, tmp_path):
     from bertforge.training.pretrain import run
 
     with pytest.raises(SystemExit, match="stopped at step 3: non-finite loss"):
-        run(**{**vars(_config(corpus, tmp_path / "nan2")), "steps": 3, "learning_rate": 1e9, "max_grad_norm": 1e30,
-               "warmup_steps": 0, "schedule": "constant"})
+        run(_config(corpus, tmp_path / "nan2", steps=3, learning_rate=1e9, max_grad_norm=1e30, warmup_steps=0,
+                    schedule="constant"))
 
 
 def test_export_loads_in_transformers_with_the_same_outputs(corpus, tmp_path):

@@ -1,12 +1,14 @@
 """Option values checked in one place, before any file is read or any compute starts.
 
-Every job calls `check_options(locals())` first: an option is checked by its name, so `--batch-size -8`
-gets the same one-line refusal from `finetune`, `embed` and `pretrain` instead of a silent zero-step run,
-a crash deep inside torch, or 22 GB of attention scores.
+The command line checks every job's arguments with `check_options` before the job starts (jobs that
+Python code calls directly check their settings too): an option is checked by its name, so
+`--batch-size -8` gets the same one-line refusal from `finetune`, `embed` and `pretrain` instead of a
+silent zero-step run, a crash deep inside torch, or 22 GB of attention scores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -76,9 +78,11 @@ def option_name(name: str) -> str:
 
 def check_options(values: Mapping[str, Any]) -> None:
     """Refuse option values outside their range (checked by name; unknown names pass) and an unusable
-    device. Call it first thing in a job, with the job's `locals()` or its config's fields."""
+    device. `values` are a job's arguments; a settings dataclass among them is checked field by field."""
     for name, value in values.items():
-        if name in _RANGES and value is not None and not isinstance(value, bool):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_options({field.name: getattr(value, field.name) for field in dataclasses.fields(value)})
+        elif name in _RANGES and value is not None and not isinstance(value, bool):
             _check_range(name, value)
     if values.get("device") is not None:
         check_device(values["device"])

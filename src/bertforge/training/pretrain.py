@@ -85,9 +85,67 @@ Recipe = Literal["bert", "budget"]
 
 @dataclass
 class PretrainConfig:
-    """Every setting of a pre-training run (saved as config.json beside the checkpoints).
-    The meaning of each field is documented on `run`, which takes the same names. Fields left at None
-    take the value of `recipe` (RECIPES) or, for steps and max_predictions, one derived from the others."""
+    """Pre-training settings (saved as config.json beside the checkpoints).
+
+    Fields left at None take the value of `recipe` (RECIPES) or, for steps and max_predictions, one
+    derived from the others.
+
+    Args:
+        data: A folder written by `bertforge prepare` (shards + tokenizer).
+        output_dir: Run folder: checkpoints/, model/ (Hugging Face format), metrics.jsonl, tensorboard/, curves.png.
+        recipe: Defaults for the unset options: bert (the paper: MLM + NSP pairs, 15% masking, dropout 0.1,
+            lr 5e-4, 100 warm-up steps, fp32) or budget (MLM only on packed rows, 30% masking, no dropout,
+            lr 1e-3, 6% warm-up, bf16 where the processor has it).
+        preset: Model size: tiny, mini, small, medium, base or large.
+        model_overrides: BertConfig fields to change, e.g. {num_layers: 2, hidden_size: 96}.
+        init_from: Start from these weights (a run folder, checkpoint file or Hugging Face folder), e.g. the
+            second phase at length 512 after a first phase at 128 (BERT Appendix A.2).
+        objective: mlm_nsp (BERT), mlm (masked-LM only, as RoBERTa and Cramming found better) or ltr (a
+            left-to-right LM, causal attention, no NSP: the paper's "LTR & No NSP" ablation).
+        packing: mlm only: fill every row to max_length with windows of documents (several short ones
+            share a row, attention stays inside each window), so no compute goes to padding.
+        max_length: Tokens per example, [CLS] and [SEP]s included.
+        short_seq_prob: Share of unpacked examples with a shorter random target length (BERT: 0.1).
+        masking_rate: Share of tokens selected for prediction (BERT: 0.15). Held-out accuracy is always
+            measured at 15%, so runs with other rates compare.
+        max_predictions: At most this many predictions per sequence (default: masking_rate x max_length,
+            rounded up: BERT's 20 at 128).
+        whole_word_masking: Select whole words (all their WordPiece pieces) instead of single pieces.
+        batch_size: Examples per optimizer step, over all processes and accumulation steps.
+        grad_accum_steps: Split each process's share of a batch into this many micro-batches.
+        steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
+            measured speed so the schedule ends at the budget; unset without: 1000.
+        optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
+        learning_rate: Peak learning rate.
+        adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
+            short run the squared gradients of the first steps, far larger than later ones, then fade in
+            ~50 steps instead of ~1,000, so they stop shrinking the updates.
+        weight_decay: Decoupled weight decay (not on biases and LayerNorm weights).
+        warmup_steps: Linear warm-up steps.
+        warmup_ratio: Linear warm-up as a share of the steps (instead of warmup_steps).
+        schedule: linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.
+        max_grad_norm: Clip the global gradient norm to this.
+        precision: fp32, bf16 (autocast), fp16 (autocast + loss scaling) or auto (bf16 where the hardware
+            computes it natively, else fp32). Saved weights are fp32 either way.
+        compile: Compile the model with torch.compile.
+        dropout: Override the preset's dropout (hidden and attention), e.g. 0 for short runs.
+        position_init: normal (BERT's N(0, 0.02)) or sinusoidal (the learned table starts from sinusoids
+            scaled to the token embeddings; same layout, positions usable from step 0).
+        seed: Seeds the weights, the example pairing and the masks.
+        eval_every: Evaluate on the held-out shards every n steps (default: 10 evaluations per run).
+        eval_batches: Held-out batches (of 32 rows) per evaluation.
+        log_every: Log training metrics every n steps.
+        save_every: Write a checkpoint every n steps and at the end (default: 4 per run).
+        keep_checkpoints: Keep the newest n checkpoints.
+        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped; a truncated
+            latest checkpoint is skipped for the newest intact one).
+        overwrite: Delete the earlier run in output_dir first (a folder that is not empty needs --resume or this).
+        max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
+        threads: CPU threads for torch (default: torch's choice).
+        device: auto (a GPU if there is one), cpu, cuda, cuda:N or mps.
+        progress: Show the progress bar.
+        tensorboard: Write TensorBoard event files.
+    """
 
     data: Path
     output_dir: Path
@@ -707,85 +765,15 @@ def _jsonable(cfg: PretrainConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mini",
-        model_overrides: dict | None = None, init_from: Path | None = None, objective: Objective | None = None,
-        packing: bool | None = None, max_length: int = 128, short_seq_prob: float = 0.1,
-        masking_rate: float | None = None, max_predictions: int | None = None, whole_word_masking: bool = False,
-        batch_size: int | None = None, grad_accum_steps: int = 1, steps: int | None = None,
-        optimizer: Literal["adamw", "lamb"] = "adamw", learning_rate: float | None = None,
-        adam_beta2: float | None = None, weight_decay: float = 0.01,
-        warmup_steps: int | None = None, warmup_ratio: float | None = None, schedule: ScheduleName = "linear",
-        max_grad_norm: float = 1.0, precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None,
-        compile: bool = False, dropout: float | None = None,
-        position_init: Literal["normal", "sinusoidal"] | None = None, seed: int = 0, eval_every: int | None = None,
-        eval_batches: int = 10, log_every: int = 10, save_every: int | None = None, keep_checkpoints: int = 2,
-        resume: bool = False, overwrite: bool = False, max_minutes: float | None = None, threads: int | None = None,
-        device: str = "auto", progress: bool = True, tensorboard: bool = True) -> Path:
+def run(cfg: PretrainConfig) -> Path:
     """Pre-train BERT with masked-LM (+ next-sentence prediction) on a corpus from `bertforge prepare`.
 
     Data-parallel: `torchrun --nproc_per_node=N -m bertforge pretrain ...` (gloo on CPU, NCCL on GPU).
     Options left unset take their value from the recipe (see RECIPES in this module and
     docs/pretraining.md): `--recipe budget --max-minutes 60` is the one that learns most per CPU-minute.
-
-    Args:
-        data: A folder written by `bertforge prepare` (shards + tokenizer).
-        output_dir: Run folder: checkpoints/, model/ (Hugging Face format), metrics.jsonl, tensorboard/, curves.png.
-        recipe: Defaults for the unset options: bert (the paper: MLM + NSP pairs, 15% masking, dropout 0.1,
-            lr 5e-4, 100 warm-up steps, fp32) or budget (MLM only on packed rows, 30% masking, no dropout,
-            lr 1e-3, 6% warm-up, bf16 where the processor has it).
-        preset: Model size: tiny, mini, small, medium, base or large.
-        model_overrides: BertConfig fields to change, e.g. {num_layers: 2, hidden_size: 96}.
-        init_from: Start from these weights (a run folder, checkpoint file or Hugging Face folder), e.g. the
-            second phase at length 512 after a first phase at 128 (BERT Appendix A.2).
-        objective: mlm_nsp (BERT), mlm (masked-LM only, as RoBERTa and Cramming found better) or ltr (a
-            left-to-right LM, causal attention, no NSP: the paper's "LTR & No NSP" ablation).
-        packing: mlm only: fill every row to max_length with windows of documents (several short ones
-            share a row, attention stays inside each window), so no compute goes to padding.
-        max_length: Tokens per example, [CLS] and [SEP]s included.
-        short_seq_prob: Share of unpacked examples with a shorter random target length (BERT: 0.1).
-        masking_rate: Share of tokens selected for prediction (BERT: 0.15). Held-out accuracy is always
-            measured at 15%, so runs with other rates compare.
-        max_predictions: At most this many predictions per sequence (default: masking_rate x max_length,
-            rounded up: BERT's 20 at 128).
-        whole_word_masking: Select whole words (all their WordPiece pieces) instead of single pieces.
-        batch_size: Examples per optimizer step, over all processes and accumulation steps.
-        grad_accum_steps: Split each process's share of a batch into this many micro-batches.
-        steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
-            measured speed so the schedule ends at the budget; unset without: 1000.
-        optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
-        learning_rate: Peak learning rate.
-        adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
-            short run the squared gradients of the first steps, far larger than later ones, then fade in
-            ~50 steps instead of ~1,000, so they stop shrinking the updates.
-        weight_decay: Decoupled weight decay (not on biases and LayerNorm weights).
-        warmup_steps: Linear warm-up steps.
-        warmup_ratio: Linear warm-up as a share of the steps (instead of warmup_steps).
-        schedule: linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.
-        max_grad_norm: Clip the global gradient norm to this.
-        precision: fp32, bf16 (autocast), fp16 (autocast + loss scaling) or auto (bf16 where the hardware
-            computes it natively, else fp32). Saved weights are fp32 either way.
-        compile: Compile the model with torch.compile.
-        dropout: Override the preset's dropout (hidden and attention), e.g. 0 for short runs.
-        position_init: normal (BERT's N(0, 0.02)) or sinusoidal (the learned table starts from sinusoids
-            scaled to the token embeddings; same layout, positions usable from step 0).
-        seed: Seeds the weights, the example pairing and the masks.
-        eval_every: Evaluate on the held-out shards every n steps (default: 10 evaluations per run).
-        eval_batches: Held-out batches (of 32 rows) per evaluation.
-        log_every: Log training metrics every n steps.
-        save_every: Write a checkpoint every n steps and at the end (default: 4 per run).
-        keep_checkpoints: Keep the newest n checkpoints.
-        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped; a truncated
-            latest checkpoint is skipped for the newest intact one).
-        overwrite: Delete the earlier run in output_dir first (a folder that is not empty needs --resume or this).
-        max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
-        threads: CPU threads for torch (default: torch's choice).
-        device: auto (a GPU if there is one), cpu, cuda, cuda:N or mps.
-        progress: Show the progress bar.
-        tensorboard: Write TensorBoard event files.
+    The settings and their meaning: PretrainConfig.
     """
-    values = dict(locals())
-    values["model_overrides"] = values["model_overrides"] or {}
-    result = train(PretrainConfig(**values))
+    result = train(cfg)
     if result.stopped == "nan":
         raise SystemExit(f"stopped at step {result.step + 1}: non-finite loss (checkpoint of step {result.step} saved)")
     return result.output_dir
