@@ -116,11 +116,12 @@ def encoder(work) -> Path:
 @pytest.fixture(scope="module")
 def classifier(work, encoder) -> Path:
     """A model fine-tuned (one short epoch) by `bertforge finetune`, for predict and evaluate."""
+    from bertforge.cli import call_job
     from bertforge.training import finetune
 
     train = write_csv(work / "train.csv", sentiment_rows(16))
-    finetune.run(work / "classifier", model=str(encoder), train=train, epochs=1, batch_size=8, max_length=16,
-                 progress=False, tensorboard=False)
+    call_job(finetune.run, {"output_dir": work / "classifier", "model": str(encoder), "train": train, "epochs": 1,
+                            "batch_size": 8, "max_length": 16, "progress": False, "tensorboard": False})
     return work / "classifier"
 
 

@@ -103,8 +103,9 @@ def _build_parser(jobs: dict[str, Callable]):
     return parser
 
 
-def _call(job: Callable, options: dict) -> object:
-    """Run a job with parsed options, gathering the fields of each settings group into its dataclass."""
+def call_job(job: Callable, options: dict) -> object:
+    """Run a job with options named as on the command line (flat), each settings group gathered into its
+    dataclass."""
     options = {name: value for name, value in options.items() if name != "config"}
     for param, settings in settings_groups(job).items():
         fields = [f.name for f in dataclasses.fields(settings) if f.init and f.name in options]
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             args = [args[0], *_current_names(args[1:], option_names(jobs[args[0]]))]
         parser = _build_parser(jobs)
         parsed = parser.instantiate(parser.parse_args(args))
-        _call(jobs[parsed.subcommand], parsed[parsed.subcommand].as_dict())
+        call_job(jobs[parsed.subcommand], parsed[parsed.subcommand].as_dict())
     except ArgumentError as exc:  # an unknown option, a value of the wrong type, a missing argument
         where = f"bertforge {chosen[0]} --help" if len(chosen) == 1 else "bertforge --help"
         _fail(_dashed(f"{exc} (`{where}` lists what is accepted)"), 2)

@@ -270,7 +270,7 @@ def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path,
     from bertforge.checkpoint import load_model
     from bertforge.tasks.base import family
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.training.finetune_loop import EvalSet, seed_everything, train
+    from bertforge.training.finetune_loop import EvalSet, TrainSettings, seed_everything, train
 
     wanted = {"variant": dataclasses.asdict(variant), **dataclasses.asdict(settings)}
     if result_file.is_file():
@@ -293,9 +293,9 @@ def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path,
     if variant.objective == "ltr":
         net = LeftToRight(net)
     started = time.perf_counter()
-    result = train(net, task, train_features, [eval_set], pad_id=tokenizer.pad_id, epochs=settings.epochs,
-                   batch_size=settings.batch_size, learning_rate=settings.learning_rate, seed=settings.seed,
-                   progress=False)
+    training = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
+                             learning_rate=settings.learning_rate, seed=settings.seed)
+    result = train(net, task, train_features, [eval_set], pad_id=tokenizer.pad_id, settings=training, progress=False)
     best = result.history[result.best_epoch - 1]
     record = {"settings": wanted, "task": task_name, "train_examples": len(train_examples),
               "eval_examples": len(eval_examples), "best_epoch": result.best_epoch,
