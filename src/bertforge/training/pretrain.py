@@ -570,19 +570,10 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     `stop_after` ends the run after that step without a final checkpoint (to simulate a crash)."""
     started = time.monotonic()
     resumed_from = open_run(cfg)  # options, positions, the run folder's rules; the checkpoint to resume from
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    world = init_distributed(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-    cfg.precision = resolve_precision(cfg.precision, device)
-    if cfg.batch_size % (world.size * cfg.grad_accum_steps):
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world.size}) x "
-                         f"grad_accum_steps ({cfg.grad_accum_steps})")
+    device, world = _devices(cfg)
     corpus = PreparedCorpus.open(cfg.data)
     tokenizer = corpus.tokenizer()
-    out_dir, ckpt_dir = cfg.output_dir, cfg.output_dir / "checkpoints"
+    ckpt_dir = cfg.output_dir / "checkpoints"
 
     state = load_checkpoint(resumed_from) if resumed_from is not None else None
     if state is not None and cfg.steps is None:
@@ -604,53 +595,81 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     trainer = Trainer(cfg, model, ddp or model, optimizer, None, scaler, world, device, tokenizer.mask_id, ddp)
 
     evaluations: dict[int, dict] = {}
+    eval_seconds = 0.0
     if state is None and heldout:
         eval_started = time.perf_counter()
         evaluations[0] = evaluate(model, heldout, device, cfg.precision)
         eval_seconds = time.perf_counter() - eval_started
-    else:
-        eval_seconds = 0.0
-    if cfg.steps is None:
-        if cfg.max_minutes:
-            step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
-            planned = plan_steps(cfg, step_seconds, eval_seconds, time.monotonic() - started)
-            planned = int(all_reduce_sum(torch.tensor([planned], dtype=torch.float64), world)) // world.size
-            print(f"planned {planned:,} steps for {cfg.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
-            cfg.plan(planned)
-        else:
-            cfg.plan(1000)
-    else:
-        cfg.plan(cfg.steps)
+    _plan(cfg, trainer, stream, masker, tokenizer, eval_seconds, spent_seconds=time.monotonic() - started)
     trainer.scheduler = build_schedule(optimizer, cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
-
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        trainer.scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        stream.position, step = DataPosition(**state["position"]), state["step"]
-        set_rng_state(state["rng"])
+    step = _restore(state, trainer, stream) if state is not None else 0
     if cfg.compile:
         trainer.net = torch.compile(trainer.net)
-
-    logger = None
-    if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out_dir / "tokenizer")
-        write_text_atomic(out_dir / "config.json", json.dumps(_jsonable(cfg), indent=2))
-        logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard)
-        logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)
-        print(f"model: {cfg.preset} {model.config.num_layers}L H={model.config.hidden_size}, "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters; recipe {cfg.recipe}, objective "
-              f"{cfg.objective}{', packed rows' if cfg.packing else ''}, masking {cfg.masking_rate:g}, "
-              f"{cfg.precision}; {world.size} process(es) on {device}"
-              + (f"; resumed from {resumed_from}" if resumed_from else ""))
-        if 0 in evaluations:
-            logger.log(0, {**evaluations[0], "minutes": 0.0}, prefix="heldout")
-            print(f"untrained model, held-out: {_fmt(evaluations[0])}")
+    logger = _open_log(cfg, trainer, tokenizer, step, evaluations, resumed_from) if world.is_main else None
     return _loop(cfg, trainer, stream, masker, tokenizer, heldout, logger, step, evaluations, resumed_from,
                  on_step=on_step, stop_after=stop_after)
+
+
+def _devices(cfg: PretrainConfig) -> tuple[torch.device, World]:
+    """This process's device and its place among the processes; fixes `auto` precision for the device."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    world = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    cfg.precision = resolve_precision(cfg.precision, device)
+    if cfg.batch_size % (world.size * cfg.grad_accum_steps):
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world.size}) x "
+                         f"grad_accum_steps ({cfg.grad_accum_steps})")
+    return device, world
+
+
+def _plan(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
+          eval_seconds: float, *, spent_seconds: float) -> None:
+    """Fix the step count: as set, fitted to the wall-clock budget from a measured step, or 1000."""
+    if cfg.steps is not None:
+        cfg.plan(cfg.steps)
+    elif cfg.max_minutes:
+        world = trainer.world
+        step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
+        planned = plan_steps(cfg, step_seconds, eval_seconds, spent_seconds)
+        planned = int(all_reduce_sum(torch.tensor([planned], dtype=torch.float64), world)) // world.size
+        print(f"planned {planned:,} steps for {cfg.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
+        cfg.plan(planned)
+    else:
+        cfg.plan(1000)
+
+
+def _restore(state: dict, trainer: Trainer, stream: ExampleStream) -> int:
+    """Continue exactly where a checkpoint stopped; returns its step."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    stream.position = DataPosition(**state["position"])
+    set_rng_state(state["rng"])
+    return state["step"]
+
+
+def _open_log(cfg: PretrainConfig, trainer: Trainer, tokenizer, step: int, evaluations: dict[int, dict],
+              resumed_from: Path | None) -> MetricsLogger:
+    """The run folder's tokenizer, config.json and metrics log (cut back to `step` on resume), and a summary line."""
+    model, out_dir = trainer.model, cfg.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out_dir / "tokenizer")
+    write_text_atomic(out_dir / "config.json", json.dumps(_jsonable(cfg), indent=2))
+    logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard)
+    logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)
+    print(f"model: {cfg.preset} {model.config.num_layers}L H={model.config.hidden_size}, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters; recipe {cfg.recipe}, objective "
+          f"{cfg.objective}{', packed rows' if cfg.packing else ''}, masking {cfg.masking_rate:g}, "
+          f"{cfg.precision}; {trainer.world.size} process(es) on {trainer.device}"
+          + (f"; resumed from {resumed_from}" if resumed_from else ""))
+    if 0 in evaluations:
+        logger.log(0, {**evaluations[0], "minutes": 0.0}, prefix="heldout")
+        print(f"untrained model, held-out: {_fmt(evaluations[0])}")
+    return logger
 
 
 def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
