@@ -676,24 +676,14 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
           heldout: HeldOut, logger: MetricsLogger | None, step: int, evaluations: dict[int, dict],
           resumed_from: Path | None, *, on_step, stop_after) -> PretrainResult:
     """Steps until the planned count, the wall-clock budget, a non-finite loss or `stop_after`."""
-    model, world, device = trainer.model, trainer.world, trainer.device
-    ckpt_dir = cfg.output_dir / "checkpoints"
-
-    def checkpoint_state(at_step: int, at_position: DataPosition, rng: dict) -> dict:
-        return {"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
-                "step": at_step, "position": dataclasses.asdict(at_position), "rng": rng,
-                "config": _jsonable(cfg), "model_config": model.config.to_dict(),
-                "nsp": getattr(model, "nsp", None) is not None}
-
+    model, world = trainer.model, trainer.world
     step_losses: dict[int, float] = {}
     stopped = "finished"
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not (world.is_main and cfg.progress),
                dynamic_ncols=True)
     model.train()
-    window = {"tokens": 0, "time": time.perf_counter()}
-    clock = time.monotonic()
-    deadline = clock + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    report = _Report(cfg, trainer, logger, bar, heldout, evaluations)
+    deadline = report.clock + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     while step < cfg.steps:
         before = (dataclasses.replace(stream.position), rng_state())  # the state a NaN stop saves
         step += 1
@@ -704,40 +694,21 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
             stopped = "nan"
             trainer.optimizer.zero_grad(set_to_none=True)
             if world.is_main:
-                path = save_checkpoint(ckpt_dir, step - 1, checkpoint_state(step - 1, *before),
-                                       keep=cfg.keep_checkpoints)
+                path = save_checkpoint(cfg.output_dir / "checkpoints", step - 1,
+                                       _checkpoint_state(trainer, step - 1, *before), keep=cfg.keep_checkpoints)
                 log.error("step %d: the loss is %s; stopped. The last good state (step %d) is in %s. Lower the "
                           "learning rate or use bf16/fp32, then resume.", step, metrics["loss"], step - 1, path)
             step -= 1
             break
         grad_norm = trainer.apply_gradients()
         step_losses[step] = metrics["loss"]
-        window["tokens"] += int(batch.attention_mask.sum())
+        report.window["tokens"] += int(batch.attention_mask.sum())
         # The wall-clock budget ends the run like its last step (evaluate, checkpoint, export).
         out_of_time = bool(all_reduce_sum(torch.tensor([time.monotonic() > deadline], dtype=torch.float64), world))
         last = step == cfg.steps or out_of_time
 
         if world.is_main:
-            if step % cfg.log_every == 0 or last:
-                elapsed = time.perf_counter() - window["time"]
-                rate = window["tokens"] / max(elapsed, 1e-9)
-                window.update(tokens=0, time=time.perf_counter())
-                logger.log(step, {**metrics, "lr": trainer.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                                  "tokens_per_s": rate}, prefix="train")
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm_acc=f"{metrics['mlm_accuracy']:.3f}",
-                                tok_s=f"{rate:,.0f}")
-            if heldout and (step % cfg.eval_every == 0 or last):
-                evaluated = time.perf_counter()
-                evaluations[step] = evaluate(model, heldout, device, cfg.precision)
-                logger.log(step, {**evaluations[step], "minutes": (time.monotonic() - clock) / 60}, prefix="heldout")
-                logger.plot()
-                tqdm.write(f"step {step}: held-out {_fmt(evaluations[step])}")
-                window["time"] += time.perf_counter() - evaluated  # tokens/s counts training time only
-            if step % cfg.save_every == 0 or last:
-                saving = time.perf_counter()
-                save_checkpoint(ckpt_dir, step, checkpoint_state(step, stream.position, rng_state()),
-                                keep=cfg.keep_checkpoints)
-                window["time"] += time.perf_counter() - saving
+            report.after_step(step, metrics, grad_norm, stream.position, last=last)
         bar.update(1)
         if on_step is not None:
             on_step(step, metrics["loss"], model)
@@ -757,6 +728,54 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
             logger.plot()
         logger.close()
     return PretrainResult(cfg.output_dir, step, step_losses, evaluations, stopped, model_dir)
+
+
+def _checkpoint_state(trainer: Trainer, step: int, position: DataPosition, rng: dict) -> dict:
+    """Everything a resumed run needs to repeat an uninterrupted one."""
+    model = trainer.model
+    return {"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+            "step": step, "position": dataclasses.asdict(position), "rng": rng,
+            "config": _jsonable(trainer.cfg), "model_config": model.config.to_dict(),
+            "nsp": getattr(model, "nsp", None) is not None}
+
+
+@dataclass
+class _Report:
+    """The main process's duties after a step: log, evaluate, checkpoint. `window` counts the tokens and
+    training seconds since the last log line (evaluation and checkpoint time excluded from tokens/s)."""
+
+    cfg: PretrainConfig
+    trainer: Trainer
+    logger: MetricsLogger
+    bar: tqdm
+    heldout: HeldOut
+    evaluations: dict[int, dict]
+    clock: float = field(default_factory=time.monotonic)
+    window: dict = field(default_factory=lambda: {"tokens": 0, "time": time.perf_counter()})
+
+    def after_step(self, step: int, metrics: dict, grad_norm: float, position: DataPosition, *, last: bool) -> None:
+        cfg, window = self.cfg, self.window
+        if step % cfg.log_every == 0 or last:
+            rate = window["tokens"] / max(time.perf_counter() - window["time"], 1e-9)
+            window.update(tokens=0, time=time.perf_counter())
+            self.logger.log(step, {**metrics, "lr": self.trainer.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                                   "tokens_per_s": rate}, prefix="train")
+            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm_acc=f"{metrics['mlm_accuracy']:.3f}",
+                                 tok_s=f"{rate:,.0f}")
+        if self.heldout and (step % cfg.eval_every == 0 or last):
+            evaluated = time.perf_counter()
+            self.evaluations[step] = evaluate(self.trainer.model, self.heldout, self.trainer.device, cfg.precision)
+            self.logger.log(step, {**self.evaluations[step], "minutes": (time.monotonic() - self.clock) / 60},
+                            prefix="heldout")
+            self.logger.plot()
+            tqdm.write(f"step {step}: held-out {_fmt(self.evaluations[step])}")
+            window["time"] += time.perf_counter() - evaluated
+        if step % cfg.save_every == 0 or last:
+            saving = time.perf_counter()
+            save_checkpoint(cfg.output_dir / "checkpoints", step,
+                            _checkpoint_state(self.trainer, step, position, rng_state()), keep=cfg.keep_checkpoints)
+            window["time"] += time.perf_counter() - saving
 
 
 def _slice_masked(masked: MaskedBatch, rows: slice) -> MaskedBatch:
