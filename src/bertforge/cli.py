@@ -12,7 +12,6 @@ import inspect
 import logging
 import re
 import sys
-import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,9 +62,14 @@ def _load(target: str) -> Callable:
 
 def settings_groups(job: Callable) -> dict[str, type]:
     """The job's parameters typed as settings dataclasses, by parameter name."""
-    hints = typing.get_type_hints(inspect.unwrap(job))
-    return {name: hints[name] for name in inspect.signature(job).parameters
-            if dataclasses.is_dataclass(hints.get(name))}
+    function = inspect.unwrap(job)
+    groups = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        annotation = parameter.annotation  # a class name, with `from __future__ import annotations`
+        annotation = function.__globals__.get(annotation) if isinstance(annotation, str) else annotation
+        if dataclasses.is_dataclass(annotation):
+            groups[name] = annotation
+    return groups
 
 
 def option_names(job: Callable) -> set[str]:

@@ -355,17 +355,9 @@ def run(
         torch.manual_seed(seed)
         tagger = FeatureTagger(plan, hidden_size=config.hidden_size, num_labels=len(task.label_names),
                                lstm_hidden=lstm_hidden, dropout=dropout)
-        started = time.perf_counter()
-        history = train_tagger(tagger, train_states, train_features, epochs=epochs, batch_size=batch_size,
-                               learning_rate=learning_rate, seed=seed)
-        seconds = time.perf_counter() - started
-        metrics = task.evaluate(eval_sentences, eval_features, predict_logits(tagger, eval_states, eval_features))
-        result = HeadResult(plan, metrics, history=history, train_seconds=seconds)
-        if tagger.mix is not None:
-            result.mix_weights, result.gamma = tagger.mix.weights().tolist(), tagger.mix.gamma.item()
-        results.append(result)
-        print(f"{plan.name:<20} F1 {100 * metrics['f1']:.1f}  (train loss {history[-1]['train_loss']:.4f}, "
-              f"{seconds:.0f}s)", flush=True)
+        results.append(train_head(tagger, task, (train_states, train_features), (eval_states, eval_features),
+                                  eval_sentences, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                  seed=seed))
 
     source = str(finetune_metrics) if finetune_metrics else "no --finetune-metrics given"
     finetune = finetune_f1(finetune_metrics) if finetune_metrics else None
@@ -379,16 +371,37 @@ def run(
     text = "\n".join(lines)
     print(text)
     if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n", encoding="utf-8")
-        with output.with_suffix(".csv").open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        details = [{"strategy": r.strategy.name, "layers": list(r.strategy.layers), "metrics": r.metrics,
-                    "mix_weights": r.mix_weights, "gamma": r.gamma, "history": r.history,
-                    "train_seconds": round(r.train_seconds, 1)} for r in results]
-        output.with_suffix(".json").write_text(json.dumps({"finetune": finetune, "strategies": details}, indent=2)
-                                               + "\n", encoding="utf-8")
+        write_results(Path(output), text, header, rows, results, finetune)
     return results
+
+
+def train_head(tagger: FeatureTagger, task: TokenClassification, train: tuple, evaluation: tuple,
+               eval_sentences: list, *, epochs: int, batch_size: int, learning_rate: float, seed: int) -> HeadResult:
+    """Train one strategy's tagger on (hidden states, features) and score it on the evaluation pair."""
+    started = time.perf_counter()
+    history = train_tagger(tagger, *train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                           seed=seed)
+    seconds = time.perf_counter() - started
+    metrics = task.evaluate(eval_sentences, evaluation[1], predict_logits(tagger, *evaluation))
+    result = HeadResult(tagger.plan, metrics, history=history, train_seconds=seconds)
+    if tagger.mix is not None:
+        result.mix_weights, result.gamma = tagger.mix.weights().tolist(), tagger.mix.gamma.item()
+    print(f"{tagger.plan.name:<20} F1 {100 * metrics['f1']:.1f}  (train loss {history[-1]['train_loss']:.4f}, "
+          f"{seconds:.0f}s)", flush=True)
+    return result
+
+
+def write_results(output: Path, table: str, header: list[str], rows: list[list[str]], results: list[HeadResult],
+                  finetune: dict | None) -> None:
+    """The markdown table, a CSV with the same rows, and a JSON with every metric and each epoch's loss."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(table + "\n", encoding="utf-8")
+    with output.with_suffix(".csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    details = [{"strategy": r.strategy.name, "layers": list(r.strategy.layers), "metrics": r.metrics,
+                "mix_weights": r.mix_weights, "gamma": r.gamma, "history": r.history,
+                "train_seconds": round(r.train_seconds, 1)} for r in results]
+    output.with_suffix(".json").write_text(json.dumps({"finetune": finetune, "strategies": details}, indent=2)
+                                           + "\n", encoding="utf-8")
