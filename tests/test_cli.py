@@ -59,7 +59,7 @@ def _printed_config(capsys, *args: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--print-config"])
     assert exit_info.value.code == 0
-    return capsys.readouterr().out
+    return "\n" + capsys.readouterr().out  # every option on a line of its own, the first one too
 
 
 def test_the_leads_pretrain_command_line_still_parses(capsys) -> None:
