@@ -375,7 +375,7 @@ def test_a_bad_command_line_is_one_line_too(capsys, tmp_path, encoder):
     line = refused(capsys, "embed", "--model", encoder, "--input", texts, "--colour", "red")
     assert "--colour" in line
     code, out, _ = cli(capsys, "embed", "--help")
-    assert code == 0 and "--batch_size" in out
+    assert code == 0 and "--batch-size" in out and "--batch_size" not in out
 
 
 def test_out_of_memory_is_one_line(capsys, tmp_path, encoder, monkeypatch):

@@ -110,7 +110,10 @@ def _build_parser(jobs: dict[str, Callable]):
 def call_job(job: Callable, options: dict) -> object:
     """Run a job with options named as on the command line (flat), each settings group gathered into its
     dataclass."""
+    from bertforge.options import check_options
+
     options = {name: value for name, value in options.items() if name != "config"}
+    check_options(options)  # before a dataclass's own checks, so every job words a bad value alike
     for param, settings in settings_groups(job).items():
         fields = [f.name for f in dataclasses.fields(settings) if f.init and f.name in options]
         options[param] = settings(**{name: options.pop(name) for name in fields})
