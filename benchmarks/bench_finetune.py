@@ -40,7 +40,7 @@ from bertforge.tasks.qa import agreed_split
 from bertforge.tasks.registry import family
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training.finetune import with_dropout
-from bertforge.training.finetune_loop import EvalSet, evaluate, predict_outputs, seed_everything, train
+from bertforge.training.finetune_loop import EvalSet, TrainSettings, evaluate, predict_outputs, seed_everything, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -208,10 +208,10 @@ def ours_train(args, model_dir: Path, task, train_examples, eval_examples) -> tu
     model.to(args.device)
     started, cpu = time.perf_counter(), time.process_time()  # tokenization counts, as on the other side
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             seed=args.seed, group_by_length=not args.no_length_grouping, token_loss=args.token_loss)
     with precision_context(args.precision, args.device):
-        result = train(model, task, features, (), pad_id=tokenizer.pad_id, epochs=args.epochs,
-                       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, progress=False,
-                       group_by_length=not args.no_length_grouping, token_loss=args.token_loss)
+        result = train(model, task, features, (), pad_id=tokenizer.pad_id, settings=settings, progress=False)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
     metrics = evaluate(model, task, EvalSet("eval", eval_examples, eval_features), pad_id=tokenizer.pad_id,

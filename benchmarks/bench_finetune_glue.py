@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bertforge.training import finetune
+from bertforge.training.finetune_loop import TrainSettings
 
 FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "wnli": "WNLI",
            "qnli": "QNLI"}
@@ -35,11 +36,13 @@ def main() -> None:
     results = {}
     for task in args.tasks:
         started = time.perf_counter()
-        result = finetune.run(args.output_dir / task, task=task, model=args.model, data_dir=DATA / FOLDERS[task],
-                              epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
-                              max_seq_length=args.max_seq_length, seed=args.seed,
-                              max_train_examples=args.train_examples or None, num_threads=args.threads,
-                              progress=False, tensorboard=False, overwrite=True)  # a rerun replaces its runs
+        data = finetune.DataSettings(data_dir=DATA / FOLDERS[task], max_train_examples=args.train_examples or None)
+        train = TrainSettings(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                              seed=args.seed)
+        result = finetune.run(args.output_dir / task, task=task, model=args.model, data=data,
+                              inputs=finetune.InputSettings(max_length=args.max_seq_length), train=train,
+                              threads=args.threads, progress=False, tensorboard=False,
+                              overwrite=True)  # a rerun replaces its runs
         best = next(h for h in result.history if h["epoch"] == result.best_epoch)
         results[task] = {k: v for k, v in best.items() if "/" in k} | {"seconds": time.perf_counter() - started}
         print(task, json.dumps(results[task]), flush=True)

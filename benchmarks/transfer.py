@@ -50,12 +50,14 @@ def build_floor(model_dir: Path, out: Path, seed: int = 0) -> Path:
 def finetune_one(task: str, model: Path, seed: int, out: Path, args: argparse.Namespace) -> dict:
     """Run in a child process: one fine-tuning run, its best dev epoch written to out/result.json."""
     from bertforge.training import finetune
+    from bertforge.training.finetune_loop import TrainSettings
 
     name, data_dir, examples, epochs, _ = TASKS[task]
-    result = finetune.run(out / "run", task=name, model=str(model), data_dir=data_dir, epochs=epochs,
-                          learning_rate=args.learning_rate, batch_size=args.batch_size, seed=seed,
-                          max_train_examples=examples, num_threads=1, progress=False, tensorboard=False,
-                          overwrite=True)
+    result = finetune.run(out / "run", task=name, model=str(model),
+                          data=finetune.DataSettings(data_dir=data_dir, max_train_examples=examples),
+                          train=TrainSettings(epochs=epochs, learning_rate=args.learning_rate,
+                                              batch_size=args.batch_size, seed=seed),
+                          threads=1, progress=False, tensorboard=False, overwrite=True)
     best = next(h for h in result.history if h["epoch"] == result.best_epoch)
     (out / "result.json").write_text(json.dumps({"task": task, "seed": seed, "model": str(model), **best}, indent=2))
     return best

@@ -155,8 +155,8 @@ def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     _write_data(tmp_path)
     out = tmp_path / "run"
     options = dict(output_dir=out, budget="3k", variants=["ltr_bilstm", "scratch", "pos_rope"],
-                   corpus=[tmp_path / "corpus"],
-                   max_documents=40, vocab_size=300, data_root=tmp_path, max_seq_length=32, batch_size=8,
+                   files=[tmp_path / "corpus"],
+                   max_documents=40, vocab_size=300, data_root=tmp_path, max_length=32, batch_size=8,
                    finetune_epochs=1, finetune_batch_size=8, squad_train_questions=2, squad_eval_questions=2)
     table = run(**options)
     rows = list(csv.DictReader((out / "ablation.csv").open(encoding="utf-8")))

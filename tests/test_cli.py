@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
+from pathlib import Path
 
 import pytest
 
-from bertforge.cli import JOBS, _load, _option_names_with_underscores, main
+from bertforge.cli import JOBS, _current_names, _load, main, option_defaults, option_names, settings_groups
+from bertforge.options import RENAMED
 
 
 @pytest.mark.parametrize("name", list(JOBS))
@@ -15,9 +18,12 @@ def test_every_job_is_importable_and_documented(name: str) -> None:
     job = _load(JOBS[name])
     doc = inspect.getdoc(job) or ""
     assert doc.strip(), f"{name}: the job's docstring is its --help"
-    params = [p for p in inspect.signature(job).parameters if p not in ("self",)]
-    for param in params:
-        assert param in doc, f"{name}: parameter {param!r} is not documented under Args:"
+    groups = settings_groups(job)
+    for param in set(inspect.signature(job).parameters) - set(groups):
+        assert f"{param}:" in doc, f"{name}: parameter {param!r} is not documented under Args:"
+    for settings in groups.values():  # a settings dataclass documents its fields itself
+        for field in dataclasses.fields(settings):
+            assert f"    {field.name}: " in (settings.__doc__ or ""), f"{settings.__name__}.{field.name} has no help"
 
 
 def test_top_level_help_lists_every_job(capsys) -> None:
@@ -29,9 +35,76 @@ def test_top_level_help_lists_every_job(capsys) -> None:
         assert name in out
 
 
-def test_dashes_and_underscores() -> None:
-    assert _option_names_with_underscores(["embed", "--text-column", "a-b", "--max-length=5", "-h"]) == [
-        "embed", "--text_column", "a-b", "--max_length=5", "-h"]
+def test_dashes_underscores_and_old_names() -> None:
+    accepted = {"text_column", "max_length", "learning_rate", "threads"}
+    args = ["--text-column", "a-b", "--max-seq-length=5", "--lr", "1e-3", "--num_threads", "2", "--max_length", "7",
+            "-h"]
+    assert _current_names(args, accepted) == ["--text_column", "a-b", "--max_length=5", "--learning_rate", "1e-3",
+                                              "--threads", "2", "--max_length", "7", "-h"]
+    # An old name is only translated where the job has the new one and not the old: pretrain keeps --data.
+    assert _current_names(["--data", "x"], {"data", "output_dir"}) == ["--data", "x"]
+    assert _current_names(["--data", "x"], {"input", "model"}) == ["--input", "x"]
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_one_name_per_concept(name: str) -> None:
+    """No job still calls an option by a replaced name (pretrain's --data is a prepared folder, not an input
+    file), and every job with a device picks the best one by default."""
+    job = _load(JOBS[name])
+    assert option_names(job) & (set(RENAMED) - {"data"}) == set()
+    assert option_defaults(job).get("device", "auto") == "auto"
+
+
+def _printed_config(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print-config"])
+    assert exit_info.value.code == 0
+    return "\n" + capsys.readouterr().out  # every option on a line of its own, the first one too
+
+
+def test_the_leads_pretrain_command_line_still_parses(capsys) -> None:
+    out = _printed_config(capsys, "pretrain", "--data", "prepared", "--output-dir", "run", "--recipe", "budget",
+                          "--preset", "mini", "--max-minutes", "50", "--threads", "2", "--eval-batches", "5",
+                          "--eval-every", "100", "--batch-size", "64", "--lr", "2e-3")
+    for line in ("data: prepared", "recipe: budget", "max_minutes: 50.0", "threads: 2", "eval_batches: 5",
+                 "eval_every: 100", "batch_size: 64", "learning_rate: 0.002"):
+        assert f"\n{line}\n" in out, line
+
+
+def test_yaml_takes_dashes_underscores_and_old_names(tmp_path, capsys) -> None:
+    config = tmp_path / "finetune.yaml"
+    config.write_text("output-dir: run\ntask: sst2\nmax_seq_length: 64\ndoc-stride: 16\nnum_threads: 3\n"
+                      "learning-rate: 5.0e-5\nmax-train-examples: 100\n", encoding="utf-8")
+    out = _printed_config(capsys, "finetune", "--config", str(config), "--max-eval-examples", "9")
+    for line in ("output_dir: run", "task: sst2", "max_length: 64", "stride: 16", "threads: 3",
+                 "learning_rate: 5.0e-05", "max_train_examples: 100", "max_eval_examples: 9"):
+        assert f"\n{line}\n" in out, line
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_parse(config: Path, capsys) -> None:
+    job = "pretrain" if config.name.startswith("pretrain") else "finetune"
+    assert "output_dir:" in _printed_config(capsys, job, "--config", str(config))
+
+
+def test_a_config_that_is_not_a_mapping_is_one_line(tmp_path, capsys) -> None:
+    config = tmp_path / "list.yaml"
+    config.write_text("- 1\n- 2\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["params", "--config", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"bertforge: error: --config {config}: expected `option: value` lines, found a list\n"
+
+
+def test_help_shows_dashes_and_the_old_names(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    out = capsys.readouterr().out
+    assert "--learning-rate" in out and "--max-length" in out and "--output-dir" in out
+    assert "--learning_rate" not in out and "--output_dir" not in out
+    assert "--lr (now --learning-rate)" in out and "--max-seq-length (now --max-length)" in out
 
 
 def test_params_command(capsys) -> None:

@@ -127,7 +127,7 @@ def test_tagger_on_frozen_features_learns_first_subtoken_tags(tiny_model, tmp_pa
     bench = tmp_path / "ner_4k.json"
     bench.write_text(json.dumps({"bertforge": {"metrics": {"f1": 0.9, "precision": 0.89, "recall": 0.91}}}))
     output = tmp_path / "out" / "feature_ner.md"
-    results = feature_based.run(model=str(tiny_model), data_dir=data, train_examples=0,
+    results = feature_based.run(model=str(tiny_model), data_dir=data, max_train_examples=None,
                                 strategies=["embeddings", "concat_last4", "weighted_sum_all"], epochs=6,
                                 batch_size=16, learning_rate=1e-2, lstm_hidden=32, dropout=0.0, seed=0,
                                 threads=1, finetune_metrics=bench, output=output)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bertforge.checkpoint import load_model, save_model
+from bertforge.cli import call_job
 from bertforge.config import BertConfig
 from bertforge.data.tables import DataError
 from bertforge.errors import OptionError
@@ -20,9 +21,15 @@ from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training import finetune, finetune_evaluate, finetune_predict
 
+
+def run_finetune(output_dir, **options):
+    """finetune.run with its options named as on the command line (the settings groups are built from them)."""
+    return call_job(finetune.run, {"output_dir": output_dir, **options})
+
+
 WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film", "actor", "story", "bob", "alice", "paris",
          "london", "lives", "in", "who", "where", "does", "?", "."]
-FAST = {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_seq_length": 32,
+FAST = {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_length": 32,
         "progress": False, "tensorboard": False}
 
 
@@ -67,7 +74,7 @@ def sentiment_run(tiny_model, tmp_path_factory):
     train = write_csv(work / "train.csv", sentiment_rows(96, 1))
     dev = write_csv(work / "dev.csv", sentiment_rows(40, 2))
     out = work / "model"
-    result = finetune.run(out, task="classification", model=str(tiny_model), train=train, validation=[dev],
+    result = run_finetune(out, task="classification", model=str(tiny_model), train=train, validation=[dev],
                           seed=7, **{**FAST, "tensorboard": True})
     return work, out, result
 
@@ -123,13 +130,13 @@ def test_seed_reproducible_and_early_stopping(tiny_model, tmp_path):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(32, 4))
     dev = write_csv(tmp_path / "dev.csv", sentiment_rows(16, 5))
     settings = {**FAST, "epochs": 2, "model": str(tiny_model), "train": train, "validation": [dev]}
-    a = finetune.run(tmp_path / "a", seed=3, **settings)
-    b = finetune.run(tmp_path / "b", seed=3, **settings)
-    c = finetune.run(tmp_path / "c", seed=4, **settings)
+    a = run_finetune(tmp_path / "a", seed=3, **settings)
+    b = run_finetune(tmp_path / "b", seed=3, **settings)
+    c = run_finetune(tmp_path / "c", seed=4, **settings)
     assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
     assert a.history[0]["train_loss"] != c.history[0]["train_loss"]
-    frozen = finetune.run(tmp_path / "d", seed=3, early_stopping_patience=1, **{**settings, "epochs": 6,
+    frozen = run_finetune(tmp_path / "d", seed=3, early_stopping_patience=1, **{**settings, "epochs": 6,
                                                                                "learning_rate": 0.0})
     assert len(frozen.history) == 2  # nothing improves after epoch 1: stop after one stale epoch
 
@@ -146,10 +153,10 @@ def test_sliding_window_reads_what_truncation_cuts(tiny_model, tmp_path):
         return out
 
     train, dev = write_csv(tmp_path / "train.csv", rows(64)), write_csv(tmp_path / "dev.csv", rows(32))
-    settings = {**FAST, "epochs": 6, "max_seq_length": 16, "model": str(tiny_model), "train": train,
+    settings = {**FAST, "epochs": 6, "max_length": 16, "model": str(tiny_model), "train": train,
                 "validation": [dev]}
-    cut = finetune.run(tmp_path / "cut", **settings)
-    windowed = finetune.run(tmp_path / "win", long_text="sliding_window", doc_stride=7, **settings)
+    cut = run_finetune(tmp_path / "cut", **settings)
+    windowed = run_finetune(tmp_path / "win", long_text="sliding_window", stride=7, **settings)
     assert cut.best_metric <= 0.75  # the label is invisible after truncation: near chance
     assert windowed.best_metric >= 0.9
 
@@ -161,14 +168,14 @@ def test_parquet_and_datasets_inputs_train_exactly_like_csv(tiny_model, tmp_path
     datasets = pytest.importorskip("datasets")
     rows = [{**r, "id": str(r["id"])} for r in sentiment_rows(80, seed=3)]
     common = {**FAST, "epochs": 2, "model": str(tiny_model)}
-    from_csv = finetune.run(tmp_path / "csv", train=write_csv(tmp_path / "train.csv", rows[:64]),
+    from_csv = run_finetune(tmp_path / "csv", train=write_csv(tmp_path / "train.csv", rows[:64]),
                             validation=[write_csv(tmp_path / "dev.csv", rows[64:])], **common)
     pq.write_table(pa.Table.from_pylist(rows[:64]), tmp_path / "train.parquet")
     pq.write_table(pa.Table.from_pylist(rows[64:]), tmp_path / "dev.parquet")
-    from_parquet = finetune.run(tmp_path / "pq", train=tmp_path / "train.parquet",
+    from_parquet = run_finetune(tmp_path / "pq", train=tmp_path / "train.parquet",
                                 validation=[tmp_path / "dev.parquet"], **common)
     dev = datasets.Dataset.from_list(rows[64:], split="validation")
-    from_dataset = finetune.run(tmp_path / "ds", train=datasets.Dataset.from_list(rows[:64], split="train"),
+    from_dataset = run_finetune(tmp_path / "ds", train=datasets.Dataset.from_list(rows[:64], split="train"),
                                 validation=dev, **common)
     losses = [[h["train_loss"] for h in r.history] for r in (from_csv, from_parquet, from_dataset)]
     assert len(losses[0]) == 2 and losses[0] == losses[1] == losses[2]
@@ -185,10 +192,10 @@ def test_regression_and_multilabel(tiny_model, tmp_path):
         row["tags"] = ",".join(t for t in ("good", "bad") if t in row["text"].split()) or "none"
     train, dev = write_csv(tmp_path / "train.csv", rows[:64]), write_csv(tmp_path / "dev.csv", rows[64:])
     common = {**FAST, "epochs": 6, "model": str(tiny_model), "train": train, "validation": [dev]}
-    reg = finetune.run(tmp_path / "reg", task="regression", label_column="score", **common)
+    reg = run_finetune(tmp_path / "reg", task="regression", label_column="score", **common)
     assert reg.best_metric >= 0.9  # Pearson of the predicted count of "good"
     assert json.loads((tmp_path / "reg/config.json").read_text())["problem_type"] == "regression"
-    multi = finetune.run(tmp_path / "multi", task="multilabel", label_column="tags", **common)
+    multi = run_finetune(tmp_path / "multi", task="multilabel", label_column="tags", **common)
     assert multi.best_metric >= 0.9  # micro F1
     assert json.loads((tmp_path / "multi/config.json").read_text())["problem_type"] == "multi_label_classification"
     finetune_predict.run(tmp_path / "multi", dev, tmp_path / "tags.csv", probabilities=False)
@@ -205,7 +212,7 @@ def test_fine_tuned_multi_label_model_gets_sigmoids_in_transformers_pipeline(tin
     rows = [{"text": t, "tags": tags} for t, tags in [("good movie", "good"), ("bad movie", "bad"),
                                                       ("good bad movie", "good,bad"), ("the movie", "none")] * 8]
     train = write_csv(tmp_path / "train.csv", rows)
-    finetune.run(tmp_path / "multi", task="multilabel", label_column="tags", model=str(tiny_model), train=train,
+    run_finetune(tmp_path / "multi", task="multilabel", label_column="tags", model=str(tiny_model), train=train,
                  **{**FAST, "epochs": 1})
     model = load_model(tmp_path / "multi", BertForSequenceClassification).eval()
     texts = ["good movie", "bad bad film"]
@@ -229,14 +236,14 @@ def test_classifier_dropout_is_honoured_and_saved(tiny_model, tmp_path):
     assert finetune.with_dropout(BertForSequenceClassification(config, num_labels=2), 0.2).dropout.p == 0.2
     train = write_csv(tmp_path / "train.csv", sentiment_rows(16, seed=5))
     settings = {**FAST, "epochs": 1, "train": train}
-    finetune.run(tmp_path / "set", model=str(tiny_model), classifier_dropout=0.3, **settings)
+    run_finetune(tmp_path / "set", model=str(tiny_model), classifier_dropout=0.3, **settings)
     saved = json.loads((tmp_path / "set/config.json").read_text())
     assert (saved["classifier_dropout"], saved["hidden_dropout_prob"]) == (0.3, 0.1)
     assert transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "set")).dropout.p == 0.3
-    finetune.run(tmp_path / "again", model=str(tmp_path / "set"), **settings)  # kept from the model's config
+    run_finetune(tmp_path / "again", model=str(tmp_path / "set"), **settings)  # kept from the model's config
     assert json.loads((tmp_path / "again/config.json").read_text())["classifier_dropout"] == 0.3
     with pytest.raises(OptionError, match="--classifier-dropout 1.5: must be"):
-        finetune.run(tmp_path / "bad", model=str(tiny_model), classifier_dropout=1.5, **settings)
+        run_finetune(tmp_path / "bad", model=str(tiny_model), classifier_dropout=1.5, **settings)
 
 
 def test_ner_end_to_end(tiny_model, tmp_path):
@@ -255,7 +262,7 @@ def test_ner_end_to_end(tiny_model, tmp_path):
 
     (tmp_path / "train.txt").write_text(conll(80))
     (tmp_path / "valid.txt").write_text(conll(20))
-    result = finetune.run(tmp_path / "ner", task="ner", model=str(tiny_model), data_dir=tmp_path, **FAST)
+    result = run_finetune(tmp_path / "ner", task="ner", model=str(tiny_model), data_dir=tmp_path, **FAST)
     assert result.best_metric >= 0.95  # entity F1
     theirs = transformers.BertForTokenClassification.from_pretrained(str(tmp_path / "ner")).eval()
     assert set(theirs.config.label2id) == {"O", "B-PER", "B-LOC"}
@@ -288,7 +295,7 @@ def test_multiple_choice_swag_layout(tiny_model, tmp_path):
         rows.append(dict(zip(columns, ["v", i, "", "the story was", "very", "gold", *endings, label], strict=True)))
     train = write_csv(tmp_path / "train.csv", rows[:64], columns)
     dev = write_csv(tmp_path / "dev.csv", rows[64:], columns)
-    result = finetune.run(tmp_path / "mc", task="swag", model=str(tiny_model), train=train, validation=[dev],
+    result = run_finetune(tmp_path / "mc", task="swag", model=str(tiny_model), train=train, validation=[dev],
                           **{**FAST, "epochs": 6})
     assert result.best_metric >= 0.9
     from bertforge.training.finetune_loop import load_task_model
@@ -321,8 +328,8 @@ def test_squad_end_to_end(tiny_model, tmp_path):
 
     (tmp_path / "train.json").write_text(json.dumps(squad(80, "t")))
     (tmp_path / "dev.json").write_text(json.dumps(squad(20, "d")))
-    result = finetune.run(tmp_path / "qa", task="squad", model=str(tiny_model), train=tmp_path / "train.json",
-                          validation=[tmp_path / "dev.json"], doc_stride=8, **{**FAST, "epochs": 8})
+    result = run_finetune(tmp_path / "qa", task="squad", model=str(tiny_model), train=tmp_path / "train.json",
+                          validation=[tmp_path / "dev.json"], stride=8, **{**FAST, "epochs": 8})
     assert result.best_metric >= 90.0  # F1 in percent; contexts longer than the 32-token window included
     theirs = transformers.BertForQuestionAnswering.from_pretrained(str(tmp_path / "qa")).eval()
     from bertforge.tasks.base import collate
@@ -344,5 +351,5 @@ def test_squad_end_to_end(tiny_model, tmp_path):
 def test_bad_input_fails_before_training(tiny_model, tmp_path):
     train = write_csv(tmp_path / "train.csv", [{"review": "good", "label": "pos"}, {"review": "bad", "label": "neg"}])
     with pytest.raises(DataError, match=r"train.csv: no column 'text'; the columns are \['review', 'label'\]"):
-        finetune.run(tmp_path / "out", model=str(tiny_model), train=train, **FAST)
+        run_finetune(tmp_path / "out", model=str(tiny_model), train=train, **FAST)
     assert not (tmp_path / "out").exists()

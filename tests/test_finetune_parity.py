@@ -15,7 +15,7 @@ import torch
 from bertforge.checkpoint import load_model, to_hf_state_dict
 from bertforge.tasks import family
 from bertforge.tasks.base import IGNORE_INDEX, Feature, collate
-from bertforge.training.finetune_loop import train
+from bertforge.training.finetune_loop import TrainSettings, train
 
 transformers = pytest.importorskip("transformers")
 
@@ -80,9 +80,9 @@ def test_training_matches_transformers_step_for_step(tmp_path, task_name, hf_cla
         assert torch.allclose(_logits(ours.eval()(**probe)), _logits(hf.eval()(**probe)), atol=1e-5)
     before = {name: tensor.clone() for name, tensor in hf.state_dict().items()}
 
-    train(ours, task, features, pad_id=0, epochs=EPOCHS, batch_size=BATCH, learning_rate=LR, seed=SEED,
-          weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO, group_by_length=False, token_loss="batch_mean",
-          progress=False)
+    settings = TrainSettings(epochs=EPOCHS, batch_size=BATCH, learning_rate=LR, seed=SEED, weight_decay=WEIGHT_DECAY,
+                             warmup_ratio=WARMUP_RATIO, group_by_length=False, token_loss="batch_mean")
+    train(ours, task, features, pad_id=0, settings=settings, progress=False)
 
     hf.train()
     no_decay = ("bias", "LayerNorm.weight")

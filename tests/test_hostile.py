@@ -116,11 +116,12 @@ def encoder(work) -> Path:
 @pytest.fixture(scope="module")
 def classifier(work, encoder) -> Path:
     """A model fine-tuned (one short epoch) by `bertforge finetune`, for predict and evaluate."""
+    from bertforge.cli import call_job
     from bertforge.training import finetune
 
     train = write_csv(work / "train.csv", sentiment_rows(16))
-    finetune.run(work / "classifier", model=str(encoder), train=train, epochs=1, batch_size=8, max_seq_length=16,
-                 progress=False, tensorboard=False)
+    call_job(finetune.run, {"output_dir": work / "classifier", "model": str(encoder), "train": train, "epochs": 1,
+                            "batch_size": 8, "max_length": 16, "progress": False, "tensorboard": False})
     return work / "classifier"
 
 
@@ -309,7 +310,7 @@ def test_finetune_into_a_used_folder_needs_overwrite_and_a_killed_run_changes_no
 def test_a_sequence_longer_than_the_position_table_is_refused_before_any_compute(capsys, tmp_path, corpus):
     out = tmp_path / "long"
     line = refused(capsys, "pretrain", "--data", corpus, "--output_dir", out, *PRETRAIN, "--max_seq_length", "100000")
-    assert line.startswith("bertforge: error: --max-seq-length 100000: longer than the model's 512 positions")
+    assert line.startswith("bertforge: error: --max-length 100000: longer than the model's 512 positions")
     assert not out.exists()
 
 
@@ -342,12 +343,12 @@ def test_finetune_and_predict_lengths_beyond_the_position_table(capsys, tmp_path
     train = write_csv(tmp_path / "train.csv", sentiment_rows(8))
     line = refused(capsys, "finetune", "--model", encoder, "--train", train, "--output_dir", tmp_path / "out",
                    "--max_seq_length", "100000")
-    assert line == (f"bertforge: error: --max-seq-length 100000: longer than the 64 positions of {encoder} "
+    assert line == (f"bertforge: error: --max-length 100000: longer than the 64 positions of {encoder} "
                     "(max_position_embeddings); use at most 64")
     rows = write_csv(tmp_path / "rows.csv", [{"text": "good movie"}])
     line = refused(capsys, "predict", "--model", classifier, "--input", rows, "--output", tmp_path / "p.csv",
                    "--max_seq_length", "65")
-    assert "--max-seq-length 65: longer than the 64 positions" in line
+    assert "--max-length 65: longer than the 64 positions" in line
     assert not (tmp_path / "out").exists() and not (tmp_path / "p.csv").exists()
 
 
@@ -374,7 +375,7 @@ def test_a_bad_command_line_is_one_line_too(capsys, tmp_path, encoder):
     line = refused(capsys, "embed", "--model", encoder, "--input", texts, "--colour", "red")
     assert "--colour" in line
     code, out, _ = cli(capsys, "embed", "--help")
-    assert code == 0 and "--batch_size" in out
+    assert code == 0 and "--batch-size" in out and "--batch_size" not in out
 
 
 def test_out_of_memory_is_one_line(capsys, tmp_path, encoder, monkeypatch):

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
-from bertforge.cli import JOBS, _load
+from bertforge.cli import JOBS, _load, option_defaults
 from bertforge.errors import OptionError
-from bertforge.options import check_device, check_options
+from bertforge.options import check_device, check_options, resolve_device
 
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_every_jobs_defaults_pass_the_checks(name: str) -> None:
-    job = inspect.unwrap(_load(JOBS[name]))
-    defaults = {p.name: p.default for p in inspect.signature(job).parameters.values()
-                if p.default is not inspect.Parameter.empty}
-    check_options(defaults)
+    check_options(option_defaults(_load(JOBS[name])))
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -45,3 +40,16 @@ def test_devices() -> None:
         check_device("gpu")
     with pytest.raises(OptionError, match="bertforge runs on cpu, cuda or mps"):
         check_device("meta")
+
+
+def test_auto_is_the_best_device_here(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")

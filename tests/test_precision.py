@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bertforge import precision as precision_module
-from bertforge.cli import main
+from bertforge.cli import call_job, main
 from bertforge.errors import OptionError
 from bertforge.heads import BertForSequenceClassification
 from bertforge.inference.embed import embed_texts
@@ -142,10 +142,11 @@ def test_finetune_in_bf16_follows_fp32_and_saves_fp32_weights(tmp_path: Path, mo
     monkeypatch.setattr(finetune_loop, "autocast", lambda p, d: used.append(p) or autocast(p, d))
     losses = {}
     for name in ("fp32", "bf16"):
-        result = finetune.run(tmp_path / name, model=str(tmp_path / "base"), train=tmp_path / "train.jsonl",
-                              validation=[tmp_path / "train.jsonl"], epochs=2, batch_size=4, learning_rate=1e-3,
-                              warmup_ratio=0.0, dropout=0.0, max_seq_length=16, progress=False, tensorboard=False,
-                              precision=name)
+        result = call_job(finetune.run, {
+            "output_dir": tmp_path / name, "model": str(tmp_path / "base"), "train": tmp_path / "train.jsonl",
+            "validation": [tmp_path / "train.jsonl"], "epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
+            "warmup_ratio": 0.0, "dropout": 0.0, "max_length": 16, "progress": False, "tensorboard": False,
+            "precision": name})
         losses[name] = [h["train_loss"] for h in result.history]
     assert used.count("bf16") == used.count("fp32") > 6  # every training step and evaluation batch
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
@@ -154,5 +155,5 @@ def test_finetune_in_bf16_follows_fp32_and_saves_fp32_weights(tmp_path: Path, mo
     with safe_open(str(tmp_path / "bf16" / "model.safetensors"), "pt") as weights:
         assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float32}
     with pytest.raises(OptionError, match="int8 is for inference only"):
-        finetune.run(tmp_path / "int8", model=str(tmp_path / "base"), train=tmp_path / "train.jsonl",
-                     precision="int8")
+        call_job(finetune.run, {"output_dir": tmp_path / "int8", "model": str(tmp_path / "base"),
+                                "train": tmp_path / "train.jsonl", "precision": "int8"})

@@ -135,15 +135,16 @@ def corpus(tmp_path_factory) -> Path:
 
 def _budget(corpus: Path, out: Path, **changes) -> PretrainConfig:
     values = dict(data=corpus, output_dir=out, recipe="budget", preset="tiny", model_overrides=TINY,
-                  max_seq_length=48, batch_size=8, steps=10, lr=3e-3, eval_batches=2, log_every=2, save_every=4,
+                  max_length=48, batch_size=8, steps=10, learning_rate=3e-3, eval_batches=2, log_every=2, save_every=4,
                   progress=False, tensorboard=False, seed=3, precision="bf16")
     values.update(changes)
     return PretrainConfig(**values)
 
 
 def test_the_budget_recipe_fills_its_options_and_explicit_values_win(corpus, tmp_path):
-    cfg = _budget(corpus, tmp_path, lr=None, precision=None, warmup_steps=3)
-    assert (cfg.objective, cfg.packing, cfg.masking_rate, cfg.dropout, cfg.lr) == ("mlm", True, 0.3, 0.0, 1e-3)
+    cfg = _budget(corpus, tmp_path, learning_rate=None, precision=None, warmup_steps=3)
+    assert (cfg.objective, cfg.packing, cfg.masking_rate, cfg.dropout) == ("mlm", True, 0.3, 0.0)
+    assert cfg.learning_rate == 1e-3
     assert cfg.max_predictions == 15 and cfg.precision == "auto"  # ceil(0.3 x 48)
     cfg.plan(100)
     assert cfg.warmup_steps == 3  # given, so the recipe's warmup_ratio does not apply
@@ -214,7 +215,7 @@ def test_eval_set_is_the_same_whatever_the_training_recipe(corpus, tmp_path):
     prepared = PreparedCorpus.open(corpus)
     tokenizer = prepared.tokenizer()
     a = heldout_batches(prepared, _budget(corpus, tmp_path, masking_rate=0.4, batch_size=4), tokenizer)
-    b = heldout_batches(prepared, PretrainConfig(data=corpus, output_dir=tmp_path, max_seq_length=48,
+    b = heldout_batches(prepared, PretrainConfig(data=corpus, output_dir=tmp_path, max_length=48,
                                                  eval_batches=2), tokenizer)
     assert len(a.mlm) == len(b.mlm) and not a.nsp and b.nsp
     for (_, masked_a), (_, masked_b) in zip(a.mlm, b.mlm, strict=True):

@@ -24,7 +24,7 @@ def test_builtin_corpus_is_prose_from_python_itself():
 
 
 def test_quickstart_tiny_trains_and_reports(tmp_path):
-    report = run(output_dir=tmp_path, size="tiny", steps=40, budget_minutes=5, threads=1)
+    report = run(output_dir=tmp_path, size="tiny", steps=40, max_minutes=5, threads=1)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["heldout"] == report["heldout"]
     before, after = report["heldout"]["untrained"], report["heldout"]["trained"]

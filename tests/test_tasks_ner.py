@@ -14,7 +14,7 @@ from bertforge.tasks import family
 from bertforge.tasks.base import IGNORE_INDEX, Feature
 from bertforge.tasks.ner import Sentence, chunks, conll_f1, read_conll, split_words
 from bertforge.tokenizer import BertTokenizer
-from bertforge.training.finetune_loop import train
+from bertforge.training.finetune_loop import TrainSettings, train
 
 
 def test_chunks_bio():
@@ -161,12 +161,13 @@ def test_constant_token_loss_weighs_every_token_the_same(tokenizer):
     for token_loss, grouped, constant in [("auto", True, True), ("auto", False, False), ("batch_mean", True, False),
                                           ("constant", False, True)]:
         seen.clear()
-        train(model, spy, features, pad_id=0, epochs=1, batch_size=2, progress=False, token_loss=token_loss,
-              group_by_length=grouped)
+        train(model, spy, features, pad_id=0, progress=False,
+              settings=TrainSettings(epochs=1, batch_size=2, token_loss=token_loss, group_by_length=grouped))
         # 36 scored tokens over 4 batches an epoch: each batch's sum is divided by 9, whatever it holds
         assert seen == ([{"per_batch_tokens": 9.0}] if constant else [{}]) * 4
     with pytest.raises(ValueError, match="token_loss must be auto, constant or batch_mean"):
-        train(model, spy, features, pad_id=0, epochs=1, batch_size=2, progress=False, token_loss="sum")
+        train(model, spy, features, pad_id=0, progress=False,
+              settings=TrainSettings(epochs=1, batch_size=2, token_loss="sum"))
 
 
 def test_real_conll2003(shared_data):

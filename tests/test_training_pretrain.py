@@ -40,8 +40,8 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _config(corpus: Path, out: Path, **changes) -> PretrainConfig:
-    values = dict(data=corpus, output_dir=out, preset="tiny", model_overrides=TINY, max_seq_length=48, batch_size=8,
-                  steps=8, lr=2e-3, warmup_steps=2, eval_every=8, eval_batches=2, log_every=2, save_every=3,
+    values = dict(data=corpus, output_dir=out, preset="tiny", model_overrides=TINY, max_length=48, batch_size=8,
+                  steps=8, learning_rate=2e-3, warmup_steps=2, eval_every=8, eval_batches=2, log_every=2, save_every=3,
                   progress=False, tensorboard=False, seed=7)
     values.update(changes)
     return PretrainConfig(**values)
@@ -100,8 +100,8 @@ def test_nan_loss_stops_with_a_checkpoint(corpus, tmp_path):
     from bertforge.training.pretrain import run
 
     with pytest.raises(SystemExit, match="stopped at step 3: non-finite loss"):
-        run(**{**vars(_config(corpus, tmp_path / "nan2")), "steps": 3, "lr": 1e9, "max_grad_norm": 1e30,
-               "warmup_steps": 0, "schedule": "constant"})
+        run(_config(corpus, tmp_path / "nan2", steps=3, learning_rate=1e9, max_grad_norm=1e30, warmup_steps=0,
+                    schedule="constant"))
 
 
 def test_export_loads_in_transformers_with_the_same_outputs(corpus, tmp_path):
@@ -178,12 +178,12 @@ def test_mixed_precision_trains_close_to_fp32(corpus, tmp_path, precision):
 
 
 def test_lamb_and_a_second_phase_from_the_first(corpus, tmp_path):
-    first = train(_config(corpus, tmp_path / "phase1", optimizer="lamb", lr=0.1, steps=6, eval_every=6))
+    first = train(_config(corpus, tmp_path / "phase1", optimizer="lamb", learning_rate=0.1, steps=6, eval_every=6))
     assert first.evaluations[6]["mlm_loss"] < first.evaluations[0]["mlm_loss"] - 0.1
     # Phase 2 starts from phase 1's weights (here at the same length, so the held-out set is the same):
     # its step-0 evaluation is exactly phase 1's last one.
     second = train(_config(corpus, tmp_path / "phase2", init_from=tmp_path / "phase1", steps=1, eval_every=1))
     assert second.evaluations[0] == first.evaluations[6]
-    longer = train(_config(corpus, tmp_path / "phase2_64", init_from=tmp_path / "phase1", max_seq_length=64,
+    longer = train(_config(corpus, tmp_path / "phase2_64", init_from=tmp_path / "phase1", max_length=64,
                            steps=1, eval_batches=0))
     assert longer.stopped == "finished"

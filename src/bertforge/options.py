@@ -1,17 +1,22 @@
 """Option values checked in one place, before any file is read or any compute starts.
 
-Every job calls `check_options(locals())` first: an option is checked by its name, so `--batch-size -8`
-gets the same one-line refusal from `finetune`, `embed` and `pretrain` instead of a silent zero-step run,
-a crash deep inside torch, or 22 GB of attention scores.
+The command line checks every job's arguments with `check_options` before the job starts (jobs that
+Python code calls directly check their settings too): an option is checked by its name, so
+`--batch-size -8` gets the same one-line refusal from `finetune`, `embed` and `pretrain` instead of a
+silent zero-step run, a crash deep inside torch, or 22 GB of attention scores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bertforge.errors import OptionError
+
+if TYPE_CHECKING:
+    import torch
 
 # option name -> (lowest, highest, lowest allowed?, highest allowed?); None = unbounded. Options left at
 # None (= "not set") are not checked.
@@ -24,15 +29,39 @@ def _rule(names: str, low: float | None, high: float | None, *, low_ok: bool = T
 
 
 # counts that must be at least 1
-_rule("batch_size eval_batch_size grad_accum_steps steps save_every eval_every log_every max_seq_length max_length "
-      "max_predictions shard_tokens max_documents max_train_examples max_eval_examples max_examples "
-      "max_query_length max_answer_length max_answer_tokens n_best_size doc_stride threads num_threads "
-      "batch_documents", 1, None)
+_rule("batch_size eval_batch_size grad_accum_steps steps save_every eval_every log_every max_length "
+      "max_predictions shard_tokens max_documents max_train_examples max_eval_examples "
+      "max_query_length max_answer_length n_best_size stride threads batch_documents", 1, None)
 _rule("epochs max_minutes max_grad_norm", 0, None, low_ok=False)
 # zero allowed: top_k 0 = no top-k filter (generate), learning rate 0 = a frozen run, heldout_every 0 = none
-_rule("top_k learning_rate lr heldout_every warmup_steps keep_checkpoints weight_decay stride eval_batches", 0, None)
+_rule("top_k learning_rate heldout_every warmup_steps keep_checkpoints weight_decay eval_batches", 0, None)
 _rule("masking_rate", 0, 1, low_ok=False)  # BERT §3.1: 0.15
 _rule("dropout classifier_dropout warmup_ratio short_seq_prob", 0, 1, high_ok=False)
+
+# One name per concept in every job. The names they replaced are still accepted, on the command line and
+# in YAML, until the next release (`--help` lists them); a job that still has a parameter of the old
+# name (pretrain's `--data`, a prepared corpus) keeps its meaning.
+RENAMED: dict[str, str] = {
+    "lr": "learning_rate",
+    "num_threads": "threads",
+    "max_seq_length": "max_length",
+    "doc_stride": "stride",
+    "max_answer_tokens": "max_answer_length",
+    "max_examples": "max_eval_examples",
+    "train_examples": "max_train_examples",
+    "data": "input",
+    "corpus": "files",
+    "budget_minutes": "max_minutes",
+}
+
+
+def current_name(name: str, accepted: set[str]) -> str:
+    """The name a job knows an option by: `name` itself, or the name that replaced it (underscores)."""
+    name = name.replace("-", "_")
+    if name not in accepted and RENAMED.get(name) in accepted:
+        return RENAMED[name]
+    return name
+
 
 _MEANING = {
     "epochs": "passes over the training data",
@@ -50,9 +79,11 @@ def option_name(name: str) -> str:
 
 def check_options(values: Mapping[str, Any]) -> None:
     """Refuse option values outside their range (checked by name; unknown names pass) and an unusable
-    device. Call it first thing in a job, with the job's `locals()` or its config's fields."""
+    device. `values` are a job's arguments; a settings dataclass among them is checked field by field."""
     for name, value in values.items():
-        if name in _RANGES and value is not None and not isinstance(value, bool):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_options({field.name: getattr(value, field.name) for field in dataclasses.fields(value)})
+        elif name in _RANGES and value is not None and not isinstance(value, bool):
             _check_range(name, value)
     if values.get("device") is not None:
         check_device(values["device"])
@@ -83,6 +114,19 @@ def check_length(option: str, value: int | None, limit: int, model: str) -> None
     if value is not None and value > limit:
         raise OptionError(f"{option} {value}: longer than the {limit} positions of {model} (max_position_embeddings); "
                           f"use at most {limit}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a job runs on: `auto` is the best one here (a CUDA GPU, else Apple's MPS, else the CPU)."""
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def check_device(name: str) -> None:

@@ -44,10 +44,10 @@ class Size:
 
     model: dict
     vocab_size: int
-    max_seq_length: int
+    max_length: int
     batch_size: int
     max_modules: int | None
-    lr: float  # peak learning rate
+    learning_rate: float  # peak
 
 
 SIZES: dict[str, Size] = {
@@ -105,17 +105,17 @@ def fill_mask(model: BertForPreTraining, tokenizer: BertTokenizer, text: str, to
     return [t["token"] for t in first_mask]
 
 
-def run(output_dir: Path = Path("quickstart"), corpus: list[Path] | None = None, budget_minutes: float = 10.0,
+def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, max_minutes: float = 10.0,
         size: Literal["small", "tiny"] = "small", steps: int | None = None, threads: int | None = None,
         seed: int = 0) -> dict:
-    """Pre-train a small BERT from scratch on text every Python carries, offline, in about `budget_minutes`.
+    """Pre-train a small BERT from scratch on text every Python carries, offline, in about `max_minutes`.
 
     Args:
         output_dir: Where the corpus, vocabulary, shards, run (checkpoints, curves.png, metrics) and
             report.json go.
-        corpus: Text files or folders to use instead of the built-in corpus (one paragraph per line,
+        files: Text files or folders to use instead of the built-in corpus (one paragraph per line,
             a blank line between documents).
-        budget_minutes: Wall-clock budget of the whole job; the number of training steps is chosen to fit.
+        max_minutes: Wall-clock budget of the whole job; the number of training steps is chosen to fit.
         size: small (the default, ~2M parameters) or tiny (seconds; for tests).
         steps: Train exactly this many steps instead of fitting the budget (the budget still caps the time).
         threads: CPU threads for torch (default: all cores).
@@ -128,8 +128,8 @@ def run(output_dir: Path = Path("quickstart"), corpus: list[Path] | None = None,
         torch.set_num_threads(threads)
     output_dir = Path(output_dir)
     spec = SIZES[size]
-    if corpus:
-        files = list(corpus)
+    if files:
+        files = list(files)
         print(f"corpus: {', '.join(map(str, files))}")
     else:
         documents = builtin_documents(spec.max_modules)
@@ -144,10 +144,11 @@ def run(output_dir: Path = Path("quickstart"), corpus: list[Path] | None = None,
     print(f"shards: {counts['train']['tokens']:,} training tokens, {counts['heldout']['tokens']:,} held out")
 
     # What is left of the budget after the corpus, minus ~10% for the fill-mask probes and the report.
-    minutes = max(0.1, budget_minutes * 0.9 - (time.monotonic() - started) / 60)
+    minutes = max(0.1, max_minutes * 0.9 - (time.monotonic() - started) / 60)
     cfg = PretrainConfig(
         data=prepared.directory, output_dir=output_dir / "run", recipe="budget", preset="mini",
-        model_overrides=spec.model, max_seq_length=spec.max_seq_length, batch_size=spec.batch_size, lr=spec.lr,
+        model_overrides=spec.model, max_length=spec.max_length, batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
         steps=steps, max_minutes=minutes, seed=seed, eval_batches=8, log_every=10, tensorboard=True,
         threads=threads, overwrite=True,  # the quickstart's own folder: a rerun replaces the last run
     )
@@ -172,7 +173,7 @@ def run(output_dir: Path = Path("quickstart"), corpus: list[Path] | None = None,
     report = {
         "corpus": [str(f) for f in files], "tokens": counts, "vocab_size": tokenizer.vocab_size,
         "model": {**spec.model, "parameters": sum(p.numel() for p in trained.parameters())},
-        "steps": result.step, "batch_size": cfg.batch_size, "max_seq_length": cfg.max_seq_length,
+        "steps": result.step, "batch_size": cfg.batch_size, "max_length": cfg.max_length,
         "minutes": (time.monotonic() - started) / 60, "stopped": result.stopped,
         "heldout": {"untrained": before, "trained": after},
         "fill_mask": predictions,

@@ -219,8 +219,8 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
     steps = settings.steps if variant.pretrained else 0
     cfg = PretrainConfig(
         data=data_dir, output_dir=run_dir, preset=variant.preset, objective=variant.objective,
-        model_overrides={"position_embedding_type": variant.position}, max_seq_length=settings.max_seq_length,
-        batch_size=settings.batch_size, steps=steps, lr=settings.lr, warmup_steps=max(1, steps // 10),
+        model_overrides={"position_embedding_type": variant.position}, max_length=settings.max_seq_length,
+        batch_size=settings.batch_size, steps=steps, learning_rate=settings.lr, warmup_steps=max(1, steps // 10),
         dropout=0.0, seed=settings.seed, eval_every=max(1, steps // 4), eval_batches=20, log_every=max(1, steps // 50),
         save_every=max(1, steps // 4), resume=True, threads=threads, progress=False, tensorboard=False,
     )
@@ -270,7 +270,7 @@ def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path,
     from bertforge.checkpoint import load_model
     from bertforge.tasks.registry import family
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.training.finetune_loop import EvalSet, seed_everything, train
+    from bertforge.training.finetune_loop import EvalSet, TrainSettings, seed_everything, train
 
     wanted = {"variant": dataclasses.asdict(variant), **dataclasses.asdict(settings)}
     if result_file.is_file():
@@ -293,9 +293,9 @@ def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path,
     if variant.objective == "ltr":
         net = LeftToRight(net)
     started = time.perf_counter()
-    result = train(net, task, train_features, [eval_set], pad_id=tokenizer.pad_id, epochs=settings.epochs,
-                   batch_size=settings.batch_size, learning_rate=settings.learning_rate, seed=settings.seed,
-                   progress=False)
+    training = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
+                             learning_rate=settings.learning_rate, seed=settings.seed)
+    result = train(net, task, train_features, [eval_set], pad_id=tokenizer.pad_id, settings=training, progress=False)
     best = result.history[result.best_epoch - 1]
     record = {"settings": wanted, "task": task_name, "train_examples": len(train_examples),
               "eval_examples": len(eval_examples), "best_epoch": result.best_epoch,
@@ -435,13 +435,13 @@ def run(
     groups: list[str] | None = None,
     variants: list[str] | None = None,
     tasks: list[str] | None = None,
-    corpus: list[Path] | None = None,
+    files: list[Path] | None = None,
     max_documents: int = 2000,
     vocab_size: int = 8000,
     data_root: Path = DATA,
-    max_seq_length: int = 128,
+    max_length: int = 128,
     batch_size: int = 32,
-    lr: float = 1e-3,
+    learning_rate: float = 1e-3,
     seed: int = 0,
     finetune_epochs: float = 3.0,
     finetune_batch_size: int = 32,
@@ -462,13 +462,13 @@ def run(
         groups: Which groups of variants: objectives (Table 5), positions, sizes (Table 6). Default: all.
         variants: Or name the variants (e.g. bert no_nsp ltr ltr_bilstm pos_rope size_mini).
         tasks: Downstream tasks among sst2, mrpc, squad (default: all three).
-        corpus: Text files or folders (default: the shared Wikipedia dump).
+        files: Text files or folders (default: the shared Wikipedia dump).
         max_documents: Documents of the corpus used (every 50th held out for evaluation).
         vocab_size: WordPiece vocabulary trained on those documents.
         data_root: Folder holding glue/SST-2, glue/MRPC and squad/ (the shared data).
-        max_seq_length: Pre-training sequence length.
+        max_length: Pre-training sequence length.
         batch_size: Pre-training batch size.
-        lr: Peak pre-training learning rate (AdamW, 10% warm-up, linear decay).
+        learning_rate: Peak pre-training learning rate (AdamW, 10% warm-up, linear decay).
         seed: Seed of every pre-training (weights, pairs, masks).
         finetune_epochs: Fine-tuning epochs (the best epoch on dev is reported).
         finetune_batch_size: Fine-tuning batch size.
@@ -489,15 +489,15 @@ def run(
     unknown = [t for t in tasks if t not in TASK_COLUMNS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_COLUMNS)}")
-    pre = PretrainSettings(parse_tokens(budget), max_seq_length, batch_size, lr, seed)
+    pre = PretrainSettings(parse_tokens(budget), max_length, batch_size, learning_rate, seed)
     fine = FinetuneSettings(finetune_epochs, finetune_batch_size, finetune_learning_rate, sst2_examples=sst2_examples,
                             squad_train_questions=squad_train_questions, squad_eval_questions=squad_eval_questions)
-    prepared = prepare(corpus or [data_root / "wikipedia"], output_dir, max_documents=max_documents,
+    prepared = prepare(files or [data_root / "wikipedia"], output_dir, max_documents=max_documents,
                        vocab_size=vocab_size)
     counts = prepared.meta["counts"]
     print(f"corpus: {counts['train']['tokens']:,} training tokens ({counts['train']['documents']:,} documents), "
           f"{counts['heldout']['tokens']:,} held out; each variant: {pre.steps} steps x {batch_size} x "
-          f"{max_seq_length} = {pre.steps * batch_size * max_seq_length:,} tokens")
+          f"{max_length} = {pre.steps * batch_size * max_length:,} tokens")
 
     finetune_seeds = list(finetune_seeds or [FinetuneSettings.seed])
     rows = []

@@ -279,7 +279,7 @@ def results_table(results: Sequence[HeadResult], *, finetune: dict | None, finet
 def run(
     model: str = "all-minilm-l6-v2",
     data_dir: Path = Path("../shared/data/conll2003"),
-    train_examples: int = 4000,
+    max_train_examples: int | None = 4000,
     eval_split: Literal["test", "valid"] = "test",
     strategies: list[str] | None = None,
     epochs: int = 3,
@@ -287,7 +287,7 @@ def run(
     learning_rate: float = 2e-3,
     lstm_hidden: int | None = None,
     dropout: float = 0.1,
-    max_seq_length: int = 128,
+    max_length: int = 128,
     seed: int = 42,
     threads: int | None = None,
     finetune_metrics: Path | None = None,
@@ -298,7 +298,7 @@ def run(
     Args:
         model: A model directory, or all-minilm-l6-v2 (the packaged checkpoint).
         data_dir: The CoNLL-2003 folder with train.txt, valid.txt and test.txt.
-        train_examples: Train on the first N sentences of train.txt; 0 = all.
+        max_train_examples: Train on the first N sentences of train.txt; null = all.
         eval_split: Score on this file of data_dir: test (test.txt) or valid (valid.txt).
         strategies: Which layers feed the tagger; any of embeddings, last, second_to_last, weighted_sum_all,
             weighted_sum_last4, concat_last4 (default: all six).
@@ -307,7 +307,7 @@ def run(
         learning_rate: Adam's peak learning rate (linear decay to zero).
         lstm_hidden: BiLSTM units per direction (the paper: 768 for H=768); default 2H/3 rounded to 64 (256 for H=384).
         dropout: Dropout on the features, between the LSTM layers and before the classifier.
-        max_seq_length: Longest feature in WordPieces; longer sentences are split between words.
+        max_length: Longest feature in WordPieces; longer sentences are split between words.
         seed: Seed of the taggers' initialisation and batch order.
         threads: torch CPU threads (default: torch's choice).
         finetune_metrics: A fine-tuning result JSON (best_metrics.json of `bertforge finetune --task ner`, or a
@@ -331,7 +331,7 @@ def run(
 
     task = TokenClassification()
     train_sentences = task.read(Path(data_dir) / "train.txt")
-    train_sentences = train_sentences[:train_examples] if train_examples else train_sentences
+    train_sentences = train_sentences[:max_train_examples] if max_train_examples else train_sentences
     eval_sentences = task.read(Path(data_dir) / f"{eval_split}.txt")
     if not train_sentences or not eval_sentences:
         raise DataError(f"{data_dir}: train.txt or {eval_split}.txt holds no sentences")
@@ -339,9 +339,9 @@ def run(
     unseen = sorted({t for s in eval_sentences for t in s.tags} - set(task.label_names))
     if unseen:
         raise DataError(f"{data_dir}/{eval_split}.txt: tags {unseen} never occur in the first {len(train_sentences)} "
-                        "training sentences; raise --train-examples")
-    train_features = task.features(train_sentences, tokenizer, max_seq_length=max_seq_length, train=True)
-    eval_features = task.features(eval_sentences, tokenizer, max_seq_length=max_seq_length)
+                        "training sentences; raise --max-train-examples")
+    train_features = task.features(train_sentences, tokenizer, max_seq_length=max_length, train=True)
+    eval_features = task.features(eval_sentences, tokenizer, max_seq_length=max_length)
 
     started = time.perf_counter()
     train_states = extract_hidden_states(encoder, train_features, pad_id=tokenizer.pad_id)
@@ -355,17 +355,9 @@ def run(
         torch.manual_seed(seed)
         tagger = FeatureTagger(plan, hidden_size=config.hidden_size, num_labels=len(task.label_names),
                                lstm_hidden=lstm_hidden, dropout=dropout)
-        started = time.perf_counter()
-        history = train_tagger(tagger, train_states, train_features, epochs=epochs, batch_size=batch_size,
-                               learning_rate=learning_rate, seed=seed)
-        seconds = time.perf_counter() - started
-        metrics = task.evaluate(eval_sentences, eval_features, predict_logits(tagger, eval_states, eval_features))
-        result = HeadResult(plan, metrics, history=history, train_seconds=seconds)
-        if tagger.mix is not None:
-            result.mix_weights, result.gamma = tagger.mix.weights().tolist(), tagger.mix.gamma.item()
-        results.append(result)
-        print(f"{plan.name:<20} F1 {100 * metrics['f1']:.1f}  (train loss {history[-1]['train_loss']:.4f}, "
-              f"{seconds:.0f}s)", flush=True)
+        results.append(train_head(tagger, task, (train_states, train_features), (eval_states, eval_features),
+                                  eval_sentences, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                  seed=seed))
 
     source = str(finetune_metrics) if finetune_metrics else "no --finetune-metrics given"
     finetune = finetune_f1(finetune_metrics) if finetune_metrics else None
@@ -379,16 +371,37 @@ def run(
     text = "\n".join(lines)
     print(text)
     if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n", encoding="utf-8")
-        with output.with_suffix(".csv").open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        details = [{"strategy": r.strategy.name, "layers": list(r.strategy.layers), "metrics": r.metrics,
-                    "mix_weights": r.mix_weights, "gamma": r.gamma, "history": r.history,
-                    "train_seconds": round(r.train_seconds, 1)} for r in results]
-        output.with_suffix(".json").write_text(json.dumps({"finetune": finetune, "strategies": details}, indent=2)
-                                               + "\n", encoding="utf-8")
+        write_results(Path(output), text, header, rows, results, finetune)
     return results
+
+
+def train_head(tagger: FeatureTagger, task: TokenClassification, train: tuple, evaluation: tuple,
+               eval_sentences: list, *, epochs: int, batch_size: int, learning_rate: float, seed: int) -> HeadResult:
+    """Train one strategy's tagger on (hidden states, features) and score it on the evaluation pair."""
+    started = time.perf_counter()
+    history = train_tagger(tagger, *train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                           seed=seed)
+    seconds = time.perf_counter() - started
+    metrics = task.evaluate(eval_sentences, evaluation[1], predict_logits(tagger, *evaluation))
+    result = HeadResult(tagger.plan, metrics, history=history, train_seconds=seconds)
+    if tagger.mix is not None:
+        result.mix_weights, result.gamma = tagger.mix.weights().tolist(), tagger.mix.gamma.item()
+    print(f"{tagger.plan.name:<20} F1 {100 * metrics['f1']:.1f}  (train loss {history[-1]['train_loss']:.4f}, "
+          f"{seconds:.0f}s)", flush=True)
+    return result
+
+
+def write_results(output: Path, table: str, header: list[str], rows: list[list[str]], results: list[HeadResult],
+                  finetune: dict | None) -> None:
+    """The markdown table, a CSV with the same rows, and a JSON with every metric and each epoch's loss."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(table + "\n", encoding="utf-8")
+    with output.with_suffix(".csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    details = [{"strategy": r.strategy.name, "layers": list(r.strategy.layers), "metrics": r.metrics,
+                "mix_weights": r.mix_weights, "gamma": r.gamma, "history": r.history,
+                "train_seconds": round(r.train_seconds, 1)} for r in results]
+    output.with_suffix(".json").write_text(json.dumps({"finetune": finetune, "strategies": details}, indent=2)
+                                           + "\n", encoding="utf-8")

@@ -33,20 +33,20 @@ def sts_spearman(model: BertModel, tokenizer: BertTokenizer, firsts: list[str], 
     return results
 
 
-def run(model: str = "all-minilm-l6-v2", data: Path = Path("../shared/data/glue/STS-B/dev.tsv"),
+def run(model: str = "all-minilm-l6-v2", input: Path = Path("../shared/data/glue/STS-B/dev.tsv"),
         output: Path | None = None) -> dict[str, dict[str, float]]:
     """Compare [CLS], pooled and mean-pooled sentence vectors on STS-B (Spearman × 100), trained vs random.
 
     Args:
         model: A model directory, or all-minilm-l6-v2 (the packaged checkpoint).
-        data: The STS-B dev.tsv (GLUE layout).
+        input: The STS-B dev.tsv (GLUE layout).
         output: Optional markdown file for the table.
     """
     from bertforge.checkpoint import load_model
     from bertforge.pretrained import resolve_model
     from bertforge.tasks.classification import read_glue
 
-    examples = read_glue("stsb", data)
+    examples = read_glue("stsb", input)
     firsts, seconds = [e.text for e in examples], [e.pair for e in examples]
     scores = [float(e.label) for e in examples]
     directory = resolve_model(model)

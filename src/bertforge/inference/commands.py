@@ -61,7 +61,7 @@ def _emit(results: list, output: Path | None) -> list:
 
 def fill_mask(model: str, text: list[str] | str | None = None, input: Path | None = None,
               text_column: str | None = None, top_k: int = 5, output: Path | None = None,
-              device: str = "cpu", precision: InferencePrecision = "fp32") -> list:
+              device: str = "auto", precision: InferencePrecision = "fp32") -> list:
     """Predict the tokens behind every [MASK] (a pre-training or masked-LM checkpoint).
 
     Args:
@@ -71,7 +71,7 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
         text_column: The text column of a table input.
         top_k: Predictions per [MASK].
         output: Write JSON lines here instead of printing.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
@@ -80,7 +80,7 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
 
 
 def classify(model: str, text: list[str] | str | None = None, input: Path | None = None,
-             text_column: str | None = None, output: Path | None = None, device: str = "cpu",
+             text_column: str | None = None, output: Path | None = None, device: str = "auto",
              precision: InferencePrecision = "fp32") -> list:
     """Label texts with a sequence-classification checkpoint (labels and probabilities).
 
@@ -90,7 +90,7 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
         input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         text_column: The text column of a table input.
         output: Write JSON lines here instead of printing.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
@@ -99,7 +99,7 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
 
 
 def ner(model: str, text: list[str] | str | None = None, input: Path | None = None,
-        text_column: str | None = None, output: Path | None = None, device: str = "cpu",
+        text_column: str | None = None, output: Path | None = None, device: str = "auto",
         precision: InferencePrecision = "fp32") -> list:
     """Find entities (type, text, character span, score) with a token-classification checkpoint.
 
@@ -109,7 +109,7 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
         input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         text_column: The text column of a table input.
         output: Write JSON lines here instead of printing.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
@@ -118,8 +118,8 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
 
 
 def qa(model: str, question: list[str] | str | None = None, context: list[str] | str | None = None,
-       input: Path | None = None, max_length: int = 384, stride: int = 128, max_answer_tokens: int = 30,
-       output: Path | None = None, device: str = "cpu", precision: InferencePrecision = "fp32") -> list:
+       input: Path | None = None, max_length: int = 384, stride: int = 128, max_answer_length: int = 30,
+       output: Path | None = None, device: str = "auto", precision: InferencePrecision = "fp32") -> list:
     """Extract answers from contexts (any length: overlapping windows) with a question-answering checkpoint,
     decoded as `evaluate` and `predict` do (n-best start + end logits, max-context windows).
 
@@ -129,11 +129,11 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
         context: The passage to answer from.
         input: Or a .csv/.tsv/.jsonl file with question and context columns.
         max_length: Tokens per window (question + context piece + 3 special tokens).
-        stride: Tokens between the starts of consecutive windows (the step, as finetune's --doc-stride;
+        stride: Tokens between the starts of consecutive windows (the step, as finetune's --stride;
             transformers' stride is the overlap instead: window length minus this).
-        max_answer_tokens: Longest answer considered.
+        max_answer_length: Longest answer considered, in tokens.
         output: Write JSON lines here instead of printing.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     from bertforge.data.tables import read_records
@@ -148,4 +148,4 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
     loaded = _load(model, device, "qa", precision)
     check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
     return _emit(pipelines.qa(loaded.predictor, question, context, max_length=max_length, stride=stride,
-                              max_answer_tokens=max_answer_tokens), output)
+                              max_answer_length=max_answer_length), output)

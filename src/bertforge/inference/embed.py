@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from bertforge.errors import OptionError
 from bertforge.files import check_output_file, write_atomic
 from bertforge.model import BertModel
+from bertforge.options import resolve_device
 from bertforge.precision import InferencePrecision
 from bertforge.tokenizer import BertTokenizer, Encoding
 
@@ -156,7 +157,7 @@ def run(
     batch_size: int = 32,
     max_length: int | None = None,
     normalize: bool | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     per_token: bool = False,
     precision: InferencePrecision = "fp32",
 ) -> Path:
@@ -178,7 +179,7 @@ def run(
             max_seq_length, else the model's 512.
         normalize: Scale every vector to unit length; default the model folder's own (a Normalize module in
             modules.json), else false.
-        device: cpu, cuda, cuda:1, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         per_token: Write each token's vector (from the last layer, or the one layer of --layers) to an .npz:
             `vectors` [all tokens, H], `offsets` [N + 1] where each text's tokens start, `tokens` (WordPieces).
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
@@ -192,7 +193,7 @@ def run(
     directory = resolve_model(model)
     settings = read_sentence_config(directory).with_options(pooling=pooling, normalize=normalize)
     texts = read_texts(input, text_column=text_column)
-    bert = load_model(directory).to(device)
+    bert = load_model(directory).to(resolve_device(device))
     tokenizer = BertTokenizer.from_pretrained(directory)
     if per_token:
         return _write_token_vectors(bert, tokenizer, texts, layers, max_length or settings.max_length,

@@ -30,6 +30,7 @@ from bertforge.inference.embed import Pooling, embed_texts
 from bertforge.inference.predictor import Predictor
 from bertforge.inference.sentence import SentenceConfig, read_sentence_config
 from bertforge.model import BertModel
+from bertforge.options import resolve_device
 from bertforge.precision import InferencePrecision
 from bertforge.tasks.base import Feature
 from bertforge.tasks.classification import TextExample
@@ -63,12 +64,13 @@ class Loaded:
     sentence: SentenceConfig = SentenceConfig()  # the folder's embedding defaults (modules.json)
 
 
-def load_pipeline(directory: str | Path, *, device: str = "cpu", precision: InferencePrecision = "fp32",
+def load_pipeline(directory: str | Path, *, device: str = "auto", precision: InferencePrecision = "fp32",
                   **predictor_kwargs) -> Loaded:
     """Load a Hugging Face-format model (a folder, `all-minilm-l6-v2` or a Hub id: pretrained.resolve_model)
     as the task model its config names, wrapped in a Predictor that runs in `precision` (bertforge/precision.py;
     int8 is dynamic quantisation on the CPU, see predictor.quantize_int8 for its accuracy cost). Texts are cut
-    at the folder's sentence-transformers max_seq_length when it has one, as sentence-transformers cuts them."""
+    at the folder's sentence-transformers max_seq_length when it has one, as sentence-transformers cuts them.
+    `auto` is the CPU for int8, which runs there only."""
     from bertforge.checkpoint import load_model, read_config
     from bertforge.pretrained import resolve_model
     from bertforge.tokenizer import BertTokenizer
@@ -81,7 +83,8 @@ def load_pipeline(directory: str | Path, *, device: str = "cpu", precision: Infe
     model_class, tasks = TASKS[architecture]
     sentence = read_sentence_config(directory)
     predictor_kwargs.setdefault("max_length", sentence.max_length)
-    model = load_model(directory, model_class).to(device)
+    model = load_model(directory, model_class).to(resolve_device("cpu" if precision == "int8" and device == "auto"
+                                                                 else device))
     predictor = Predictor(model, BertTokenizer.from_pretrained(directory), precision=precision, **predictor_kwargs)
     return Loaded(predictor, architecture, tasks, Path(directory), sentence)
 
@@ -169,7 +172,7 @@ def ner(predictor: Predictor, texts: Sequence[str]) -> list[list[dict]]:
 
 # ----- qa -------------------------------------------------------------------------------------------------
 def qa(predictor: Predictor, questions: Sequence[str], contexts: Sequence[str], *, max_length: int = 384,
-       stride: int = 128, max_answer_tokens: int = 30) -> list[dict]:
+       stride: int = 128, max_answer_length: int = 30) -> list[dict]:
     """{answer, score, start, end} per (question, context): the best span over all windows.
 
     SQuAD decoding as `evaluate` does it (tasks/qa.py): contexts longer than one window of `max_length`
@@ -180,7 +183,7 @@ def qa(predictor: Predictor, questions: Sequence[str], contexts: Sequence[str], 
     _require(predictor, BertForQuestionAnswering, "qa")
     if len(questions) != len(contexts):
         raise PipelineError(f"got {len(questions)} questions but {len(contexts)} contexts")
-    task = family_for(predictor.model, doc_stride=stride, max_answer_length=max_answer_tokens)
+    task = family_for(predictor.model, doc_stride=stride, max_answer_length=max_answer_length)
     examples = examples_from_pairs(questions, contexts)
     features = task.features(examples, predictor.tokenizer, max_seq_length=min(max_length, predictor.max_length))
     return task.answers(examples, features, _head_outputs(predictor, features))

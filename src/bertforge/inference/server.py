@@ -312,7 +312,7 @@ def uvicorn_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level:
         h11_max_incomplete_event_size=limits.max_header_bytes)
 
 
-def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
         max_texts: int = Limits.max_texts, max_chars: int = Limits.max_chars,
         max_body_bytes: int = Limits.max_body_bytes, max_queue: int = Limits.max_queue,
         max_wait_ms: float = Limits.max_wait_ms, max_batch_texts: int = Limits.max_batch_texts,
@@ -326,7 +326,7 @@ def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cp
         model: Model directory (its architecture decides the endpoints), or all-minilm-l6-v2.
         host: Interface to bind; the default answers this machine only.
         port: TCP port.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one; the CPU with --int8), cpu, cuda, cuda:1, mps, ...
         max_texts: Most texts per request (413 beyond).
         max_chars: Most characters per text (413 beyond).
         max_body_bytes: Largest request body, counted as it arrives, chunked or not (413 beyond).

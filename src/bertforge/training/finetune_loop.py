@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -97,125 +98,186 @@ def evaluate(model, task: TaskFamily, eval_set: EvalSet, *, pad_id: int, batch_s
     return task.evaluate(eval_set.examples, eval_set.features, outputs)
 
 
-def train(
-    model: torch.nn.Module,
-    task: TaskFamily,
-    train_features: list[Feature],
-    eval_sets: Sequence[EvalSet] = (),
-    *,
-    pad_id: int,
-    epochs: float = 3,
-    batch_size: int = 32,
-    learning_rate: float = 2e-5,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.1,
-    max_grad_norm: float = 1.0,
-    seed: int = 42,
-    early_stopping_patience: int | None = None,
-    eval_batch_size: int = 64,
-    group_by_length: bool = True,
-    token_loss: str = "auto",
-    precision: Precision = "fp32",
-    save_best=None,
-    log_file: Path | None = None,
-    tensorboard_dir: Path | None = None,
-    progress: bool = True,
-) -> TrainResult:
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training (BERT Appendix A.3).
+
+    Args:
+        epochs: Passes over the training data (the paper: 2-4); may be fractional.
+        batch_size: Training batch size (the paper: 16 or 32).
+        learning_rate: Peak AdamW learning rate (the paper: 5e-5, 3e-5 or 2e-5).
+        weight_decay: Decoupled weight decay (BERT: 0.01).
+        warmup_ratio: Share of the steps with linear warmup (BERT: 0.1), then linear decay to 0.
+        max_grad_norm: Clip the global gradient norm to this.
+        dropout: Dropout probability in the encoder, and before the head unless classifier_dropout says otherwise
+            (BERT: 0.1).
+        classifier_dropout: Dropout before the head; default: the model's config.json `classifier_dropout`
+            (transformers' setting) if it has one, else --dropout. Saved in the model's config.json.
+        seed: Random seed (initialisation of the head, dropout, batch order).
+        early_stopping_patience: Stop after this many epochs without improvement of the main metric.
+        eval_batch_size: Evaluation batch size.
+        group_by_length: Batch training examples of similar length together (less padding).
+        token_loss: Token tasks (NER): "constant" divides each batch's summed loss by the mean number of scored
+            tokens per batch, so every token weighs the same whatever the length of its batch mates;
+            "batch_mean" averages within each batch (as transformers does); "auto" = constant when grouping by
+            length.
+    """
+
+    epochs: float = 3.0
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    dropout: float = 0.1
+    classifier_dropout: float | None = None
+    seed: int = 42
+    early_stopping_patience: int | None = None
+    eval_batch_size: int = 64
+    group_by_length: bool = True
+    token_loss: Literal["auto", "constant", "batch_mean"] = "auto"
+
+
+def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature], eval_sets: Sequence[EvalSet] = (),
+          *, pad_id: int, settings: TrainSettings = TrainSettings(), precision: Precision = "fp32", save_best=None,
+          log_file: Path | None = None, tensorboard_dir: Path | None = None, progress: bool = True) -> TrainResult:
     """Train `model` on `train_features`, evaluating on `eval_sets` after each epoch.
 
     `save_best(model, metrics)` is called whenever the main metric (first metric of the first eval set)
-    improves, or after the last epoch when there is nothing to evaluate on. `epochs` may be fractional.
-
-    `token_loss` (token-level tasks, whose family has `scored_tokens`): "batch_mean" averages the loss over the
-    scored tokens of each batch; "constant" divides each batch's summed loss by one constant, the mean number of
-    scored tokens per batch over the training set. Length-grouped batches make the per-batch count swing from a
-    few tokens (a batch of headlines) to hundreds, so a batch mean gives the tokens of short sentences many times
-    the weight of the others; the constant keeps every token's weight equal, as random batches do on average.
-    "auto" = "constant" when grouping by length, else "batch_mean" (what `transformers` computes).
+    improves, or after the last epoch when there is nothing to evaluate on. `settings.dropout` is the
+    model's business (finetune.with_dropout); the loop uses the rest.
 
     `precision` (resolved by bertforge.precision): forward and loss under bf16/fp16 autocast; fp16 adds loss
     scaling. The weights and the optimizer state stay fp32.
     """
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    lengths = [f.length for f in train_features]
-    steps_per_epoch = math.ceil(len(train_features) / batch_size)
-    total_steps = max(1, math.ceil(steps_per_epoch * epochs))
-    if token_loss not in ("auto", "constant", "batch_mean"):
-        raise ValueError(f"token_loss must be auto, constant or batch_mean, not {token_loss!r}")
-    loss_kwargs = {}
-    constant = token_loss == "constant" or (token_loss == "auto" and group_by_length)
-    if constant and hasattr(task, "scored_tokens"):
-        scored = sum(task.scored_tokens(f) for f in train_features)
-        loss_kwargs["per_batch_tokens"] = max(1.0, scored / steps_per_epoch)
-        log.info("token loss: summed per batch / %.1f (mean scored tokens per batch)", loss_kwargs["per_batch_tokens"])
-    optimizer = build_adamw(model, lr=learning_rate, weight_decay=weight_decay)
-    schedule = build_schedule(optimizer, "linear", warmup_steps=int(warmup_ratio * total_steps),
+    seed_everything(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    steps_per_epoch = math.ceil(len(train_features) / settings.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
+    optimizer = build_adamw(model, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    schedule = build_schedule(optimizer, "linear", warmup_steps=int(settings.warmup_ratio * total_steps),
                               total_steps=total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 gradients underflow unscaled
-    writer = _tensorboard(tensorboard_dir)
-    result, step, stale, started = TrainResult(None, None), 0, 0, time.perf_counter()
+    stepper = _Stepper(model, task, optimizer, schedule, pad_id=pad_id, max_grad_norm=settings.max_grad_norm,
+                       loss_options=_loss_options(task, train_features, settings, steps_per_epoch),
+                       writer=_tensorboard(tensorboard_dir), total_steps=total_steps, precision=precision,
+                       bar=tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress))
+    result, stale, started = TrainResult(None, None), 0, time.perf_counter()
     main_metric = task.metric_names[0]
-    sign = -1.0 if main_metric in LOWER_IS_BETTER else 1.0
-    bar = tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress)
-    for epoch in range(1, math.ceil(epochs) + 1):
-        model.train()
-        if group_by_length:
-            batches = length_grouped_batches(lengths, batch_size, generator)
-        else:
-            order = torch.randperm(len(train_features), generator=generator).tolist()
-            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        running, seen = 0.0, 0
-        for batch_ids in batches:
-            if step >= total_steps:
-                break
-            chosen = [train_features[i] for i in batch_ids]
-            inputs, labels = _to(collate(chosen, pad_id), device), _to(task.labels(chosen), device)
-            with autocast(precision, device):
-                loss = task.loss(model(**inputs), labels, **loss_kwargs)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            step += 1
-            running, seen = running + loss.item(), seen + 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
-            if writer is not None:
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/learning_rate", schedule.get_last_lr()[0], step)
-        record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
+    for epoch in range(1, math.ceil(settings.epochs) + 1):
+        train_loss = stepper.epoch(train_features, _epoch_batches(train_features, settings, generator), epoch)
+        record = {"epoch": epoch, "step": stepper.step, "train_loss": train_loss,
                   "elapsed_s": round(time.perf_counter() - started, 2)}
         for eval_set in eval_sets:
-            metrics = evaluate(model, task, eval_set, pad_id=pad_id, batch_size=eval_batch_size, precision=precision)
+            metrics = evaluate(model, task, eval_set, pad_id=pad_id, batch_size=settings.eval_batch_size,
+                               precision=precision)
             record.update({f"{eval_set.name}/{k}": v for k, v in metrics.items()})
         result.history.append(record)
-        _log(record, log_file, writer, step)
+        _log(record, log_file, stepper.writer, stepper.step)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in record.items()))
         if not eval_sets:
             continue
         value = record[f"{eval_sets[0].name}/{main_metric}"]
-        if result.best_metric is None or sign * value > sign * result.best_metric:
+        if _better(value, result.best_metric, main_metric):
             result.best_metric, result.best_epoch, stale = value, epoch, 0
             if save_best is not None:
                 save_best(model, record)
         else:
             stale += 1
-            if early_stopping_patience is not None and stale >= early_stopping_patience:
+            if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
                 log.info("early stopping: %s has not improved for %d epochs", main_metric, stale)
                 break
-    bar.close()
+    stepper.close()
     if not eval_sets and save_best is not None:
         save_best(model, result.history[-1] if result.history else {})
-    if writer is not None:
-        writer.close()
     result.train_seconds = time.perf_counter() - started
     return result
+
+
+def _better(value: float, best: float | None, metric: str) -> bool:
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    return best is None or sign * value > sign * best
+
+
+def _loss_options(task: TaskFamily, features: list[Feature], settings: TrainSettings, steps_per_epoch: int) -> dict:
+    """The task loss's keyword options. Token tasks (whose family has `scored_tokens`): "batch_mean" averages
+    the loss over the scored tokens of each batch; "constant" divides each batch's summed loss by one
+    constant, the mean number of scored tokens per batch over the training set. Length-grouped batches make
+    the per-batch count swing from a few tokens (a batch of headlines) to hundreds, so a batch mean gives the
+    tokens of short sentences many times the weight of the others; the constant keeps every token's weight
+    equal, as random batches do on average. "auto" = "constant" when grouping by length, else "batch_mean"
+    (what `transformers` computes)."""
+    if settings.token_loss not in ("auto", "constant", "batch_mean"):
+        raise ValueError(f"token_loss must be auto, constant or batch_mean, not {settings.token_loss!r}")
+    constant = settings.token_loss == "constant" or (settings.token_loss == "auto" and settings.group_by_length)
+    if not (constant and hasattr(task, "scored_tokens")):
+        return {}
+    per_batch = max(1.0, sum(task.scored_tokens(f) for f in features) / steps_per_epoch)
+    log.info("token loss: summed per batch / %.1f (mean scored tokens per batch)", per_batch)
+    return {"per_batch_tokens": per_batch}
+
+
+def _epoch_batches(features: list[Feature], settings: TrainSettings, generator: torch.Generator) -> list[list[int]]:
+    """One epoch's batches of feature indices, in a fresh random order."""
+    if settings.group_by_length:
+        return length_grouped_batches([f.length for f in features], settings.batch_size, generator)
+    order = torch.randperm(len(features), generator=generator).tolist()
+    return [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+
+
+@dataclass
+class _Stepper:
+    """Optimizer steps on batches of features, counted over the whole run (which may end mid-epoch)."""
+
+    model: torch.nn.Module
+    task: TaskFamily
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    pad_id: int
+    max_grad_norm: float
+    loss_options: dict
+    writer: object
+    total_steps: int
+    bar: tqdm
+    precision: Precision = "fp32"
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        device = next(self.model.parameters()).device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")  # fp16 grads underflow
+
+    def epoch(self, features: list[Feature], batches: list[list[int]], epoch: int) -> float:
+        """Train on the batches (until the planned step count); returns their mean loss."""
+        self.model.train()
+        device = next(self.model.parameters()).device
+        running, seen = 0.0, 0
+        for batch_ids in batches:
+            if self.step >= self.total_steps:
+                break
+            chosen = [features[i] for i in batch_ids]
+            inputs, labels = _to(collate(chosen, self.pad_id), device), _to(self.task.labels(chosen), device)
+            with autocast(self.precision, device):
+                loss = self.task.loss(self.model(**inputs), labels, **self.loss_options)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.schedule.step()
+            self.step += 1
+            running, seen = running + loss.item(), seen + 1
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
+            if self.writer is not None:
+                self.writer.add_scalar("train/loss", loss.item(), self.step)
+                self.writer.add_scalar("train/learning_rate", self.schedule.get_last_lr()[0], self.step)
+        return running / max(seen, 1)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _tensorboard(directory: Path | None):

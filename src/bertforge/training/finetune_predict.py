@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bertforge.errors import DataError
 from bertforge.files import check_output_file
-from bertforge.options import check_length
+from bertforge.options import check_length, resolve_device
 
 
 def run(
@@ -25,9 +25,9 @@ def run(
     id_column: str | None = None,
     label_output_column: str = "label",
     probabilities: bool = True,
-    max_seq_length: int | None = None,
+    max_length: int | None = None,
     batch_size: int = 64,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> Path:
     """Predict with a model saved by `bertforge finetune`.
 
@@ -40,9 +40,9 @@ def run(
         id_column: Copy this input column into the output first (e.g. id for a Kaggle submission).
         label_output_column: Name of the predicted-label column.
         probabilities: Add one probability column per class (prob_<label>).
-        max_seq_length: Override the maximum length used in training.
+        max_length: Override the maximum length used in training.
         batch_size: Inference batch size.
-        device: cpu, cuda, ...
+        device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
     from bertforge.tasks.base import PredictionTable
     from bertforge.tokenizer import BertTokenizer
@@ -50,17 +50,17 @@ def run(
 
     check_output_file(output, inputs=(input,))
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column)
-    max_seq_length = max_seq_length or task_settings(model).get("max_seq_length", 128)
-    check_length("--max-seq-length", max_seq_length, net.config.max_position_embeddings, str(model))
+    max_length = max_length or task_settings(model).get("max_seq_length", 128)
+    check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     # Every input problem (columns, ids, format) is found before the model runs.
     ids = task.read_ids(input, id_column) if id_column else None
     examples = task.read(input, labelled=False)
     if not examples:
         raise DataError(f"{input}: no examples to predict (only a header line?)")
     tokenizer = BertTokenizer.from_pretrained(model)
-    features = task.features(examples, tokenizer, max_seq_length=max_seq_length)
-    outputs = predict_outputs(net.to(device), task, features, pad_id=tokenizer.pad_id, batch_size=batch_size,
-                              progress=True)
+    features = task.features(examples, tokenizer, max_seq_length=max_length)
+    outputs = predict_outputs(net.to(resolve_device(device)), task, features, pad_id=tokenizer.pad_id,
+                              batch_size=batch_size, progress=True)
     task.write_predictions(output, examples, features, outputs,
                            PredictionTable(id_column, ids, label_output_column, probabilities))
     print(f"wrote predictions for {input} to {output}")

@@ -52,6 +52,7 @@ from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
 from bertforge.model.positions import sinusoidal_table
+from bertforge.options import resolve_device
 from bertforge.precision import Precision, TrainingPrecision, autocast, check_precision, resolve_precision
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bertforge.training.distributed import World, all_reduce_sum, init_distributed
@@ -72,10 +73,10 @@ EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable 
 # NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak and a schedule planned to
 # end at the wall-clock budget.
 RECIPES: dict[str, dict] = {
-    "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "lr": 5e-4,
+    "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "learning_rate": 5e-4,
              "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32,
              "position_init": "normal", "adam_beta2": 0.999},
-    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "lr": 1e-3,
+    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": 1e-3,
                "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32,
                "position_init": "sinusoidal", "adam_beta2": 0.999},
 }
@@ -84,9 +85,67 @@ Recipe = Literal["bert", "budget"]
 
 @dataclass
 class PretrainConfig:
-    """Every setting of a pre-training run (saved as config.json beside the checkpoints).
-    The meaning of each field is documented on `run`, which takes the same names. Fields left at None
-    take the value of `recipe` (RECIPES) or, for steps and max_predictions, one derived from the others."""
+    """Pre-training settings (saved as config.json beside the checkpoints).
+
+    Fields left at None take the value of `recipe` (RECIPES) or, for steps and max_predictions, one
+    derived from the others.
+
+    Args:
+        data: A folder written by `bertforge prepare` (shards + tokenizer).
+        output_dir: Run folder: checkpoints/, model/ (Hugging Face format), metrics.jsonl, tensorboard/, curves.png.
+        recipe: Defaults for the unset options: bert (the paper: MLM + NSP pairs, 15% masking, dropout 0.1,
+            lr 5e-4, 100 warm-up steps, fp32) or budget (MLM only on packed rows, 30% masking, no dropout,
+            lr 1e-3, 6% warm-up, bf16 where the processor has it).
+        preset: Model size: tiny, mini, small, medium, base or large.
+        model_overrides: BertConfig fields to change, e.g. {num_layers: 2, hidden_size: 96}.
+        init_from: Start from these weights (a run folder, checkpoint file or Hugging Face folder), e.g. the
+            second phase at length 512 after a first phase at 128 (BERT Appendix A.2).
+        objective: mlm_nsp (BERT), mlm (masked-LM only, as RoBERTa and Cramming found better) or ltr (a
+            left-to-right LM, causal attention, no NSP: the paper's "LTR & No NSP" ablation).
+        packing: mlm only: fill every row to max_length with windows of documents (several short ones
+            share a row, attention stays inside each window), so no compute goes to padding.
+        max_length: Tokens per example, [CLS] and [SEP]s included.
+        short_seq_prob: Share of unpacked examples with a shorter random target length (BERT: 0.1).
+        masking_rate: Share of tokens selected for prediction (BERT: 0.15). Held-out accuracy is always
+            measured at 15%, so runs with other rates compare.
+        max_predictions: At most this many predictions per sequence (default: masking_rate x max_length,
+            rounded up: BERT's 20 at 128).
+        whole_word_masking: Select whole words (all their WordPiece pieces) instead of single pieces.
+        batch_size: Examples per optimizer step, over all processes and accumulation steps.
+        grad_accum_steps: Split each process's share of a batch into this many micro-batches.
+        steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
+            measured speed so the schedule ends at the budget; unset without: 1000.
+        optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
+        learning_rate: Peak learning rate.
+        adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
+            short run the squared gradients of the first steps, far larger than later ones, then fade in
+            ~50 steps instead of ~1,000, so they stop shrinking the updates.
+        weight_decay: Decoupled weight decay (not on biases and LayerNorm weights).
+        warmup_steps: Linear warm-up steps.
+        warmup_ratio: Linear warm-up as a share of the steps (instead of warmup_steps).
+        schedule: linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.
+        max_grad_norm: Clip the global gradient norm to this.
+        precision: fp32, bf16 (autocast), fp16 (autocast + loss scaling) or auto (bf16 where the hardware
+            computes it natively, else fp32). Saved weights are fp32 either way.
+        compile: Compile the model with torch.compile.
+        dropout: Override the preset's dropout (hidden and attention), e.g. 0 for short runs.
+        position_init: normal (BERT's N(0, 0.02)) or sinusoidal (the learned table starts from sinusoids
+            scaled to the token embeddings; same layout, positions usable from step 0).
+        seed: Seeds the weights, the example pairing and the masks.
+        eval_every: Evaluate on the held-out shards every n steps (default: 10 evaluations per run).
+        eval_batches: Held-out batches (of 32 rows) per evaluation.
+        log_every: Log training metrics every n steps.
+        save_every: Write a checkpoint every n steps and at the end (default: 4 per run).
+        keep_checkpoints: Keep the newest n checkpoints.
+        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped; a truncated
+            latest checkpoint is skipped for the newest intact one).
+        overwrite: Delete the earlier run in output_dir first (a folder that is not empty needs --resume or this).
+        max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
+        threads: CPU threads for torch (default: torch's choice).
+        device: auto (a GPU if there is one), cpu, cuda, cuda:N or mps.
+        progress: Show the progress bar.
+        tensorboard: Write TensorBoard event files.
+    """
 
     data: Path
     output_dir: Path
@@ -96,7 +155,7 @@ class PretrainConfig:
     init_from: Path | None = None
     objective: Objective | None = None
     packing: bool | None = None
-    max_seq_length: int = 128
+    max_length: int = 128
     short_seq_prob: float = 0.1
     masking_rate: float | None = None
     max_predictions: int | None = None
@@ -105,7 +164,7 @@ class PretrainConfig:
     grad_accum_steps: int = 1
     steps: int | None = None
     optimizer: Literal["adamw", "lamb"] = "adamw"
-    lr: float | None = None
+    learning_rate: float | None = None
     adam_beta2: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int | None = None
@@ -149,7 +208,7 @@ class PretrainConfig:
         if not 0 < self.masking_rate < 1:
             raise OptionError(f"--masking-rate {self.masking_rate}: must be between 0 and 1 (BERT: 0.15)")
         if self.max_predictions is None:
-            self.max_predictions = math.ceil(self.masking_rate * self.max_seq_length)
+            self.max_predictions = math.ceil(self.masking_rate * self.max_length)
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise OptionError(f"--warmup-ratio {self.warmup_ratio}: must be at least 0 and below 1 (e.g. 0.06)")
         if self.batch_size % self.grad_accum_steps:
@@ -157,7 +216,7 @@ class PretrainConfig:
                              f"grad_accum_steps {self.grad_accum_steps}")
 
     def example_settings(self) -> ExampleSettings:
-        return ExampleSettings(self.max_seq_length, self.short_seq_prob, self.objective == "mlm_nsp",
+        return ExampleSettings(self.max_length, self.short_seq_prob, self.objective == "mlm_nsp",
                                packed=bool(self.packing))
 
     def plan(self, steps: int) -> None:
@@ -181,7 +240,7 @@ class PretrainResult:
 
 # ----- pieces of the loop -------------------------------------------------------------------------
 def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining | BertLMHeadModel:
-    changes = {"vocab_size": vocab_size, "max_position_embeddings": max(512, cfg.max_seq_length),
+    changes = {"vocab_size": vocab_size, "max_position_embeddings": max(512, cfg.max_length),
                **cfg.model_overrides}
     if cfg.dropout is not None:
         changes.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
@@ -221,8 +280,8 @@ def _load_initial_weights(model: BertForPreTraining, source: Path) -> None:
 def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     betas = (0.9, cfg.adam_beta2)
     if cfg.optimizer == "lamb":
-        return Lamb(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas)
-    return build_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
+        return Lamb(parameter_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=betas)
+    return build_adamw(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=betas)
 
 
 class BatchMasker:
@@ -370,15 +429,15 @@ def heldout_batches(corpus: PreparedCorpus, cfg: PretrainConfig, tokenizer) -> H
     if not shards or cfg.eval_batches <= 0:
         return HeldOut([], [], tokenizer.mask_id)
     ids = {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id}
-    windows = ExampleSettings(cfg.max_seq_length, short_seq_prob=0.0, nsp=False)
-    masking = MaskingSettings(rate=0.15, max_predictions=math.ceil(0.15 * cfg.max_seq_length))  # BERT §3.1
+    windows = ExampleSettings(cfg.max_length, short_seq_prob=0.0, nsp=False)
+    masking = MaskingSettings(rate=0.15, max_predictions=math.ceil(0.15 * cfg.max_length))  # BERT §3.1
     masker = BatchMasker(masking, tokenizer, left_to_right=cfg.objective == "ltr")
     mlm = []
     for i, batch in enumerate(_fixed_batches(shards, windows, cfg.eval_batches, ids)):
         mlm.append((batch, masker(batch, EVAL_SEED + i)))
     nsp = []
     if cfg.objective == "mlm_nsp":
-        pairs = ExampleSettings(cfg.max_seq_length, cfg.short_seq_prob, nsp=True)
+        pairs = ExampleSettings(cfg.max_length, cfg.short_seq_prob, nsp=True)
         nsp = _fixed_batches(shards, pairs, cfg.eval_batches, ids)
     return HeldOut(mlm, nsp, tokenizer.mask_id)
 
@@ -396,12 +455,6 @@ def _fixed_batches(shards, settings: ExampleSettings, count: int, ids: dict) -> 
 def collate_examples(examples, settings: ExampleSettings, tokenizer) -> PreTrainingBatch:
     ids = {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id}
     return collate_packed(examples, **ids) if settings.packed else collate(examples, **ids)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ----- the loop -----------------------------------------------------------------------------------
@@ -497,19 +550,10 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     `stop_after` ends the run after that step without a final checkpoint (to simulate a crash)."""
     started = time.monotonic()
     resumed_from = open_run(cfg)  # options, positions, the run folder's rules; the checkpoint to resume from
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
-    world = init_distributed(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-    cfg.precision = resolve_precision(cfg.precision, device, training=True)
-    if cfg.batch_size % (world.size * cfg.grad_accum_steps):
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world.size}) x "
-                         f"grad_accum_steps ({cfg.grad_accum_steps})")
+    device, world = _devices(cfg)
     corpus = PreparedCorpus.open(cfg.data)
     tokenizer = corpus.tokenizer()
-    out_dir, ckpt_dir = cfg.output_dir, cfg.output_dir / "checkpoints"
+    ckpt_dir = cfg.output_dir / "checkpoints"
 
     state = load_checkpoint(resumed_from) if resumed_from is not None else None
     if state is not None and cfg.steps is None:
@@ -531,77 +575,95 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     trainer = Trainer(cfg, model, ddp or model, optimizer, None, scaler, world, device, tokenizer.mask_id, ddp)
 
     evaluations: dict[int, dict] = {}
+    eval_seconds = 0.0
     if state is None and heldout:
         eval_started = time.perf_counter()
         evaluations[0] = evaluate(model, heldout, device, cfg.precision)
         eval_seconds = time.perf_counter() - eval_started
-    else:
-        eval_seconds = 0.0
-    if cfg.steps is None:
-        if cfg.max_minutes:
-            step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
-            planned = plan_steps(cfg, step_seconds, eval_seconds, time.monotonic() - started)
-            planned = int(all_reduce_sum(torch.tensor([planned], dtype=torch.float64), world)) // world.size
-            print(f"planned {planned:,} steps for {cfg.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
-            cfg.plan(planned)
-        else:
-            cfg.plan(1000)
-    else:
-        cfg.plan(cfg.steps)
+    _plan(cfg, trainer, stream, masker, tokenizer, eval_seconds, spent_seconds=time.monotonic() - started)
     trainer.scheduler = build_schedule(optimizer, cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
-
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        trainer.scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        stream.position, step = DataPosition(**state["position"]), state["step"]
-        set_rng_state(state["rng"])
+    step = _restore(state, trainer, stream) if state is not None else 0
     if cfg.compile:
         trainer.net = torch.compile(trainer.net)
-
-    logger = None
-    if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out_dir / "tokenizer")
-        write_text_atomic(out_dir / "config.json", json.dumps(_jsonable(cfg), indent=2))
-        logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard)
-        logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)
-        print(f"model: {cfg.preset} {model.config.num_layers}L H={model.config.hidden_size}, "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters; recipe {cfg.recipe}, objective "
-              f"{cfg.objective}{', packed rows' if cfg.packing else ''}, masking {cfg.masking_rate:g}, "
-              f"{cfg.precision}; {world.size} process(es) on {device}"
-              + (f"; resumed from {resumed_from}" if resumed_from else ""))
-        if 0 in evaluations:
-            logger.log(0, {**evaluations[0], "minutes": 0.0}, prefix="heldout")
-            print(f"untrained model, held-out: {_fmt(evaluations[0])}")
+    logger = _open_log(cfg, trainer, tokenizer, step, evaluations, resumed_from) if world.is_main else None
     return _loop(cfg, trainer, stream, masker, tokenizer, heldout, logger, step, evaluations, resumed_from,
                  on_step=on_step, stop_after=stop_after)
+
+
+def _devices(cfg: PretrainConfig) -> tuple[torch.device, World]:
+    """This process's device and its place among the processes; fixes `auto` precision for the device."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    world = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    cfg.precision = resolve_precision(cfg.precision, device, training=True)
+    if cfg.batch_size % (world.size * cfg.grad_accum_steps):
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world.size}) x "
+                         f"grad_accum_steps ({cfg.grad_accum_steps})")
+    return device, world
+
+
+def _plan(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
+          eval_seconds: float, *, spent_seconds: float) -> None:
+    """Fix the step count: as set, fitted to the wall-clock budget from a measured step, or 1000."""
+    if cfg.steps is not None:
+        cfg.plan(cfg.steps)
+    elif cfg.max_minutes:
+        world = trainer.world
+        step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
+        planned = plan_steps(cfg, step_seconds, eval_seconds, spent_seconds)
+        planned = int(all_reduce_sum(torch.tensor([planned], dtype=torch.float64), world)) // world.size
+        print(f"planned {planned:,} steps for {cfg.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
+        cfg.plan(planned)
+    else:
+        cfg.plan(1000)
+
+
+def _restore(state: dict, trainer: Trainer, stream: ExampleStream) -> int:
+    """Continue exactly where a checkpoint stopped; returns its step."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    stream.position = DataPosition(**state["position"])
+    set_rng_state(state["rng"])
+    return state["step"]
+
+
+def _open_log(cfg: PretrainConfig, trainer: Trainer, tokenizer, step: int, evaluations: dict[int, dict],
+              resumed_from: Path | None) -> MetricsLogger:
+    """The run folder's tokenizer, config.json and metrics log (cut back to `step` on resume), and a summary line."""
+    model, out_dir = trainer.model, cfg.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out_dir / "tokenizer")
+    write_text_atomic(out_dir / "config.json", json.dumps(_jsonable(cfg), indent=2))
+    logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard)
+    logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)
+    print(f"model: {cfg.preset} {model.config.num_layers}L H={model.config.hidden_size}, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters; recipe {cfg.recipe}, objective "
+          f"{cfg.objective}{', packed rows' if cfg.packing else ''}, masking {cfg.masking_rate:g}, "
+          f"{cfg.precision}; {trainer.world.size} process(es) on {trainer.device}"
+          + (f"; resumed from {resumed_from}" if resumed_from else ""))
+    if 0 in evaluations:
+        logger.log(0, {**evaluations[0], "minutes": 0.0}, prefix="heldout")
+        print(f"untrained model, held-out: {_fmt(evaluations[0])}")
+    return logger
 
 
 def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
           heldout: HeldOut, logger: MetricsLogger | None, step: int, evaluations: dict[int, dict],
           resumed_from: Path | None, *, on_step, stop_after) -> PretrainResult:
     """Steps until the planned count, the wall-clock budget, a non-finite loss or `stop_after`."""
-    model, world, device = trainer.model, trainer.world, trainer.device
-    ckpt_dir = cfg.output_dir / "checkpoints"
-
-    def checkpoint_state(at_step: int, at_position: DataPosition, rng: dict) -> dict:
-        return {"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
-                "step": at_step, "position": dataclasses.asdict(at_position), "rng": rng,
-                "config": _jsonable(cfg), "model_config": model.config.to_dict(),
-                "nsp": getattr(model, "nsp", None) is not None}
-
+    model, world = trainer.model, trainer.world
     step_losses: dict[int, float] = {}
     stopped = "finished"
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not (world.is_main and cfg.progress),
                dynamic_ncols=True)
     model.train()
-    window = {"tokens": 0, "time": time.perf_counter()}
-    clock = time.monotonic()
-    deadline = clock + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    report = _Report(cfg, trainer, logger, bar, heldout, evaluations)
+    deadline = report.clock + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     while step < cfg.steps:
         before = (dataclasses.replace(stream.position), rng_state())  # the state a NaN stop saves
         step += 1
@@ -612,40 +674,21 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
             stopped = "nan"
             trainer.optimizer.zero_grad(set_to_none=True)
             if world.is_main:
-                path = save_checkpoint(ckpt_dir, step - 1, checkpoint_state(step - 1, *before),
-                                       keep=cfg.keep_checkpoints)
+                path = save_checkpoint(cfg.output_dir / "checkpoints", step - 1,
+                                       _checkpoint_state(trainer, step - 1, *before), keep=cfg.keep_checkpoints)
                 log.error("step %d: the loss is %s; stopped. The last good state (step %d) is in %s. Lower the "
                           "learning rate or use bf16/fp32, then resume.", step, metrics["loss"], step - 1, path)
             step -= 1
             break
         grad_norm = trainer.apply_gradients()
         step_losses[step] = metrics["loss"]
-        window["tokens"] += int(batch.attention_mask.sum())
+        report.window["tokens"] += int(batch.attention_mask.sum())
         # The wall-clock budget ends the run like its last step (evaluate, checkpoint, export).
         out_of_time = bool(all_reduce_sum(torch.tensor([time.monotonic() > deadline], dtype=torch.float64), world))
         last = step == cfg.steps or out_of_time
 
         if world.is_main:
-            if step % cfg.log_every == 0 or last:
-                elapsed = time.perf_counter() - window["time"]
-                rate = window["tokens"] / max(elapsed, 1e-9)
-                window.update(tokens=0, time=time.perf_counter())
-                logger.log(step, {**metrics, "lr": trainer.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                                  "tokens_per_s": rate}, prefix="train")
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm_acc=f"{metrics['mlm_accuracy']:.3f}",
-                                tok_s=f"{rate:,.0f}")
-            if heldout and (step % cfg.eval_every == 0 or last):
-                evaluated = time.perf_counter()
-                evaluations[step] = evaluate(model, heldout, device, cfg.precision)
-                logger.log(step, {**evaluations[step], "minutes": (time.monotonic() - clock) / 60}, prefix="heldout")
-                logger.plot()
-                tqdm.write(f"step {step}: held-out {_fmt(evaluations[step])}")
-                window["time"] += time.perf_counter() - evaluated  # tokens/s counts training time only
-            if step % cfg.save_every == 0 or last:
-                saving = time.perf_counter()
-                save_checkpoint(ckpt_dir, step, checkpoint_state(step, stream.position, rng_state()),
-                                keep=cfg.keep_checkpoints)
-                window["time"] += time.perf_counter() - saving
+            report.after_step(step, metrics, grad_norm, stream.position, last=last)
         bar.update(1)
         if on_step is not None:
             on_step(step, metrics["loss"], model)
@@ -665,6 +708,54 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
             logger.plot()
         logger.close()
     return PretrainResult(cfg.output_dir, step, step_losses, evaluations, stopped, model_dir)
+
+
+def _checkpoint_state(trainer: Trainer, step: int, position: DataPosition, rng: dict) -> dict:
+    """Everything a resumed run needs to repeat an uninterrupted one."""
+    model = trainer.model
+    return {"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+            "step": step, "position": dataclasses.asdict(position), "rng": rng,
+            "config": _jsonable(trainer.cfg), "model_config": model.config.to_dict(),
+            "nsp": getattr(model, "nsp", None) is not None}
+
+
+@dataclass
+class _Report:
+    """The main process's duties after a step: log, evaluate, checkpoint. `window` counts the tokens and
+    training seconds since the last log line (evaluation and checkpoint time excluded from tokens/s)."""
+
+    cfg: PretrainConfig
+    trainer: Trainer
+    logger: MetricsLogger
+    bar: tqdm
+    heldout: HeldOut
+    evaluations: dict[int, dict]
+    clock: float = field(default_factory=time.monotonic)
+    window: dict = field(default_factory=lambda: {"tokens": 0, "time": time.perf_counter()})
+
+    def after_step(self, step: int, metrics: dict, grad_norm: float, position: DataPosition, *, last: bool) -> None:
+        cfg, window = self.cfg, self.window
+        if step % cfg.log_every == 0 or last:
+            rate = window["tokens"] / max(time.perf_counter() - window["time"], 1e-9)
+            window.update(tokens=0, time=time.perf_counter())
+            self.logger.log(step, {**metrics, "lr": self.trainer.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                                   "tokens_per_s": rate}, prefix="train")
+            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm_acc=f"{metrics['mlm_accuracy']:.3f}",
+                                 tok_s=f"{rate:,.0f}")
+        if self.heldout and (step % cfg.eval_every == 0 or last):
+            evaluated = time.perf_counter()
+            self.evaluations[step] = evaluate(self.trainer.model, self.heldout, self.trainer.device, cfg.precision)
+            self.logger.log(step, {**self.evaluations[step], "minutes": (time.monotonic() - self.clock) / 60},
+                            prefix="heldout")
+            self.logger.plot()
+            tqdm.write(f"step {step}: held-out {_fmt(self.evaluations[step])}")
+            window["time"] += time.perf_counter() - evaluated
+        if step % cfg.save_every == 0 or last:
+            saving = time.perf_counter()
+            save_checkpoint(cfg.output_dir / "checkpoints", step,
+                            _checkpoint_state(self.trainer, step, position, rng_state()), keep=cfg.keep_checkpoints)
+            window["time"] += time.perf_counter() - saving
 
 
 def _slice_masked(masked: MaskedBatch, rows: slice) -> MaskedBatch:
@@ -692,85 +783,15 @@ def _jsonable(cfg: PretrainConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-def run(data: Path, output_dir: Path, recipe: Recipe = "bert", preset: str = "mini",
-        model_overrides: dict | None = None, init_from: Path | None = None, objective: Objective | None = None,
-        packing: bool | None = None, max_seq_length: int = 128, short_seq_prob: float = 0.1,
-        masking_rate: float | None = None, max_predictions: int | None = None, whole_word_masking: bool = False,
-        batch_size: int | None = None, grad_accum_steps: int = 1, steps: int | None = None,
-        optimizer: Literal["adamw", "lamb"] = "adamw", lr: float | None = None, adam_beta2: float | None = None,
-        weight_decay: float = 0.01,
-        warmup_steps: int | None = None, warmup_ratio: float | None = None, schedule: ScheduleName = "linear",
-        max_grad_norm: float = 1.0, precision: TrainingPrecision | None = None,
-        compile: bool = False, dropout: float | None = None,
-        position_init: Literal["normal", "sinusoidal"] | None = None, seed: int = 0, eval_every: int | None = None,
-        eval_batches: int = 10, log_every: int = 10, save_every: int | None = None, keep_checkpoints: int = 2,
-        resume: bool = False, overwrite: bool = False, max_minutes: float | None = None, threads: int | None = None,
-        device: str = "auto", progress: bool = True, tensorboard: bool = True) -> Path:
+def run(cfg: PretrainConfig) -> Path:
     """Pre-train BERT with masked-LM (+ next-sentence prediction) on a corpus from `bertforge prepare`.
 
     Data-parallel: `torchrun --nproc_per_node=N -m bertforge pretrain ...` (gloo on CPU, NCCL on GPU).
     Options left unset take their value from the recipe (see RECIPES in this module and
     docs/pretraining.md): `--recipe budget --max-minutes 60` is the one that learns most per CPU-minute.
-
-    Args:
-        data: A folder written by `bertforge prepare` (shards + tokenizer).
-        output_dir: Run folder: checkpoints/, model/ (Hugging Face format), metrics.jsonl, tensorboard/, curves.png.
-        recipe: Defaults for the unset options: bert (the paper: MLM + NSP pairs, 15% masking, dropout 0.1,
-            lr 5e-4, 100 warm-up steps, fp32) or budget (MLM only on packed rows, 30% masking, no dropout,
-            lr 1e-3, 6% warm-up, bf16 where the processor has it).
-        preset: Model size: tiny, mini, small, medium, base or large.
-        model_overrides: BertConfig fields to change, e.g. {num_layers: 2, hidden_size: 96}.
-        init_from: Start from these weights (a run folder, checkpoint file or Hugging Face folder), e.g. the
-            second phase at length 512 after a first phase at 128 (BERT Appendix A.2).
-        objective: mlm_nsp (BERT), mlm (masked-LM only, as RoBERTa and Cramming found better) or ltr (a
-            left-to-right LM, causal attention, no NSP: the paper's "LTR & No NSP" ablation).
-        packing: mlm only: fill every row to max_seq_length with windows of documents (several short ones
-            share a row, attention stays inside each window), so no compute goes to padding.
-        max_seq_length: Tokens per example, [CLS] and [SEP]s included.
-        short_seq_prob: Share of unpacked examples with a shorter random target length (BERT: 0.1).
-        masking_rate: Share of tokens selected for prediction (BERT: 0.15). Held-out accuracy is always
-            measured at 15%, so runs with other rates compare.
-        max_predictions: At most this many predictions per sequence (default: masking_rate x max_seq_length,
-            rounded up: BERT's 20 at 128).
-        whole_word_masking: Select whole words (all their WordPiece pieces) instead of single pieces.
-        batch_size: Examples per optimizer step, over all processes and accumulation steps.
-        grad_accum_steps: Split each process's share of a batch into this many micro-batches.
-        steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
-            measured speed so the schedule ends at the budget; unset without: 1000.
-        optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
-        lr: Peak learning rate.
-        adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
-            short run the squared gradients of the first steps, far larger than later ones, then fade in
-            ~50 steps instead of ~1,000, so they stop shrinking the updates.
-        weight_decay: Decoupled weight decay (not on biases and LayerNorm weights).
-        warmup_steps: Linear warm-up steps.
-        warmup_ratio: Linear warm-up as a share of the steps (instead of warmup_steps).
-        schedule: linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.
-        max_grad_norm: Clip the global gradient norm to this.
-        precision: fp32, bf16 (autocast), fp16 (autocast + loss scaling) or auto (bf16 where the hardware
-            computes it natively, else fp32). Saved weights are fp32 either way.
-        compile: Compile the model with torch.compile.
-        dropout: Override the preset's dropout (hidden and attention), e.g. 0 for short runs.
-        position_init: normal (BERT's N(0, 0.02)) or sinusoidal (the learned table starts from sinusoids
-            scaled to the token embeddings; same layout, positions usable from step 0).
-        seed: Seeds the weights, the example pairing and the masks.
-        eval_every: Evaluate on the held-out shards every n steps (default: 10 evaluations per run).
-        eval_batches: Held-out batches (of 32 rows) per evaluation.
-        log_every: Log training metrics every n steps.
-        save_every: Write a checkpoint every n steps and at the end (default: 4 per run).
-        keep_checkpoints: Keep the newest n checkpoints.
-        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped; a truncated
-            latest checkpoint is skipped for the newest intact one).
-        overwrite: Delete the earlier run in output_dir first (a folder that is not empty needs --resume or this).
-        max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
-        threads: CPU threads for torch (default: torch's choice).
-        device: auto, cpu, cuda or cuda:N.
-        progress: Show the progress bar.
-        tensorboard: Write TensorBoard event files.
+    The settings and their meaning: PretrainConfig.
     """
-    values = dict(locals())
-    values["model_overrides"] = values["model_overrides"] or {}
-    result = train(PretrainConfig(**values))
+    result = train(cfg)
     if result.stopped == "nan":
         raise SystemExit(f"stopped at step {result.step + 1}: non-finite loss (checkpoint of step {result.step} saved)")
     return result.output_dir

@@ -34,7 +34,7 @@ def open_run(cfg) -> Path | None:
     """Check a `PretrainConfig` and its folder before anything is computed; clear the folder for
     `--overwrite`. Returns the checkpoint to resume from (None: start at step 0)."""
     check_options({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
-    check_sequence_length(cfg.max_seq_length, cfg.preset, cfg.model_overrides or {})
+    check_sequence_length(cfg.max_length, cfg.preset, cfg.model_overrides or {})
     # Under torchrun only rank 0 applies the folder rules: the others may start after it began writing.
     if int(os.environ.get("RANK", "0")) == 0:
         check_run_folder(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, inputs=(cfg.data, cfg.init_from),
@@ -42,12 +42,12 @@ def open_run(cfg) -> Path | None:
     return resume_checkpoint(cfg.output_dir / "checkpoints") if cfg.resume else None
 
 
-def check_sequence_length(max_seq_length: int, preset: str, model_overrides: dict) -> None:
+def check_sequence_length(max_length: int, preset: str, model_overrides: dict) -> None:
     """The position-embedding table bounds the length: refuse a longer one before the first step would
     allocate attention scores that grow with its square (100,000 tokens: tens of GB)."""
     limit = BertConfig.from_preset(preset, **model_overrides).max_position_embeddings
-    if max_seq_length > limit:
-        raise OptionError(f"--max-seq-length {max_seq_length}: longer than the model's {limit} positions "
+    if max_length > limit:
+        raise OptionError(f"--max-length {max_length}: longer than the model's {limit} positions "
                           f"(max_position_embeddings of preset {preset!r}); use at most {limit}, or give the model "
                           "more positions with --model-overrides '{max_position_embeddings: N}' (memory grows with "
                           "the square of the length)")
