@@ -79,7 +79,7 @@ def tally(kinds: torch.Tensor, special: torch.Tensor, nsp_labels: torch.Tensor) 
 
 
 def run(files: list[Path], vocab: str = "all-minilm-l6-v2", examples: int = 3, max_documents: int = 200,
-        max_seq_length: int = 128, seed: int = 0, count_examples: int = 2000) -> dict[str, float]:
+        max_length: int = 128, seed: int = 0, count_examples: int = 2000) -> dict[str, float]:
     """Print pre-training examples from a corpus: IsNext/NotNext pairs and their 80/10/10 masking.
 
     Args:
@@ -87,7 +87,7 @@ def run(files: list[Path], vocab: str = "all-minilm-l6-v2", examples: int = 3, m
         vocab: A tokenizer/model folder, or all-minilm-l6-v2 (the packaged uncased vocabulary).
         examples: How many examples to print.
         max_documents: Documents read from the start of the corpus.
-        max_seq_length: Longest example in tokens, [CLS] and [SEP]s included (BERT: 128, then 512).
+        max_length: Longest example in tokens, [CLS] and [SEP]s included (BERT: 128, then 512).
         seed: Seed of the pairing, the order and the masks.
         count_examples: Examples the printed shares are counted over.
     """
@@ -96,7 +96,7 @@ def run(files: list[Path], vocab: str = "all-minilm-l6-v2", examples: int = 3, m
 
     tokenizer = BertTokenizer.from_pretrained(resolve_model(vocab))
     shard = corpus_shard(files, tokenizer, max_documents)
-    records = build_examples(shard, random.Random(seed), ExampleSettings(max_seq_length=max_seq_length))
+    records = build_examples(shard, random.Random(seed), ExampleSettings(max_seq_length=max_length))
     records = records[np.random.default_rng(seed).permutation(len(records))][:max(examples, count_examples)]
     batch = collate([(shard, r) for r in records], cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
                     pad_id=tokenizer.pad_id)
