@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Hashable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +29,9 @@ from bertforge.inference import pipelines
 from bertforge.inference.batcher import MicroBatcher, Overloaded
 from bertforge.inference.pipelines import Loaded, PipelineError
 from bertforge.precision import InferencePrecision
+
+if TYPE_CHECKING:
+    from bertforge.inference.metrics import BatcherSnapshot, Metrics
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -135,49 +139,91 @@ def attention_map(loaded: Loaded, text: str, pair: str | None, layer: int, head:
 
 
 # ----- the app ----------------------------------------------------------------------------------------------
+@dataclass
+class _Service:
+    """What every route shares: the loaded model, the limits, and the micro-batcher the app's lifespan runs."""
+
+    loaded: Loaded
+    limits: Limits
+    batcher: MicroBatcher | None = None  # None outside the app's lifespan
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        limits = self.limits
+        self.batcher = MicroBatcher(lambda key, items: _run_batch(self.loaded, key, items),
+                                    max_items=limits.max_batch_texts, max_wait_s=limits.max_wait_ms / 1000,
+                                    max_queue=limits.max_queue)
+        self.batcher.start()
+        yield
+        await self.batcher.stop()
+
+    def batcher_now(self) -> BatcherSnapshot:
+        """The queue depth and batch counters for /metrics (zeros before the batcher starts)."""
+        from bertforge.inference.metrics import BatcherSnapshot
+
+        if self.batcher is None:
+            return BatcherSnapshot()
+        return BatcherSnapshot(self.batcher.depth(), self.batcher.stats.batches, self.batcher.stats.items)
+
+    def check_texts(self, texts: list[str], what: str = "texts") -> None:
+        """413 for too many or too long texts, 422 for an empty one, before anything reaches the model."""
+        limits = self.limits
+        if len(texts) > limits.max_texts:
+            raise ApiError(413, f"{len(texts)} {what} in one request; the limit is {limits.max_texts}")
+        for i, t in enumerate(texts):
+            if len(t) > limits.max_chars:
+                raise ApiError(413, f"{what}[{i}] has {len(t)} characters; the limit is {limits.max_chars}")
+            if not t.strip():
+                raise ApiError(422, f"{what}[{i}] is empty")
+
+    async def batched(self, key: Hashable, items: list) -> list:
+        """The model's answers for `items`, micro-batched with other requests of the same `key`."""
+        try:
+            return await asyncio.wait_for(self.batcher.submit(key, items), self.limits.timeout_s)
+        except Overloaded as exc:
+            raise ApiError(503, "server overloaded, retry later", str(exc)) from None
+        except TimeoutError:
+            raise ApiError(503, f"request timed out after {self.limits.timeout_s} s") from None
+        except PipelineError as exc:
+            raise ApiError(422, str(exc)) from None
+
+
 def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = None):
     """The FastAPI application for one loaded model (`app.state.limits` holds `limits` for `uvicorn_config`).
     `name` is the model's name in the OpenAI API (default: its folder's name)."""
     require_serve_extra()
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from fastapi import FastAPI
 
-    from bertforge.inference import openai_api
     from bertforge.inference.guards import RequestGuard
-    from bertforge.inference.metrics import BatcherSnapshot, Metrics
+    from bertforge.inference.metrics import Metrics
 
-    state: dict[str, MicroBatcher] = {}
-    config = loaded.predictor.encoder.config
-
-    def batcher_now() -> BatcherSnapshot:
-        batcher = state.get("batcher")
-        if batcher is None:
-            return BatcherSnapshot()
-        return BatcherSnapshot(batcher.depth(), batcher.stats.batches, batcher.stats.items)
-
-    metrics = Metrics(batcher_now)
-
-    async def lifespan(app):
-        batcher = MicroBatcher(lambda key, items: _run_batch(loaded, key, items),
-                               max_items=limits.max_batch_texts, max_wait_s=limits.max_wait_ms / 1000,
-                               max_queue=limits.max_queue)
-        batcher.start()
-        state["batcher"] = batcher
-        yield
-        await batcher.stop()
-
-    app = FastAPI(title="bertforge", version="0.1.0", lifespan=lifespan,
+    service = _Service(loaded, limits)
+    metrics = Metrics(service.batcher_now)
+    app = FastAPI(title="bertforge", version="0.1.0", lifespan=service.lifespan,
                   description=f"{loaded.architecture} from {loaded.directory}; tasks: {', '.join(loaded.tasks)}")
     app.state.limits = limits
     # Outside FastAPI's own exception handling: it reads every body (413/408), labels metrics by route, and is
     # the one place an unexpected exception is logged (once) and answered 500.
     app.add_middleware(RequestGuard, routes=app.router.routes, max_body_bytes=limits.max_body_bytes,
                        body_timeout_s=limits.body_timeout_s, observe=metrics.observe)
+    _add_error_handlers(app)
+    _add_service_routes(app, service, metrics)
+    _add_task_routes(app, service, openai_name=name or loaded.directory.name)
+    _add_attention_route(app, service)
+    return app
+
+
+def _add_error_handlers(app) -> None:
+    """Every error as JSON {"error", "detail"}; under /v1 in OpenAI's shape, which OpenAI clients read."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from bertforge.inference import openai_api
 
     def error(request: Request, status: int, message: str, detail: Any = None) -> JSONResponse:
-        if request.url.path.startswith(openai_api.PREFIX):  # OpenAI clients read OpenAI's error shape
+        if request.url.path.startswith(openai_api.PREFIX):
             return openai_api.error_response(status, message, detail)
         return JSONResponse({"error": message, "detail": detail}, status_code=status)
 
@@ -196,35 +242,23 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = 
             return error(request, 422, "request body is not valid UTF-8 JSON", str(exc.detail))
         return error(request, exc.status_code, str(exc.detail))
 
-    def check_texts(texts: list[str], what: str = "texts") -> None:
-        if len(texts) > limits.max_texts:
-            raise ApiError(413, f"{len(texts)} {what} in one request; the limit is {limits.max_texts}")
-        for i, t in enumerate(texts):
-            if len(t) > limits.max_chars:
-                raise ApiError(413, f"{what}[{i}] has {len(t)} characters; the limit is {limits.max_chars}")
-            if not t.strip():
-                raise ApiError(422, f"{what}[{i}] is empty")
 
-    async def batched(key: Hashable, items: list) -> list:
-        try:
-            return await asyncio.wait_for(state["batcher"].submit(key, items), limits.timeout_s)
-        except Overloaded as exc:
-            raise ApiError(503, "server overloaded, retry later", str(exc)) from None
-        except TimeoutError:
-            raise ApiError(503, f"request timed out after {limits.timeout_s} s") from None
-        except PipelineError as exc:
-            raise ApiError(422, str(exc)) from None
+def _add_service_routes(app, service: _Service, metrics: Metrics) -> None:
+    """GET /health, /info, /metrics and / (the web page): the service itself, not the model's tasks."""
+    from fastapi.responses import FileResponse, Response
+
+    loaded, config = service.loaded, service.loaded.predictor.encoder.config
 
     @app.get("/health")
     async def health() -> dict:
-        batcher = state.get("batcher")
+        batcher = service.batcher
         return {"status": "ok", "queue": batcher.depth() if batcher else 0, "tasks": list(loaded.tasks)}
 
     @app.get("/info")
     async def info() -> dict:
         return {"architecture": loaded.architecture, "tasks": list(loaded.tasks), "num_layers": config.num_layers,
                 "num_heads": config.num_heads, "hidden_size": config.hidden_size,
-                "mask_token": "[MASK]", "limits": limits.__dict__}
+                "mask_token": "[MASK]", "limits": service.limits.__dict__}
 
     @app.get("/metrics", response_class=Response)
     async def prometheus():
@@ -233,6 +267,13 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = 
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "index.html")
+
+
+def _add_task_routes(app, service: _Service, *, openai_name: str) -> None:
+    """POST /fill-mask, /embed (with OpenAI's /v1 routes), /classify, /ner, /qa: those the model supports."""
+    from bertforge.inference import openai_api
+
+    loaded, check_texts, batched = service.loaded, service.check_texts, service.batched
 
     if "fill-mask" in loaded.tasks:
         @app.post("/fill-mask")
@@ -252,7 +293,7 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = 
             settings = loaded.sentence.with_options(normalize=body.normalize)
             return await batched(("embed", settings.pooling, settings.normalize, "text"), body.texts)
 
-        openai_api.add_openai_routes(app, loaded, name=name or loaded.directory.name, limits=limits,
+        openai_api.add_openai_routes(app, loaded, name=openai_name, limits=service.limits,
                                      batched=batched, check_texts=check_texts)
 
     if "classify" in loaded.tasks:
@@ -284,17 +325,21 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = 
             check_texts(body.contexts, "contexts")
             return await batched(("qa",), list(zip(body.questions, body.contexts, strict=True)))
 
+
+def _add_attention_route(app, service: _Service) -> None:
+    """POST /attention, for every model: one layer and head's attention map, as the web page draws it."""
+    config, limits = service.loaded.predictor.encoder.config, service.limits
+
     @app.post("/attention")
     async def attention(body: AttentionIn) -> dict:
         """Attention probabilities of one layer and head for one text (first 128 tokens)."""
-        check_texts([body.text] + ([body.pair] if body.pair is not None else []), "text")
+        service.check_texts([body.text] + ([body.pair] if body.pair is not None else []), "text")
         if body.layer >= config.num_layers or body.head >= config.num_heads:
             raise ApiError(422, f"layer must be < {config.num_layers} and head < {config.num_heads}")
         return await asyncio.wait_for(
-            state["batcher"].run_alone(lambda: attention_map(loaded, body.text, body.pair, body.layer, body.head)),
+            service.batcher.run_alone(
+                lambda: attention_map(service.loaded, body.text, body.pair, body.layer, body.head)),
             limits.timeout_s)
-
-    return app
 
 
 def uvicorn_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"):
