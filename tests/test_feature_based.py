@@ -22,6 +22,7 @@ from bertforge.analysis.feature_based import (
 )
 from bertforge.checkpoint import load_model, save_model
 from bertforge.config import BertConfig
+from bertforge.data.tables import DataError
 from bertforge.model import BertModel
 from bertforge.tasks.ner import TokenClassification
 from bertforge.tokenizer import BertTokenizer
@@ -142,3 +143,15 @@ def test_tagger_on_frozen_features_learns_first_subtoken_tags(tiny_model, tmp_pa
     details = json.loads(output.with_suffix(".json").read_text(encoding="utf-8"))
     assert details["finetune"]["f1"] == 0.9 and details["strategies"][0]["metrics"]["PER_f1"] >= 0.95
     assert len(rows) == 1 + 1 + 3 and rows[0].startswith("strategy,layers used,test F1")
+
+
+def test_read_sentences_fits_tags_on_the_training_slice_and_names_unseen_ones(tmp_path):
+    (tmp_path / "train.txt").write_text(conll_sentences(20, 1), encoding="utf-8")
+    (tmp_path / "test.txt").write_text(conll_sentences(5, 2) + "\nParis X X B-LOC\n", encoding="utf-8")
+    task = TokenClassification()
+    with pytest.raises(DataError, match=r"test\.txt: tags \['B-LOC'\] never occur in the first 20 .*--max-train"):
+        feature_based.read_sentences(task, tmp_path, max_train_examples=None, eval_split="test")
+    (tmp_path / "valid.txt").write_text(conll_sentences(5, 3), encoding="utf-8")
+    train, valid = feature_based.read_sentences(task, tmp_path, max_train_examples=7, eval_split="valid")
+    assert (len(train), len(valid)) == (7, 5)
+    assert set(task.label_names) >= {t for s in train for t in s.tags} and "B-PER" in task.label_names

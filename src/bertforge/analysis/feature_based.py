@@ -316,7 +316,6 @@ def run(
             type too) and each epoch's loss are written next to it.
     """
     from bertforge.checkpoint import load_model
-    from bertforge.data.tables import DataError
     from bertforge.pretrained import resolve_model
     from bertforge.tokenizer import BertTokenizer
 
@@ -330,16 +329,8 @@ def run(
     lstm_hidden = lstm_hidden or max(64, round(2 * config.hidden_size / 3 / 64) * 64)
 
     task = TokenClassification()
-    train_sentences = task.read(Path(data_dir) / "train.txt")
-    train_sentences = train_sentences[:max_train_examples] if max_train_examples else train_sentences
-    eval_sentences = task.read(Path(data_dir) / f"{eval_split}.txt")
-    if not train_sentences or not eval_sentences:
-        raise DataError(f"{data_dir}: train.txt or {eval_split}.txt holds no sentences")
-    task.fit_labels(train_sentences)
-    unseen = sorted({t for s in eval_sentences for t in s.tags} - set(task.label_names))
-    if unseen:
-        raise DataError(f"{data_dir}/{eval_split}.txt: tags {unseen} never occur in the first {len(train_sentences)} "
-                        "training sentences; raise --max-train-examples")
+    train_sentences, eval_sentences = read_sentences(task, Path(data_dir), max_train_examples=max_train_examples,
+                                                     eval_split=eval_split)
     train_features = task.features(train_sentences, tokenizer, max_seq_length=max_length, train=True)
     eval_features = task.features(eval_sentences, tokenizer, max_seq_length=max_length)
 
@@ -359,20 +350,45 @@ def run(
                                   eval_sentences, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                   seed=seed))
 
-    source = str(finetune_metrics) if finetune_metrics else "no --finetune-metrics given"
-    finetune = finetune_f1(finetune_metrics) if finetune_metrics else None
-    header, rows = results_table(results, finetune=finetune, finetune_source=source, split=eval_split)
-    lines = [f"CoNLL-2003 {eval_split} entity F1 (conlleval, × 100), model {model} "
+    title = (f"CoNLL-2003 {eval_split} entity F1 (conlleval, × 100), model {model} "
              f"(L={config.num_layers}, H={config.hidden_size}), frozen; tagger trained on the first "
              f"{len(train_sentences)} training sentences, {epochs} epochs, batch {batch_size}, "
-             f"Adam lr {learning_rate}, BiLSTM {lstm_hidden} units per direction", "",
-             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * 4 + "---|"]
+             f"Adam lr {learning_rate}, BiLSTM {lstm_hidden} units per direction")
+    report(results, title, split=eval_split, finetune_metrics=finetune_metrics, output=output)
+    return results
+
+
+def read_sentences(task: TokenClassification, data_dir: Path, *, max_train_examples: int | None,
+                   eval_split: str) -> tuple[list, list]:
+    """The training sentences (the first `max_train_examples`) and those of `eval_split`, with `task`'s tags
+    fitted on the training ones; an evaluation tag the training sentences never show is an error."""
+    from bertforge.data.tables import DataError
+
+    train_sentences = task.read(data_dir / "train.txt")
+    train_sentences = train_sentences[:max_train_examples] if max_train_examples else train_sentences
+    eval_sentences = task.read(data_dir / f"{eval_split}.txt")
+    if not train_sentences or not eval_sentences:
+        raise DataError(f"{data_dir}: train.txt or {eval_split}.txt holds no sentences")
+    task.fit_labels(train_sentences)
+    unseen = sorted({t for s in eval_sentences for t in s.tags} - set(task.label_names))
+    if unseen:
+        raise DataError(f"{data_dir}/{eval_split}.txt: tags {unseen} never occur in the first {len(train_sentences)} "
+                        "training sentences; raise --max-train-examples")
+    return train_sentences, eval_sentences
+
+
+def report(results: Sequence[HeadResult], title: str, *, split: str, finetune_metrics: Path | None,
+           output: Path | None) -> None:
+    """Print the comparison as a markdown table under `title`; with `output`, write it and its CSV and JSON."""
+    source = str(finetune_metrics) if finetune_metrics else "no --finetune-metrics given"
+    finetune = finetune_f1(finetune_metrics) if finetune_metrics else None
+    header, rows = results_table(results, finetune=finetune, finetune_source=source, split=split)
+    lines = [title, "", "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * 4 + "---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     text = "\n".join(lines)
     print(text)
     if output is not None:
         write_results(Path(output), text, header, rows, results, finetune)
-    return results
 
 
 def train_head(tagger: FeatureTagger, task: TokenClassification, train: tuple, evaluation: tuple,
