@@ -105,6 +105,38 @@ def fill_mask(model: BertForPreTraining, tokenizer: BertTokenizer, text: str, to
     return [t["token"] for t in first_mask]
 
 
+def corpus_files(files: list[Path] | None, output_dir: Path, *, max_modules: int | None) -> list[Path]:
+    """The user's `files`, or the built-in corpus written to output_dir/corpus (its first `max_modules`)."""
+    if files:
+        files = list(files)
+        print(f"corpus: {', '.join(map(str, files))}")
+        return files
+    documents = builtin_documents(max_modules)
+    path = write_corpus(documents, output_dir / "corpus" / "python_docs.txt")
+    print(f"corpus: {len(documents):,} documents from Python's own documentation and docstrings "
+          f"({path.stat().st_size / 1e6:.1f} MB) -> {path}")
+    return [path]
+
+
+def compare_fill_mask(cfg: PretrainConfig, model_dir: Path, tokenizer: BertTokenizer, *,
+                      seed: int) -> tuple[BertForPreTraining, list[dict]]:
+    """The trained model (read back from `model_dir`) and its FILL_MASK answers beside an untrained one's."""
+    from bertforge.checkpoint import load_hf_state_dict, read_weights
+
+    trained = build_model(cfg, tokenizer.vocab_size)
+    load_hf_state_dict(trained, read_weights(model_dir)[0])
+    torch.manual_seed(seed)
+    untrained = build_model(cfg, tokenizer.vocab_size)
+    predictions = []
+    print("\nfill-mask (top 5), trained vs untrained:")
+    for text, expected in FILL_MASK:
+        row = {"text": text, "expected": expected, "trained": fill_mask(trained, tokenizer, text),
+               "untrained": fill_mask(untrained, tokenizer, text)}
+        predictions.append(row)
+        print(f"  {text}\n    trained:   {' '.join(row['trained'])}\n    untrained: {' '.join(row['untrained'])}")
+    return trained, predictions
+
+
 def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, max_minutes: float = 10.0,
         size: Literal["small", "tiny"] = "small", steps: int | None = None, threads: int | None = None,
         seed: int = 0) -> dict:
@@ -128,14 +160,7 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
         torch.set_num_threads(threads)
     output_dir = Path(output_dir)
     spec = SIZES[size]
-    if files:
-        files = list(files)
-        print(f"corpus: {', '.join(map(str, files))}")
-    else:
-        documents = builtin_documents(spec.max_modules)
-        files = [write_corpus(documents, output_dir / "corpus" / "python_docs.txt")]
-        print(f"corpus: {len(documents):,} documents from Python's own documentation and docstrings "
-              f"({files[0].stat().st_size / 1e6:.1f} MB) -> {files[0]}")
+    files = corpus_files(files, output_dir, max_modules=spec.max_modules)
     tokenizer = BertTokenizer.train(files, vocab_size=spec.vocab_size)
     print(f"WordPiece vocabulary: {tokenizer.vocab_size:,} tokens")
     prepared = prepare_corpus(files, output_dir / "data", tokenizer, heldout_every=20, progress=False,
@@ -155,20 +180,7 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
     result = train(cfg)
     final_step = max(result.evaluations)
     before, after = result.evaluations[0], result.evaluations[final_step]
-
-    from bertforge.checkpoint import load_hf_state_dict, read_weights
-
-    trained = build_model(cfg, tokenizer.vocab_size)
-    load_hf_state_dict(trained, read_weights(result.model_dir)[0])
-    torch.manual_seed(seed)
-    untrained = build_model(cfg, tokenizer.vocab_size)
-    predictions = []
-    print("\nfill-mask (top 5), trained vs untrained:")
-    for text, expected in FILL_MASK:
-        row = {"text": text, "expected": expected, "trained": fill_mask(trained, tokenizer, text),
-               "untrained": fill_mask(untrained, tokenizer, text)}
-        predictions.append(row)
-        print(f"  {text}\n    trained:   {' '.join(row['trained'])}\n    untrained: {' '.join(row['untrained'])}")
+    trained, predictions = compare_fill_mask(cfg, result.model_dir, tokenizer, seed=seed)
 
     report = {
         "corpus": [str(f) for f in files], "tokens": counts, "vocab_size": tokenizer.vocab_size,
