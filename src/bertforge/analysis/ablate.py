@@ -300,7 +300,8 @@ def run(
     write ablation.md, ablation.csv and ablation.png.
 
     Args:
-        output_dir: Run folder (resumable): data/, pretrain/<variant>/, finetune/<variant>/<task>.json.
+        output_dir: Run folder (resumable): data/, pretrain/<variant>/, finetune/<variant>/<task>.json (and the
+            SQuAD title lists it was fine-tuned with).
         budget: Pre-training tokens per variant (padding included), e.g. 2M, 500k; steps = budget / (batch x length).
         groups: Which groups of variants: objectives (Table 5), positions, sizes (Table 6). Default: all.
         variants: Or name the variants (e.g. bert no_nsp ltr ltr_bilstm pos_rope size_mini).
