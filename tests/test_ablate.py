@@ -12,8 +12,6 @@ import pytest
 import torch
 
 from bertforge.analysis.ablate import (
-    BiLSTMOnTop,
-    LeftToRight,
     Variant,
     _same_settings,
     choose_variants,
@@ -21,6 +19,7 @@ from bertforge.analysis.ablate import (
     parse_tokens,
     run,
 )
+from bertforge.analysis.ablation_models import BiLSTMOnTop, LeftToRight
 from bertforge.config import BertConfig
 from bertforge.data.pretraining import PreTrainingBatch
 from bertforge.heads import BertForSequenceClassification, BertLMHeadModel
@@ -174,6 +173,12 @@ def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     assert "| LTR & No NSP + BiLSTM |" in table.read_text(encoding="utf-8")
     # The ltr pre-training is shared by two rows, and a second call redoes nothing.
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["bert", "ltr", "pos_rope", "scratch"]
+    # SQuAD is fine-tuned as `bertforge finetune --titles --eval-titles` would be, on the agreed split.
+    titles = out / "finetune" / "bert"
+    assert (titles / "squad_train_titles.txt").read_text(encoding="utf-8") == "Python\n"
+    assert (titles / "squad_eval_titles.txt").read_text(encoding="utf-8") == "Kenya\n"
+    record = json.loads((titles / "squad.json").read_text(encoding="utf-8"))
+    assert record["eval_examples"] == 2 and {"exact_match", "f1"} <= set(record["metrics"])
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
     run(**options)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps

@@ -11,13 +11,16 @@ the same downstream tasks with the same recipe, and one table (markdown + CSV) a
 - model size (§5.2, Table 6): the presets tiny -> mini -> small at equal tokens, held-out MLM perplexity
   and downstream scores.
 
+The job is composed from the others: the corpus is cut by data/excerpt.py, each variant is pre-trained by
+`pretrain.train` and fine-tuned with the finetune job's task family, features and loop; the two extra
+fine-tuning models live in ablation_models.py, the table and the plot in ablation_report.py.
+
 The run folder is resumable: a finished pre-training or fine-tuning is skipped when its settings match,
-an interrupted pre-training continues from its last checkpoint. Shapes: B = batch, T = tokens, H = hidden.
+an interrupted pre-training continues from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -28,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from bertforge.analysis.ablation_models import BiLSTMOnTop, LeftToRight
+from bertforge.analysis.ablation_report import TASK_COLUMNS, score, write_report
 from bertforge.files import write_text_atomic
-from bertforge.model.encoder import BertOutput
-from bertforge.model.pooler import last_real_token
 
 log = logging.getLogger(__name__)
 
@@ -74,60 +76,6 @@ VARIANTS: dict[str, list[Variant]] = {
         Variant("size_small", "size: small (4L, H=512)", preset="small"),
     ],
 }
-
-# BERT-base dev results of the paper's Table 5 (MRPC is accuracy there; SQuAD v1.1 is F1).
-PAPER_TABLE5 = {
-    "bert": {"sst2": 92.7, "mrpc": 86.7, "squad": 88.5},
-    "no_nsp": {"sst2": 92.6, "mrpc": 86.5, "squad": 87.9},
-    "ltr": {"sst2": 92.1, "mrpc": 77.5, "squad": 77.8},
-    "ltr_bilstm": {"sst2": 91.6, "mrpc": 75.7, "squad": 84.9},
-}
-
-
-# ----- fine-tuning modules the ablation needs -----------------------------------------------------
-class LeftToRight(nn.Module):
-    """Runs a task model's encoder left to right (causal attention) at fine-tuning too: the paper keeps
-    the left-only constraint there, since removing it would mismatch pre-training. The pooled output is
-    then the last real token's state, the only one that has seen the whole input."""
-
-    def __init__(self, task_model: nn.Module) -> None:
-        super().__init__()
-        self.task_model = task_model
-        self.config = task_model.config
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags):
-        return self.task_model(input_ids, attention_mask, token_type_ids, causal=True, **encoder_flags)
-
-
-class BiLSTMOnTop(nn.Module):
-    """An encoder followed by a randomly initialised one-layer BiLSTM (H/2 units each way, so the task
-    head keeps its input size): the paper's "+ BiLSTM" row, which gives an LTR model right context.
-
-    The pooled output joins the forward direction at the last real token and the backward direction at
-    the first token: both have read the whole input."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        hidden = encoder.config.hidden_size
-        if hidden % 2:
-            raise ValueError(f"BiLSTMOnTop needs an even hidden size, got {hidden}")
-        self.encoder = encoder
-        self.config = encoder.config
-        self.lstm = nn.LSTM(hidden, hidden // 2, batch_first=True, bidirectional=True)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> BertOutput:
-        enc = self.encoder(input_ids, attention_mask, token_type_ids, **encoder_flags)
-        x = enc.sequence_output  # [B, T, H]
-        batch, seq_len, hidden = x.shape
-        lengths = attention_mask.sum(dim=1) if attention_mask is not None else torch.full((batch,), seq_len)
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        states, _ = self.lstm(packed)
-        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=seq_len)  # [B, T, H]
-        half = hidden // 2
-        pooled = torch.cat([last_real_token(states, attention_mask)[:, :half], states[:, 0, half:]], dim=-1)
-        return BertOutput(sequence_output=states, pooled_output=pooled, hidden_states=enc.hidden_states,
-                          attentions=enc.attentions)
-
 
 # ----- settings -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -171,37 +119,23 @@ def parse_tokens(budget: str | int) -> int:
 
 # ----- the corpus ---------------------------------------------------------------------------------
 def prepare(corpus: Sequence[Path], output_dir: Path, *, max_documents: int, vocab_size: int):
-    """The first `max_documents` documents -> a WordPiece vocabulary of `vocab_size` -> shards (cached)."""
-    from bertforge.data.corpus import corpus_files, iter_documents
-    from bertforge.data.shards import PreparedCorpus, prepare_corpus
-    from bertforge.tokenizer import BertTokenizer
+    """The run folder's corpus (data/excerpt.py), prepared once: every variant must see the same one."""
+    from bertforge.data.excerpt import prepare_excerpt
+    from bertforge.data.shards import PreparedCorpus
 
-    data_dir = output_dir / "data"
     wanted = {"corpus": [str(c) for c in corpus], "max_documents": max_documents, "vocab_size": vocab_size}
     settings_file = output_dir / "corpus.json"
-    if (data_dir / "meta.json").is_file():
+    if (output_dir / "data" / "meta.json").is_file():
         if settings_file.is_file():
             held = json.loads(settings_file.read_text(encoding="utf-8"))
             if held != wanted:
                 raise ValueError(f"{settings_file}: this run folder's corpus was prepared with {held}, not {wanted}; "
                                  "every variant must see the same corpus, so pass a new --output-dir (or the old "
                                  "settings)")
-        return PreparedCorpus.open(data_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    text_file = output_dir / "corpus.txt"
-    if not text_file.is_file():
-        documents = []
-        for i, document in enumerate(iter_documents(corpus_files(corpus))):
-            if i >= max_documents:
-                break
-            documents.append("\n".join(document))
-        write_text_atomic(text_file, "\n\n".join(documents) + "\n")
-    count = text_file.read_text(encoding="utf-8").count("\n\n") + 1
-    tokenizer = BertTokenizer.train([text_file], vocab_size=vocab_size)
+        return PreparedCorpus.open(output_dir / "data")
+    prepared = prepare_excerpt(corpus, output_dir, max_documents=max_documents, vocab_size=vocab_size)
     write_text_atomic(settings_file, json.dumps(wanted, indent=2) + "\n")
-    # ~2% of the documents held out (at least one in 5 for a small corpus) for the perplexity column.
-    return prepare_corpus([text_file], data_dir, tokenizer, heldout_every=min(50, max(5, count // 10)),
-                          progress=False, shard_tokens=1 << 22)
+    return prepared
 
 
 # ----- one variant --------------------------------------------------------------------------------
@@ -249,58 +183,69 @@ def _untrained(cfg, data_dir: Path, run_dir: Path, wanted: dict, summary_file: P
     return summary
 
 
-def task_data(task_name: str, task, data_root: Path, settings: FinetuneSettings) -> tuple[list, list]:
-    """(training examples, evaluation examples): SST-2 and MRPC train/dev, SQuAD v1.1 on the agreed split."""
-    if task_name == "sst2":
-        return (task.read(data_root / "glue" / "SST-2" / "train.tsv")[: settings.sst2_examples],
-                task.read(data_root / "glue" / "SST-2" / "dev.tsv"))
-    if task_name == "mrpc":
-        return task.read(data_root / "glue" / "MRPC" / "train.tsv"), task.read(data_root / "glue" / "MRPC" / "dev.tsv")
-    if task_name == "squad":
-        from bertforge.tasks.qa import agreed_split
+def task_data(task_name: str, data_root: Path, settings: FinetuneSettings, titles_dir: Path) -> tuple:
+    """(DataSettings, training file, validation file) of the finetune job for one ablation task: SST-2 and MRPC
+    train/dev, SQuAD v1.1 on the agreed split, whose two title lists are written to `titles_dir` (the same files
+    `bertforge finetune --titles ... --eval-titles ...` takes, as in configs/finetune_squad.yaml)."""
+    from bertforge.training.finetune import DataSettings
 
-        train, evaluation = agreed_split(task.read(data_root / "squad" / "dev-v1.1.reconstructed.json"))
-        return train[: settings.squad_train_questions], evaluation[: settings.squad_eval_questions]
+    if task_name in ("sst2", "mrpc"):
+        folder = data_root / "glue" / {"sst2": "SST-2", "mrpc": "MRPC"}[task_name]
+        limit = settings.sst2_examples if task_name == "sst2" else None
+        return DataSettings(max_train_examples=limit), folder / "train.tsv", folder / "dev.tsv"
+    if task_name == "squad":
+        from bertforge.tasks.qa import AGREED_EVAL_TITLES, read_squad
+
+        path = data_root / "squad" / "dev-v1.1.reconstructed.json"
+        every_title = dict.fromkeys(e.title for e in read_squad(path))  # file order, once each
+        titles = {"train": [t for t in every_title if t not in AGREED_EVAL_TITLES],
+                  "eval": [t for t in every_title if t in AGREED_EVAL_TITLES]}
+        files = {split: titles_dir / f"squad_{split}_titles.txt" for split in titles}
+        for split, names in titles.items():
+            write_text_atomic(files[split], "".join(f"{name}\n" for name in names))
+        return (DataSettings(titles=files["train"], eval_titles=files["eval"],
+                             max_train_examples=settings.squad_train_questions,
+                             max_eval_examples=settings.squad_eval_questions), path, path)
     raise ValueError(f"unknown ablation task {task_name!r}; choose from sst2, mrpc, squad")
 
 
 def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path, settings: FinetuneSettings,
              result_file: Path) -> dict:
-    """Fine-tune one pre-trained variant on one task; returns the best epoch's evaluation (cached)."""
+    """Fine-tune one pre-trained variant on one task with the finetune job's own pieces (its task family,
+    features and training loop); returns the best epoch's evaluation (cached). Nothing is saved but the scores."""
     from bertforge.checkpoint import load_model
-    from bertforge.tasks.registry import family
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.training.finetune_loop import EvalSet, TrainSettings, seed_everything, train
+    from bertforge.training.finetune import InputSettings, read_features, task_family, with_dropout
+    from bertforge.training.finetune_loop import TrainSettings, seed_everything, train
 
     wanted = {"variant": dataclasses.asdict(variant), **dataclasses.asdict(settings)}
     if result_file.is_file():
         cached = json.loads(result_file.read_text(encoding="utf-8"))
         if _same_settings(cached.get("settings"), wanted):
             return cached
-    squad = task_name == "squad"
-    max_seq_length = settings.squad_max_seq_length if squad else 128
-    task = family(task_name, doc_stride=settings.squad_doc_stride)
+    data, train_path, eval_path = task_data(task_name, data_root, settings, result_file.parent)
+    inputs = InputSettings(max_length=settings.squad_max_seq_length if task_name == "squad" else 128,
+                           stride=settings.squad_doc_stride)
+    # Dropout 0, as every variant was pre-trained: a short run on little data gains nothing from it.
+    training = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
+                             learning_rate=settings.learning_rate, dropout=0.0, seed=settings.seed)
+    task = task_family(task_name, data, inputs)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
-    train_examples, eval_examples = task_data(task_name, task, data_root, settings)
-    task.fit_labels(train_examples)
-    train_features = task.features(train_examples, tokenizer, max_seq_length=max_seq_length, train=True)
-    eval_set = EvalSet("dev", eval_examples, task.features(eval_examples, tokenizer, max_seq_length=max_seq_length))
+    train_features, eval_sets = read_features(task, tokenizer, data, inputs.max_length, train_path, [eval_path])
 
-    seed_everything(settings.seed)
-    net = load_model(model_dir, task.model_class, **task.model_kwargs())
+    seed_everything(training.seed)  # the new head's initial weights depend on the seed too
+    net = with_dropout(load_model(model_dir, task.model_class, **task.model_kwargs()), training.dropout)
     if variant.bilstm:
         net.bert = BiLSTMOnTop(net.bert)
     if variant.objective == "ltr":
         net = LeftToRight(net)
     started = time.perf_counter()
-    training = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
-                             learning_rate=settings.learning_rate, seed=settings.seed)
-    result = train(net, task, train_features, [eval_set], pad_id=tokenizer.pad_id, settings=training, progress=False)
-    best = result.history[result.best_epoch - 1]
-    record = {"settings": wanted, "task": task_name, "train_examples": len(train_examples),
-              "eval_examples": len(eval_examples), "best_epoch": result.best_epoch,
+    result = train(net, task, train_features, eval_sets, pad_id=tokenizer.pad_id, settings=training, progress=False)
+    best, prefix = result.history[result.best_epoch - 1], f"{eval_sets[0].name}/"
+    record = {"settings": wanted, "task": task_name, "train_features": len(train_features),
+              "eval_examples": len(eval_sets[0].examples), "best_epoch": result.best_epoch,
               "seconds": round(time.perf_counter() - started, 1),
-              "metrics": {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("dev/")}}
+              "metrics": {k.removeprefix(prefix): v for k, v in best.items() if k.startswith(prefix)}}
     write_text_atomic(result_file, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -324,108 +269,6 @@ def _same_settings(cached: dict | None, wanted: dict) -> bool:
         if name not in held and value == defaults.get(name, dataclasses.MISSING):
             held[name] = value
     return {**cached, "variant": held} == wanted
-
-
-# ----- the table and the plot ---------------------------------------------------------------------
-PERCENT_METRICS = {"squad"}  # tasks whose metrics are already x 100 (the official SQuAD script's scale)
-TASK_COLUMNS = {  # task -> [(metric key, column title)]
-    "sst2": [("accuracy", "SST-2 acc")],
-    "mrpc": [("f1", "MRPC F1"), ("accuracy", "MRPC acc")],
-    "squad": [("exact_match", "SQuAD EM"), ("f1", "SQuAD F1")],
-}
-
-
-def score(task: str, value: float) -> float:
-    """A metric on the 0-100 scale."""
-    return value if task in PERCENT_METRICS else 100 * value
-
-
-def table_rows(rows: list[dict], tasks: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["variant", "objective", "positions", "preset", "parameters", "pre-training tokens",
-              "held-out MLM acc", "held-out MLM ppl", "held-out NSP acc"]
-    for task in tasks:
-        header += [title for _, title in TASK_COLUMNS[task]]
-    header += [f"paper {TASK_COLUMNS[t][-1][1] if t != 'mrpc' else 'MRPC acc'}" for t in tasks]
-    body = []
-    for row in rows:
-        variant, heldout = row["variant"], row["pretrain"]["heldout"]
-        lm = variant.objective == "ltr"
-        cells = [variant.label, variant.objective, variant.position, variant.preset, f"{row['parameters']:,}",
-                 f"{row['pretrain']['tokens']:,}",
-                 "—" if lm or "mlm_accuracy" not in heldout else f"{100 * heldout['mlm_accuracy']:.1f}",
-                 "—" if "mlm_loss" not in heldout
-                 else f"{math.exp(heldout['mlm_loss']):.1f}" + (" (next-token)" if lm else ""),
-                 f"{100 * heldout['nsp_accuracy']:.1f}" if heldout.get("nsp_accuracy") is not None else "—"]
-        for task in tasks:
-            result = row["tasks"].get(task, {})
-            metrics, std = result.get("metrics", {}), result.get("std", {})
-            cells += [("—" if key not in metrics else f"{score(task, metrics[key]):.1f}" +
-                       (f" ± {score(task, std[key]):.1f}" if key in std else "")) for key, _ in TASK_COLUMNS[task]]
-        paper = PAPER_TABLE5.get(variant.name, {})
-        cells += [f"{paper[t]:.1f}" if t in paper else "" for t in tasks]
-        body.append(cells)
-    return header, body
-
-
-def write_report(rows: list[dict], tasks: Sequence[str], report_dir: Path, preamble: str) -> dict[str, Path]:
-    header, body = table_rows(rows, tasks)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    lines = [preamble, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    paths = {"markdown": report_dir / "ablation.md", "csv": report_dir / "ablation.csv",
-             "plot": report_dir / "ablation.png"}
-    write_text_atomic(paths["markdown"], "\n".join(lines) + "\n")
-    with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(body)
-    plot(rows, tasks, paths["plot"])
-    return paths
-
-
-def plot(rows: list[dict], tasks: Sequence[str], path: Path) -> Path:
-    """One panel per task (its main metric), one bar per variant, the paper's figure as a marker."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    main = {"sst2": ("accuracy", "SST-2 dev accuracy"), "mrpc": ("accuracy", "MRPC dev accuracy"),
-            "squad": ("f1", "SQuAD v1.1 (agreed split) F1")}
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 0.45 * len(rows) + 1.9), sharey=True,
-                             squeeze=False)
-    labels = [row["variant"].label for row in rows]
-    positions = range(len(rows))
-    for ax, task in zip(axes[0], tasks, strict=True):
-        key, title = main[task]
-        values = [score(task, row["tasks"].get(task, {}).get("metrics", {}).get(key, float("nan"))) for row in rows]
-        errors = [score(task, row["tasks"].get(task, {}).get("std", {}).get(key, 0.0)) for row in rows]
-        ax.barh(list(positions), values, color="#4C72B0", xerr=errors if any(errors) else None, capsize=3)
-        for y, value in zip(positions, values, strict=True):
-            if not math.isnan(value):
-                ax.text(value, y, f" {value:.1f}", va="center", fontsize=8)
-        paper = [PAPER_TABLE5.get(row["variant"].name, {}).get(task) for row in rows]
-        marked = [(p, y) for y, p in zip(positions, paper, strict=True) if p is not None]
-        if marked:
-            ax.scatter([p for p, _ in marked], [y for _, y in marked], marker="|", s=200, color="#C44E52",
-                       label="paper (BERT-base)", zorder=3)
-        floor = [v for row, v in zip(rows, values, strict=True) if not row["variant"].pretrained]
-        if floor and not math.isnan(floor[0]):
-            ax.axvline(floor[0], color="0.4", linestyle="--", linewidth=1, label="no pre-training")
-        ax.set_title(title, fontsize=10)
-        shown = [v for v in values + [p for p, _ in marked] if not math.isnan(v)]
-        low = max(0, 10 * math.floor((min(shown, default=0) - 3) / 10))  # zoom in: the differences are small
-        ax.set_xlim(low, 100)
-    axes[0][0].set_yticks(list(positions), labels, fontsize=8)
-    axes[0][0].invert_yaxis()
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    if handles:  # one legend for every panel, under them
-        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.35 / fig.get_figheight())
-        fig.legend(handles, names, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ----- the job ------------------------------------------------------------------------------------
@@ -457,7 +300,8 @@ def run(
     write ablation.md, ablation.csv and ablation.png.
 
     Args:
-        output_dir: Run folder (resumable): data/, pretrain/<variant>/, finetune/<variant>/<task>.json.
+        output_dir: Run folder (resumable): data/, pretrain/<variant>/, finetune/<variant>/<task>.json (and the
+            SQuAD title lists it was fine-tuned with).
         budget: Pre-training tokens per variant (padding included), e.g. 2M, 500k; steps = budget / (batch x length).
         groups: Which groups of variants: objectives (Table 5), positions, sizes (Table 6). Default: all.
         variants: Or name the variants (e.g. bert no_nsp ltr ltr_bilstm pos_rope size_mini).
@@ -500,30 +344,36 @@ def run(
           f"{max_length} = {pre.steps * batch_size * max_length:,} tokens")
 
     finetune_seeds = list(finetune_seeds or [FinetuneSettings.seed])
+    preamble = _preamble(pre, fine, prepared, budget, finetune_seeds, tasks)
     rows = []
     for variant in chosen:
-        print(f"[{variant.name}] pre-training: objective {variant.objective}, positions {variant.position}, "
-              f"preset {variant.preset}")
-        summary = pretrain(variant, prepared.directory, output_dir / "pretrain" / variant.pretrain_name, pre, threads)
-        model_dir = Path(summary["model_dir"])
-        row = {"variant": variant, "pretrain": summary, "parameters": _parameters(model_dir), "tasks": {}}
-        print(f"[{variant.name}] held-out: {summary['heldout']}")
-        for task in tasks:
-            records = []
-            for finetune_seed in finetune_seeds:
-                name = f"{task}.json" if finetune_seed == FinetuneSettings.seed else f"{task}-seed{finetune_seed}.json"
-                seeded = dataclasses.replace(fine, seed=finetune_seed)
-                records.append(finetune(variant, model_dir, task, data_root, seeded,
-                                        output_dir / "finetune" / variant.name / name))
-                print(f"[{variant.name}] {task} (seed {finetune_seed}): " + ", ".join(
-                    f"{k} {score(task, v):.2f}" for k, v in records[-1]["metrics"].items() if isinstance(v, float)))
-            row["tasks"][task] = over_seeds(records)
-        rows.append(row)
-        preamble = _preamble(pre, fine, prepared, budget, finetune_seeds, tasks)
+        rows.append(ablate_variant(variant, prepared.directory, output_dir, data_root, pre, fine, tasks,
+                                   finetune_seeds, threads))
         paths = write_report(rows, tasks, Path(report_dir or output_dir), preamble)  # updated after every row
     print(f"table: {paths['markdown']} and {paths['csv']}; plot: {paths['plot']}")
     print(paths["markdown"].read_text(encoding="utf-8"))
     return paths["markdown"]
+
+
+def ablate_variant(variant: Variant, data_dir: Path, output_dir: Path, data_root: Path, pre: PretrainSettings,
+                   fine: FinetuneSettings, tasks: Sequence[str], seeds: Sequence[int], threads: int | None) -> dict:
+    """Pre-train one variant, fine-tune it on every task with every seed: its row of the report."""
+    print(f"[{variant.name}] pre-training: objective {variant.objective}, positions {variant.position}, "
+          f"preset {variant.preset}")
+    summary = pretrain(variant, data_dir, output_dir / "pretrain" / variant.pretrain_name, pre, threads)
+    model_dir = Path(summary["model_dir"])
+    row = {"variant": variant, "pretrain": summary, "parameters": _parameters(model_dir), "tasks": {}}
+    print(f"[{variant.name}] held-out: {summary['heldout']}")
+    for task in tasks:
+        records = []
+        for seed in seeds:
+            name = f"{task}.json" if seed == FinetuneSettings.seed else f"{task}-seed{seed}.json"
+            records.append(finetune(variant, model_dir, task, data_root, dataclasses.replace(fine, seed=seed),
+                                    output_dir / "finetune" / variant.name / name))
+            print(f"[{variant.name}] {task} (seed {seed}): " + ", ".join(
+                f"{k} {score(task, v):.2f}" for k, v in records[-1]["metrics"].items() if isinstance(v, float)))
+        row["tasks"][task] = over_seeds(records)
+    return row
 
 
 def choose_variants(groups: list[str] | None, names: list[str] | None) -> list[Variant]:
