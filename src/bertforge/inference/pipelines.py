@@ -176,7 +176,7 @@ def qa(predictor: Predictor, questions: Sequence[str], contexts: Sequence[str], 
     """{answer, score, start, end} per (question, context): the best span over all windows.
 
     SQuAD decoding as `evaluate` does it (tasks/qa.py): contexts longer than one window of `max_length`
-    tokens are covered by windows starting every `stride` tokens (finetune's --doc-stride: the step, not
+    tokens are covered by windows starting every `stride` tokens (finetune's --stride: the step, not
     the overlap); spans are ranked by start + end logit over the n best, each token read in the window where
     it has the most context; score = the answer's probability among the n best spans.
     """
