@@ -51,11 +51,11 @@ from bertforge.data.shards import PreparedCorpus
 from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
-from bertforge.model.positions import sinusoidal_table
 from bertforge.options import resolve_device
 from bertforge.precision import Precision, TrainingPrecision, autocast, check_precision, resolve_precision
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bertforge.training.distributed import World, all_reduce_sum, init_distributed
+from bertforge.training.initialization import init_local_attention, init_positions_sinusoidal
 from bertforge.training.lamb import Lamb
 from bertforge.training.metrics import MetricsLogger
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule, parameter_groups
@@ -75,10 +75,10 @@ EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable 
 RECIPES: dict[str, dict] = {
     "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "learning_rate": 5e-4,
              "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32,
-             "position_init": "normal", "adam_beta2": 0.999},
+             "position_init": "normal", "adam_beta2": 0.999, "attention_init": "random"},
     "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": 1e-3,
                "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32,
-               "position_init": "sinusoidal", "adam_beta2": 0.999},
+               "position_init": "sinusoidal", "adam_beta2": 0.999, "attention_init": "random"},
 }
 Recipe = Literal["bert", "budget"]
 
@@ -131,6 +131,8 @@ class PretrainConfig:
         dropout: Override the preset's dropout (hidden and attention), e.g. 0 for short runs.
         position_init: normal (BERT's N(0, 0.02)) or sinusoidal (the learned table starts from sinusoids
             scaled to the token embeddings; same layout, positions usable from step 0).
+        attention_init: random (BERT) or local: two heads of the first layer start looking at the previous
+            and the next token (needs position_init sinusoidal; same layout). See training/initialization.py.
         seed: Seeds the weights, the example pairing and the masks.
         eval_every: Evaluate on the held-out shards every n steps (default: 10 evaluations per run).
         eval_batches: Held-out batches (of 32 rows) per evaluation.
@@ -175,6 +177,7 @@ class PretrainConfig:
     compile: bool = False
     dropout: float | None = None
     position_init: Literal["normal", "sinusoidal"] | None = None
+    attention_init: Literal["random", "local"] | None = None
     seed: int = 0
     eval_every: int | None = None
     eval_batches: int = 10
@@ -205,6 +208,9 @@ class PretrainConfig:
             raise OptionError(f"--packing with --objective {self.objective}: packed rows hold windows of several "
                               "documents, which only the mlm objective can use; use --objective mlm or --packing false")
         check_precision(self.precision, training=True)
+        if self.attention_init == "local" and self.position_init != "sinusoidal":
+            raise OptionError("--attention-init local builds its heads from the sinusoidal position table: "
+                              "add --position-init sinusoidal")
         if not 0 < self.masking_rate < 1:
             raise OptionError(f"--masking-rate {self.masking_rate}: must be between 0 and 1 (BERT: 0.15)")
         if self.max_predictions is None:
@@ -251,19 +257,11 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining | Be
         model = BertForPreTraining(config, nsp=cfg.objective == "mlm_nsp")
     if cfg.position_init == "sinusoidal" and config.position_embedding_type == "learned":
         init_positions_sinusoidal(model.bert.embeddings.position_embeddings.weight, config.initializer_range)
+    if cfg.attention_init == "local":
+        init_local_attention(model)
     if cfg.init_from is not None:
         _load_initial_weights(model, cfg.init_from)
     return model
-
-
-@torch.no_grad()
-def init_positions_sinusoidal(weight: torch.Tensor, std: float) -> None:
-    """Start the learned position table [P, H] from the Transformer's sinusoids, scaled to the std of
-    the token embeddings. It stays an ordinary learned table (the Hugging Face layout), but from step 0
-    neighbouring positions are told apart, and an offset is a linear map of the vectors, so attention
-    can look at "the previous token" early (the random 0.02 table must first learn positions)."""
-    table = sinusoidal_table(weight.shape[0], weight.shape[1])
-    weight.copy_(table * (std / table.std()))
 
 
 def _load_initial_weights(model: BertForPreTraining, source: Path) -> None:
