@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from bertforge.errors import OptionError
 from bertforge.model.positions import sinusoidal_table
 
 LOCAL_OFFSETS = (-1, 1)  # the heads of layer 0 that start local: previous token, next token
@@ -44,7 +45,8 @@ def init_local_attention(model: torch.nn.Module, offsets: tuple[int, ...] = LOCA
     config = model.config
     size, hidden = config.head_size, config.hidden_size
     if len(offsets) > config.num_heads:
-        raise ValueError(f"{len(offsets)} local heads asked for, but the model has {config.num_heads} heads")
+        raise OptionError(f"--attention-init local starts {len(offsets)} heads of layer 0 as local ones, but the "
+                          f"model has {config.num_heads}: use more heads or --attention-init random")
     embeddings = model.bert.embeddings
     embeddings.word_embeddings.weight[:, :size] = 0
     embeddings.token_type_embeddings.weight[:, :size] = 0

@@ -70,15 +70,16 @@ EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable 
 # Named recipes: the settings a field left at None takes. "bert" is the paper's (Appendix A.2; NSP pairs,
 # 15% masking, dropout 0.1); "budget" is what learns most per CPU-minute on a small budget, each choice
 # measured side by side in docs/results/pretraining_budget.md: MLM only on packed rows (no padding, no
-# NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak and a schedule planned to
-# end at the wall-clock budget.
+# NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak, a schedule planned to
+# end at the wall-clock budget, and a start that skips most of the unigram plateau (sinusoidal positions,
+# local heads in layer 0: training/initialization.py).
 RECIPES: dict[str, dict] = {
     "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "learning_rate": 5e-4,
              "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32,
              "position_init": "normal", "adam_beta2": 0.999, "attention_init": "random"},
     "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": 1e-3,
                "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32,
-               "position_init": "sinusoidal", "adam_beta2": 0.999, "attention_init": "random"},
+               "position_init": "sinusoidal", "adam_beta2": 0.999, "attention_init": "local"},
 }
 Recipe = Literal["bert", "budget"]
 
@@ -95,7 +96,7 @@ class PretrainConfig:
         output_dir: Run folder: checkpoints/, model/ (Hugging Face format), metrics.jsonl, tensorboard/, curves.png.
         recipe: Defaults for the unset options: bert (the paper: MLM + NSP pairs, 15% masking, dropout 0.1,
             lr 5e-4, 100 warm-up steps, fp32) or budget (MLM only on packed rows, 30% masking, no dropout,
-            lr 1e-3, 6% warm-up, bf16 where the processor has it).
+            lr 1e-3, 6% warm-up, bf16 where the processor has it, sinusoidal positions and local heads).
         preset: Model size: tiny, mini, small, medium, base or large.
         model_overrides: BertConfig fields to change, e.g. {num_layers: 2, hidden_size: 96}.
         init_from: Start from these weights (a run folder, checkpoint file or Hugging Face folder), e.g. the
@@ -257,8 +258,11 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining | Be
         model = BertForPreTraining(config, nsp=cfg.objective == "mlm_nsp")
     if cfg.position_init == "sinusoidal" and config.position_embedding_type == "learned":
         init_positions_sinusoidal(model.bert.embeddings.position_embeddings.weight, config.initializer_range)
-    if cfg.attention_init == "local":
-        init_local_attention(model)
+        if cfg.attention_init == "local":
+            init_local_attention(model)
+    elif cfg.attention_init == "local":
+        log.warning("attention_init local skipped: it is built from the learned position table, and this model's "
+                    "positions are %s", config.position_embedding_type)
     if cfg.init_from is not None:
         _load_initial_weights(model, cfg.init_from)
     return model
