@@ -1,10 +1,12 @@
 """End-to-end fine-tuning on tiny random models: learning, the saved model loading in `transformers` with
-identical outputs, predict in input order, seeds, early stopping, sliding windows, every task family."""
+identical outputs, predict in input order, seeds, early stopping, sliding windows, every task family; gradient
+accumulation, learning-rate schedules and curves.png."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 
 import numpy as np
@@ -12,14 +14,14 @@ import pytest
 import torch
 
 from bertforge.checkpoint import load_model, save_model
-from bertforge.cli import call_job
+from bertforge.cli import call_job, main
 from bertforge.config import BertConfig
 from bertforge.data.tables import DataError
 from bertforge.errors import OptionError
 from bertforge.heads import BertForSequenceClassification
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
-from bertforge.training import finetune, finetune_evaluate, finetune_predict
+from bertforge.training import finetune, finetune_evaluate, finetune_loop, finetune_predict
 
 
 def run_finetune(output_dir, **options):
@@ -246,22 +248,23 @@ def test_classifier_dropout_is_honoured_and_saved(tiny_model, tmp_path):
         run_finetune(tmp_path / "bad", model=str(tiny_model), classifier_dropout=1.5, **settings)
 
 
+def conll(rng: random.Random, n: int) -> str:
+    """n CoNLL sentences of 3 to 7 words; people and places are tagged."""
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(n):
+        for _ in range(rng.randint(3, 7)):
+            word = rng.choice(["bob", "alice", "paris", "london", "lives", "in", "the", "."])
+            tag = {"bob": "B-PER", "alice": "B-PER", "paris": "B-LOC", "london": "B-LOC"}.get(word, "O")
+            lines.append(f"{word} NN O {tag}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def test_ner_end_to_end(tiny_model, tmp_path):
     transformers = pytest.importorskip("transformers")
     rng = random.Random(2)
-
-    def conll(n):
-        lines = ["-DOCSTART- -X- -X- O", ""]
-        for _ in range(n):
-            for _ in range(rng.randint(3, 7)):
-                word = rng.choice(["bob", "alice", "paris", "london", "lives", "in", "the", "."])
-                tag = {"bob": "B-PER", "alice": "B-PER", "paris": "B-LOC", "london": "B-LOC"}.get(word, "O")
-                lines.append(f"{word} NN O {tag}")
-            lines.append("")
-        return "\n".join(lines)
-
-    (tmp_path / "train.txt").write_text(conll(80))
-    (tmp_path / "valid.txt").write_text(conll(20))
+    (tmp_path / "train.txt").write_text(conll(rng, 80))
+    (tmp_path / "valid.txt").write_text(conll(rng, 20))
     result = run_finetune(tmp_path / "ner", task="ner", model=str(tiny_model), data_dir=tmp_path, **FAST)
     assert result.best_metric >= 0.95  # entity F1
     theirs = transformers.BertForTokenClassification.from_pretrained(str(tmp_path / "ner")).eval()
@@ -353,3 +356,120 @@ def test_bad_input_fails_before_training(tiny_model, tmp_path):
     with pytest.raises(DataError, match=r"train.csv: no column 'text'; the columns are \['review', 'label'\]"):
         run_finetune(tmp_path / "out", model=str(tiny_model), train=train, **FAST)
     assert not (tmp_path / "out").exists()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def varied_rows(n: int) -> list[dict]:
+    """Sentiment rows of n different lengths, so that micro-batches pad to different widths."""
+    return [{**sentiment_rows(1, seed=i, length=1 + 2 * i)[0], "id": i} for i in range(n)]
+
+
+def saved_weights(directory) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+@pytest.mark.parametrize(("optimizer", "task", "token_loss"), [
+    ("adamw", "classification", "auto"), ("sgd", "classification", "auto"),
+    ("sgd", "ner", "batch_mean"), ("sgd", "ner", "constant")])
+def test_gradient_accumulation_takes_the_whole_batch_step(tiny_model, tmp_path, monkeypatch, optimizer, task,
+                                                           token_loss):
+    """12 examples at batch 8: one step on 8, one on the 4 left over. With dropout 0, accumulating over 2 or 4
+    micro-batches must give the weights one pass over each batch gives. AdamW's first step hardly depends on the
+    gradient's scale (it divides by it), so plain SGD without clipping runs too: its step is the gradient itself,
+    and a loss weighted wrongly (not divided, divided by the wrong count on the short batch, by examples where a
+    token mean needs scored tokens) would move it. Examples and sentences have different lengths, so the
+    micro-batches pad to different widths and hold different numbers of scored tokens."""
+    if optimizer == "sgd":
+        monkeypatch.setattr(finetune_loop, "build_adamw",
+                            lambda model, *, lr, weight_decay: torch.optim.SGD(model.parameters(), lr=lr))
+    if task == "ner":
+        train = tmp_path / "train.txt"
+        train.write_text(conll(random.Random(4), 12))
+    else:
+        train = write_csv(tmp_path / "train.csv", varied_rows(12))
+    settings = {**FAST, "epochs": 1, "batch_size": 8, "dropout": 0.0, "learning_rate": 0.5 if optimizer == "sgd"
+                else 1e-2, "max_grad_norm": 1e9, "max_length": 64, "seed": 5, "model": str(tiny_model), "train": train,
+                "task": task, "token_loss": token_loss}
+    results = {n: run_finetune(tmp_path / f"accumulate{n}", grad_accum_steps=n, **settings) for n in (1, 2, 4)}
+    whole = saved_weights(tmp_path / "accumulate1")
+    (start,) = [t for k, t in saved_weights(tiny_model).items() if k.endswith("word_embeddings.weight")]
+    moved = (whole["bert.embeddings.word_embeddings.weight"] - start).abs().max()
+    assert moved > 1e-3  # the steps moved the weights: what is compared below is not two untouched copies
+    for n in (2, 4):
+        accumulated = saved_weights(tmp_path / f"accumulate{n}")
+        for name, tensor in whole.items():
+            # atol: a thousandth of AdamW's step, which turns float noise in a near-zero gradient into ~1e-6
+            torch.testing.assert_close(accumulated[name], tensor, rtol=1e-4, atol=1e-5)
+        assert results[n].history[0]["train_loss"] == pytest.approx(results[1].history[0]["train_loss"], rel=1e-5)
+
+
+def test_a_batch_not_divisible_by_the_accumulation_steps_is_one_line(tiny_model, tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(8, 1))
+    with pytest.raises(OptionError, match=r"^--batch-size 6 is not divisible by --grad-accum-steps 4;"):
+        run_finetune(tmp_path / "out", model=str(tiny_model), train=train, **{**FAST, "batch_size": 6},
+                     grad_accum_steps=4)
+    with pytest.raises(SystemExit) as stopped:
+        main(["finetune", "--model", str(tiny_model), "--train", str(train), "--output-dir", str(tmp_path / "out"),
+              "--batch-size", "6", "--grad-accum-steps", "4", "--progress", "false"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == ("bertforge: error: --batch-size 6 is not divisible by --grad-accum-steps 4; "
+                                       "choose a batch size that is a multiple of it\n")
+    assert not (tmp_path / "out").exists()
+
+
+def expected_multiplier(schedule: str, step: int, warmup: int, total: int) -> float:
+    """The factor on the peak learning rate at optimizer step `step` (0-based), written out independently."""
+    if schedule == "constant":
+        return 1.0
+    if step < warmup:
+        return step / warmup
+    progress = (step - warmup) / (total - warmup)
+    return {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
+            "constant_with_warmup": 1.0}[schedule]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant", "constant_with_warmup"])
+def test_the_optimizer_follows_the_chosen_schedule(tiny_model, tmp_path, monkeypatch, schedule):
+    """40 examples at batch 4 for one epoch: 10 steps, the first 2 (warmup ratio 0.2) warming up."""
+    used: list[float] = []
+    build = finetune_loop.build_adamw
+
+    def recording(model, **options):
+        optimizer = build(model, **options)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+        return optimizer
+
+    monkeypatch.setattr(finetune_loop, "build_adamw", recording)
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(40, 1))
+    run_finetune(tmp_path / "out", model=str(tiny_model), train=train, schedule=schedule,
+                 **{**FAST, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.2})
+    assert used == pytest.approx([1e-3 * expected_multiplier(schedule, s, 2, 10) for s in range(10)], abs=1e-12)
+    assert json.loads((tmp_path / "out/finetune_config.json").read_text())["schedule"] == schedule
+
+
+def test_curves_png_plots_the_training_loss_and_the_dev_metric(sentiment_run, tiny_model, tmp_path, monkeypatch):
+    work, out, result = sentiment_run
+    assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+    drawn = {}
+    plot = finetune_loop.plot_curves
+
+    def recording(path, **curves):
+        drawn.update(curves)
+        return plot(path, **curves)
+
+    monkeypatch.setattr(finetune_loop, "plot_curves", recording)
+    train, dev = write_csv(tmp_path / "train.csv", sentiment_rows(24, 1)), write_csv(tmp_path / "dev.csv",
+                                                                                     sentiment_rows(8, 2))
+    run = run_finetune(tmp_path / "out", model=str(tiny_model), train=train, validation=[dev],
+                       **{**FAST, "epochs": 2, "batch_size": 8})
+    per_step, per_epoch = drawn["losses"]
+    assert per_step.steps == [1, 2, 3, 4, 5, 6] and per_epoch.steps == [3, 6]
+    assert per_epoch.values == [h["train_loss"] for h in run.history]
+    assert per_epoch.values[0] == pytest.approx(sum(per_step.values[:3]) / 3)
+    (dev_curve,) = drawn["scores"]
+    assert dev_curve.steps == [3, 6] and dev_curve.values == [h["dev/accuracy"] for h in run.history]
+    assert (tmp_path / "out/curves.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -287,7 +287,7 @@ def test_finetune_into_a_used_folder_needs_overwrite_and_a_killed_run_changes_no
     args = ["finetune", "--model", encoder, "--train", train, "--output_dir", out, "--epochs", "1",
             "--batch_size", "4", "--max_seq_length", "16", "--progress", "false", "--tensorboard", "false"]
     line = refused(capsys, *args)
-    assert line.endswith("already holds best_metrics.json, config.json, finetune_config.json, metrics.jsonl, ...; "
+    assert line.endswith("already holds best_metrics.json, config.json, curves.png, finetune_config.json, ...; "
                          "pass --overwrite to replace it, or choose a new folder")  # finetune has no --resume
 
     from bertforge.training import finetune

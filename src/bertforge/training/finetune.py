@@ -102,7 +102,8 @@ def run(output_dir: Path, task: str = "classification", model: str = "all-minilm
     """Fine-tune a BERT checkpoint on a task; the best epoch's model is saved to output_dir.
 
     Args:
-        output_dir: Where the model (Hugging Face format), metrics.jsonl, tensorboard/ and the run's settings go.
+        output_dir: Where the model (Hugging Face format), metrics.jsonl, curves.png, tensorboard/ and the run's
+            settings go.
         task: A GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli), classification, regression or
             multilabel (your own CSV/TSV/JSONL), ner (CoNLL-2003 format), squad / squad_v2, or swag.
         model: A model directory (bertforge or Hugging Face BERT), or all-minilm-l6-v2 (the packaged checkpoint).
@@ -209,7 +210,8 @@ def _train_into(output_dir: Path, net, family_task, tokenizer, train_features: l
     try:
         result = train_loop(net, family_task, train_features, eval_sets, pad_id=tokenizer.pad_id, settings=settings,
                             precision=precision, save_best=save_best, log_file=work / "metrics.jsonl",
-                            tensorboard_dir=work / "tensorboard" if tensorboard else None, progress=progress)
+                            tensorboard_dir=work / "tensorboard" if tensorboard else None,
+                            curves_file=work / "curves.png", progress=progress)
     except BaseException:  # a kill leaves `work`, removed by the next run
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -1,8 +1,9 @@
 """Fine-tuning (BERT §4, Appendix A.3): one pre-trained encoder + one small task head, trained end to end.
 
 The paper's recipe is the default: AdamW (weight decay 0.01), peak learning rate 2e-5 (the paper searches
-5e-5, 3e-5, 2e-5), 10% linear warmup then linear decay, 3 epochs, batch 32, dropout 0.1. Batches are
-padded only to their own longest member and grouped by length, so little compute goes to [PAD].
+5e-5, 3e-5, 2e-5), 10% linear warmup then linear decay (`schedule` picks another from training/optim.py),
+3 epochs, batch 32 (`grad_accum_steps` splits it into micro-batches with the same gradient), dropout 0.1.
+Batches are padded only to their own longest member and grouped by length, so little compute goes to [PAD].
 After every epoch the model is evaluated; the best one (by the task's main metric) is what stays in
 `output_dir`, in Hugging Face format with id2label/label2id.
 """
@@ -24,10 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from bertforge.checkpoint import load_model
+from bertforge.errors import OptionError
 from bertforge.precision import Precision, autocast
 from bertforge.tasks.base import Feature, TaskFamily, collate
 from bertforge.tasks.registry import TASK_CONFIG_KEY, family
-from bertforge.training.optim import build_adamw, build_schedule
+from bertforge.training.metrics import Curve, plot_curves
+from bertforge.training.optim import ScheduleName, build_adamw, build_schedule
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +107,15 @@ class TrainSettings:
 
     Args:
         epochs: Passes over the training data (the paper: 2-4); may be fractional.
-        batch_size: Training batch size (the paper: 16 or 32).
+        batch_size: Training batch size (the paper: 16 or 32): examples per optimizer step, over all accumulation
+            steps.
+        grad_accum_steps: Split each batch into this many micro-batches, one forward and backward each, and step
+            the optimizer once on their summed gradients: the same step as the whole batch, in less memory.
         learning_rate: Peak AdamW learning rate (the paper: 5e-5, 3e-5 or 2e-5).
         weight_decay: Decoupled weight decay (BERT: 0.01).
-        warmup_ratio: Share of the steps with linear warmup (BERT: 0.1), then linear decay to 0.
+        warmup_ratio: Share of the steps with linear warmup (BERT: 0.1), then the schedule's decay.
+        schedule: Learning rate after the warmup: linear decay to 0 (BERT), cosine, cosine_with_restarts,
+            polynomial, constant_with_warmup, or constant (no warmup either).
         max_grad_norm: Clip the global gradient norm to this.
         dropout: Dropout probability in the encoder, and before the head unless classifier_dropout says otherwise
             (BERT: 0.1).
@@ -125,9 +133,11 @@ class TrainSettings:
 
     epochs: float = 3.0
     batch_size: int = 32
+    grad_accum_steps: int = 1
     learning_rate: float = 2e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    schedule: ScheduleName = "linear"
     max_grad_norm: float = 1.0
     dropout: float = 0.1
     classifier_dropout: float | None = None
@@ -137,11 +147,20 @@ class TrainSettings:
     group_by_length: bool = True
     token_loss: Literal["auto", "constant", "batch_mean"] = "auto"
 
+    def __post_init__(self) -> None:
+        if self.grad_accum_steps >= 1 and self.batch_size % self.grad_accum_steps:  # < 1: check_options refuses it
+            raise OptionError(f"--batch-size {self.batch_size} is not divisible by --grad-accum-steps "
+                              f"{self.grad_accum_steps}; choose a batch size that is a multiple of it")
+        if self.schedule not in ScheduleName.__args__:  # the command line checks it; the Python API comes here
+            raise OptionError(f"--schedule {self.schedule}: choose one of {', '.join(ScheduleName.__args__)}")
+
 
 def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature], eval_sets: Sequence[EvalSet] = (),
           *, pad_id: int, settings: TrainSettings = TrainSettings(), precision: Precision = "fp32", save_best=None,
-          log_file: Path | None = None, tensorboard_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train `model` on `train_features`, evaluating on `eval_sets` after each epoch.
+          log_file: Path | None = None, tensorboard_dir: Path | None = None, curves_file: Path | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train `model` on `train_features`, evaluating on `eval_sets` after each epoch; `curves_file` gets a PNG of
+    the training loss and the main metric against the step at the end.
 
     `save_best(model, metrics)` is called whenever the main metric (first metric of the first eval set)
     improves, or after the last epoch when there is nothing to evaluate on. `settings.dropout` is the
@@ -155,9 +174,10 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
     steps_per_epoch = math.ceil(len(train_features) / settings.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
     optimizer = build_adamw(model, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    schedule = build_schedule(optimizer, "linear", warmup_steps=int(settings.warmup_ratio * total_steps),
+    schedule = build_schedule(optimizer, settings.schedule, warmup_steps=int(settings.warmup_ratio * total_steps),
                               total_steps=total_steps)
     stepper = _Stepper(model, task, optimizer, schedule, pad_id=pad_id, max_grad_norm=settings.max_grad_norm,
+                       grad_accum_steps=settings.grad_accum_steps,
                        loss_options=_loss_options(task, train_features, settings, steps_per_epoch),
                        writer=_tensorboard(tensorboard_dir), total_steps=total_steps, precision=precision,
                        bar=tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress))
@@ -188,6 +208,8 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
                 log.info("early stopping: %s has not improved for %d epochs", main_metric, stale)
                 break
     stepper.close()
+    if curves_file is not None:
+        plot_finetuning_curves(curves_file, stepper.losses, result.history, [s.name for s in eval_sets], main_metric)
     if not eval_sets and save_best is not None:
         save_best(model, result.history[-1] if result.history else {})
     result.train_seconds = time.perf_counter() - started
@@ -217,6 +239,20 @@ def _loss_options(task: TaskFamily, features: list[Feature], settings: TrainSett
     return {"per_batch_tokens": per_batch}
 
 
+def _loss_shares(task: TaskFamily, parts: list[list[Feature]], loss_options: dict) -> list[float]:
+    """The weight of each micro-batch's loss such that the weighted sum is the whole batch's loss. A loss that
+    averages over examples weighs each part by its share of the examples; a token loss averaged within the batch
+    ("batch_mean") by its share of the scored tokens; a token loss divided by a constant (`per_batch_tokens`) is
+    a sum already, so its parts add up unweighted."""
+    if "per_batch_tokens" in loss_options:
+        return [1.0] * len(parts)
+    if hasattr(task, "scored_tokens"):
+        units = [sum(task.scored_tokens(f) for f in part) for part in parts]
+        if sum(units):
+            return [u / sum(units) for u in units]
+    return [len(part) / sum(len(p) for p in parts) for part in parts]
+
+
 def _epoch_batches(features: list[Feature], settings: TrainSettings, generator: torch.Generator) -> list[list[int]]:
     """One epoch's batches of feature indices, in a fresh random order."""
     if settings.group_by_length:
@@ -235,12 +271,14 @@ class _Stepper:
     schedule: torch.optim.lr_scheduler.LRScheduler
     pad_id: int
     max_grad_norm: float
+    grad_accum_steps: int
     loss_options: dict
     writer: object
     total_steps: int
     bar: tqdm
     precision: Precision = "fp32"
     step: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss) for curves.png
 
     def __post_init__(self) -> None:
         device = next(self.model.parameters()).device
@@ -249,35 +287,62 @@ class _Stepper:
     def epoch(self, features: list[Feature], batches: list[list[int]], epoch: int) -> float:
         """Train on the batches (until the planned step count); returns their mean loss."""
         self.model.train()
-        device = next(self.model.parameters()).device
         running, seen = 0.0, 0
         for batch_ids in batches:
             if self.step >= self.total_steps:
                 break
-            chosen = [features[i] for i in batch_ids]
-            inputs, labels = _to(collate(chosen, self.pad_id), device), _to(self.task.labels(chosen), device)
-            with autocast(self.precision, device):
-                loss = self.task.loss(self.model(**inputs), labels, **self.loss_options)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            loss = self.accumulate_gradients([features[i] for i in batch_ids])
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.schedule.step()
             self.step += 1
-            running, seen = running + loss.item(), seen + 1
+            running, seen = running + loss, seen + 1
+            self.losses.append((self.step, loss))
             self.bar.update(1)
             self.bar.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
             if self.writer is not None:
-                self.writer.add_scalar("train/loss", loss.item(), self.step)
+                self.writer.add_scalar("train/loss", loss, self.step)
                 self.writer.add_scalar("train/learning_rate", self.schedule.get_last_lr()[0], self.step)
         return running / max(seen, 1)
+
+    def accumulate_gradients(self, batch: list[Feature]) -> float:
+        """Backward through `batch` in `grad_accum_steps` micro-batches (each padded to its own longest), adding
+        their gradients up; returns the batch's loss. Each micro-batch's loss is weighted by its share of the
+        batch (`_loss_shares`), so the summed gradient is the one the whole batch gives in one pass."""
+        device = next(self.model.parameters()).device
+        size = math.ceil(len(batch) / self.grad_accum_steps)
+        parts = [batch[i : i + size] for i in range(0, len(batch), size)]
+        total = 0.0
+        for part, share in zip(parts, _loss_shares(self.task, parts, self.loss_options), strict=True):
+            if share == 0:  # no scored token in this micro-batch: nothing to learn, and its mean would be 0/0
+                continue
+            inputs, labels = _to(collate(part, self.pad_id), device), _to(self.task.labels(part), device)
+            with autocast(self.precision, device):
+                loss = self.task.loss(self.model(**inputs), labels, **self.loss_options) * share
+            self.scaler.scale(loss).backward()
+            total += loss.item()
+        return total
 
     def close(self) -> None:
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def plot_finetuning_curves(path: Path, losses: list[tuple[int, float]], history: list[dict], eval_names: list[str],
+                           metric: str) -> Path:
+    """Training loss per step (left) and each evaluation set's main metric after every epoch (right)."""
+    loss_curves = [Curve("train loss (per step)", [s for s, _ in losses], [v for _, v in losses], alpha=0.6)]
+    steps = [r["step"] for r in history]
+    loss_curves.append(Curve("train loss (epoch mean)", steps, [r["train_loss"] for r in history], "o-"))
+    scores = [Curve(f"{name} {metric}", steps, [r.get(f"{name}/{metric}", math.nan) for r in history], "o-")
+              for name in eval_names]
+    return plot_curves(path, losses=loss_curves, scores=scores, score_label=metric,
+                       titles=("fine-tuning: training loss", f"{metric} after each epoch" if scores else
+                               "no validation set"))
 
 
 def _tensorboard(directory: Path | None):

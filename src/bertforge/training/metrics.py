@@ -1,10 +1,12 @@
 """Where training numbers go: a JSONL file (one object per logged step), TensorBoard event files,
-and a PNG plot of the curves (training loss, held-out MLM/NSP accuracy) redrawn at every evaluation."""
+and a PNG plot of the curves (training loss, held-out MLM/NSP accuracy) redrawn at every evaluation.
+`plot_curves` draws every job's curves.png (pre-training here, fine-tuning in finetune_loop)."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertforge.files import write_atomic
@@ -45,33 +47,41 @@ class MetricsLogger:
         write_atomic(self.jsonl, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def plot(self, path: str | Path | None = None, *, title: str = "pre-training") -> Path:
-        return plot_curves(self.records(), path or self.directory / "curves.png", title=title)
+        return plot_pretraining_curves(self.records(), path or self.directory / "curves.png", title=title)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-def plot_curves(records: list[dict], path: str | Path, *, title: str) -> Path:
-    """Training loss (left) and held-out accuracies (right) against the step."""
+@dataclass
+class Curve:
+    """One line of a plot: a label, the steps and the values at them; `style` is matplotlib's format string."""
+
+    label: str
+    steps: list[int]
+    values: list[float]
+    style: str = "-"
+    alpha: float = 1.0
+
+
+def plot_curves(path: str | Path, *, losses: list[Curve], scores: list[Curve], titles: tuple[str, str],
+                score_label: str, score_range: tuple[float, float] | None = None) -> Path:
+    """Losses (left) and scores (right) against the step, written to `path` atomically (PNG). Every job's
+    curves.png is drawn here; the jobs only choose the curves."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display needed: the figure only goes to a file
     import matplotlib.pyplot as plt
 
-    train = [r for r in records if r["split"] == "train"]
-    heldout = [r for r in records if r["split"] == "heldout"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    if train:
-        left.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (MLM + NSP)", alpha=0.8)
-    if heldout:
-        left.plot([r["step"] for r in heldout], [r["loss"] for r in heldout], "o-", label="held-out loss")
-        right.plot([r["step"] for r in heldout], [r["mlm_accuracy"] for r in heldout], "o-", label="MLM accuracy")
-        if any(r.get("nsp_accuracy") is not None for r in heldout):
-            right.plot([r["step"] for r in heldout], [r.get("nsp_accuracy") for r in heldout], "s-",
-                       label="NSP accuracy")
-    left.set(xlabel="step", ylabel="loss", title=f"{title}: loss")
-    right.set(xlabel="step", ylabel="accuracy", title="held-out accuracy", ylim=(0, 1))
+    for axis, curves in ((left, losses), (right, scores)):
+        for curve in curves:
+            axis.plot(curve.steps, curve.values, curve.style, label=curve.label, alpha=curve.alpha)
+    left.set(xlabel="step", ylabel="loss", title=titles[0])
+    right.set(xlabel="step", ylabel=score_label, title=titles[1])
+    if score_range is not None:
+        right.set_ylim(*score_range)
     for axis in (left, right):
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
@@ -81,6 +91,23 @@ def plot_curves(records: list[dict], path: str | Path, *, title: str) -> Path:
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
+
+
+def plot_pretraining_curves(records: list[dict], path: str | Path, *, title: str) -> Path:
+    """Pre-training: training loss and held-out loss (left), held-out MLM/NSP accuracy (right)."""
+    train = [r for r in records if r["split"] == "train"]
+    heldout = [r for r in records if r["split"] == "heldout"]
+    steps = [r["step"] for r in heldout]
+    losses = [Curve("train loss (MLM + NSP)", [r["step"] for r in train], [r["loss"] for r in train], alpha=0.8)
+              ] if train else []
+    scores = []
+    if heldout:
+        losses.append(Curve("held-out loss", steps, [r["loss"] for r in heldout], "o-"))
+        scores.append(Curve("MLM accuracy", steps, [r["mlm_accuracy"] for r in heldout], "o-"))
+        if any(r.get("nsp_accuracy") is not None for r in heldout):
+            scores.append(Curve("NSP accuracy", steps, [r.get("nsp_accuracy") for r in heldout], "s-"))
+    return plot_curves(path, losses=losses, scores=scores,
+                       titles=(f"{title}: loss", "held-out accuracy"), score_label="accuracy", score_range=(0, 1))
 
 
 def _plain(value):
