@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from bertforge.analysis import ablate
 from bertforge.analysis.ablate import (
     Variant,
     _same_settings,
     choose_variants,
     over_seeds,
     parse_tokens,
-    run,
 )
 from bertforge.analysis.ablation_models import BiLSTMOnTop, LeftToRight
+from bertforge.cli import call_job, main
 from bertforge.config import BertConfig
 from bertforge.data.pretraining import PreTrainingBatch
 from bertforge.heads import BertForSequenceClassification, BertLMHeadModel
@@ -117,7 +118,24 @@ def test_parse_tokens_and_variant_choice():
         choose_variants(None, ["bogus"])
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--budget", "lots"], "--budget 'lots' is not a token count; write e.g. 4M, 500k or 2000000"),
+    (["--tasks", "[sst2,cola]"], "--tasks: unknown task(s) cola; choose from sst2, mrpc, squad"),
+])
+def test_a_bad_option_is_refused_in_one_line_naming_it(args, message, capsys):
+    """Before any corpus is read: the option, what is wrong and what to write instead."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--output-dir", "/nonexistent/run", *args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"bertforge: error: {message}\n"
+
+
 # ----- end to end on data written here ------------------------------------------------------------
+def run(**options) -> Path:
+    """ablate.run with its options named as on the command line (the settings groups are built from them)."""
+    return call_job(ablate.run, options)
+
+
 def _write_data(root: Path) -> None:
     from pydoc_data.topics import topics
 

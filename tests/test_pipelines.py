@@ -13,6 +13,7 @@ import torch
 
 from bertforge.checkpoint import save_model
 from bertforge.cli import main
+from bertforge.errors import OptionError
 from bertforge.heads import (
     BertForMaskedLM,
     BertForQuestionAnswering,
@@ -22,6 +23,7 @@ from bertforge.heads import (
 from bertforge.inference import pipelines
 from bertforge.inference.pipelines import PipelineError, load_pipeline
 from bertforge.inference.tiny import build, plant_tokens, tiny_tokenizer
+from bertforge.tasks import TASK_CONFIG_KEY
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +142,49 @@ def test_qa_finds_the_answer_beyond_the_first_window(qa_dir: Path) -> None:
     # One window big enough for everything finds the same span with the same score.
     whole = pipelines.qa(loaded.predictor, [question], [context], max_length=128)[0]
     assert whole["answer"] == "Paris of France"
+
+
+# What `bertforge finetune` saves beside a SQuAD model: windows of 48 tokens every 16, answers of 2 tokens at most.
+SAVED_QA = {"task": "squad", "doc_stride": 16, "max_query_length": 64, "max_answer_length": 2, "n_best_size": 20,
+            "null_score_threshold": 0.0, "max_seq_length": 48}
+CAPITAL = "the river was new and good . " * 12 + "The capital is Paris of France , a city ."
+
+
+@pytest.fixture(scope="module")
+def finetuned_qa_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("finetuned_qa")
+    model = build(BertForQuestionAnswering, directory, seed=6)
+    tok = tiny_tokenizer(directory)
+    plant_tokens(model, model.span, {0: [tok.token_to_id("paris")], 1: [tok.token_to_id("france")]})
+    save_model(model, directory, tokenizer=tok, extra_config={TASK_CONFIG_KEY: SAVED_QA})
+    return directory
+
+
+def test_qa_pipeline_defaults_to_the_saved_settings(finetuned_qa_dir: Path) -> None:
+    """The planted answer "Paris of France" is 3 tokens: too long for the saved limit of 2 unless asked."""
+    loaded = load_pipeline(finetuned_qa_dir)
+    assert loaded.predictor.task_settings == SAVED_QA
+    question = "what is the capital ?"
+    got = pipelines.qa(loaded.predictor, [question], [CAPITAL])[0]
+    assert got["answer"] and len(loaded.predictor.tokenizer.tokenize(got["answer"])) <= 2
+    assert got == pipelines.qa(loaded.predictor, [question], [CAPITAL], max_length=48, stride=16,
+                               max_answer_length=2)[0]
+    explicit = pipelines.qa(loaded.predictor, [question], [CAPITAL], max_answer_length=30)[0]
+    assert explicit["answer"] == "Paris of France"
+    # The saved 48-token windows leave no room beside a 50-token question; an explicit length does.
+    long_question = " ".join(["what"] * 50)
+    with pytest.raises(OptionError, match="maximum length of 48 tokens"):
+        pipelines.qa(loaded.predictor, [long_question], [CAPITAL])
+    assert pipelines.qa(loaded.predictor, [long_question], [CAPITAL], max_length=128)
+
+
+def test_cli_qa_defaults_to_the_saved_settings(finetuned_qa_dir: Path, capsys) -> None:
+    args = ["qa", "--model", str(finetuned_qa_dir), "--question", "what is the capital ?", "--context", CAPITAL]
+    main(args)
+    short = json.loads(capsys.readouterr().out)[0]["answer"]
+    assert short and short != "Paris of France" and len(short.split()) <= 2
+    main([*args, "--max-answer-length", "5"])
+    assert json.loads(capsys.readouterr().out)[0]["answer"] == "Paris of France"
 
 
 def test_embed_pipeline_equals_embed_texts(mlm_dir: Path) -> None:

@@ -23,10 +23,12 @@ pytest.importorskip("fastapi", reason="pip install fastapi uvicorn (the 'serve' 
 uvicorn = pytest.importorskip("uvicorn", reason="pip install fastapi uvicorn (the 'serve' extra)")
 pytest.importorskip("prometheus_client", reason="pip install prometheus-client (the 'serve' extra)")
 
+from bertforge.checkpoint import save_model  # noqa: E402
 from bertforge.heads import BertForMaskedLM, BertForQuestionAnswering  # noqa: E402
 from bertforge.inference import pipelines  # noqa: E402
 from bertforge.inference.server import Limits, create_app, uvicorn_config  # noqa: E402
-from bertforge.inference.tiny import build  # noqa: E402
+from bertforge.inference.tiny import build, plant_tokens, tiny_tokenizer  # noqa: E402
+from bertforge.tasks import TASK_CONFIG_KEY, family  # noqa: E402
 
 
 class Server:
@@ -188,6 +190,28 @@ def test_qa_server(tmp_path: Path) -> None:
         assert got == pipelines.qa(loaded.predictor, body["questions"], body["contexts"])
         assert server.request("POST", "/qa", {"questions": ["a"], "contexts": []})[0] == 422
         assert server.request("POST", "/fill-mask", {"texts": ["a [MASK]"]})[0] == 404
+    finally:
+        server.stop()
+        server.thread.join(10)
+
+
+def test_qa_server_answers_with_the_saved_settings(tmp_path: Path) -> None:
+    """A model fine-tuned with answers of at most 2 tokens answers so over HTTP; a request's own limit wins."""
+    model = build(BertForQuestionAnswering, tmp_path, seed=6)
+    tok = tiny_tokenizer(tmp_path)
+    plant_tokens(model, model.span, {0: [tok.token_to_id("paris")], 1: [tok.token_to_id("france")]})
+    saved = {**family("squad", max_answer_length=2).settings(), "max_seq_length": 64}
+    save_model(model, tmp_path, tokenizer=tok, extra_config={TASK_CONFIG_KEY: saved})
+    server = Server(create_app(pipelines.load_pipeline(tmp_path)))
+    body = {"questions": ["what is the capital ?"], "contexts": ["The capital is Paris of France , a city ."]}
+    try:
+        status, got = server.request("POST", "/qa", body)
+        assert status == 200, got
+        assert got[0]["answer"] and len(tok.tokenize(got[0]["answer"])) <= 2
+        status, got = server.request("POST", "/qa", {**body, "max_answer_length": 30})
+        assert (status, got[0]["answer"]) == (200, "Paris of France")
+        status, got = server.request("POST", "/qa", {**body, "questions": [" ".join(["what"] * 62)]})
+        assert status == 422 and "maximum length of 64 tokens" in got["error"]  # the saved window, not a 500
     finally:
         server.stop()
         server.thread.join(10)

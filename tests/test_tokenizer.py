@@ -4,11 +4,16 @@ pairs and truncation, decoding, training and saving a vocabulary."""
 from __future__ import annotations
 
 import gzip
+import os
+import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import bertforge
 from bertforge.tokenizer import BertTokenizer, TokenizerError, read_vocab
 
 transformers = pytest.importorskip("transformers")
@@ -210,6 +215,40 @@ def test_train_save_and_reload_with_hugging_face(tmp_path: Path) -> None:
     text = "The quick tokenization fox jumps over 7 lazy dogs"
     assert reloaded.encode(text).input_ids[0] == tok.encode(text).input_ids[0] == hf(text)["input_ids"]
     assert BertTokenizer.from_pretrained(tmp_path / "out").encode(text).input_ids == tok.encode(text).input_ids
+
+
+def _tied_corpus(path: Path) -> Path:
+    """Words of random letters: many pairs are equally frequent, so the order in which the trainer breaks ties
+    decides the vocabulary (before the fix, three calls gave three vocabularies)."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 7))) for _ in range(300)]
+    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+TRAIN_AND_SAVE = ("import sys; from bertforge.tokenizer import BertTokenizer; "
+                  "BertTokenizer.train([sys.argv[1]], vocab_size=200).save(sys.argv[2])")
+
+
+def test_training_is_deterministic_across_calls_and_processes(tmp_path: Path) -> None:
+    corpus = _tied_corpus(tmp_path / "corpus.txt")
+    for name in ("a", "b", "c"):
+        BertTokenizer.train([corpus], vocab_size=200).save(tmp_path / name)
+    first = {f: (tmp_path / "a" / f).read_bytes() for f in ("vocab.txt", "tokenizer.json")}
+    for name in ("b", "c"):
+        assert {f: (tmp_path / name / f).read_bytes() for f in first} == first
+    # Fresh processes with other hash seeds (Python's and the library's hash maps both start afresh).
+    env = {**os.environ, "PYTHONPATH": str(Path(bertforge.__file__).parents[1])}
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", TRAIN_AND_SAVE, str(corpus), str(tmp_path / f"seed{seed}")],
+                       env={**env, "PYTHONHASHSEED": seed}, check=True, timeout=120)
+        assert {f: (tmp_path / f"seed{seed}" / f).read_bytes() for f in first} == first
+    # The ## pieces are ordinary vocabulary entries, not special tokens matched in raw text.
+    trained = BertTokenizer.from_pretrained(tmp_path / "a")
+    reread = BertTokenizer.from_vocab(tmp_path / "a" / "vocab.txt")
+    assert trained.tokenize("abc ##a ##abc") == reread.tokenize("abc ##a ##abc")
+    assert "##a" not in trained.tokenize("x ##a")
 
 
 def test_bad_vocabularies(tmp_path: Path) -> None:

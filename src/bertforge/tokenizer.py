@@ -13,6 +13,7 @@ convention (a `BatchEncoding` dict ready for `model(**batch)`); `encode` returns
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,15 +173,26 @@ class BertTokenizer:
     @classmethod
     def train(cls, files: Sequence[str | Path], *, vocab_size: int = 30522, min_frequency: int = 2,
               lowercase: bool = True, limit_alphabet: int = 1000, show_progress: bool = False) -> BertTokenizer:
-        """Learn a WordPiece vocabulary from text files (plain or .gz), specials first: [PAD]=0 … [MASK]=4."""
-        backend = Tokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
-        _set_pipeline(backend, lowercase=lowercase, strip_accents=None, split_chinese_chars=True)
+        """Learn a WordPiece vocabulary from text files (plain or .gz), specials first: [PAD]=0 … [MASK]=4.
+        The same files and settings give the same vocabulary, byte for byte, in any process."""
+        backend = _trainable_backend(lowercase)
+        # `tokenizers` numbers the ## pieces in the order it happens to meet them in a hash map of the corpus's
+        # words, and breaks ties between equally frequent merges by those numbers (huggingface/tokenizers#1794),
+        # so its vocabulary changes from call to call. Handing it the alphabet and the ## pieces, sorted,
+        # fixes every number before training starts.
+        alphabet, pieces = _sorted_alphabet(backend, files, limit_alphabet)
         trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-            limit_alphabet=limit_alphabet, continuing_subword_prefix="##", show_progress=show_progress,
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[*SPECIAL_TOKENS, *pieces],
+            initial_alphabet=alphabet, limit_alphabet=len(alphabet), continuing_subword_prefix="##",
+            show_progress=show_progress,
         )
         backend.train_from_iterator(_read_lines(files), trainer=trainer)
-        return cls(backend, lowercase=lowercase)
+        # The ## pieces went in as special tokens only to fix their ids; a special token would also match
+        # "##a" typed in a text, so the tokenizer is rebuilt from the trained vocabulary alone.
+        vocab = backend.get_vocab()
+        trained = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+        _set_pipeline(trained, lowercase=lowercase, strip_accents=None, split_chinese_chars=True)
+        return cls(trained, lowercase=lowercase)
 
     # ----- vocabulary ---------------------------------------------------------------------------
     @property
@@ -377,6 +389,43 @@ def _pad(rows: list[list[int]], width: int, fill: int) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out
+
+
+def _trainable_backend(lowercase: bool) -> Tokenizer:
+    backend = Tokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+    _set_pipeline(backend, lowercase=lowercase, strip_accents=None, split_chinese_chars=True)
+    return backend
+
+
+def _sorted_alphabet(backend: Tokenizer, files: Sequence[str | Path], limit: int) -> tuple[list[str], list[str]]:
+    """The characters WordPiece training keeps (the `limit` most frequent in the corpus's words, ties by code
+    point) and the ## pieces of those that occur inside a word, both sorted. Words are counted as the trainer
+    counts them: normalised and pre-tokenised by `backend`, a block of lines at a time."""
+    words: Counter[str] = Counter()
+    for block in _blocks(_read_lines(files), lines_per_block=10_000):
+        normalized = backend.normalizer.normalize_str(block)
+        words.update(word for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalized))
+    chars: Counter[str] = Counter()
+    inside: set[str] = set()
+    for word, count in words.items():
+        for char in word:
+            chars[char] += count
+        inside.update(word[1:])
+    kept = sorted(sorted(chars, key=lambda c: (-chars[c], c))[:limit])
+    return kept, ["##" + c for c in kept if c in inside]
+
+
+def _blocks(lines: Iterator[str], *, lines_per_block: int) -> Iterator[str]:
+    """Lines joined into blocks: one library call per block instead of per line. Words never cross a line
+    break, so counting a block's words counts its lines' words."""
+    block: list[str] = []
+    for line in lines:
+        block.append(line)
+        if len(block) == lines_per_block:
+            yield "\n".join(block)
+            block = []
+    if block:
+        yield "\n".join(block)
 
 
 def _read_lines(files: Sequence[str | Path]) -> Iterator[str]:

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import torch
 
 from bertforge.analysis.ablation_models import BiLSTMOnTop, LeftToRight
 from bertforge.analysis.ablation_report import TASK_COLUMNS, score, write_report
+from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -78,30 +79,121 @@ VARIANTS: dict[str, list[Variant]] = {
 }
 
 # ----- settings -----------------------------------------------------------------------------------
+SQUAD_MAX_LENGTH = 256  # SQuAD windows while fine-tuning: long enough for a question and a paragraph's worth
+SQUAD_STRIDE = 128
+FIRST_SEED = 42  # fine-tuning seed whose results are named <task>.json; other seeds add -seed<N>
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to compare.
+
+    Args:
+        groups: Which groups of variants: objectives (Table 5), positions, sizes (Table 6). Default: all.
+        variants: Or name the variants (e.g. bert no_nsp ltr ltr_bilstm pos_rope size_mini).
+        tasks: Downstream tasks among sst2, mrpc, squad (default: all three).
+    """
+
+    groups: list[str] | None = None
+    variants: list[str] | None = None
+    tasks: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        choose_variants(self.groups, self.variants)  # an unknown name fails here, before any work
+        _check_known("--tasks", "task", self.chosen_tasks, TASK_COLUMNS)
+
+    @property
+    def chosen_tasks(self) -> list[str]:
+        return list(self.tasks or TASK_COLUMNS)
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """Data.
+
+    Args:
+        files: Text files or folders (default: the shared Wikipedia dump).
+        max_documents: Documents of the corpus used (every 50th held out for evaluation).
+        vocab_size: WordPiece vocabulary trained on those documents.
+        data_root: Folder holding glue/SST-2, glue/MRPC and squad/ (the shared data).
+    """
+
+    files: list[Path] | None = None
+    max_documents: int = 2000
+    vocab_size: int = 8000
+    data_root: Path = DATA
+
+    def sources(self) -> list[Path]:
+        return [Path(f) for f in self.files] if self.files else [Path(self.data_root) / "wikipedia"]
+
+
 @dataclass(frozen=True)
 class PretrainSettings:
-    budget_tokens: int
-    max_seq_length: int = 128
+    """Pre-training, the same for every variant.
+
+    Args:
+        budget: Pre-training tokens per variant (padding included), e.g. 2M, 500k; steps = budget / (batch x length).
+        max_length: Pre-training sequence length.
+        batch_size: Pre-training batch size.
+        learning_rate: Peak pre-training learning rate (AdamW, 10% warm-up, linear decay).
+        seed: Seed of every pre-training (weights, pairs, masks).
+    """
+
+    budget: str = "2M"
+    max_length: int = 128
     batch_size: int = 32
-    lr: float = 1e-3
+    learning_rate: float = 1e-3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        parse_tokens(self.budget)
 
     @property
     def steps(self) -> int:
-        return max(1, self.budget_tokens // (self.batch_size * self.max_seq_length))
+        return max(1, parse_tokens(self.budget) // (self.batch_size * self.max_length))
+
+    def record(self) -> dict:
+        """What a finished pre-training is recognised by in its summary.json (these names, not the options',
+        so that run folders written before the options were renamed stay valid)."""
+        return {"budget_tokens": parse_tokens(self.budget), "max_seq_length": self.max_length,
+                "batch_size": self.batch_size, "lr": self.learning_rate, "seed": self.seed}
 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    epochs: float = 3.0
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    seed: int = 42
+    """Fine-tuning, the same recipe for every variant and task.
+
+    Args:
+        finetune_epochs: Fine-tuning epochs (the best epoch on dev is reported).
+        finetune_batch_size: Fine-tuning batch size.
+        finetune_learning_rate: Peak fine-tuning learning rate.
+        sst2_examples: First N SST-2 training sentences.
+        squad_train_questions: First N questions of the 35 training articles of the agreed SQuAD split.
+        squad_eval_questions: First N questions of the 13 evaluation articles.
+        finetune_seeds: Fine-tune every variant once per seed (default: 42 alone); with several, the table shows
+            mean ± standard deviation, the noise any difference between rows must beat.
+    """
+
+    finetune_epochs: float = 3.0
+    finetune_batch_size: int = 32
+    finetune_learning_rate: float = 1e-4
     sst2_examples: int = 8000
     squad_train_questions: int = 2000
     squad_eval_questions: int = 1000
-    squad_max_seq_length: int = 256
-    squad_doc_stride: int = 128
+    finetune_seeds: list[int] | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.finetune_seeds or [FIRST_SEED])
+
+    def record(self, seed: int) -> dict:
+        """What one fine-tuning's cached result is recognised by (as PretrainSettings.record, the names of
+        earlier run folders)."""
+        return {"epochs": self.finetune_epochs, "batch_size": self.finetune_batch_size,
+                "learning_rate": self.finetune_learning_rate, "seed": seed, "sst2_examples": self.sst2_examples,
+                "squad_train_questions": self.squad_train_questions,
+                "squad_eval_questions": self.squad_eval_questions, "squad_max_seq_length": SQUAD_MAX_LENGTH,
+                "squad_doc_stride": SQUAD_STRIDE}
 
 
 def parse_tokens(budget: str | int) -> int:
@@ -111,10 +203,17 @@ def parse_tokens(budget: str | int) -> int:
     try:
         value = float(text[:-1] if scale != 1 else text) * scale
     except ValueError:
-        raise ValueError(f"budget {budget!r} is not a token count; write e.g. 4M, 500k or 2000000") from None
-    if value < 1:
-        raise ValueError(f"budget must be at least 1 token, got {budget!r}")
+        raise OptionError(f"--budget {budget!r} is not a token count; write e.g. 4M, 500k or 2000000") from None
+    if not math.isfinite(value) or value < 1:
+        raise OptionError(f"--budget {budget!r}: give at least 1 token, e.g. 2M")
     return int(value)
+
+
+def _check_known(option: str, what: str, names: Sequence[str], known: Iterable[str]) -> None:
+    known = list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise OptionError(f"{option}: unknown {what}(s) {', '.join(map(str, unknown))}; choose from {', '.join(known)}")
 
 
 # ----- the corpus ---------------------------------------------------------------------------------
@@ -129,7 +228,7 @@ def prepare(corpus: Sequence[Path], output_dir: Path, *, max_documents: int, voc
         if settings_file.is_file():
             held = json.loads(settings_file.read_text(encoding="utf-8"))
             if held != wanted:
-                raise ValueError(f"{settings_file}: this run folder's corpus was prepared with {held}, not {wanted}; "
+                raise OptionError(f"{settings_file}: this run folder's corpus was prepared with {held}, not {wanted}; "
                                  "every variant must see the same corpus, so pass a new --output-dir (or the old "
                                  "settings)")
         return PreparedCorpus.open(output_dir / "data")
@@ -145,7 +244,7 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
 
     summary_file = run_dir / "summary.json"
     wanted = {"objective": variant.objective, "position": variant.position, "preset": variant.preset,
-              **dataclasses.asdict(settings)}
+              **settings.record()}
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
         if summary.get("settings") == wanted:
@@ -153,8 +252,9 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
     steps = settings.steps if variant.pretrained else 0
     cfg = PretrainConfig(
         data=data_dir, output_dir=run_dir, preset=variant.preset, objective=variant.objective,
-        model_overrides={"position_embedding_type": variant.position}, max_length=settings.max_seq_length,
-        batch_size=settings.batch_size, steps=steps, learning_rate=settings.lr, warmup_steps=max(1, steps // 10),
+        model_overrides={"position_embedding_type": variant.position}, max_length=settings.max_length,
+        batch_size=settings.batch_size, steps=steps, learning_rate=settings.learning_rate,
+        warmup_steps=max(1, steps // 10),
         dropout=0.0, seed=settings.seed, eval_every=max(1, steps // 4), eval_batches=20, log_every=max(1, steps // 50),
         save_every=max(1, steps // 4), resume=True, threads=threads, progress=False, tensorboard=False,
     )
@@ -164,7 +264,7 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
     result = train(cfg)
     final = result.evaluations[max(result.evaluations)]
     summary = {"settings": wanted, "steps": result.step, "tokens": result.step * settings.batch_size *
-               settings.max_seq_length, "seconds": round(time.perf_counter() - started, 1),
+               settings.max_length, "seconds": round(time.perf_counter() - started, 1),
                "heldout": final, "model_dir": str(result.model_dir)}
     write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
     return summary
@@ -206,29 +306,29 @@ def task_data(task_name: str, data_root: Path, settings: FinetuneSettings, title
         return (DataSettings(titles=files["train"], eval_titles=files["eval"],
                              max_train_examples=settings.squad_train_questions,
                              max_eval_examples=settings.squad_eval_questions), path, path)
-    raise ValueError(f"unknown ablation task {task_name!r}; choose from sst2, mrpc, squad")
+    raise OptionError(f"--tasks: unknown ablation task {task_name!r}; choose from {', '.join(TASK_COLUMNS)}")
 
 
 def finetune(variant: Variant, model_dir: Path, task_name: str, data_root: Path, settings: FinetuneSettings,
-             result_file: Path) -> dict:
+             seed: int, result_file: Path) -> dict:
     """Fine-tune one pre-trained variant on one task with the finetune job's own pieces (its task family,
-    features and training loop); returns the best epoch's evaluation (cached). Nothing is saved but the scores."""
+    features and training loop) and one seed; returns the best epoch's evaluation (cached). Nothing is saved
+    but the scores."""
     from bertforge.checkpoint import load_model
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune import InputSettings, read_features, task_family, with_dropout
     from bertforge.training.finetune_loop import TrainSettings, seed_everything, train
 
-    wanted = {"variant": dataclasses.asdict(variant), **dataclasses.asdict(settings)}
+    wanted = {"variant": dataclasses.asdict(variant), **settings.record(seed)}
     if result_file.is_file():
         cached = json.loads(result_file.read_text(encoding="utf-8"))
         if _same_settings(cached.get("settings"), wanted):
             return cached
     data, train_path, eval_path = task_data(task_name, data_root, settings, result_file.parent)
-    inputs = InputSettings(max_length=settings.squad_max_seq_length if task_name == "squad" else 128,
-                           stride=settings.squad_doc_stride)
+    inputs = InputSettings(max_length=SQUAD_MAX_LENGTH if task_name == "squad" else 128, stride=SQUAD_STRIDE)
     # Dropout 0, as every variant was pre-trained: a short run on little data gains nothing from it.
-    training = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
-                             learning_rate=settings.learning_rate, dropout=0.0, seed=settings.seed)
+    training = TrainSettings(epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size,
+                             learning_rate=settings.finetune_learning_rate, dropout=0.0, seed=seed)
     task = task_family(task_name, data, inputs)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     train_features, eval_sets = read_features(task, tokenizer, data, inputs.max_length, train_path, [eval_path])
@@ -272,122 +372,14 @@ def _same_settings(cached: dict | None, wanted: dict) -> bool:
 
 
 # ----- the job ------------------------------------------------------------------------------------
-def run(
-    output_dir: Path = Path("runs/ablate"),
-    budget: str = "2M",
-    groups: list[str] | None = None,
-    variants: list[str] | None = None,
-    tasks: list[str] | None = None,
-    files: list[Path] | None = None,
-    max_documents: int = 2000,
-    vocab_size: int = 8000,
-    data_root: Path = DATA,
-    max_length: int = 128,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-    finetune_epochs: float = 3.0,
-    finetune_batch_size: int = 32,
-    finetune_learning_rate: float = 1e-4,
-    sst2_examples: int = 8000,
-    squad_train_questions: int = 2000,
-    squad_eval_questions: int = 1000,
-    finetune_seeds: list[int] | None = None,
-    report_dir: Path | None = None,
-    threads: int | None = None,
-) -> Path:
-    """Pre-train each variant on the same corpus, token budget and seed; fine-tune each on the same tasks;
-    write ablation.md, ablation.csv and ablation.png.
-
-    Args:
-        output_dir: Run folder (resumable): data/, pretrain/<variant>/, finetune/<variant>/<task>.json (and the
-            SQuAD title lists it was fine-tuned with).
-        budget: Pre-training tokens per variant (padding included), e.g. 2M, 500k; steps = budget / (batch x length).
-        groups: Which groups of variants: objectives (Table 5), positions, sizes (Table 6). Default: all.
-        variants: Or name the variants (e.g. bert no_nsp ltr ltr_bilstm pos_rope size_mini).
-        tasks: Downstream tasks among sst2, mrpc, squad (default: all three).
-        files: Text files or folders (default: the shared Wikipedia dump).
-        max_documents: Documents of the corpus used (every 50th held out for evaluation).
-        vocab_size: WordPiece vocabulary trained on those documents.
-        data_root: Folder holding glue/SST-2, glue/MRPC and squad/ (the shared data).
-        max_length: Pre-training sequence length.
-        batch_size: Pre-training batch size.
-        learning_rate: Peak pre-training learning rate (AdamW, 10% warm-up, linear decay).
-        seed: Seed of every pre-training (weights, pairs, masks).
-        finetune_epochs: Fine-tuning epochs (the best epoch on dev is reported).
-        finetune_batch_size: Fine-tuning batch size.
-        finetune_learning_rate: Peak fine-tuning learning rate.
-        sst2_examples: First N SST-2 training sentences.
-        squad_train_questions: First N questions of the 35 training articles of the agreed SQuAD split.
-        squad_eval_questions: First N questions of the 13 evaluation articles.
-        finetune_seeds: Fine-tune every variant once per seed (default: 42 alone); with several, the table shows
-            mean ± standard deviation, the noise any difference between rows must beat.
-        report_dir: Where the table and the plot go (default: output_dir).
-        threads: CPU threads for torch.
-    """
-    if threads:
-        torch.set_num_threads(threads)
-    output_dir, data_root = Path(output_dir), Path(data_root)
-    chosen = choose_variants(groups, variants)
-    tasks = list(tasks or ["sst2", "mrpc", "squad"])
-    unknown = [t for t in tasks if t not in TASK_COLUMNS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_COLUMNS)}")
-    pre = PretrainSettings(parse_tokens(budget), max_length, batch_size, learning_rate, seed)
-    fine = FinetuneSettings(finetune_epochs, finetune_batch_size, finetune_learning_rate, sst2_examples=sst2_examples,
-                            squad_train_questions=squad_train_questions, squad_eval_questions=squad_eval_questions)
-    prepared = prepare(files or [data_root / "wikipedia"], output_dir, max_documents=max_documents,
-                       vocab_size=vocab_size)
-    counts = prepared.meta["counts"]
-    print(f"corpus: {counts['train']['tokens']:,} training tokens ({counts['train']['documents']:,} documents), "
-          f"{counts['heldout']['tokens']:,} held out; each variant: {pre.steps} steps x {batch_size} x "
-          f"{max_length} = {pre.steps * batch_size * max_length:,} tokens")
-
-    finetune_seeds = list(finetune_seeds or [FinetuneSettings.seed])
-    preamble = _preamble(pre, fine, prepared, budget, finetune_seeds, tasks)
-    rows = []
-    for variant in chosen:
-        rows.append(ablate_variant(variant, prepared.directory, output_dir, data_root, pre, fine, tasks,
-                                   finetune_seeds, threads))
-        paths = write_report(rows, tasks, Path(report_dir or output_dir), preamble)  # updated after every row
-    print(f"table: {paths['markdown']} and {paths['csv']}; plot: {paths['plot']}")
-    print(paths["markdown"].read_text(encoding="utf-8"))
-    return paths["markdown"]
-
-
-def ablate_variant(variant: Variant, data_dir: Path, output_dir: Path, data_root: Path, pre: PretrainSettings,
-                   fine: FinetuneSettings, tasks: Sequence[str], seeds: Sequence[int], threads: int | None) -> dict:
-    """Pre-train one variant, fine-tune it on every task with every seed: its row of the report."""
-    print(f"[{variant.name}] pre-training: objective {variant.objective}, positions {variant.position}, "
-          f"preset {variant.preset}")
-    summary = pretrain(variant, data_dir, output_dir / "pretrain" / variant.pretrain_name, pre, threads)
-    model_dir = Path(summary["model_dir"])
-    row = {"variant": variant, "pretrain": summary, "parameters": _parameters(model_dir), "tasks": {}}
-    print(f"[{variant.name}] held-out: {summary['heldout']}")
-    for task in tasks:
-        records = []
-        for seed in seeds:
-            name = f"{task}.json" if seed == FinetuneSettings.seed else f"{task}-seed{seed}.json"
-            records.append(finetune(variant, model_dir, task, data_root, dataclasses.replace(fine, seed=seed),
-                                    output_dir / "finetune" / variant.name / name))
-            print(f"[{variant.name}] {task} (seed {seed}): " + ", ".join(
-                f"{k} {score(task, v):.2f}" for k, v in records[-1]["metrics"].items() if isinstance(v, float)))
-        row["tasks"][task] = over_seeds(records)
-    return row
-
-
 def choose_variants(groups: list[str] | None, names: list[str] | None) -> list[Variant]:
     everything = {v.name: v for group in VARIANTS.values() for v in group}
     if names:
-        unknown = [n for n in names if n not in everything]
-        if unknown:
-            raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(everything)}")
+        _check_known("--variants", "variant", names, everything)
         chosen = [everything[n] for n in names]
     else:
         groups = groups or list(VARIANTS)
-        unknown = [g for g in groups if g not in VARIANTS]
-        if unknown:
-            raise ValueError(f"unknown group(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        _check_known("--groups", "group", groups, VARIANTS)
         chosen = [v for g in groups for v in VARIANTS[g]]
     # Every table needs its reference row: BERT (MLM + NSP, learned positions, tiny).
     if "bert" not in [v.name for v in chosen]:
@@ -399,6 +391,69 @@ def choose_variants(groups: list[str] | None, names: list[str] | None) -> list[V
     return chosen
 
 
+def run(output_dir: Path = Path("runs/ablate"), select: Selection = Selection(),
+        corpus: CorpusSettings = CorpusSettings(), pretraining: PretrainSettings = PretrainSettings(),
+        finetuning: FinetuneSettings = FinetuneSettings(), report_dir: Path | None = None,
+        threads: int | None = None) -> Path:
+    """Pre-train each variant on the same corpus, token budget and seed; fine-tune each on the same tasks;
+    write ablation.md, ablation.csv and ablation.png.
+
+    Args:
+        output_dir: Run folder (resumable): data/, pretrain/<variant>/, finetune/<variant>/<task>.json (and the
+            SQuAD title lists it was fine-tuned with).
+        select: Which variants and tasks (Selection).
+        corpus: The pre-training corpus and the downstream data (CorpusSettings).
+        pretraining: The pre-training recipe (PretrainSettings).
+        finetuning: The fine-tuning recipe (FinetuneSettings).
+        report_dir: Where the table and the plot go (default: output_dir).
+        threads: CPU threads for torch.
+    """
+    from bertforge.options import check_options
+
+    check_options({"select": select, "corpus": corpus, "pretraining": pretraining, "finetuning": finetuning,
+                   "threads": threads})
+    if threads:
+        torch.set_num_threads(threads)
+    output_dir = Path(output_dir)
+    chosen = choose_variants(select.groups, select.variants)
+    prepared = prepare(corpus.sources(), output_dir, max_documents=corpus.max_documents,
+                       vocab_size=corpus.vocab_size)
+    counts, pre = prepared.meta["counts"], pretraining
+    print(f"corpus: {counts['train']['tokens']:,} training tokens ({counts['train']['documents']:,} documents), "
+          f"{counts['heldout']['tokens']:,} held out; each variant: {pre.steps} steps x {pre.batch_size} x "
+          f"{pre.max_length} = {pre.steps * pre.batch_size * pre.max_length:,} tokens")
+    preamble = _preamble(pre, finetuning, prepared, select.chosen_tasks)
+    rows = []
+    for variant in chosen:
+        rows.append(ablate_variant(variant, prepared.directory, output_dir, Path(corpus.data_root), pre, finetuning,
+                                   select.chosen_tasks, threads))
+        paths = write_report(rows, select.chosen_tasks, Path(report_dir or output_dir), preamble)  # after every row
+    print(f"table: {paths['markdown']} and {paths['csv']}; plot: {paths['plot']}")
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    return paths["markdown"]
+
+
+def ablate_variant(variant: Variant, data_dir: Path, output_dir: Path, data_root: Path, pre: PretrainSettings,
+                   fine: FinetuneSettings, tasks: Sequence[str], threads: int | None) -> dict:
+    """Pre-train one variant, fine-tune it on every task with every seed: its row of the report."""
+    print(f"[{variant.name}] pre-training: objective {variant.objective}, positions {variant.position}, "
+          f"preset {variant.preset}")
+    summary = pretrain(variant, data_dir, output_dir / "pretrain" / variant.pretrain_name, pre, threads)
+    model_dir = Path(summary["model_dir"])
+    row = {"variant": variant, "pretrain": summary, "parameters": _parameters(model_dir), "tasks": {}}
+    print(f"[{variant.name}] held-out: {summary['heldout']}")
+    for task in tasks:
+        records = []
+        for seed in fine.seeds:
+            name = f"{task}.json" if seed == FIRST_SEED else f"{task}-seed{seed}.json"
+            records.append(finetune(variant, model_dir, task, data_root, fine, seed,
+                                    output_dir / "finetune" / variant.name / name))
+            print(f"[{variant.name}] {task} (seed {seed}): " + ", ".join(
+                f"{k} {score(task, v):.2f}" for k, v in records[-1]["metrics"].items() if isinstance(v, float)))
+        row["tasks"][task] = over_seeds(records)
+    return row
+
+
 def _parameters(model_dir: Path) -> int:
     from bertforge.checkpoint import read_weights
 
@@ -406,19 +461,18 @@ def _parameters(model_dir: Path) -> int:
     return sum(t.numel() for t in state.values())
 
 
-def _preamble(pre: PretrainSettings, fine: FinetuneSettings, prepared, budget: str, seeds: Sequence[int],
-              tasks: Sequence[str]) -> str:
-    counts = prepared.meta["counts"]
+def _preamble(pre: PretrainSettings, fine: FinetuneSettings, prepared, tasks: Sequence[str]) -> str:
+    counts, seeds = prepared.meta["counts"], fine.seeds
     seeding = (f"seed {seeds[0]}" if len(seeds) == 1 else
                f"seeds {', '.join(map(str, seeds))} (mean ± standard deviation)")
     data = {"sst2": f"SST-2 first {fine.sst2_examples:,} training sentences, dev 872",
             "mrpc": "MRPC train/dev",
             "squad": f"SQuAD v1.1 agreed split, first {fine.squad_train_questions:,} training / "
-                     f"{fine.squad_eval_questions:,} evaluation questions, length {fine.squad_max_seq_length}, "
-                     f"stride {fine.squad_doc_stride}"}
-    return (f"Pre-training: {pre.steps} steps x {pre.batch_size} x {pre.max_seq_length} tokens "
-            f"(budget {budget}) per variant on {counts['train']['tokens']:,} corpus tokens, lr {pre.lr}, seed "
-            f"{pre.seed}, vocabulary {prepared.tokenizer().vocab_size:,}. Fine-tuning: {fine.epochs:g} epochs, "
-            f"batch {fine.batch_size}, lr {fine.learning_rate}, {seeding}; "
-            + "; ".join(data[t] for t in tasks) + ". Best epoch on dev reported. "
+                     f"{fine.squad_eval_questions:,} evaluation questions, length {SQUAD_MAX_LENGTH}, "
+                     f"stride {SQUAD_STRIDE}"}
+    return (f"Pre-training: {pre.steps} steps x {pre.batch_size} x {pre.max_length} tokens "
+            f"(budget {pre.budget}) per variant on {counts['train']['tokens']:,} corpus tokens, lr "
+            f"{pre.learning_rate}, seed {pre.seed}, vocabulary {prepared.tokenizer().vocab_size:,}. Fine-tuning: "
+            f"{fine.finetune_epochs:g} epochs, batch {fine.finetune_batch_size}, lr {fine.finetune_learning_rate}, "
+            f"{seeding}; " + "; ".join(data[t] for t in tasks) + ". Best epoch on dev reported. "
             "Held-out perplexity of the LTR model is next-token perplexity, not comparable with MLM's.")

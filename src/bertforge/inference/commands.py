@@ -118,8 +118,9 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
 
 
 def qa(model: str, question: list[str] | str | None = None, context: list[str] | str | None = None,
-       input: Path | None = None, max_length: int = 384, stride: int = 128, max_answer_length: int = 30,
-       output: Path | None = None, device: str = "auto", precision: InferencePrecision = "fp32") -> list:
+       input: Path | None = None, max_length: int | None = None, stride: int | None = None,
+       max_answer_length: int | None = None, output: Path | None = None, device: str = "auto",
+       precision: InferencePrecision = "fp32") -> list:
     """Extract answers from contexts (any length: overlapping windows) with a question-answering checkpoint,
     decoded as `evaluate` and `predict` do (n-best start + end logits, max-context windows).
 
@@ -128,10 +129,13 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
         question: A question, or a JSON list of questions paired with a list of --context.
         context: The passage to answer from.
         input: Or a .csv/.tsv/.jsonl file with question and context columns.
-        max_length: Tokens per window (question + context piece + 3 special tokens).
+        max_length: Tokens per window (question + context piece + 3 special tokens); default: the model's
+            fine-tuning --max-length (saved in its config.json), else 384.
         stride: Tokens between the starts of consecutive windows (the step, as finetune's --stride;
-            transformers' stride is the overlap instead: window length minus this).
-        max_answer_length: Longest answer considered, in tokens.
+            transformers' stride is the overlap instead: window length minus this); default: the model's
+            fine-tuning --stride, else 128.
+        max_answer_length: Longest answer considered, in tokens; default: the model's fine-tuning
+            --max-answer-length, else 30.
         output: Write JSON lines here instead of printing.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.

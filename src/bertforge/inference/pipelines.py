@@ -36,8 +36,8 @@ from bertforge.tasks.base import Feature
 from bertforge.tasks.classification import TextExample
 from bertforge.tasks.masked_lm import top_tokens
 from bertforge.tasks.ner import split_words
-from bertforge.tasks.qa import examples_from_pairs
-from bertforge.tasks.registry import family_for
+from bertforge.tasks.qa import DEFAULT_MAX_LENGTH, examples_from_pairs
+from bertforge.tasks.registry import family_for, saved_task_settings
 from bertforge.tokenizer import Encoding
 
 # config.json architecture -> (model class, the pipelines it serves)
@@ -83,6 +83,7 @@ def load_pipeline(directory: str | Path, *, device: str = "auto", precision: Inf
     model_class, tasks = TASKS[architecture]
     sentence = read_sentence_config(directory)
     predictor_kwargs.setdefault("max_length", sentence.max_length)
+    predictor_kwargs.setdefault("task_settings", saved_task_settings(directory))
     model = load_model(directory, model_class).to(resolve_device("cpu" if precision == "int8" and device == "auto"
                                                                  else device))
     predictor = Predictor(model, BertTokenizer.from_pretrained(directory), precision=precision, **predictor_kwargs)
@@ -171,19 +172,23 @@ def ner(predictor: Predictor, texts: Sequence[str]) -> list[list[dict]]:
 
 
 # ----- qa -------------------------------------------------------------------------------------------------
-def qa(predictor: Predictor, questions: Sequence[str], contexts: Sequence[str], *, max_length: int = 384,
-       stride: int = 128, max_answer_length: int = 30) -> list[dict]:
+def qa(predictor: Predictor, questions: Sequence[str], contexts: Sequence[str], *, max_length: int | None = None,
+       stride: int | None = None, max_answer_length: int | None = None) -> list[dict]:
     """{answer, score, start, end} per (question, context): the best span over all windows.
 
     SQuAD decoding as `evaluate` does it (tasks/qa.py): contexts longer than one window of `max_length`
     tokens are covered by windows starting every `stride` tokens (finetune's --stride: the step, not
     the overlap); spans are ranked by start + end logit over the n best, each token read in the window where
     it has the most context; score = the answer's probability among the n best spans.
+    Options left at None are those the model was fine-tuned with (`predictor.task_settings`, which
+    `load_pipeline` reads from its folder), else 384 tokens, a stride of 128 and answers of 30 tokens at most.
     """
     _require(predictor, BertForQuestionAnswering, "qa")
     if len(questions) != len(contexts):
         raise PipelineError(f"got {len(questions)} questions but {len(contexts)} contexts")
-    task = family_for(predictor.model, doc_stride=stride, max_answer_length=max_answer_length)
+    saved = predictor.task_settings
+    task = family_for(predictor.model, saved, doc_stride=stride, max_answer_length=max_answer_length)
+    window = max_length or saved.get("max_seq_length") or DEFAULT_MAX_LENGTH
     examples = examples_from_pairs(questions, contexts)
-    features = task.features(examples, predictor.tokenizer, max_seq_length=min(max_length, predictor.max_length))
+    features = task.features(examples, predictor.tokenizer, max_seq_length=min(window, predictor.max_length))
     return task.answers(examples, features, _head_outputs(predictor, features))

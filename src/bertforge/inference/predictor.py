@@ -14,9 +14,9 @@ Shapes: B = batch, N = real tokens in a batch, T = longest sequence, H = hidden 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -130,11 +130,14 @@ class Predictor:
         max_length: Texts are truncated to this many tokens (default: the model's maximum).
         precision: fp32, bf16 or fp16 (autocast), int8 (a dynamically quantised copy of the model; CPU) or
             auto (bf16 where the hardware has it natively); see bertforge/precision.py.
+        task_settings: The settings the model was fine-tuned with (`tasks.registry.saved_task_settings`),
+            which the pipelines take as their defaults; {} for a model without them.
     """
 
     def __init__(self, model: nn.Module, tokenizer: BertTokenizer, *, mode: Mode = "packed",
                  attention: PackedAttention = "padded", max_tokens: int = 8192, max_batch: int = 256,
-                 max_length: int | None = None, precision: InferencePrecision = "fp32") -> None:
+                 max_length: int | None = None, precision: InferencePrecision = "fp32",
+                 task_settings: Mapping[str, Any] | None = None) -> None:
         if mode not in ("packed", "padded"):
             raise ValueError(f"mode must be packed or padded, not {mode!r}")
         device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
@@ -153,6 +156,7 @@ class Predictor:
         limit = self.encoder.config.max_position_embeddings
         self.max_length = min(max_length or tokenizer.model_max_length, limit)
         self.device = device
+        self.task_settings = dict(task_settings or {})
 
     def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs) -> Encoding:
         kwargs.setdefault("max_length", self.max_length)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from bertforge.errors import BertforgeError
+from bertforge.errors import BertforgeError, OptionError
 from bertforge.inference import pipelines
 from bertforge.inference.batcher import MicroBatcher, Overloaded
 from bertforge.inference.pipelines import Loaded, PipelineError
@@ -91,6 +91,10 @@ class ClassifyIn(TextsIn):
 class QAIn(_Body):
     questions: list[str] = Field(min_length=1)
     contexts: list[str] = Field(min_length=1)
+    # Left out: the settings the model was fine-tuned with (its config.json), else those of `bertforge qa`.
+    max_length: int | None = Field(None, ge=8, description="Tokens per window (capped to the model's).")
+    stride: int | None = Field(None, ge=1, description="Tokens between the starts of consecutive windows.")
+    max_answer_length: int | None = Field(None, ge=1, description="Longest answer, in tokens.")
 
 
 class AttentionIn(_Body):
@@ -121,8 +125,9 @@ def _run_batch(loaded: Loaded, key: Hashable, items: list) -> list:
         return pipelines.classify(predictor, texts, pairs)
     if task == "ner":
         return pipelines.ner(predictor, items)
-    if task == "qa":
-        return pipelines.qa(predictor, [q for q, _ in items], [c for _, c in items])
+    if task == "qa":  # key = ("qa", max_length, stride, max_answer_length)
+        return pipelines.qa(predictor, [q for q, _ in items], [c for _, c in items], max_length=key[1],
+                            stride=key[2], max_answer_length=key[3])
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -184,7 +189,7 @@ class _Service:
             raise ApiError(503, "server overloaded, retry later", str(exc)) from None
         except TimeoutError:
             raise ApiError(503, f"request timed out after {self.limits.timeout_s} s") from None
-        except PipelineError as exc:
+        except (PipelineError, OptionError) as exc:  # e.g. a question that leaves a window no room for context
             raise ApiError(422, str(exc)) from None
 
 
@@ -323,7 +328,8 @@ def _add_task_routes(app, service: _Service, *, openai_name: str) -> None:
                 raise ApiError(422, f"{len(body.questions)} questions but {len(body.contexts)} contexts")
             check_texts(body.questions, "questions")
             check_texts(body.contexts, "contexts")
-            return await batched(("qa",), list(zip(body.questions, body.contexts, strict=True)))
+            key = ("qa", body.max_length, body.stride, body.max_answer_length)
+            return await batched(key, list(zip(body.questions, body.contexts, strict=True)))
 
 
 def _add_attention_route(app, service: _Service) -> None:

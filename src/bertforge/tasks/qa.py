@@ -207,6 +207,10 @@ def best_null_threshold(examples: Sequence[QAExample], null_margins: dict[str, f
 
 
 # ----- the family ---------------------------------------------------------------------------------
+# Tokens per window when a model folder saved no max_seq_length (google-research/bert's run_squad.py uses 384);
+# the window step and answer length default in QuestionAnswering's constructor.
+DEFAULT_MAX_LENGTH = 384
+
 class QuestionAnswering:
     model_class = BertForQuestionAnswering
     metric_names = ("f1", "exact_match")

@@ -6,6 +6,8 @@ importing them back."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
+from pathlib import Path
 
 from torch import nn
 
@@ -28,6 +30,15 @@ _NAMES: dict[type, tuple[str, ...]] = {
 _SHOWN = [*GLUE_TASKS, "classification", "regression", "multilabel", "ner", "squad", "squad_v2", "swag"]
 
 
+def saved_task_settings(directory: str | Path) -> dict:
+    """The settings a model folder was fine-tuned with, as `finetune` saves them in its config.json: the family's
+    `settings()` (task name, doc_stride, max_answer_length, ...) plus max_seq_length; {} for a model saved
+    otherwise. Every job that uses a fine-tuned model takes these as its defaults, so reading them lives here."""
+    from bertforge.checkpoint import read_config
+
+    return dict(read_config(directory).get(TASK_CONFIG_KEY) or {})
+
+
 def family(name: str, **settings) -> TaskFamily:
     """The task family for a task name. `settings` are options (columns, doc_stride, ...); each family
     takes those its constructor names and ignores the rest, so one CLI can carry all of them."""
@@ -45,17 +56,22 @@ def family_class(name: str) -> type:
     raise DataError(f"unknown task {name!r}; choose one of {', '.join(_SHOWN)}")
 
 
-def family_for(model: nn.Module, **settings) -> TaskFamily:
-    """The family that decodes a task model's outputs, its labels taken from the model (id2label), for a model
-    used without the settings `finetune` saves (the pipelines and the HTTP service, a checkpoint from elsewhere).
-    `settings` as for `family`."""
+def family_for(model: nn.Module, saved: Mapping | None = None, **settings) -> TaskFamily:
+    """The family that decodes a task model's outputs, its labels taken from the model (id2label), for the
+    pipelines and the HTTP service. `saved` is the model folder's `saved_task_settings` ({} for a checkpoint
+    from elsewhere); `settings` (as for `family`) override them, except those left at None. A saved `task`
+    names the variant (squad_v2) when it belongs to the model's family."""
     for cls in _NAMES:
         if isinstance(model, cls.model_class):
             break
     else:
         raise DataError(f"{type(model).__name__} has no task family; a task model from heads.py is needed")
     name = _NAMES[cls][0]
-    if cls is SequenceClassification:
+    settings = {**(saved or {}), **{k: v for k, v in settings.items() if v is not None}}
+    saved_name = settings.pop("task", None)
+    if saved_name is not None and family_class(saved_name) is cls:
+        name = saved_name
+    elif cls is SequenceClassification:
         name = ("multilabel" if model.problem_type == "multi_label_classification"
                 else "regression" if model.num_labels == 1 else "classification")
     labels = getattr(model, "labels", None)

@@ -41,15 +41,16 @@ def run(
         max_eval_examples: Evaluate only the first N examples.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
+    from bertforge.tasks.registry import saved_task_settings
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune import _lines
-    from bertforge.training.finetune_loop import EvalSet, evaluate, load_task_model, task_settings
+    from bertforge.training.finetune_loop import EvalSet, evaluate, load_task_model
 
     if output is not None:
         check_output_file(output, inputs=(input,))
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column,
                                 label_column=label_column)
-    max_length = max_length or task_settings(model).get("max_seq_length", 128)
+    max_length = max_length or saved_task_settings(model).get("max_seq_length", 128)
     check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
     examples = task.read(input, titles=_lines(titles)) if titles else task.read(input)

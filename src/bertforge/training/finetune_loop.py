@@ -28,7 +28,7 @@ from bertforge.checkpoint import load_model
 from bertforge.errors import OptionError
 from bertforge.precision import Precision, autocast
 from bertforge.tasks.base import Feature, TaskFamily, collate
-from bertforge.tasks.registry import TASK_CONFIG_KEY, family
+from bertforge.tasks.registry import TASK_CONFIG_KEY, family, saved_task_settings
 from bertforge.training.metrics import Curve, plot_curves
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule
 
@@ -366,18 +366,11 @@ def _log(record: dict, log_file: Path | None, writer, step: int) -> None:
                 writer.add_scalar(key, value, step)
 
 
-def task_settings(directory: str | Path) -> dict:
-    """The task family's settings a fine-tuned model keeps in its config.json ({} when it has none)."""
-    from bertforge.checkpoint import read_config
-
-    return dict(read_config(directory).get(TASK_CONFIG_KEY) or {})
-
-
 def load_task_model(directory: str | Path, **overrides) -> tuple[torch.nn.Module, TaskFamily]:
     """A fine-tuned model saved by `finetune` and its task family, rebuilt from config.json."""
     from bertforge.checkpoint import CheckpointError
 
-    settings = task_settings(directory)
+    settings = saved_task_settings(directory)
     if not settings and "task" not in overrides:
         raise CheckpointError(f"{directory}/config.json: no {TASK_CONFIG_KEY!r} entry, so this is not a model saved by "
                               f"`bertforge finetune`; fine-tune it first (bertforge finetune --model {directory} "

@@ -45,12 +45,13 @@ def run(
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
     """
     from bertforge.tasks.base import PredictionTable
+    from bertforge.tasks.registry import saved_task_settings
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.training.finetune_loop import load_task_model, predict_outputs, task_settings
+    from bertforge.training.finetune_loop import load_task_model, predict_outputs
 
     check_output_file(output, inputs=(input,))
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column)
-    max_length = max_length or task_settings(model).get("max_seq_length", 128)
+    max_length = max_length or saved_task_settings(model).get("max_seq_length", 128)
     check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     # Every input problem (columns, ids, format) is found before the model runs.
     ids = task.read_ids(input, id_column) if id_column else None
