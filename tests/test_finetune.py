@@ -128,6 +128,101 @@ def test_predict_and_evaluate(sentiment_run):
         finetune_evaluate.run(out, bad)
 
 
+def write_sources(work, rows) -> dict:
+    """The same rows as CSV, TSV, JSONL, Parquet, a save_to_disk folder and a `datasets.Dataset`."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    (work / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with (work / "rows.tsv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), work / "rows.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(work / "saved"))
+    return {"csv": write_csv(work / "rows.csv", rows), "tsv": work / "rows.tsv", "jsonl": work / "rows.jsonl",
+            "parquet": work / "rows.parquet", "saved": work / "saved",
+            "dataset": datasets.Dataset.from_list(rows, split="validation")}
+
+
+def hub_with(monkeypatch, splits: dict) -> list:
+    """`datasets.load_dataset` answering with `splits` offline; returns the (name, config) calls made."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(name, config=None):
+        calls.append((name, config))
+        return datasets.DatasetDict({split: datasets.Dataset.from_list(rows, split=split)
+                                     for split, rows in splits.items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_evaluate_and_predict_read_every_source_alike(sentiment_run, monkeypatch, capsys):
+    """evaluate and predict on Parquet, save_to_disk, a Dataset and --dataset give what the CSV gives."""
+    work, out, _ = sentiment_run
+    rows = [{**r, "id": str(r["id"])} for r in sentiment_rows(30, 6)]
+    sources = write_sources(work, rows)
+    expected = finetune_evaluate.run(out, sources["csv"])
+    finetune_predict.run(out, sources["csv"], work / "from_csv.csv", id_column="id")
+    for kind, source in sources.items():
+        assert finetune_evaluate.run(out, source) == expected, kind
+        finetune_predict.run(out, source, work / f"from_{kind}.csv", id_column="id")
+        assert (work / f"from_{kind}.csv").read_text() == (work / "from_csv.csv").read_text(), kind
+    main(["evaluate", "--model", str(out), "--input", str(sources["parquet"]), "--output", str(work / "m.json")])
+    assert json.loads((work / "m.json").read_text()) == expected
+    unlabelled = [{"id": r["id"], "text": r["text"], "label": -1} for r in rows]
+    calls = hub_with(monkeypatch, {"train": rows, "validation": rows, "test": unlabelled})
+    assert call_job(finetune_evaluate.run, {"model": out, "dataset": "mine:sst"}) == expected
+    main(["predict", "--model", str(out), "--dataset", "mine", "--id-column", "id", "--output", str(work / "t.csv")])
+    assert (work / "t.csv").read_text() == (work / "from_csv.csv").read_text()
+    assert calls == [("mine", "sst"), ("mine", None)]
+    with pytest.raises(DataError, match=r"--dataset mine: no split 'dev'; choose one of \['test', 'train', "
+                                         r"'validation'\] with --split"):
+        finetune_evaluate.run(out, dataset="mine", split="dev")
+    for options in ({}, {"input": sources["csv"], "dataset": "mine"}):
+        with pytest.raises(OptionError, match="--input or --dataset: give one of them"):
+            finetune_evaluate.run(out, **options)
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", str(out), "--input", str(sources["csv"])])
+    assert "--output: give the file to write the predictions to" in capsys.readouterr().err
+
+
+def predicted_probabilities(out, source, path, **options) -> np.ndarray:
+    finetune_predict.run(out, source, path, **options)
+    with path.open(encoding="utf-8") as handle:
+        return np.array([[float(r["prob_neg"]), float(r["prob_pos"])] for r in csv.DictReader(handle)])
+
+
+def test_evaluate_and_predict_precision(sentiment_run, monkeypatch):
+    """--precision as on finetune: bf16 runs under autocast and agrees with fp32; auto is fp32 on a CPU
+    without native bf16 and bf16 on one with it; a bad value is refused before the model loads."""
+    import bertforge.precision
+
+    work, out, _ = sentiment_run
+    source = write_csv(work / "precision.csv", sentiment_rows(40, 8))
+    fp32 = predicted_probabilities(out, source, work / "fp32.csv", device="cpu")
+    main(["predict", "--model", str(out), "--input", str(source), "--output", str(work / "bf16.csv"),
+          "--device", "cpu", "--precision", "bf16"])
+    bf16 = predicted_probabilities(out, source, work / "bf16-api.csv", device="cpu", precision="bf16")
+    assert (work / "bf16.csv").read_text() == (work / "bf16-api.csv").read_text()
+    assert not np.array_equal(fp32, bf16)  # autocast really ran
+    np.testing.assert_allclose(bf16, fp32, atol=0.02)
+    assert (bf16.argmax(1) == fp32.argmax(1)).all()
+    monkeypatch.setattr(bertforge.precision, "native_bf16", lambda device="cpu": False)
+    auto = predicted_probabilities(out, source, work / "auto.csv", device="cpu", precision="auto")
+    np.testing.assert_array_equal(auto, fp32)
+    monkeypatch.setattr(bertforge.precision, "native_bf16", lambda device="cpu": True)
+    auto = predicted_probabilities(out, source, work / "auto.csv", device="cpu", precision="auto")
+    np.testing.assert_array_equal(auto, bf16)
+    assert finetune_evaluate.run(out, source, precision="bf16")["accuracy"] == \
+        finetune_evaluate.run(out, source)["accuracy"]
+    int8 = predicted_probabilities(out, source, work / "int8.csv", precision="int8")
+    assert not np.array_equal(int8, fp32) and (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
+    with pytest.raises(OptionError, match="--precision fp8: choose one of"):
+        finetune_evaluate.run(work / "no-such-model", source, precision="fp8")
+
+
 def test_seed_reproducible_and_early_stopping(tiny_model, tmp_path):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(32, 4))
     dev = write_csv(tmp_path / "dev.csv", sentiment_rows(16, 5))

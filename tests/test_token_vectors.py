@@ -74,3 +74,34 @@ def test_cli_embed_per_token_writes_npz(tmp_path: Path, minilm_dir: Path, real, 
         main(["embed", "--model", str(minilm_dir), "--input", str(tmp_path / "bank.txt"), "--per-token", "true",
               "--output", str(tmp_path / "bank.npy")])
     assert "per-token vectors are written as .npz" in capsys.readouterr().err
+
+
+def test_per_token_output_is_checked_before_the_model_loads(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A wrong suffix (or several --layers) is refused in one line before any weights are read; without --output
+    the vectors go to vectors.npz."""
+    import bertforge.checkpoint
+    from bertforge.inference.tiny import build
+    from bertforge.model import BertModel
+
+    build(BertModel, tmp_path / "model")
+    (tmp_path / "texts.txt").write_text("river bank\nbank account\n", encoding="utf-8")
+    load_model = bertforge.checkpoint.load_model
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(bertforge.checkpoint, "load_model", must_not_load)
+    embed = ["embed", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "texts.txt"), "--per-token", "true"]
+    with pytest.raises(SystemExit):
+        main([*embed, "--output", str(tmp_path / "bank.npy")])
+    assert capsys.readouterr().err.strip() == (
+        f"bertforge: error: --output {tmp_path / 'bank.npy'}: per-token vectors are written as .npz (one array "
+        f"per field); use e.g. --output {tmp_path / 'bank.npz'}")
+    with pytest.raises(SystemExit):
+        main([*embed, "--output", str(tmp_path / "bank.npz"), "--layers", "[-2, -1]"])
+    assert "--per-token --layers [-2, -1]: give one layer" in capsys.readouterr().err
+    monkeypatch.setattr(bertforge.checkpoint, "load_model", load_model)
+    monkeypatch.chdir(tmp_path)
+    main(embed)
+    saved = np.load(tmp_path / "vectors.npz")
+    assert saved["offsets"].tolist()[0] == 0 and len(saved["tokens"]) == saved["offsets"][-1] == len(saved["vectors"])

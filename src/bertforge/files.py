@@ -208,10 +208,11 @@ def remove_stale_temporaries(folder: str | Path, *, name: str | None = None,
 
 # ----- checks before compute -----------------------------------------------------------------------
 def check_output_file(path: str | Path, *, option: str = "--output", inputs: Iterable[str | Path | None] = ()) -> Path:
-    """An output file that can be written and is none of `inputs` (same file after resolving links)."""
+    """An output file that can be written and is none of `inputs` (same file after resolving links; an input
+    that is no path, such as a `datasets.Dataset`, cannot be overwritten)."""
     path = Path(path)
     for source in inputs:
-        if source is not None and _same_path(path, Path(source)):
+        if isinstance(source, str | Path) and _same_path(path, Path(source)):
             raise OutputError(f"{option} {path}: is the input file; writing there would destroy it — "
                               "choose another output path")
     if path.is_dir():

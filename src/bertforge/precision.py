@@ -55,6 +55,14 @@ def resolve_precision(precision: str, device: torch.device | str, *, training: b
     return precision
 
 
+def inference_device(device: str, precision: str) -> torch.device:
+    """The device a job that predicts runs on: the one `--device` names, where `auto` is the CPU for int8 (which
+    runs there only) and the best device here otherwise."""
+    from bertforge.options import resolve_device
+
+    return resolve_device("cpu" if precision == "int8" and device == "auto" else device)
+
+
 def _check_bf16(device: torch.device) -> None:
     if device.type == "cuda" and not native_bf16(device):
         name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else str(device)

@@ -4,7 +4,7 @@ Three ways in, all ending as the same plain records `data/tables.py` gives for a
 - a `datasets.Dataset` object handed to the Python API;
 - a folder written by `Dataset.save_to_disk` (one split; a `DatasetDict` folder holds one sub-folder per split);
 - a Hub name, `--dataset glue:sst2` = `datasets.load_dataset("glue", "sst2")`: its `train` split trains and
-  its `validation*` splits evaluate.
+  its `validation*` splits evaluate; `evaluate` and `predict` read the one split `--split` names.
 
 Class labels come out as their names ("positive", "B-PER"), as a CSV file would hold them; the label -1
 that the Hub uses for unlabelled test rows comes out as None.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bertforge.errors import DataError
+from bertforge.errors import DataError, OptionError
 
 INSTALL = "pip install 'bertforge[data]' (or: pip install datasets)"
 
@@ -91,17 +91,40 @@ def load_hub(spec: str) -> tuple[Any, list[Any]]:
 
     The validation splits are those whose names start with "validation" (MNLI has validation_matched and
     validation_mismatched); test splits are left alone, as the Hub's are often unlabelled."""
+    splits = _load_from_hub(spec)
+    if "train" not in splits:
+        raise DataError(f"--dataset {spec}: no 'train' split (splits: {list(splits)})")
+    validation = [splits[s] for s in sorted(splits) if s.startswith("validation")]
+    return splits["train"], validation
+
+
+def load_hub_split(spec: str, split: str) -> Any:
+    """One split of the Hub dataset `name[:config]` (what `evaluate` and `predict` read with --split)."""
+    splits = _load_from_hub(spec)
+    if split not in splits:
+        raise DataError(f"--dataset {spec}: no split {split!r}; choose one of {sorted(splits)} with --split")
+    return splits[split]
+
+
+def _load_from_hub(spec: str):
+    """Every split of `name[:config]` (a DatasetDict); the Hub's cache makes a second call cheap."""
     name, _, config = spec.partition(":")
     if not name:
         raise DataError(f"--dataset {spec!r}: expected a Hub name such as glue:sst2, conll2003 or squad")
     library = _library()
     try:
-        splits = library.load_dataset(name, config or None)
+        return library.load_dataset(name, config or None)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
         raise DataError(f"--dataset {spec}: could not load it from the Hugging Face Hub ({exc}); check the "
                         "name and config (name:config), the network, or save it with save_to_disk and give "
-                        "the folder to --train/--validation") from None
-    if "train" not in splits:
-        raise DataError(f"--dataset {spec}: no 'train' split (splits: {list(splits)})")
-    validation = [splits[s] for s in sorted(splits) if s.startswith("validation")]
-    return splits["train"], validation
+                        "that folder instead of --dataset") from None
+
+
+def input_or_dataset(input: Any, dataset: str | None, split: str) -> Any:
+    """The one data source of a job that reads one (`evaluate`, `predict`): --input (a file, a `save_to_disk`
+    folder or, from Python, a `datasets.Dataset`) or the --split of the Hub dataset --dataset."""
+    if (input is None) == (dataset is None):
+        given = "both" if input is not None else "neither"
+        raise OptionError(f"--input or --dataset: give one of them ({given} given): a file or save_to_disk "
+                          "folder to --input, or a Hub name such as glue:sst2 to --dataset (with --split)")
+    return input if dataset is None else load_hub_split(dataset, split)

@@ -149,7 +149,7 @@ def embed_texts(
 def run(
     model: str,
     input: Path,
-    output: Path = Path("vectors.npy"),
+    output: Path | None = None,
     pooling: Pooling | None = None,
     layers: list[int] | None = None,
     combine: Combine = "concat",
@@ -168,7 +168,8 @@ def run(
     Args:
         model: A model directory (Hugging Face format), or all-minilm-l6-v2 for the packaged checkpoint.
         input: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
-        output: Where to write the vectors (.npy).
+        output: Where to write the vectors: an .npy (default vectors.npy), or an .npz with --per-token (default
+            vectors.npz).
         pooling: cls (first token), pooled (tanh pooler on [CLS]), mean or max (over real tokens); default the
             model folder's own (sentence-transformers' 1_Pooling/config.json), else mean.
         layers: Hidden states to use: 0 = embeddings, -1 = last (default); e.g. [-4,-3,-2,-1].
@@ -189,7 +190,10 @@ def run(
     from bertforge.inference.sentence import read_sentence_config
     from bertforge.pretrained import resolve_model
 
+    output = Path(output or ("vectors.npz" if per_token else "vectors.npy"))
     check_output_file(output, inputs=(input,))
+    if per_token:
+        _check_per_token(output, layers)
     directory = resolve_model(model)
     settings = read_sentence_config(directory).with_options(pooling=pooling, normalize=normalize)
     texts = read_texts(input, text_column=text_column)
@@ -216,12 +220,19 @@ def run(
     return Path(output)
 
 
+def _check_per_token(output: Path, layers: list[int] | None) -> None:
+    """The options of `--per-token` checked before the model loads: an .npz output and at most one layer."""
+    from bertforge.inference.token_vectors import check_token_vectors_output
+
+    check_token_vectors_output(output)
+    if layers and len(layers) > 1:
+        raise OptionError(f"--per-token --layers {layers}: give one layer (per-token vectors are not combined)")
+
+
 def _write_token_vectors(bert: BertModel, tokenizer: BertTokenizer, texts: list[str], layers: list[int] | None,
                          max_length: int | None, batch_size: int, output: Path) -> Path:
     from bertforge.inference.token_vectors import save_token_vectors, token_vectors
 
-    if layers and len(layers) > 1:
-        raise OptionError(f"--per-token --layers {layers}: give one layer (per-token vectors are not combined)")
     result = token_vectors(bert, tokenizer, texts, layer=layers[0] if layers else -1, max_length=max_length,
                            batch_size=batch_size)
     save_token_vectors(result, output)

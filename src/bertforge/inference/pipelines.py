@@ -30,8 +30,7 @@ from bertforge.inference.embed import Pooling, embed_texts
 from bertforge.inference.predictor import Predictor
 from bertforge.inference.sentence import SentenceConfig, read_sentence_config
 from bertforge.model import BertModel
-from bertforge.options import resolve_device
-from bertforge.precision import InferencePrecision
+from bertforge.precision import InferencePrecision, inference_device
 from bertforge.tasks.base import Feature
 from bertforge.tasks.classification import TextExample
 from bertforge.tasks.masked_lm import top_tokens
@@ -84,8 +83,7 @@ def load_pipeline(directory: str | Path, *, device: str = "auto", precision: Inf
     sentence = read_sentence_config(directory)
     predictor_kwargs.setdefault("max_length", sentence.max_length)
     predictor_kwargs.setdefault("task_settings", saved_task_settings(directory))
-    model = load_model(directory, model_class).to(resolve_device("cpu" if precision == "int8" and device == "auto"
-                                                                 else device))
+    model = load_model(directory, model_class).to(inference_device(device, precision))
     predictor = Predictor(model, BertTokenizer.from_pretrained(directory), precision=precision, **predictor_kwargs)
     return Loaded(predictor, architecture, tasks, Path(directory), sentence)
 

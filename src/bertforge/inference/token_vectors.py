@@ -85,10 +85,16 @@ def word_similarity(vectors: TokenVectors, word: str) -> np.ndarray:
     return np.array([[cosine(a, b) for b in found] for a in found])
 
 
+def check_token_vectors_output(output: Path) -> None:
+    """Per-token vectors go to an .npz; `embed --per-token` asks before it loads the model."""
+    if Path(output).suffix != ".npz":
+        raise OptionError(f"--output {output}: per-token vectors are written as .npz (one array per field); "
+                          f"use e.g. --output {Path(output).with_suffix('.npz')}")
+
+
 def save_token_vectors(result: TokenVectors, output: Path) -> Path:
     """An .npz: `vectors` [all tokens, H] back to back, `offsets` [N + 1] where each text starts, `tokens`."""
-    if Path(output).suffix != ".npz":
-        raise OptionError(f"--output {output}: per-token vectors are written as .npz (one array per field)")
+    check_token_vectors_output(output)
     lengths = [len(t) for t in result.tokens]
 
     def save(tmp: Path) -> None:

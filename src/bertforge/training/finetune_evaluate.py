@@ -1,6 +1,7 @@
 """`bertforge evaluate`: the official metrics of a fine-tuned model on labelled data.
 
     bertforge evaluate --model out/sst2 --input ../shared/data/glue/SST-2/dev.tsv
+    bertforge evaluate --model out/sst2 --dataset glue:sst2 --precision auto     # the Hub's validation split
 """
 
 from __future__ import annotations
@@ -8,15 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bertforge.data import hf_datasets
+from bertforge.data.tables import source_name
 from bertforge.errors import DataError
 from bertforge.files import check_output_file, write_text_atomic
-from bertforge.options import check_length, resolve_device
+from bertforge.options import check_length
+from bertforge.precision import InferencePrecision, inference_device, resolve_precision
 
 
 def run(
     model: Path,
-    input: Path,
+    input: Path | None = None,
     output: Path | None = None,
+    dataset: str | None = None,
+    split: str = "validation",
     titles: Path | None = None,
     text_column: str | None = None,
     text_pair_column: str | None = None,
@@ -25,13 +31,18 @@ def run(
     batch_size: int = 64,
     max_eval_examples: int | None = None,
     device: str = "auto",
+    precision: InferencePrecision = "fp32",
 ) -> dict:
-    """Score a model saved by `bertforge finetune` on a labelled file with its task's official metrics.
+    """Score a model saved by `bertforge finetune` on labelled data with its task's official metrics.
 
     Args:
         model: The fine-tuned model directory.
-        input: Labelled data in the task's format (GLUE TSV, CSV/TSV/JSONL, CoNLL, SQuAD JSON, SWAG CSV).
+        input: Labelled data in the task's format: a file (GLUE TSV, .csv/.tsv/.jsonl/.parquet, CoNLL, SQuAD JSON,
+            SWAG CSV), a folder saved by `datasets`' save_to_disk, or (Python API) a `datasets.Dataset`.
         output: Also write the metrics here as JSON.
+        dataset: Instead of --input, a Hugging Face Hub dataset, name[:config] (glue:sst2); its --split is read.
+            Needs `datasets` and the network.
+        split: The split of --dataset to evaluate on (MNLI: validation_matched or validation_mismatched).
         titles: SQuAD: a text file of the article titles to evaluate on (one per line).
         text_column: Override the text column saved with the model.
         text_pair_column: Override the second-text column saved with the model.
@@ -40,26 +51,32 @@ def run(
         batch_size: Evaluation batch size.
         max_eval_examples: Evaluate only the first N examples.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto (bf16 where
+            the hardware has it natively), as on finetune.
     """
     from bertforge.tasks.registry import saved_task_settings
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune import _lines
-    from bertforge.training.finetune_loop import EvalSet, evaluate, load_task_model
+    from bertforge.training.finetune_loop import EvalSet, evaluate, load_task_model, ready_to_predict
 
+    run_on = inference_device(device, precision)
+    running_precision = resolve_precision(precision, run_on)
     if output is not None:
         check_output_file(output, inputs=(input,))
+    source = hf_datasets.input_or_dataset(input, dataset, split)
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column,
                                 label_column=label_column)
     max_length = max_length or saved_task_settings(model).get("max_seq_length", 128)
     check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
-    examples = task.read(input, titles=_lines(titles)) if titles else task.read(input)
+    examples = task.read(source, titles=_lines(titles)) if titles else task.read(source)
     examples = examples[:max_eval_examples] if max_eval_examples else examples
     if not examples:
-        raise DataError(f"{input}: no examples to evaluate (only a header line?)")
+        raise DataError(f"{source_name(source)}: no examples to evaluate (only a header line?)")
     features = task.features(examples, tokenizer, max_seq_length=max_length)
-    metrics = evaluate(net.to(resolve_device(device)), task, EvalSet(Path(input).stem, examples, features),
-                       pad_id=tokenizer.pad_id, batch_size=batch_size, progress=True)
+    metrics = evaluate(ready_to_predict(net, run_on, running_precision), task,
+                       EvalSet(source_name(source), examples, features), pad_id=tokenizer.pad_id,
+                       batch_size=batch_size, progress=True, precision=running_precision)
     metrics = {"examples": len(examples), **metrics}
     print(json.dumps(metrics, indent=2))
     if output is not None:

@@ -94,6 +94,16 @@ def predict_outputs(model: torch.nn.Module, task: TaskFamily, features: Sequence
     return outputs
 
 
+def ready_to_predict(model: torch.nn.Module, device: torch.device, precision: Precision) -> torch.nn.Module:
+    """The model on `device` for predict_outputs in `precision` (resolved): int8 is a dynamically quantised CPU
+    copy (inference.predictor.quantize_int8); the other precisions keep the weights and autocast the forward."""
+    if precision == "int8":
+        from bertforge.inference.predictor import quantize_int8
+
+        return quantize_int8(model)
+    return model.to(device)
+
+
 def evaluate(model, task: TaskFamily, eval_set: EvalSet, *, pad_id: int, batch_size: int = 64,
              progress: bool = False, precision: Precision = "fp32") -> dict:
     outputs = predict_outputs(model, task, eval_set.features, pad_id=pad_id, batch_size=batch_size, progress=progress,

@@ -5,21 +5,27 @@ file (`word TAG` per line), SQuAD a JSON object {question id: answer} as the off
 
     bertforge predict --model out/tweets --input test.csv --text-column text --id-column id \\
         --label-output-column target --probabilities false --output submission.csv
+    bertforge predict --model out/sst2 --dataset glue:sst2 --id-column idx --output test.csv   # the Hub's test split
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bertforge.errors import DataError
+from bertforge.data import hf_datasets
+from bertforge.data.tables import source_name
+from bertforge.errors import DataError, OptionError
 from bertforge.files import check_output_file
-from bertforge.options import check_length, resolve_device
+from bertforge.options import check_length
+from bertforge.precision import InferencePrecision, inference_device, resolve_precision
 
 
 def run(
     model: Path,
-    input: Path,
-    output: Path,
+    input: Path | None = None,
+    output: Path | None = None,
+    dataset: str | None = None,
+    split: str = "test",
     text_column: str | None = None,
     text_pair_column: str | None = None,
     id_column: str | None = None,
@@ -28,13 +34,18 @@ def run(
     max_length: int | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    precision: InferencePrecision = "fp32",
 ) -> Path:
     """Predict with a model saved by `bertforge finetune`.
 
     Args:
         model: The fine-tuned model directory.
-        input: Data without labels: CSV/TSV/JSONL (classification, swag), CoNLL (ner), SQuAD JSON (squad).
-        output: Where to write the predictions (.csv, CoNLL text, or .json for squad).
+        input: Data without labels: .csv/.tsv/.jsonl/.parquet (classification, swag), CoNLL (ner), SQuAD JSON
+            (squad), a folder saved by `datasets`' save_to_disk, or (Python API) a `datasets.Dataset`.
+        output: Where to write the predictions (.csv, CoNLL text, or .json for squad); required.
+        dataset: Instead of --input, a Hugging Face Hub dataset, name[:config] (glue:sst2); its --split is read.
+            Needs `datasets` and the network.
+        split: The split of --dataset to predict.
         text_column: The text column (default: the one the model was trained with).
         text_pair_column: The second-text column of pair tasks (default: as trained).
         id_column: Copy this input column into the output first (e.g. id for a Kaggle submission).
@@ -43,26 +54,35 @@ def run(
         max_length: Override the maximum length used in training.
         batch_size: Inference batch size.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto (bf16 where
+            the hardware has it natively), as on finetune.
     """
     from bertforge.tasks.base import PredictionTable
     from bertforge.tasks.registry import saved_task_settings
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.training.finetune_loop import load_task_model, predict_outputs
+    from bertforge.training.finetune_loop import load_task_model, predict_outputs, ready_to_predict
 
+    if output is None:  # required, but after the optional --input in the signature
+        raise OptionError("--output: give the file to write the predictions to (.csv; CoNLL text for ner; "
+                          ".json for squad)")
+    run_on = inference_device(device, precision)
+    running_precision = resolve_precision(precision, run_on)
     check_output_file(output, inputs=(input,))
+    source = hf_datasets.input_or_dataset(input, dataset, split)
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column)
     max_length = max_length or saved_task_settings(model).get("max_seq_length", 128)
     check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     # Every input problem (columns, ids, format) is found before the model runs.
-    ids = task.read_ids(input, id_column) if id_column else None
-    examples = task.read(input, labelled=False)
+    ids = task.read_ids(source, id_column) if id_column else None
+    examples = task.read(source, labelled=False)
     if not examples:
-        raise DataError(f"{input}: no examples to predict (only a header line?)")
+        raise DataError(f"{source_name(source)}: no examples to predict (only a header line?)")
     tokenizer = BertTokenizer.from_pretrained(model)
     features = task.features(examples, tokenizer, max_seq_length=max_length)
-    outputs = predict_outputs(net.to(resolve_device(device)), task, features, pad_id=tokenizer.pad_id,
-                              batch_size=batch_size, progress=True)
+    outputs = predict_outputs(ready_to_predict(net, run_on, running_precision), task, features,
+                              pad_id=tokenizer.pad_id, batch_size=batch_size, progress=True,
+                              precision=running_precision)
     task.write_predictions(output, examples, features, outputs,
                            PredictionTable(id_column, ids, label_output_column, probabilities))
-    print(f"wrote predictions for {input} to {output}")
+    print(f"wrote predictions for {source_name(source)} to {output}")
     return Path(output)
