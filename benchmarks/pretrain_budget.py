@@ -36,6 +36,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "budget_fp32": ("recipe in fp32", ["--recipe", "budget", "--precision", "fp32"]),
     "budget_lr5e-4": ("recipe at lr 5e-4", ["--recipe", "budget", "--lr", "5e-4"]),
     "budget_lr2e-3": ("recipe at lr 2e-3", ["--recipe", "budget", "--lr", "2e-3"]),
+    "budget_random_attention": ("recipe with BERT's random attention start (no local heads)",
+                                ["--recipe", "budget", "--attention-init", "random"]),
 }
 
 
