@@ -126,6 +126,37 @@ def test_cli_embed_txt_and_csv(tmp_path: Path, minilm_dir: Path, real) -> None:
     np.testing.assert_allclose(np.load(tmp_path / "j.npy"), vectors, atol=1e-6)
 
 
+def test_cli_embed_output_follows_its_suffix(tmp_path: Path, monkeypatch, capsys) -> None:
+    """.npy holds the array itself, .npz an archive with the array `embeddings` (not .npy bytes under an .npz
+    name); any other suffix is refused in one line before the model loads."""
+    import bertforge.checkpoint
+    from bertforge.inference.tiny import build
+    from bertforge.model import BertModel
+
+    model = build(BertModel, tmp_path / "model", seed=1)
+    (tmp_path / "texts.txt").write_text("john played the guitar\nthe river was new\n", encoding="utf-8")
+    embed = ["embed", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "texts.txt"), "--device", "cpu"]
+    main([*embed, "--output", str(tmp_path / "v.npy")])
+    array = np.load(tmp_path / "v.npy")
+    assert isinstance(array, np.ndarray) and array.shape == (2, model.config.hidden_size)
+    main([*embed, "--output", str(tmp_path / "v.npz")])
+    with np.load(tmp_path / "v.npz") as archive:
+        assert isinstance(archive, np.lib.npyio.NpzFile) and archive.files == ["embeddings"]
+        np.testing.assert_array_equal(archive["embeddings"], array)
+    assert "wrote 2 vectors of size 96 to" in capsys.readouterr().out
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --output was checked")
+
+    monkeypatch.setattr(bertforge.checkpoint, "load_model", must_not_load)
+    for bad in ("v.txt", "vectors"):
+        with pytest.raises(SystemExit):
+            main([*embed, "--output", str(tmp_path / bad)])
+        assert capsys.readouterr().err.strip() == (
+            f"bertforge: error: --output {tmp_path / bad}: vectors are written as .npy (one array) or .npz (the "
+            f"array 'embeddings'); use e.g. --output {(tmp_path / bad).with_suffix('.npy')}")
+        assert not (tmp_path / bad).exists()
+
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path, minilm_dir: Path, capsys) -> None:
     (tmp_path / "in.csv").write_text("id,text\n1,hello\n", encoding="utf-8")

@@ -226,6 +226,74 @@ def test_cli_classify_and_ner_write_json_lines(tmp_path: Path, capsys) -> None:
     assert out == pipelines.ner(load_pipeline(ner_dir).predictor, ["john smith played", "the day"])
 
 
+# 6 × 7 = 42 tokens: longer than the 16 a model below was fine-tuned with
+LONG = " ".join(["john played the guitar in paris ."] * 6)
+
+
+def test_classify_defaults_to_the_saved_max_length(tmp_path: Path, capsys) -> None:
+    """A classifier fine-tuned with --max-length 16 reads the first 16 tokens of a long text through the pipeline,
+    the CLI and the service; an explicit --max-length wins."""
+    server = pytest.importorskip("bertforge.inference.server", reason="pydantic (the 'serve' extra)")
+    model = build(BertForSequenceClassification, tmp_path, seed=11, labels=["neg", "pos", "neutral"])
+    with torch.no_grad():
+        model.classifier.weight.mul_(100)  # a random head barely tells inputs apart; make it decisive
+    save_model(model, tmp_path, tokenizer=tiny_tokenizer(tmp_path),
+               extra_config={TASK_CONFIG_KEY: {"task": "classification", "max_seq_length": 16}})
+    loaded = load_pipeline(tmp_path)
+    tok = loaded.predictor.tokenizer
+    assert len(tok.tokenize(LONG)) == 42 and loaded.predictor.max_length == 128
+
+    def probabilities(max_length: int) -> list[float]:
+        with torch.inference_mode():
+            enc = tok.encode([LONG], max_length=max_length, padding="longest")
+            return model(**enc.tensors()).logits.softmax(-1)[0].tolist()
+
+    # 0.004 apart: far beyond the 1e-5 the comparisons below allow
+    assert max(abs(a - b) for a, b in zip(probabilities(16), probabilities(64), strict=True)) > 1e-3
+    got = pipelines.classify(loaded.predictor, [LONG])[0]
+    np.testing.assert_allclose(list(got["scores"].values()), probabilities(16), atol=1e-5)
+    explicit = pipelines.classify(loaded.predictor, [LONG], max_length=64)[0]
+    np.testing.assert_allclose(list(explicit["scores"].values()), probabilities(64), atol=1e-5)
+    assert server._run_batch(loaded, ("classify", False), [(LONG, None)]) == [got]
+    main(["classify", "--model", str(tmp_path), "--text", LONG])
+    assert json.loads(capsys.readouterr().out) == [got]
+    main(["classify", "--model", str(tmp_path), "--text", LONG, "--max-length", "64"])
+    assert json.loads(capsys.readouterr().out) == [explicit]
+
+
+def test_ner_defaults_to_the_saved_max_length(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A tagger fine-tuned with --max-length 16 sees a long text in windows of at most 16 tokens, through the
+    pipeline, the CLI and the service; an explicit --max-length wins."""
+    from bertforge.inference.predictor import Predictor
+
+    server = pytest.importorskip("bertforge.inference.server", reason="pydantic (the 'serve' extra)")
+    model = build(BertForTokenClassification, tmp_path, seed=12, labels=["O", "B-PER", "I-PER", "B-LOC"])
+    save_model(model, tmp_path, tokenizer=tiny_tokenizer(tmp_path),
+               extra_config={TASK_CONFIG_KEY: {"task": "ner", "max_seq_length": 16}})
+    windows: list[int] = []  # the length of every sequence the model is given
+    run = Predictor.run
+
+    def recording_run(self, enc, **kwargs):
+        windows.extend(len(ids) for ids in enc.input_ids)
+        return run(self, enc, **kwargs)
+
+    monkeypatch.setattr(Predictor, "run", recording_run)
+    loaded = load_pipeline(tmp_path)
+    got = pipelines.ner(loaded.predictor, [LONG])
+    assert len(windows) >= 3 and max(windows) <= 16
+    windows.clear()
+    pipelines.ner(loaded.predictor, [LONG], max_length=64)
+    assert windows == [42 + 2]  # [CLS] 42 tokens [SEP]: one window when asked for 64
+    windows.clear()
+    assert server._run_batch(loaded, ("ner",), [LONG]) == got and max(windows) <= 16
+    windows.clear()
+    main(["ner", "--model", str(tmp_path), "--text", LONG])
+    assert json.loads(capsys.readouterr().out) == got and max(windows) <= 16
+    windows.clear()
+    main(["ner", "--model", str(tmp_path), "--text", LONG, "--max-length", "64"])
+    assert windows == [42 + 2]
+
+
 def test_int8_pipeline_stays_close(tmp_path: Path) -> None:
     build(BertForSequenceClassification, tmp_path, seed=10, labels=["a", "b", "c"])
     texts = ["good movie", "bad film , i hate it", "the day was new", "john played the guitar in paris"]

@@ -105,3 +105,31 @@ def test_per_token_output_is_checked_before_the_model_loads(tmp_path: Path, monk
     main(embed)
     saved = np.load(tmp_path / "vectors.npz")
     assert saved["offsets"].tolist()[0] == 0 and len(saved["tokens"]) == saved["offsets"][-1] == len(saved["vectors"])
+
+
+def test_per_token_precision_bf16_is_close_and_auto_follows_the_hardware(tmp_path: Path, monkeypatch) -> None:
+    """bf16 vectors differ from fp32 but point the same way; `auto` is fp32 on a CPU without native bf16 and
+    bf16 on one with it; `embed --per-token --precision` writes the vectors of that precision."""
+    import bertforge.precision
+    from bertforge.inference.tiny import build
+    from bertforge.model import BertModel
+
+    model = build(BertModel, tmp_path / "model", seed=2)
+    tokenizer = BertTokenizer.from_pretrained(tmp_path / "model")
+    texts = ["john played the guitar in paris", "the river was new"]
+    fp32 = token_vectors(model, tokenizer, texts)
+    bf16 = token_vectors(model, tokenizer, texts, precision="bf16")
+    for a, b in zip(fp32.vectors, bf16.vectors, strict=True):
+        assert not np.array_equal(a, b)
+        assert min(cosine(x, y) for x, y in zip(a, b, strict=True)) > 0.99
+    monkeypatch.setattr(bertforge.precision, "native_bf16", lambda device: False)
+    auto = token_vectors(model, tokenizer, texts, precision="auto")
+    assert all(np.array_equal(a, b) for a, b in zip(fp32.vectors, auto.vectors, strict=True))
+    monkeypatch.setattr(bertforge.precision, "native_bf16", lambda device: True)
+    auto = token_vectors(model, tokenizer, texts, precision="auto")
+    assert all(np.array_equal(a, b) for a, b in zip(bf16.vectors, auto.vectors, strict=True))
+
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    main(["embed", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "texts.txt"), "--per-token", "true",
+          "--precision", "bf16", "--device", "cpu", "--output", str(tmp_path / "bf16.npz")])
+    np.testing.assert_array_equal(np.load(tmp_path / "bf16.npz")["vectors"], np.concatenate(bf16.vectors))

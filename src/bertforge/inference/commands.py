@@ -80,8 +80,8 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
 
 
 def classify(model: str, text: list[str] | str | None = None, input: Path | None = None,
-             text_column: str | None = None, output: Path | None = None, device: str = "auto",
-             precision: InferencePrecision = "fp32") -> list:
+             text_column: str | None = None, max_length: int | None = None, output: Path | None = None,
+             device: str = "auto", precision: InferencePrecision = "fp32") -> list:
     """Label texts with a sequence-classification checkpoint (labels and probabilities).
 
     Args:
@@ -89,18 +89,22 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
         text: A text to classify, or a JSON list of texts.
         input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         text_column: The text column of a table input.
+        max_length: Longer texts are truncated to this many tokens; default: the model's fine-tuning
+            --max-length (saved in its config.json), else the model's limit.
         output: Write JSON lines here instead of printing.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
     loaded = _load(model, device, "classify", precision)
-    return _emit(pipelines.classify(loaded.predictor, _texts(text, input, text_column)), output)
+    check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
+    return _emit(pipelines.classify(loaded.predictor, _texts(text, input, text_column), max_length=max_length),
+                 output)
 
 
 def ner(model: str, text: list[str] | str | None = None, input: Path | None = None,
-        text_column: str | None = None, output: Path | None = None, device: str = "auto",
-        precision: InferencePrecision = "fp32") -> list:
+        text_column: str | None = None, max_length: int | None = None, output: Path | None = None,
+        device: str = "auto", precision: InferencePrecision = "fp32") -> list:
     """Find entities (type, text, character span, score) with a token-classification checkpoint.
 
     Args:
@@ -108,13 +112,16 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
         text: A text, or a JSON list of texts.
         input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         text_column: The text column of a table input.
+        max_length: Tokens per window; a longer text is split between words into several windows. Default:
+            the model's fine-tuning --max-length (saved in its config.json), else the model's limit.
         output: Write JSON lines here instead of printing.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
     loaded = _load(model, device, "ner", precision)
-    return _emit(pipelines.ner(loaded.predictor, _texts(text, input, text_column)), output)
+    check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
+    return _emit(pipelines.ner(loaded.predictor, _texts(text, input, text_column), max_length=max_length), output)
 
 
 def qa(model: str, question: list[str] | str | None = None, context: list[str] | str | None = None,

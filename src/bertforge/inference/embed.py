@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 from bertforge.errors import OptionError
 from bertforge.files import check_output_file, write_atomic
 from bertforge.model import BertModel
-from bertforge.options import resolve_device
-from bertforge.precision import InferencePrecision
+from bertforge.precision import InferencePrecision, inference_device
 from bertforge.tokenizer import BertTokenizer, Encoding
 
 if TYPE_CHECKING:
@@ -161,15 +160,16 @@ def run(
     per_token: bool = False,
     precision: InferencePrecision = "fp32",
 ) -> Path:
-    """Write one vector per input text to a .npy file ([N, H] float32, rows in input order).
+    """Write one vector per input text ([N, H] float32, rows in input order) to an .npy (the array itself) or an
+    .npz (the array named `embeddings`), as the suffix of --output says.
 
     With --per-token, every token's contextual vector instead, to an .npz (see inference/token_vectors.py).
 
     Args:
         model: A model directory (Hugging Face format), or all-minilm-l6-v2 for the packaged checkpoint.
         input: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
-        output: Where to write the vectors: an .npy (default vectors.npy), or an .npz with --per-token (default
-            vectors.npz).
+        output: Where to write the vectors: .npy (default vectors.npy) or .npz (`np.load(f)["embeddings"]`); with
+            --per-token an .npz (default vectors.npz).
         pooling: cls (first token), pooled (tanh pooler on [CLS]), mean or max (over real tokens); default the
             model folder's own (sentence-transformers' 1_Pooling/config.json), else mean.
         layers: Hidden states to use: 0 = embeddings, -1 = last (default); e.g. [-4,-3,-2,-1].
@@ -192,16 +192,17 @@ def run(
 
     output = Path(output or ("vectors.npz" if per_token else "vectors.npy"))
     check_output_file(output, inputs=(input,))
-    if per_token:
-        _check_per_token(output, layers)
+    check_vectors_output(output, per_token=per_token)
+    if per_token and layers and len(layers) > 1:
+        raise OptionError(f"--per-token --layers {layers}: give one layer (per-token vectors are not combined)")
     directory = resolve_model(model)
     settings = read_sentence_config(directory).with_options(pooling=pooling, normalize=normalize)
     texts = read_texts(input, text_column=text_column)
-    bert = load_model(directory).to(resolve_device(device))
+    bert = load_model(directory).to(inference_device(device, precision))
     tokenizer = BertTokenizer.from_pretrained(directory)
     if per_token:
         return _write_token_vectors(bert, tokenizer, texts, layers, max_length or settings.max_length,
-                                    batch_size, output)
+                                    batch_size, precision, output)
     result = embed_texts(bert, tokenizer, texts, pooling=settings.pooling, layers=layers, combine=combine,
                          batch_size=batch_size, max_length=max_length or settings.max_length,
                          normalize=settings.normalize, precision=precision, progress=True)
@@ -211,30 +212,46 @@ def run(
     if result.truncated:
         log.warning("%s: %d texts longer than the maximum length were truncated (first: text %d)",
                     input, len(result.truncated), result.truncated[0] + 1)
-    def save(tmp: Path) -> None:
-        with tmp.open("wb") as handle:  # a file object: np.save would append ".npy" to a bare path
-            np.save(handle, result.vectors)
-
-    write_atomic(output, save)
+    save_vectors(result.vectors, output)
     print(f"wrote {result.vectors.shape[0]} vectors of size {result.vectors.shape[1]} to {output}")
     return Path(output)
 
 
-def _check_per_token(output: Path, layers: list[int] | None) -> None:
-    """The options of `--per-token` checked before the model loads: an .npz output and at most one layer."""
-    from bertforge.inference.token_vectors import check_token_vectors_output
+def check_vectors_output(output: Path, *, per_token: bool = False) -> None:
+    """The one rule for the suffix of `embed --output`, asked before the model loads and again when saving:
+    sentence vectors go to .npy (the array) or .npz (the array `embeddings`); per-token vectors, several
+    arrays of different shapes, to .npz only."""
+    output = Path(output)
+    if per_token and output.suffix != ".npz":
+        raise OptionError(f"--output {output}: per-token vectors are written as .npz (one array per field); "
+                          f"use e.g. --output {output.with_suffix('.npz')}")
+    if output.suffix not in (".npy", ".npz"):
+        raise OptionError(f"--output {output}: vectors are written as .npy (one array) or .npz (the array "
+                          f"'embeddings'); use e.g. --output {output.with_suffix('.npy')}")
 
-    check_token_vectors_output(output)
-    if layers and len(layers) > 1:
-        raise OptionError(f"--per-token --layers {layers}: give one layer (per-token vectors are not combined)")
+
+def save_vectors(vectors: np.ndarray, output: Path) -> Path:
+    """[N, H] sentence vectors to `output`: an .npy holding the array, or an .npz holding it as `embeddings`."""
+    check_vectors_output(output)
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as handle:  # a file object: np.save would append ".npy" (np.savez ".npz") to a path
+            if Path(output).suffix == ".npz":
+                np.savez(handle, embeddings=vectors)
+            else:
+                np.save(handle, vectors)
+
+    write_atomic(output, save)
+    return Path(output)
 
 
 def _write_token_vectors(bert: BertModel, tokenizer: BertTokenizer, texts: list[str], layers: list[int] | None,
-                         max_length: int | None, batch_size: int, output: Path) -> Path:
+                         max_length: int | None, batch_size: int, precision: InferencePrecision,
+                         output: Path) -> Path:
     from bertforge.inference.token_vectors import save_token_vectors, token_vectors
 
     result = token_vectors(bert, tokenizer, texts, layer=layers[0] if layers else -1, max_length=max_length,
-                           batch_size=batch_size)
+                           batch_size=batch_size, precision=precision)
     save_token_vectors(result, output)
     count = sum(len(t) for t in result.tokens)
     print(f"wrote {count} token vectors of {len(texts)} texts (size {bert.config.hidden_size}) to {output}")

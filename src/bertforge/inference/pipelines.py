@@ -36,7 +36,7 @@ from bertforge.tasks.classification import TextExample
 from bertforge.tasks.masked_lm import top_tokens
 from bertforge.tasks.ner import split_words
 from bertforge.tasks.qa import DEFAULT_MAX_LENGTH, examples_from_pairs
-from bertforge.tasks.registry import family_for, saved_task_settings
+from bertforge.tasks.registry import family_for, saved_task_settings, task_max_length
 from bertforge.tokenizer import Encoding
 
 # config.json architecture -> (model class, the pipelines it serves)
@@ -68,7 +68,8 @@ def load_pipeline(directory: str | Path, *, device: str = "auto", precision: Inf
     """Load a Hugging Face-format model (a folder, `all-minilm-l6-v2` or a Hub id: pretrained.resolve_model)
     as the task model its config names, wrapped in a Predictor that runs in `precision` (bertforge/precision.py;
     int8 is dynamic quantisation on the CPU, see predictor.quantize_int8 for its accuracy cost). Texts are cut
-    at the folder's sentence-transformers max_seq_length when it has one, as sentence-transformers cuts them.
+    at the folder's sentence-transformers max_seq_length when it has one, as sentence-transformers cuts them;
+    a fine-tuned model's classify, ner and qa cut them at its fine-tuning max_seq_length (`saved_task_settings`).
     `auto` is the CPU for int8, which runs there only."""
     from bertforge.checkpoint import load_model, read_config
     from bertforge.pretrained import resolve_model
@@ -92,6 +93,12 @@ def _require(predictor: Predictor, cls: type | tuple[type, ...], task: str) -> N
     if not isinstance(predictor.model, cls):
         raise PipelineError(f"{task} needs a {getattr(cls, '__name__', cls)} checkpoint, "
                             f"this model is a {type(predictor.model).__name__}")
+
+
+def _max_seq_length(predictor: Predictor, max_length: int | None, default: int) -> int:
+    """Tokens per feature of a task pipeline: `max_length` if given, else the model's fine-tuning max_seq_length
+    (`predictor.task_settings`), else `default`; never more than the Predictor's own limit."""
+    return min(task_max_length(predictor.task_settings, max_length, default=default), predictor.max_length)
 
 
 @torch.inference_mode()
@@ -142,30 +149,35 @@ def embed(predictor: Predictor, texts: Sequence[str] | Sequence[Sequence[int]], 
 
 
 # ----- classify -------------------------------------------------------------------------------------------
-def classify(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
+def classify(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+             max_length: int | None = None) -> list[dict]:
     """{label, score, scores: {label: probability}} per text (pair); regression models give {value}.
     Multi-label models score each label by its own sigmoid, as transformers' pipeline does
-    (tasks/classification.py: `SequenceClassification.answers`)."""
+    (tasks/classification.py: `SequenceClassification.answers`). Texts are cut to `max_length` tokens, by
+    default the length the model was fine-tuned with (`predictor.task_settings`), else the model's limit."""
     _require(predictor, BertForSequenceClassification, "classify")
     task = family_for(predictor.model)
     examples = [TextExample(t, p) for t, p in zip(texts, pairs if pairs is not None else [None] * len(texts),
                                                   strict=True)]
-    features = task.features(examples, predictor.tokenizer, max_seq_length=predictor.max_length)
+    length = _max_seq_length(predictor, max_length, predictor.max_length)
+    features = task.features(examples, predictor.tokenizer, max_seq_length=length)
     return task.answers(examples, features, _head_outputs(predictor, features, pooled=True))
 
 
 # ----- ner ------------------------------------------------------------------------------------------------
-def ner(predictor: Predictor, texts: Sequence[str]) -> list[list[dict]]:
+def ner(predictor: Predictor, texts: Sequence[str], *, max_length: int | None = None) -> list[list[dict]]:
     """Entities per text: {entity, text, start, end, score}; character spans into the original text.
 
     Each word takes the label of its first sub-token (BERT §5.3); words group into entities by conlleval's
     rules (a B- or S- label starts a new one); score = the mean probability of the words' labels
-    (tasks/ner.py: `TokenClassification.entities`).
+    (tasks/ner.py: `TokenClassification.entities`). A text longer than `max_length` tokens (default: the
+    length the model was fine-tuned with, else the model's limit) is split between words into several windows.
     """
     _require(predictor, BertForTokenClassification, "ner")
     task = family_for(predictor.model)
     sentences = split_words(texts, predictor.tokenizer)
-    features = task.features(sentences, predictor.tokenizer, max_seq_length=predictor.max_length)
+    length = _max_seq_length(predictor, max_length, predictor.max_length)
+    features = task.features(sentences, predictor.tokenizer, max_seq_length=length)
     return task.entities(sentences, features, _head_outputs(predictor, features))
 
 
@@ -186,7 +198,7 @@ def qa(predictor: Predictor, questions: Sequence[str], contexts: Sequence[str], 
         raise PipelineError(f"got {len(questions)} questions but {len(contexts)} contexts")
     saved = predictor.task_settings
     task = family_for(predictor.model, saved, doc_stride=stride, max_answer_length=max_answer_length)
-    window = max_length or saved.get("max_seq_length") or DEFAULT_MAX_LENGTH
     examples = examples_from_pairs(questions, contexts)
-    features = task.features(examples, predictor.tokenizer, max_seq_length=min(window, predictor.max_length))
+    window = _max_seq_length(predictor, max_length, DEFAULT_MAX_LENGTH)
+    features = task.features(examples, predictor.tokenizer, max_seq_length=window)
     return task.answers(examples, features, _head_outputs(predictor, features))

@@ -17,7 +17,9 @@ import torch
 
 from bertforge.errors import OptionError
 from bertforge.files import write_atomic
+from bertforge.inference.embed import check_vectors_output
 from bertforge.model import BertModel
+from bertforge.precision import InferencePrecision
 from bertforge.tokenizer import BertTokenizer
 
 
@@ -55,8 +57,10 @@ class TokenVectors:
 
 @torch.inference_mode()
 def token_vectors(model: BertModel, tokenizer: BertTokenizer, texts: Sequence[str], *, layer: int = -1,
-                  max_length: int | None = None, batch_size: int = 32) -> TokenVectors:
-    """The vectors of every token of every text from hidden state `layer` (0 = embeddings, -1 = last)."""
+                  max_length: int | None = None, batch_size: int = 32,
+                  precision: InferencePrecision = "fp32") -> TokenVectors:
+    """The vectors of every token of every text from hidden state `layer` (0 = embeddings, -1 = last), computed
+    in `precision` (bertforge/precision.py: the encoder under bf16/fp16 autocast or int8; vectors are float32)."""
     from bertforge.inference.predictor import Predictor
 
     n_states = model.config.num_layers + 1
@@ -64,7 +68,8 @@ def token_vectors(model: BertModel, tokenizer: BertTokenizer, texts: Sequence[st
         raise OptionError(f"--layer {layer}: out of range; this model has hidden states 0..{n_states - 1} "
                           f"(or -1..-{n_states})")
     max_length = min(max_length or tokenizer.model_max_length, model.config.max_position_embeddings)
-    predictor = Predictor(model, tokenizer, mode="padded", max_batch=batch_size, max_tokens=batch_size * max_length)
+    predictor = Predictor(model, tokenizer, mode="padded", max_batch=batch_size, max_tokens=batch_size * max_length,
+                          precision=precision)
     enc = tokenizer.encode(list(texts), max_length=max_length)
     vectors: list[np.ndarray | None] = [None] * len(texts)
     for batch in predictor.run(enc, output_hidden_states=layer != -1):
@@ -85,16 +90,9 @@ def word_similarity(vectors: TokenVectors, word: str) -> np.ndarray:
     return np.array([[cosine(a, b) for b in found] for a in found])
 
 
-def check_token_vectors_output(output: Path) -> None:
-    """Per-token vectors go to an .npz; `embed --per-token` asks before it loads the model."""
-    if Path(output).suffix != ".npz":
-        raise OptionError(f"--output {output}: per-token vectors are written as .npz (one array per field); "
-                          f"use e.g. --output {Path(output).with_suffix('.npz')}")
-
-
 def save_token_vectors(result: TokenVectors, output: Path) -> Path:
     """An .npz: `vectors` [all tokens, H] back to back, `offsets` [N + 1] where each text starts, `tokens`."""
-    check_token_vectors_output(output)
+    check_vectors_output(output, per_token=True)
     lengths = [len(t) for t in result.tokens]
 
     def save(tmp: Path) -> None:

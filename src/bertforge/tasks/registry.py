@@ -39,6 +39,13 @@ def saved_task_settings(directory: str | Path) -> dict:
     return dict(read_config(directory).get(TASK_CONFIG_KEY) or {})
 
 
+def task_max_length(saved: Mapping, max_length: int | None = None, *, default: int) -> int:
+    """Tokens per feature for a task model: an explicit `max_length` wins, then the max_seq_length the model was
+    fine-tuned with (`saved` = its `saved_task_settings`), then `default` — the model sees inputs cut as in
+    fine-tuning unless asked otherwise."""
+    return max_length or saved.get("max_seq_length") or default
+
+
 def family(name: str, **settings) -> TaskFamily:
     """The task family for a task name. `settings` are options (columns, doc_stride, ...); each family
     takes those its constructor names and ignores the rest, so one CLI can carry all of them."""
