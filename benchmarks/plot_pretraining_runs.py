@@ -39,7 +39,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(8, 5))
-    for run, label in zip(args.runs, labels):
+    for run, label in zip(args.runs, labels, strict=True):
         tokens, accuracy = heldout_curve(run)
         axis.plot(tokens, accuracy, "o-", label=label)
     axis.axhline(5.5, color="grey", linestyle=":", label='unigram plateau ("the" everywhere)')

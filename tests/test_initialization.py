@@ -51,7 +51,7 @@ def test_local_init_keeps_tokens_out_of_the_position_dimensions_and_changes_only
     init_local_attention(after)
     size = after.config.head_size
     assert after.bert.embeddings.word_embeddings.weight[:, :size].abs().max() == 0
-    changed = {name for (name, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items())
+    changed = {name for (name, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items(), strict=True)
                if not torch.equal(a, b)}
     allowed = {"bert.embeddings.word_embeddings.weight", "bert.embeddings.token_type_embeddings.weight",
                "bert.layers.0.attention.qkv.weight", "bert.layers.0.attention.qkv.bias",
