@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from bertforge.checkpoint import save_model
 from bertforge.cli import call_job, main
 from bertforge.config import BertConfig
-from bertforge.errors import OptionError
+from bertforge.errors import OptionError, OutputError
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training import finetune, finetune_loop
@@ -139,5 +139,5 @@ def test_a_resume_with_a_setting_that_changes_the_result_is_refused(tiny_model, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--seed is 6 but the interrupted run used 5" in lines[0]
     # Without --resume the unfinished run is not replaced silently: the message offers --resume.
-    with pytest.raises(Exception, match="pass --resume to continue that run"):
+    with pytest.raises(OutputError, match="pass --resume to continue that run"):
         finetune_run(tmp_path / "run", tiny_model, data)
