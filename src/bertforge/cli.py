@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # a path that cannot be read or written, a full disk: the path and the fix
         _fail(describe_os_error(exc), 1)
     except KeyboardInterrupt:
-        _fail("interrupted; every file written so far is complete (pretrain continues with --resume)", 130)
+        _fail("interrupted; every file written so far is complete (pretrain, and finetune with --save-every, "
+              "continue with --resume)", 130)
     except (MemoryError, RuntimeError) as exc:
         if not _out_of_memory(exc):
             raise  # a bug: the traceback is for us

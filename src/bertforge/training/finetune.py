@@ -20,6 +20,7 @@ import torch
 from bertforge.checkpoint import read_config
 from bertforge.data import hf_datasets
 from bertforge.data.tables import DataError, source_name
+from bertforge.errors import OptionError
 from bertforge.files import move_into_place, open_text, remove_stale_temporaries, temporary_sibling, write_text_atomic
 from bertforge.options import check_length, check_options, resolve_device
 from bertforge.precision import TrainingPrecision, resolve_precision
@@ -28,6 +29,10 @@ from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResu
 from bertforge.training.finetune_loop import train as train_loop
 
 log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"  # inside --output-dir, while a run with --save-every is unfinished
+# Settings a resumed run may change: they do not change the weights it trains.
+RESUME_MAY_CHANGE = ("output_dir", "tensorboard", "threads", "save_every", "keep_checkpoints")
 
 DEFAULT_FILES = {  # task -> (train file, validation files) inside --data-dir
     **{name: ("train.tsv", spec.validation) for name, spec in GLUE_TASKS.items()},
@@ -98,7 +103,7 @@ def run(output_dir: Path, task: str = "classification", model: str = "all-minilm
         data: DataSettings = DataSettings(), inputs: InputSettings = InputSettings(),
         train: TrainSettings = TrainSettings(), tensorboard: bool = True, progress: bool = True,
         threads: int | None = None, device: str = "auto", precision: TrainingPrecision = "fp32",
-        overwrite: bool = False) -> TrainResult:
+        resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Fine-tune a BERT checkpoint on a task; the best epoch's model is saved to output_dir.
 
     Args:
@@ -116,6 +121,8 @@ def run(output_dir: Path, task: str = "classification", model: str = "all-minilm
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16 (autocast + loss scaling) or auto
             (bf16 where the hardware has it natively). The saved weights are fp32 either way.
+        resume: Continue the interrupted run in output_dir from its newest intact checkpoint (--save-every),
+            mid-epoch, exactly where it stopped; every setting that changes the result must be the same.
         overwrite: Replace what output_dir holds (a folder that is not empty is refused without it). The new
             run is built beside it and replaces it only when finished, so a killed run changes nothing.
     """
@@ -134,23 +141,28 @@ def run(output_dir: Path, task: str = "classification", model: str = "all-minilm
     model_dir = resolve_model(model)
     check_length("--max-length", inputs.max_length, read_config(model_dir).get("max_position_embeddings", 512),
                  str(model_dir))
-    check_run_folder(output_dir, resume=None, overwrite=overwrite, clear=False,
+    checkpoints = output_dir / CHECKPOINTS
+    offer_resume = resume or checkpoints.is_dir()  # a finished model has no checkpoints: only --overwrite fits
+    check_run_folder(output_dir, resume=resume if offer_resume else None, overwrite=overwrite, clear=False,
                      inputs=[p for p in (train_path, *eval_paths, model_dir, data.titles, data.eval_titles)
                              if _is_path(p)])
     remove_stale_temporaries(output_dir.parent, name=output_dir.name)
+    record = {"output_dir": output_dir, "task": task, "model": model, **dataclasses.asdict(data),
+              **dataclasses.asdict(inputs), **dataclasses.asdict(train), "train": source_name(train_path),
+              "validation": [source_name(p) for p in eval_paths], "tensorboard": tensorboard, "threads": threads,
+              "device": device, "precision": precision}
+    resume_state = _resume_state(checkpoints, _jsonable(record)) if resume else None
+    if resume_state is None and train.save_every and checkpoints.is_dir():
+        shutil.rmtree(checkpoints)  # --overwrite: the earlier run's checkpoints would mix with this run's
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     train_features, eval_sets = read_features(family_task, tokenizer, data, inputs.max_length, train_path, eval_paths)
 
     seed_everything(train.seed)  # the new head's initial weights depend on the seed too
     net = load_model(model_dir, family_task.model_class, **family_task.model_kwargs())
     net = with_dropout(net, train.dropout, train.classifier_dropout).to(resolve_device(device))
-    record = {"output_dir": output_dir, "task": task, "model": model, **dataclasses.asdict(data),
-              **dataclasses.asdict(inputs), **dataclasses.asdict(train), "train": source_name(train_path),
-              "validation": [source_name(p) for p in eval_paths], "tensorboard": tensorboard, "threads": threads,
-              "device": device, "precision": precision}
     result = _train_into(output_dir, net, family_task, tokenizer, train_features, eval_sets, train, record,
                          max_length=inputs.max_length, precision=running_precision, tensorboard=tensorboard,
-                         progress=progress)
+                         progress=progress, resume_state=resume_state)
     best = f"best {family_task.metric_names[0]} {result.best_metric:.4f} at epoch {result.best_epoch}" \
         if result.best_metric is not None else "no validation set: last epoch kept"
     print(f"fine-tuned {family_task.name} in {result.train_seconds:.1f}s; {best}; model in {output_dir}")
@@ -194,9 +206,10 @@ def _read(family_task, path: Path, titles: Path | None, limit: int | None) -> li
 
 def _train_into(output_dir: Path, net, family_task, tokenizer, train_features: list, eval_sets: list[EvalSet],
                 settings: TrainSettings, record: dict, *, max_length: int, precision: str, tensorboard: bool,
-                progress: bool) -> TrainResult:
+                progress: bool, resume_state: dict | None = None) -> TrainResult:
     """Train, keeping the best model. The run is built in a temporary folder beside output_dir and moved
-    there when it has finished, so a failed or killed run leaves output_dir as it was."""
+    there when it has finished, so a failed or killed run leaves output_dir as it was, except for the
+    checkpoints --save-every writes into output_dir/checkpoints (they go when the finished run replaces it)."""
     from bertforge.checkpoint import save_model
 
     work = temporary_sibling(output_dir)
@@ -211,12 +224,34 @@ def _train_into(output_dir: Path, net, family_task, tokenizer, train_features: l
         result = train_loop(net, family_task, train_features, eval_sets, pad_id=tokenizer.pad_id, settings=settings,
                             precision=precision, save_best=save_best, log_file=work / "metrics.jsonl",
                             tensorboard_dir=work / "tensorboard" if tensorboard else None,
-                            curves_file=work / "curves.png", progress=progress)
+                            curves_file=work / "curves.png", progress=progress,
+                            checkpoints=output_dir / CHECKPOINTS, resume_state=resume_state,
+                            run_settings=_jsonable(record))
     except BaseException:  # a kill leaves `work`, removed by the next run
         shutil.rmtree(work, ignore_errors=True)
         raise
     move_into_place(work, output_dir)
     return result
+
+
+def _resume_state(checkpoints: Path, settings: dict) -> dict | None:
+    """The newest intact checkpoint of the interrupted run (None: there is none yet, start from step 0), after
+    checking that every setting that changes the result is the one it ran with."""
+    from bertforge.training.checkpointing import load_checkpoint, resume_checkpoint
+
+    remove_stale_temporaries(checkpoints)
+    path = resume_checkpoint(checkpoints)
+    if path is None:
+        log.info("--resume: no checkpoint in %s yet: starting from step 0", checkpoints)
+        return None
+    state = load_checkpoint(path)
+    for name, value in settings.items():
+        earlier = state["settings"].get(name)
+        if name not in RESUME_MAY_CHANGE and earlier != value:
+            raise OptionError(f"--resume: --{name.replace('_', '-')} is {value!r} but the interrupted run used "
+                              f"{earlier!r} ({path}); resume with the same value, or start over with --overwrite")
+    log.info("resuming from %s (step %d)", path, state["step"])
+    return state
 
 
 def _jsonable(value):

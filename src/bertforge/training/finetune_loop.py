@@ -29,6 +29,7 @@ from bertforge.errors import OptionError
 from bertforge.precision import Precision, autocast
 from bertforge.tasks.base import Feature, TaskFamily, collate
 from bertforge.tasks.registry import TASK_CONFIG_KEY, family, saved_task_settings
+from bertforge.training.checkpointing import rng_state, save_checkpoint, set_rng_state
 from bertforge.training.metrics import Curve, plot_curves
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule
 
@@ -139,6 +140,9 @@ class TrainSettings:
             tokens per batch, so every token weighs the same whatever the length of its batch mates;
             "batch_mean" averages within each batch (as transformers does); "auto" = constant when grouping by
             length.
+        save_every: Write a checkpoint every n optimizer steps into output_dir/checkpoints, from which --resume
+            continues mid-epoch (default: none).
+        keep_checkpoints: Keep the newest n checkpoints (0 = all).
     """
 
     epochs: float = 3.0
@@ -156,6 +160,8 @@ class TrainSettings:
     eval_batch_size: int = 64
     group_by_length: bool = True
     token_loss: Literal["auto", "constant", "batch_mean"] = "auto"
+    save_every: int | None = None
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         if self.grad_accum_steps >= 1 and self.batch_size % self.grad_accum_steps:  # < 1: check_options refuses it
@@ -168,7 +174,8 @@ class TrainSettings:
 def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature], eval_sets: Sequence[EvalSet] = (),
           *, pad_id: int, settings: TrainSettings = TrainSettings(), precision: Precision = "fp32", save_best=None,
           log_file: Path | None = None, tensorboard_dir: Path | None = None, curves_file: Path | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, checkpoints: Path | None = None, resume_state: dict | None = None,
+          run_settings: dict | None = None) -> TrainResult:
     """Train `model` on `train_features`, evaluating on `eval_sets` after each epoch; `curves_file` gets a PNG of
     the training loss and the main metric against the step at the end.
 
@@ -178,6 +185,9 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
 
     `precision` (resolved by bertforge.precision): forward and loss under bf16/fp16 autocast; fp16 adds loss
     scaling. The weights and the optimizer state stay fp32.
+
+    With `settings.save_every`, a checkpoint (`_Progress.state`, `run_settings` included) goes to `checkpoints`
+    every that many steps; `resume_state` (one such checkpoint) continues it exactly where it stopped.
     """
     seed_everything(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -191,12 +201,15 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
                        loss_options=_loss_options(task, train_features, settings, steps_per_epoch),
                        writer=_tensorboard(tensorboard_dir), total_steps=total_steps, precision=precision,
                        bar=tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress))
-    result, stale, started = TrainResult(None, None), 0, time.perf_counter()
-    main_metric = task.metric_names[0]
-    for epoch in range(1, math.ceil(settings.epochs) + 1):
-        train_loss = stepper.epoch(train_features, _epoch_batches(train_features, settings, generator), epoch)
+    run = _Progress(stepper, generator, settings, checkpoints, run_settings or {})
+    started = time.perf_counter()
+    if resume_state is not None:
+        run.restore(resume_state, save_best=save_best, log_file=log_file)
+    result, main_metric = run.result, task.metric_names[0]
+    for epoch in range(run.epoch, math.ceil(settings.epochs) + 1):
+        train_loss = run.train_epoch(train_features, epoch)
         record = {"epoch": epoch, "step": stepper.step, "train_loss": train_loss,
-                  "elapsed_s": round(time.perf_counter() - started, 2)}
+                  "elapsed_s": round(time.perf_counter() - started + run.earlier_seconds, 2)}
         for eval_set in eval_sets:
             metrics = evaluate(model, task, eval_set, pad_id=pad_id, batch_size=settings.eval_batch_size,
                                precision=precision)
@@ -209,21 +222,100 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
             continue
         value = record[f"{eval_sets[0].name}/{main_metric}"]
         if _better(value, result.best_metric, main_metric):
-            result.best_metric, result.best_epoch, stale = value, epoch, 0
+            result.best_metric, result.best_epoch, run.stale = value, epoch, 0
+            run.keep_best(record)
             if save_best is not None:
                 save_best(model, record)
         else:
-            stale += 1
-            if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
-                log.info("early stopping: %s has not improved for %d epochs", main_metric, stale)
+            run.stale += 1
+            if settings.early_stopping_patience is not None and run.stale >= settings.early_stopping_patience:
+                log.info("early stopping: %s has not improved for %d epochs", main_metric, run.stale)
                 break
     stepper.close()
     if curves_file is not None:
         plot_finetuning_curves(curves_file, stepper.losses, result.history, [s.name for s in eval_sets], main_metric)
     if not eval_sets and save_best is not None:
         save_best(model, result.history[-1] if result.history else {})
-    result.train_seconds = time.perf_counter() - started
+    result.train_seconds = time.perf_counter() - started + run.earlier_seconds
     return result
+
+
+@dataclass
+class _Progress:
+    """Where a run stands between optimizer steps, and its checkpoints: epoch, the epoch's batch order and how
+    many of its batches are done, the best metric and model so far, the history. Restoring all of it with the
+    weights, optimizer, schedule, loss scaler and every random generator (checkpointing.rng_state) makes the
+    resumed run repeat the uninterrupted one bit for bit."""
+
+    stepper: _Stepper
+    generator: torch.Generator
+    settings: TrainSettings
+    folder: Path | None
+    run_settings: dict
+    result: TrainResult = field(default_factory=lambda: TrainResult(None, None))
+    epoch: int = 1
+    batches: list[list[int]] | None = None  # the current epoch's, once drawn
+    done: int = 0  # batches of the current epoch already trained on
+    tally: tuple[float, int] = (0.0, 0)  # (summed loss, steps) of the current epoch
+    stale: int = 0
+    best_model: dict | None = None  # a CPU copy of the best weights: the saved model does not survive a kill
+    best_record: dict | None = None
+    earlier_seconds: float = 0.0
+
+    def train_epoch(self, features: list[Feature], epoch: int) -> float:
+        if self.epoch != epoch or self.batches is None:  # a fresh epoch, not the interrupted one
+            self.epoch, self.done, self.tally = epoch, 0, (0.0, 0)
+            self.batches = _epoch_batches(features, self.settings, self.generator)
+        started = time.perf_counter()
+        loss = self.stepper.epoch(features, self.batches, epoch, start=self.done, tally=self.tally,
+                                  after_step=lambda done, tally: self._after_step(done, tally, started))
+        self.batches = None
+        return loss
+
+    def _after_step(self, done: int, tally: tuple[float, int], started: float) -> None:
+        self.done, self.tally = done, tally
+        every = self.settings.save_every
+        if self.folder is not None and every and self.stepper.step % every == 0:
+            save_checkpoint(self.folder, self.stepper.step, self.state(), keep=self.settings.keep_checkpoints)
+
+    def keep_best(self, record: dict) -> None:
+        if self.folder is not None and self.settings.save_every:
+            self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.stepper.model.state_dict().items()}
+            self.best_record = record
+
+    def state(self) -> dict:
+        s = self.stepper
+        return {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.schedule.state_dict(), "scaler": s.scaler.state_dict(), "rng": rng_state(),
+                "generator": self.generator.get_state(), "step": s.step, "losses": s.losses, "epoch": self.epoch,
+                "batches": self.batches, "done": self.done, "tally": self.tally, "stale": self.stale,
+                "best_metric": self.result.best_metric, "best_epoch": self.result.best_epoch,
+                "history": self.result.history, "best_model": self.best_model,
+                "best_record": self.best_record, "settings": self.run_settings}
+
+    def restore(self, state: dict, *, save_best, log_file: Path | None) -> None:
+        """Continue from a checkpoint; the best model and the history are written again into the new run folder."""
+        s = self.stepper
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.schedule.load_state_dict(state["scheduler"])
+        s.scaler.load_state_dict(state["scaler"])
+        s.step, s.losses = state["step"], list(state["losses"])
+        s.bar.update(s.step)
+        self.result = TrainResult(state["best_metric"], state["best_epoch"], list(state["history"]))
+        self.epoch, self.batches, self.done = state["epoch"], state["batches"], state["done"]
+        self.tally, self.stale = tuple(state["tally"]), state["stale"]
+        self.best_model, self.best_record = state["best_model"], state["best_record"]
+        self.earlier_seconds = self.result.history[-1]["elapsed_s"] if self.result.history else 0.0
+        if self.best_model is not None and save_best is not None:
+            s.model.load_state_dict(self.best_model)
+            save_best(s.model, self.best_record)
+        s.model.load_state_dict(state["model"])
+        for step, loss in s.losses if s.writer is not None else ():
+            s.writer.add_scalar("train/loss", loss, step)
+        for record in self.result.history:
+            _log(record, log_file, s.writer, record["step"])
+        self.generator.set_state(state["generator"])
+        set_rng_state(state["rng"])  # last: nothing above may draw a random number after it
 
 
 def _better(value: float, best: float | None, metric: str) -> bool:
@@ -294,15 +386,17 @@ class _Stepper:
         device = next(self.model.parameters()).device
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")  # fp16 grads underflow
 
-    def epoch(self, features: list[Feature], batches: list[list[int]], epoch: int) -> float:
-        """Train on the batches (until the planned step count); returns their mean loss."""
+    def epoch(self, features: list[Feature], batches: list[list[int]], epoch: int, *, start: int = 0,
+              tally: tuple[float, int] = (0.0, 0), after_step=None) -> float:
+        """Train on batches[start:] (until the planned step count); returns the epoch's mean loss. `tally`:
+        (summed loss, steps) of the batches before `start`; `after_step(batches done, tally)` follows every step."""
         self.model.train()
-        running, seen = 0.0, 0
-        for batch_ids in batches:
+        running, seen = tally
+        for index in range(start, len(batches)):
             if self.step >= self.total_steps:
                 break
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.accumulate_gradients([features[i] for i in batch_ids])
+            loss = self.accumulate_gradients([features[i] for i in batches[index]])
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.scaler.step(self.optimizer)
@@ -316,6 +410,8 @@ class _Stepper:
             if self.writer is not None:
                 self.writer.add_scalar("train/loss", loss, self.step)
                 self.writer.add_scalar("train/learning_rate", self.schedule.get_last_lr()[0], self.step)
+            if after_step is not None:
+                after_step(index + 1, (running, seen))
         return running / max(seen, 1)
 
     def accumulate_gradients(self, batch: list[Feature]) -> float:
