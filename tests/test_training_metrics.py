@@ -8,20 +8,13 @@ from bertforge.training.metrics import MetricsLogger
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_pretraining_curves_come_from_the_logged_records(tmp_path, monkeypatch):
+def test_pretraining_curves_come_from_the_logged_records(tmp_path, spy_on_plot_curves):
     logger = MetricsLogger(tmp_path, tensorboard=False)
     for step, loss in ((10, 9.0), (20, 7.5), (30, 6.0)):
         logger.log(step, {"loss": loss}, prefix="train")
     logger.log(20, {"loss": 7.0, "mlm_accuracy": 0.1, "nsp_accuracy": 0.6}, prefix="heldout")
     logger.log(30, {"loss": 6.5, "mlm_accuracy": 0.2, "nsp_accuracy": 0.7}, prefix="heldout")
-    drawn = {}
-    plot = metrics.plot_curves
-
-    def recording(path, **curves):
-        drawn.update(curves)
-        return plot(path, **curves)
-
-    monkeypatch.setattr(metrics, "plot_curves", recording)
+    drawn = spy_on_plot_curves(metrics)
     path = logger.plot()
     assert path == tmp_path / "curves.png" and path.read_bytes().startswith(PNG_SIGNATURE)
     train, heldout = drawn["losses"]
