@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import select
 import socket
 import threading
@@ -83,6 +84,7 @@ def test_health_info_openapi(mlm) -> None:
     assert server.request("GET", "/health") == (200, {"status": "ok", "queue": 0, "tasks": ["fill-mask", "embed"]})
     status, info = server.request("GET", "/info")
     assert status == 200 and (info["num_layers"], info["num_heads"]) == (2, 3)
+    assert info["views"] == ["fill-mask", "embed", "attention"] and info["mask_token"] == "[MASK]"
     status, schema = server.request("GET", "/openapi.json")
     assert status == 200
     assert {"/fill-mask", "/embed", "/attention", "/health"} <= set(schema["paths"])
@@ -90,6 +92,27 @@ def test_health_info_openapi(mlm) -> None:
     assert server.request("POST", "/qa", {"questions": ["a"], "contexts": ["b"]})[0] == 404
     status, page = server.request("GET", "/")  # a file response, which also listens for the client leaving
     assert status == 200 and "<html" in page.lower()
+
+
+@pytest.mark.parametrize("docs", ["/docs", "/redoc"])
+def test_docs_pages_load_their_assets_from_the_service(mlm, docs: str) -> None:
+    """Swagger UI and ReDoc come from the service itself (fastapi-offline's copies), so they work offline."""
+    server, _ = mlm
+    status, page = server.request("GET", docs)
+    assert status == 200
+    urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
+    scripts = [u for u in urls if u.endswith(".js")]
+    assert scripts and all(u.startswith("/docs-assets/") for u in urls), urls
+    assert "://" not in page  # no absolute URL at all: nothing from a CDN
+    for url in urls:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("GET", url)
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        assert response.status == 200 and len(body) > 1000, url
+        if url.endswith(".js"):
+            assert "javascript" in response.getheader("content-type", ""), url
 
 
 def test_endpoints_equal_pipelines(mlm) -> None:
@@ -190,6 +213,8 @@ def test_qa_server(tmp_path: Path) -> None:
         assert got == pipelines.qa(loaded.predictor, body["questions"], body["contexts"])
         assert server.request("POST", "/qa", {"questions": ["a"], "contexts": []})[0] == 422
         assert server.request("POST", "/fill-mask", {"texts": ["a [MASK]"]})[0] == 404
+        status, info = server.request("GET", "/info")
+        assert info["views"] == ["qa", "embed", "attention"] and info["mask_token"] is None  # no MLM head
     finally:
         server.stop()
         server.thread.join(10)

@@ -1,7 +1,8 @@
 """`bertforge serve`: the pipelines over HTTP (FastAPI + uvicorn), with a web page and metrics.
 
 Endpoints (only those the model supports are mounted): POST /fill-mask, /embed, /classify, /ner, /qa,
-/attention; GET /health, /metrics (Prometheus text format), /info, /docs and /openapi.json, / (the page); and
+/attention; GET /health, /metrics (Prometheus text format), /info, /docs, /redoc and /openapi.json (the docs
+pages' scripts served from /docs-assets, so they work offline), / (the page: a view per task of the model); and
 OpenAI's POST /v1/embeddings and GET /v1/models (openai_api.py, with OpenAI's error shape under /v1).
 Bad input never reaches the model: oversize bodies (counted as they stream in), too many texts or too long
 texts answer 413; a body that does not arrive in time 408; malformed JSON, wrong types, empty lists, texts
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+DOCS_ASSETS = "/docs-assets"  # where /docs and /redoc load Swagger UI and ReDoc from (no CDN)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def require_serve_extra() -> None:
     """Fail in one line, not an ImportError traceback, when the `serve` extra is not installed."""
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
@@ -197,15 +200,17 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = 
     """The FastAPI application for one loaded model (`app.state.limits` holds `limits` for `uvicorn_config`).
     `name` is the model's name in the OpenAI API (default: its folder's name)."""
     require_serve_extra()
-    from fastapi import FastAPI
+    from fastapi_offline import FastAPIOffline
 
     from bertforge.inference.guards import RequestGuard
     from bertforge.inference.metrics import Metrics
 
     service = _Service(loaded, limits)
     metrics = Metrics(service.batcher_now)
-    app = FastAPI(title="bertforge", version="0.1.0", lifespan=service.lifespan,
-                  description=f"{loaded.architecture} from {loaded.directory}; tasks: {', '.join(loaded.tasks)}")
+    # FastAPI's /docs and /redoc load their scripts from a CDN, blank offline; FastAPIOffline serves the same
+    # Swagger UI and ReDoc files from its package, under DOCS_ASSETS.
+    app = FastAPIOffline(title="bertforge", version="0.1.0", lifespan=service.lifespan, static_url=DOCS_ASSETS,
+                         description=f"{loaded.architecture} from {loaded.directory}; tasks: {', '.join(loaded.tasks)}")
     app.state.limits = limits
     # Outside FastAPI's own exception handling: it reads every body (413/408), labels metrics by route, and is
     # the one place an unexpected exception is logged (once) and answered 500.
@@ -261,9 +266,14 @@ def _add_service_routes(app, service: _Service, metrics: Metrics) -> None:
 
     @app.get("/info")
     async def info() -> dict:
-        return {"architecture": loaded.architecture, "tasks": list(loaded.tasks), "num_layers": config.num_layers,
+        """What the web page needs: the model's tasks, its views (the tasks and the attention map every encoder
+        has), its size, and the mask token (null without an MLM head, so no page asks for a [MASK])."""
+        tok = loaded.predictor.tokenizer
+        mask_token = tok.id_to_token(tok.mask_id) if "fill-mask" in loaded.tasks else None
+        return {"architecture": loaded.architecture, "tasks": list(loaded.tasks),
+                "views": [*loaded.tasks, "attention"], "num_layers": config.num_layers,
                 "num_heads": config.num_heads, "hidden_size": config.hidden_size,
-                "mask_token": "[MASK]", "limits": service.limits.__dict__}
+                "mask_token": mask_token, "limits": service.limits.__dict__}
 
     @app.get("/metrics", response_class=Response)
     async def prometheus():
