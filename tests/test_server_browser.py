@@ -184,6 +184,16 @@ def test_classify_view_draws_a_bar_per_label(browser, tmp_path) -> None:
     assert pair_values != [v for _, v, _ in shown]  # the second text reached the model
 
 
+def test_classify_view_of_a_regression_model_shows_its_value(browser, tmp_path) -> None:
+    build(BertForSequenceClassification, tmp_path, seed=27, num_labels=1)  # one output: a score, no labels
+    with serving(tmp_path) as (server, loaded), page_of(browser, server) as page:
+        assert run_view(page, "classify") == "done"
+        shown = page.inner_text("#classify-result")
+        bars = page.locator("#classify-result .bar").count()
+        text = page.input_value("#classify-text")
+    assert bars == 0 and shown == f"value {pipelines.classify(loaded.predictor, [text])[0]['value']:.3f}"
+
+
 def test_ner_view_highlights_the_entities(browser, tmp_path) -> None:
     model = build(BertForTokenClassification, tmp_path, seed=5, labels=["O", "B-PER", "I-PER", "B-LOC"])
     tok = tiny_tokenizer(tmp_path)
