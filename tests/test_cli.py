@@ -126,7 +126,7 @@ def test_demo_finds_topical_neighbours(minilm_dir, capsys) -> None:
     assert "query: Who won the game?" in out and "random init" in out
 
 
-@pytest.mark.parametrize("missing", ["fastapi", "uvicorn", "prometheus_client"])
+@pytest.mark.parametrize("missing", ["fastapi", "uvicorn", "prometheus_client", "fastapi_offline"])
 def test_serve_without_the_extra_is_one_line(missing: str, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now fails as if it were not installed
     with pytest.raises(SystemExit) as exit_info:
