@@ -5,11 +5,11 @@ mid-epoch resumes to the same weights."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.multiprocessing.spawn import ProcessRaisedException
 
 from bertforge.checkpoint import save_model
 from bertforge.cli import call_job
@@ -38,20 +38,31 @@ def sgd(model, *, lr, weight_decay):
     return torch.optim.SGD(model.parameters(), lr=lr)
 
 
-def finetune_with_sgd(options: dict, die_after: int | None = None) -> None:
-    """One process's run (the job joins the others); with `die_after`, it dies while computing that step + 1."""
+def finetune_with_sgd(options: dict) -> None:
+    """One process's run (the job joins the others)."""
     finetune_loop.build_adamw = sgd  # a spawned process: nothing else runs in it
-    if die_after is not None:
-        real, calls = finetune_loop._Stepper.accumulate_gradients, []
-
-        def dies(self, batch):
-            calls.append(1)
-            if len(calls) > die_after:
-                raise Killed
-            return real(self, batch)
-
-        finetune_loop._Stepper.accumulate_gradients = dies
     call_job(finetune.run, options)
+
+
+def killed_then_resumed(options: dict, die_after: int, steps_after_resume: int) -> None:
+    """One process's run that dies while computing step `die_after` + 1, then the same command with --resume
+    true in the same process (as tests/test_finetune_resume.py does in one), which must take only the steps
+    after the last checkpoint: a run that started over would end with the same weights."""
+    real, calls, budget = finetune_loop._Stepper.accumulate_gradients, [], {"steps": die_after}
+
+    def counted(self, batch):
+        calls.append(len(batch))
+        if len(calls) > budget["steps"]:
+            raise Killed
+        return real(self, batch)
+
+    finetune_loop._Stepper.accumulate_gradients = counted
+    with pytest.raises(Killed):
+        finetune_with_sgd(options)
+    calls.clear()
+    budget["steps"] = math.inf
+    finetune_with_sgd({**options, "resume": True})
+    assert len(calls) == steps_after_resume
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +137,7 @@ def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_model(tiny_model
     monkeypatch.setattr(finetune_loop, "build_adamw", sgd)
     whole = call_job(finetune.run, options(tmp_path / "whole", tiny_model, data, validation=True))
     run = options(tmp_path / "run", tiny_model, data, validation=True, save_every=3)
-    with pytest.raises(ProcessRaisedException, match="Killed"):
-        run_processes(finetune_with_sgd, run, 7)  # dies in epoch 2, at step 8
-    assert (tmp_path / "run/checkpoints/latest").exists()
-    run_processes(finetune_with_sgd, {**run, "resume": True})
+    run_processes(killed_then_resumed, run, 7, 4)  # dies in epoch 2 at step 8; resumes after step 6
     assert_same_weights(tmp_path / "whole", tmp_path / "run")
     resumed = logged(tmp_path / "run")
     assert [r["epoch"] for r in resumed] == [1, 2]
