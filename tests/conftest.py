@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,34 @@ def spy_on_plot_curves(monkeypatch):
         monkeypatch.setattr(module, "plot_curves", recording)
         return drawn
     return spy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _joined(rank: int, size: int, port: int, target, args: tuple) -> None:
+    """One spawned process: torchrun's environment for `rank`, then target(*args)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        target(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.fixture
+def run_processes():
+    """run(target, *args, processes=2): target(*args) in that many CPU processes that find each other as
+    torchrun's would (the job joins them over gloo). A process that raises makes run raise."""
+    import torch.multiprocessing as mp
+
+    def run(target, *args, processes: int = 2) -> None:
+        mp.spawn(_joined, args=(processes, _free_port(), target, args), nprocs=processes)
+    return run

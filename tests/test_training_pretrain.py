@@ -4,8 +4,6 @@ LAMB against its formula, and 2-process DDP (gloo) against 1 process."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -138,30 +136,10 @@ def test_lamb_step_matches_its_formula():
     assert np.allclose(param.detach().numpy(), expected, atol=1e-12)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, config: PretrainConfig) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    try:
-        train(config)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_ddp_two_processes_match_one_process(corpus, tmp_path):
-    import torch.multiprocessing as mp
-
+def test_ddp_two_processes_match_one_process(corpus, tmp_path, run_processes):
     settings = dict(steps=3, dropout=0.0, eval_batches=0, save_every=100)
     single = train(_config(corpus, tmp_path / "single", **settings))
-    mp.spawn(_ddp_worker, args=(2, _free_port(), _config(corpus, tmp_path / "ddp", **settings)), nprocs=2)
+    run_processes(train, _config(corpus, tmp_path / "ddp", **settings))
     a, b = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     logged = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

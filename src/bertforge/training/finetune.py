@@ -3,6 +3,7 @@
     bertforge finetune --task sst2 --data-dir ../shared/data/glue/SST-2 --model all-minilm-l6-v2 --output-dir out
     bertforge finetune --task classification --train train.csv --validation dev.csv --text-column text \\
         --label-column label --epochs 3 --output-dir out
+    torchrun --nproc_per_node 4 -m bertforge finetune ...     # data-parallel: the same steps, split 4 ways
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bertforge.files import move_into_place, open_text, remove_stale_temporaries
 from bertforge.options import check_length, check_options, resolve_device
 from bertforge.precision import TrainingPrecision, resolve_precision
 from bertforge.tasks.classification import GLUE_TASKS
+from bertforge.training.distributed import World, from_main, join_world
 from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult, TrainSettings, seed_everything
 from bertforge.training.finetune_loop import train as train_loop
 
@@ -132,7 +134,9 @@ def run(output_dir: Path, task: str = "classification", model: str = "all-minilm
     from bertforge.training.run_folder import check_run_folder
 
     check_options({"data": data, "inputs": inputs, "train": train, "threads": threads, "device": device})
-    running_precision = resolve_precision(precision, resolve_device(device), training=True)
+    torch_device, world = join_world(resolve_device(device))  # under torchrun: this process's rank and GPU
+    _check_batch_split(train, world)
+    running_precision = resolve_precision(precision, torch_device, training=True)
     if threads:
         torch.set_num_threads(threads)
     output_dir = Path(output_dir)
@@ -143,26 +147,29 @@ def run(output_dir: Path, task: str = "classification", model: str = "all-minilm
                  str(model_dir))
     checkpoints = output_dir / CHECKPOINTS
     offer_resume = resume or checkpoints.is_dir()  # a finished model has no checkpoints: only --overwrite fits
-    check_run_folder(output_dir, resume=resume if offer_resume else None, overwrite=overwrite, clear=False,
-                     inputs=[p for p in (train_path, *eval_paths, model_dir, data.titles, data.eval_titles)
-                             if _is_path(p)])
-    remove_stale_temporaries(output_dir.parent, name=output_dir.name)
+    if world.is_main:  # under torchrun rank 0 alone owns the folder: the others may start after it began writing
+        check_run_folder(output_dir, resume=resume if offer_resume else None, overwrite=overwrite, clear=False,
+                         inputs=[p for p in (train_path, *eval_paths, model_dir, data.titles, data.eval_titles)
+                                 if _is_path(p)])
+        remove_stale_temporaries(output_dir.parent, name=output_dir.name)
     record = {"output_dir": output_dir, "task": task, "model": model, **dataclasses.asdict(data),
               **dataclasses.asdict(inputs), **dataclasses.asdict(train), "train": source_name(train_path),
               "validation": [source_name(p) for p in eval_paths], "tensorboard": tensorboard, "threads": threads,
               "device": device, "precision": precision}
-    resume_state = _resume_state(checkpoints, _jsonable(record)) if resume else None
-    if resume_state is None and train.save_every and checkpoints.is_dir():
+    resume_state = _resume_state(checkpoints, _jsonable(record), world) if resume else None
+    if resume_state is None and train.save_every and checkpoints.is_dir() and world.is_main:
         shutil.rmtree(checkpoints)  # --overwrite: the earlier run's checkpoints would mix with this run's
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     train_features, eval_sets = read_features(family_task, tokenizer, data, inputs.max_length, train_path, eval_paths)
 
     seed_everything(train.seed)  # the new head's initial weights depend on the seed too
     net = load_model(model_dir, family_task.model_class, **family_task.model_kwargs())
-    net = with_dropout(net, train.dropout, train.classifier_dropout).to(resolve_device(device))
+    net = with_dropout(net, train.dropout, train.classifier_dropout).to(torch_device)
     result = _train_into(output_dir, net, family_task, tokenizer, train_features, eval_sets, train, record,
                          max_length=inputs.max_length, precision=running_precision, tensorboard=tensorboard,
-                         progress=progress, resume_state=resume_state)
+                         progress=progress, resume_state=resume_state, world=world)
+    if not world.is_main:
+        return result
     best = f"best {family_task.metric_names[0]} {result.best_metric:.4f} at epoch {result.best_epoch}" \
         if result.best_metric is not None else "no validation set: last epoch kept"
     print(f"fine-tuned {family_task.name} in {result.train_seconds:.1f}s; {best}; model in {output_dir}")
@@ -206,12 +213,16 @@ def _read(family_task, path: Path, titles: Path | None, limit: int | None) -> li
 
 def _train_into(output_dir: Path, net, family_task, tokenizer, train_features: list, eval_sets: list[EvalSet],
                 settings: TrainSettings, record: dict, *, max_length: int, precision: str, tensorboard: bool,
-                progress: bool, resume_state: dict | None = None) -> TrainResult:
+                progress: bool, resume_state: dict | None = None, world: World = World()) -> TrainResult:
     """Train, keeping the best model. The run is built in a temporary folder beside output_dir and moved
     there when it has finished, so a failed or killed run leaves output_dir as it was, except for the
-    checkpoints --save-every writes into output_dir/checkpoints (they go when the finished run replaces it)."""
+    checkpoints --save-every writes into output_dir/checkpoints (they go when the finished run replaces it).
+    Under torchrun only rank 0 writes; the other ranks train their share of every batch."""
     from bertforge.checkpoint import save_model
 
+    if not world.is_main:
+        return train_loop(net, family_task, train_features, eval_sets, pad_id=tokenizer.pad_id, settings=settings,
+                          precision=precision, progress=False, resume_state=resume_state, world=world)
     work = temporary_sibling(output_dir)
     write_text_atomic(work / "finetune_config.json", json.dumps(_jsonable(record), indent=2) + "\n")
 
@@ -226,7 +237,7 @@ def _train_into(output_dir: Path, net, family_task, tokenizer, train_features: l
                             tensorboard_dir=work / "tensorboard" if tensorboard else None,
                             curves_file=work / "curves.png", progress=progress,
                             checkpoints=output_dir / CHECKPOINTS, resume_state=resume_state,
-                            run_settings=_jsonable(record))
+                            run_settings=_jsonable(record), world=world)
     except BaseException:  # a kill leaves `work`, removed by the next run
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -234,13 +245,14 @@ def _train_into(output_dir: Path, net, family_task, tokenizer, train_features: l
     return result
 
 
-def _resume_state(checkpoints: Path, settings: dict) -> dict | None:
+def _resume_state(checkpoints: Path, settings: dict, world: World = World()) -> dict | None:
     """The newest intact checkpoint of the interrupted run (None: there is none yet, start from step 0), after
-    checking that every setting that changes the result is the one it ran with."""
+    checking that every setting that changes the result is the one it ran with. Rank 0 chooses it for all."""
     from bertforge.training.checkpointing import load_checkpoint, resume_checkpoint
 
-    remove_stale_temporaries(checkpoints)
-    path = resume_checkpoint(checkpoints)
+    if world.is_main:
+        remove_stale_temporaries(checkpoints)
+    path = from_main(resume_checkpoint(checkpoints) if world.is_main else None, world)
     if path is None:
         log.info("--resume: no checkpoint in %s yet: starting from step 0", checkpoints)
         return None
@@ -252,6 +264,14 @@ def _resume_state(checkpoints: Path, settings: dict) -> dict | None:
                               f"{earlier!r} ({path}); resume with the same value, or start over with --overwrite")
     log.info("resuming from %s (step %d)", path, state["step"])
     return state
+
+
+def _check_batch_split(train: TrainSettings, world: World) -> None:
+    """Under torchrun every optimizer step splits --batch-size over processes x --grad-accum-steps micro-batches."""
+    parts = world.size * train.grad_accum_steps
+    if world.distributed and train.batch_size % parts:
+        raise OptionError(f"--batch-size {train.batch_size} is not divisible by {world.size} processes x "
+                          f"--grad-accum-steps {train.grad_accum_steps}; choose a multiple of {parts}")
 
 
 def _jsonable(value):

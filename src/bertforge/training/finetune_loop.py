@@ -6,6 +6,10 @@ The paper's recipe is the default: AdamW (weight decay 0.01), peak learning rate
 Batches are padded only to their own longest member and grouped by length, so little compute goes to [PAD].
 After every epoch the model is evaluated; the best one (by the task's main metric) is what stays in
 `output_dir`, in Hugging Face format with id2label/label2id.
+
+Under torchrun every process draws the same batches, back-propagates its own slice of each one, and the
+gradients are summed over the processes before the step, so N processes take the steps one process takes
+(training/distributed.py). Rank 0 evaluates and writes every file; the others follow its decisions.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from bertforge.precision import Precision, autocast
 from bertforge.tasks.base import Feature, TaskFamily, collate
 from bertforge.tasks.registry import TASK_CONFIG_KEY, family, saved_task_settings
 from bertforge.training.checkpointing import rng_state, save_checkpoint, set_rng_state
+from bertforge.training.distributed import World, all_reduce_sum, from_main, sum_gradients
 from bertforge.training.metrics import Curve, plot_curves
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule
 
@@ -175,7 +180,7 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
           *, pad_id: int, settings: TrainSettings = TrainSettings(), precision: Precision = "fp32", save_best=None,
           log_file: Path | None = None, tensorboard_dir: Path | None = None, curves_file: Path | None = None,
           progress: bool = True, checkpoints: Path | None = None, resume_state: dict | None = None,
-          run_settings: dict | None = None) -> TrainResult:
+          run_settings: dict | None = None, world: World = World()) -> TrainResult:
     """Train `model` on `train_features`, evaluating on `eval_sets` after each epoch; `curves_file` gets a PNG of
     the training loss and the main metric against the step at the end.
 
@@ -188,6 +193,9 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
 
     With `settings.save_every`, a checkpoint (`_Progress.state`, `run_settings` included) goes to `checkpoints`
     every that many steps; `resume_state` (one such checkpoint) continues it exactly where it stopped.
+
+    `world` (distributed.join_world): this process's share of every batch. Only rank 0 should be given files
+    to write and `save_best`; it alone evaluates, and the other ranks take its record of every epoch.
     """
     seed_everything(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -200,7 +208,8 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
                        grad_accum_steps=settings.grad_accum_steps,
                        loss_options=_loss_options(task, train_features, settings, steps_per_epoch),
                        writer=_tensorboard(tensorboard_dir), total_steps=total_steps, precision=precision,
-                       bar=tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress))
+                       bar=tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress),
+                       world=world)
     run = _Progress(stepper, generator, settings, checkpoints, run_settings or {})
     started = time.perf_counter()
     if resume_state is not None:
@@ -210,14 +219,16 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
         train_loss = run.train_epoch(train_features, epoch)
         record = {"epoch": epoch, "step": stepper.step, "train_loss": train_loss,
                   "elapsed_s": round(time.perf_counter() - started + run.earlier_seconds, 2)}
-        for eval_set in eval_sets:
+        for eval_set in eval_sets if world.is_main else ():
             metrics = evaluate(model, task, eval_set, pad_id=pad_id, batch_size=settings.eval_batch_size,
                                precision=precision)
             record.update({f"{eval_set.name}/{k}": v for k, v in metrics.items()})
+        record = from_main(record, world)  # so every rank takes the same best epoch and early stop
         result.history.append(record)
         _log(record, log_file, stepper.writer, stepper.step)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in record.items()))
+        if world.is_main:
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                       for k, v in record.items()))
         if not eval_sets:
             continue
         value = record[f"{eval_sets[0].name}/{main_metric}"]
@@ -379,6 +390,7 @@ class _Stepper:
     total_steps: int
     bar: tqdm
     precision: Precision = "fp32"
+    world: World = World()
     step: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss) for curves.png
 
@@ -417,12 +429,19 @@ class _Stepper:
     def accumulate_gradients(self, batch: list[Feature]) -> float:
         """Backward through `batch` in `grad_accum_steps` micro-batches (each padded to its own longest), adding
         their gradients up; returns the batch's loss. Each micro-batch's loss is weighted by its share of the
-        batch (`_loss_shares`), so the summed gradient is the one the whole batch gives in one pass."""
+        batch (`_loss_shares`), so the summed gradient is the one the whole batch gives in one pass.
+
+        Under torchrun the batch is cut into processes x grad_accum_steps micro-batches, each rank takes its
+        own consecutive grad_accum_steps of them, and the gradients are summed over the ranks
+        (distributed.sum_gradients): the shares are of the whole batch, so the sum is its gradient again."""
         device = next(self.model.parameters()).device
-        size = math.ceil(len(batch) / self.grad_accum_steps)
+        world = self.world
+        size = math.ceil(len(batch) / (world.size * self.grad_accum_steps))
         parts = [batch[i : i + size] for i in range(0, len(batch), size)]
+        shares = _loss_shares(self.task, parts, self.loss_options)
+        mine = slice(world.rank * self.grad_accum_steps, (world.rank + 1) * self.grad_accum_steps)
         total = 0.0
-        for part, share in zip(parts, _loss_shares(self.task, parts, self.loss_options), strict=True):
+        for part, share in zip(parts[mine], shares[mine], strict=True):
             if share == 0:  # no scored token in this micro-batch: nothing to learn, and its mean would be 0/0
                 continue
             inputs, labels = _to(collate(part, self.pad_id), device), _to(self.task.labels(part), device)
@@ -430,7 +449,8 @@ class _Stepper:
                 loss = self.task.loss(self.model(**inputs), labels, **self.loss_options) * share
             self.scaler.scale(loss).backward()
             total += loss.item()
-        return total
+        sum_gradients(self.model, world)  # before the scaler unscales: every rank then sees the same overflow
+        return float(all_reduce_sum(torch.tensor([total], dtype=torch.float64), world))
 
     def close(self) -> None:
         self.bar.close()

@@ -54,7 +54,7 @@ from bertforge.heads import BertForPreTraining, BertLMHeadModel
 from bertforge.options import resolve_device
 from bertforge.precision import Precision, TrainingPrecision, autocast, check_precision, resolve_precision
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from bertforge.training.distributed import World, all_reduce_sum, init_distributed
+from bertforge.training.distributed import World, all_reduce_sum, join_world
 from bertforge.training.initialization import init_local_attention, init_positions_sinusoidal
 from bertforge.training.lamb import Lamb
 from bertforge.training.metrics import MetricsLogger
@@ -596,10 +596,7 @@ def _devices(cfg: PretrainConfig) -> tuple[torch.device, World]:
     """This process's device and its place among the processes; fixes `auto` precision for the device."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    world = init_distributed(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
+    device, world = join_world(resolve_device(cfg.device))
     cfg.precision = resolve_precision(cfg.precision, device, training=True)
     if cfg.batch_size % (world.size * cfg.grad_accum_steps):
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world.size}) x "
