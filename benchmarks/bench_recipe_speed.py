@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from bertforge.data.shards import PreparedCorpus
-from bertforge.precision import resolve_precision
 from bertforge.training.distributed import World
 from bertforge.training.pretrain import (
     BatchMasker,
@@ -44,22 +43,22 @@ SIDES: dict[str, dict] = {
 
 
 def side(name: str, corpus: PreparedCorpus, tokenizer, args: argparse.Namespace, out: Path) -> dict:
-    cfg = PretrainConfig(data=corpus.directory, output_dir=out / name, preset=args.preset, steps=1000,
-                         batch_size=args.batch_size, **SIDES[name])
-    cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"), training=True)
+    cfg = PretrainConfig.from_options(data=corpus.directory, output_dir=out / name, preset=args.preset, steps=1000,
+                                      batch_size=args.batch_size, **SIDES[name])
+    cfg.use_device(torch.device("cpu"))
     cfg.plan(1000)
     torch.manual_seed(0)
     model = build_model(cfg, tokenizer.vocab_size)
     trainer = Trainer(cfg, model, model, build_optimizer(cfg, model), None,
                       torch.amp.GradScaler("cpu", enabled=False), World(), torch.device("cpu"), tokenizer.mask_id)
-    stream = ExampleStream(list(corpus.shards("train")), cfg.example_settings(), seed=0)
+    stream = ExampleStream(list(corpus.shards("train")), cfg.corpus.example_settings(), seed=0)
     return {"cfg": cfg, "trainer": trainer, "stream": stream, "masker": BatchMasker.for_training(cfg, tokenizer),
             "seconds": [], "real": 0, "padded": 0}
 
 
 def step(state: dict, tokenizer, index: int) -> None:
     started = time.perf_counter()
-    batch = collate_examples(state["stream"].take(state["cfg"].batch_size), state["stream"].settings, tokenizer)
+    batch = collate_examples(state["stream"].take(state["cfg"].optim.batch_size), state["stream"].settings, tokenizer)
     state["trainer"].forward_backward(batch, state["masker"](batch, index))
     state["trainer"].apply_gradients()
     state["seconds"].append(time.perf_counter() - started)

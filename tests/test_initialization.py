@@ -61,4 +61,4 @@ def test_local_init_keeps_tokens_out_of_the_position_dimensions_and_changes_only
 
 def test_local_attention_needs_the_sinusoidal_table(tmp_path):
     with pytest.raises(OptionError, match="--position-init sinusoidal"):
-        PretrainConfig(data=tmp_path, output_dir=tmp_path / "run", recipe="bert", attention_init="local")
+        PretrainConfig.from_options(data=tmp_path, output_dir=tmp_path / "run", recipe="bert", attention_init="local")

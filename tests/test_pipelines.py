@@ -261,6 +261,47 @@ def test_classify_defaults_to_the_saved_max_length(tmp_path: Path, capsys) -> No
     assert json.loads(capsys.readouterr().out) == [explicit]
 
 
+# a long text whose windows differ: the start alone classifies otherwise than the average of all windows
+MIXED = " ".join(["john played the guitar in paris ."] * 2 + ["bad film , i hate it ."] * 4)
+
+
+def test_classify_defaults_to_the_saved_sliding_window(tmp_path: Path, capsys) -> None:
+    """A classifier fine-tuned with --long-text sliding_window --stride 8 --max-length 16 reads a long text in
+    windows whose logits are averaged, through the pipeline, the CLI and the service, as `predict` reads it (the
+    task family built from the saved settings); an explicit long_text wins."""
+    from bertforge.tasks.classification import TextExample
+    from bertforge.tasks.registry import family
+
+    server = pytest.importorskip("bertforge.inference.server", reason="pydantic (the 'serve' extra)")
+    model = build(BertForSequenceClassification, tmp_path, seed=14, labels=["neg", "pos", "neutral"])
+    with torch.no_grad():
+        model.classifier.weight.mul_(100)  # a random head barely tells inputs apart; make it decisive
+    saved = {"task": "classification", "long_text": "sliding_window", "doc_stride": 8, "max_seq_length": 16}
+    save_model(model, tmp_path, tokenizer=tiny_tokenizer(tmp_path), extra_config={TASK_CONFIG_KEY: saved})
+    loaded = load_pipeline(tmp_path)
+    tok = loaded.predictor.tokenizer
+    task = family("classification", labels=["neg", "pos", "neutral"], long_text="sliding_window", doc_stride=8)
+    features = task.features([TextExample(MIXED)], tok, max_seq_length=16)
+    assert len(features) == 5  # windows of 14 tokens starting every 8
+    with torch.inference_mode():
+        mean_logits = torch.stack([model(torch.tensor([f.input_ids])).logits[0] for f in features]).mean(0)
+        truncated = model(**tok.encode([MIXED], max_length=16, padding="longest").tensors()).logits.softmax(-1)[0]
+    windowed = mean_logits.softmax(-1).tolist()
+    assert max(abs(a - b) for a, b in zip(windowed, truncated.tolist(), strict=True)) > 1e-3
+
+    got = pipelines.classify(loaded.predictor, [MIXED])[0]
+    np.testing.assert_allclose(list(got["scores"].values()), windowed, atol=1e-5)
+    explicit = pipelines.classify(loaded.predictor, [MIXED], long_text="truncate")[0]
+    np.testing.assert_allclose(list(explicit["scores"].values()), truncated.tolist(), atol=1e-5)
+    assert server._run_batch(loaded, ("classify", False), [(MIXED, None)]) == [got]
+    main(["classify", "--model", str(tmp_path), "--text", MIXED])
+    assert json.loads(capsys.readouterr().out) == [got]
+    main(["classify", "--model", str(tmp_path), "--text", MIXED, "--long-text", "truncate"])
+    assert json.loads(capsys.readouterr().out) == [explicit]
+    with pytest.raises(PipelineError, match="sliding windows read single texts"):
+        pipelines.classify(loaded.predictor, [MIXED], ["a pair"])
+
+
 def test_ner_defaults_to_the_saved_max_length(tmp_path: Path, monkeypatch, capsys) -> None:
     """A tagger fine-tuned with --max-length 16 sees a long text in windows of at most 16 tokens, through the
     pipeline, the CLI and the service; an explicit --max-length wins."""

@@ -138,22 +138,24 @@ def _budget(corpus: Path, out: Path, **changes) -> PretrainConfig:
                   max_length=48, batch_size=8, steps=10, learning_rate=3e-3, eval_batches=2, log_every=2, save_every=4,
                   progress=False, tensorboard=False, seed=3, precision="bf16")
     values.update(changes)
-    return PretrainConfig(**values)
+    return PretrainConfig.from_options(**values)
 
 
 def test_the_budget_recipe_fills_its_options_and_explicit_values_win(corpus, tmp_path):
     cfg = _budget(corpus, tmp_path, learning_rate=None, precision=None, warmup_steps=3)
-    assert (cfg.objective, cfg.packing, cfg.masking_rate, cfg.dropout) == ("mlm", True, 0.3, 0.0)
-    assert cfg.learning_rate == 1e-3
-    assert cfg.max_predictions == 15 and cfg.precision == "auto"  # ceil(0.3 x 48)
+    assert (cfg.corpus.objective, cfg.corpus.packing, cfg.corpus.masking_rate, cfg.model.dropout) == \
+        ("mlm", True, 0.3, 0.0)
+    assert cfg.optim.learning_rate == 1e-3
+    assert cfg.corpus.max_predictions == 15 and cfg.optim.precision == "auto"  # ceil(0.3 x 48)
     cfg.plan(100)
-    assert cfg.warmup_steps == 3  # given, so the recipe's warmup_ratio does not apply
-    bert = PretrainConfig(data=corpus, output_dir=tmp_path)
-    assert (bert.objective, bert.packing, bert.masking_rate, bert.max_predictions) == ("mlm_nsp", False, 0.15, 20)
+    assert cfg.optim.warmup_steps == 3  # given, so the recipe's warmup_ratio does not apply
+    bert = PretrainConfig.from_options(data=corpus, output_dir=tmp_path)
+    assert (bert.corpus.objective, bert.corpus.packing, bert.corpus.masking_rate, bert.corpus.max_predictions) == \
+        ("mlm_nsp", False, 0.15, 20)
     with pytest.raises(ValueError, match="packing"):
-        PretrainConfig(data=corpus, output_dir=tmp_path, objective="mlm_nsp", packing=True)
+        PretrainConfig.from_options(data=corpus, output_dir=tmp_path, objective="mlm_nsp", packing=True)
     with pytest.raises(ValueError, match="masking-rate"):
-        PretrainConfig(data=corpus, output_dir=tmp_path, masking_rate=2)
+        PretrainConfig.from_options(data=corpus, output_dir=tmp_path, masking_rate=2)
 
 
 def test_bf16_packed_run_learns_and_saves_fp32_weights_transformers_loads(corpus, tmp_path):
@@ -215,7 +217,7 @@ def test_eval_set_is_the_same_whatever_the_training_recipe(corpus, tmp_path):
     prepared = PreparedCorpus.open(corpus)
     tokenizer = prepared.tokenizer()
     a = heldout_batches(prepared, _budget(corpus, tmp_path, masking_rate=0.4, batch_size=4), tokenizer)
-    b = heldout_batches(prepared, PretrainConfig(data=corpus, output_dir=tmp_path, max_length=48,
+    b = heldout_batches(prepared, PretrainConfig.from_options(data=corpus, output_dir=tmp_path, max_length=48,
                                                  eval_batches=2), tokenizer)
     assert len(a.mlm) == len(b.mlm) and not a.nsp and b.nsp
     for (_, masked_a), (_, masked_b) in zip(a.mlm, b.mlm, strict=True):

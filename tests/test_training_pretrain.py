@@ -42,7 +42,7 @@ def _config(corpus: Path, out: Path, **changes) -> PretrainConfig:
                   steps=8, learning_rate=2e-3, warmup_steps=2, eval_every=8, eval_batches=2, log_every=2, save_every=3,
                   progress=False, tensorboard=False, seed=7)
     values.update(changes)
-    return PretrainConfig(**values)
+    return PretrainConfig.from_options(**values)
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -76,6 +76,37 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run_bit_for_bit(corpus, 
     assert (tmp_path / "whole" / "curves.png").stat().st_size > 10_000
 
 
+def _saved_before_the_settings_were_grouped(corpus: Path, out: Path) -> dict:
+    """What config.json and each checkpoint's "config" held for `_config(corpus, out)` when the settings were
+    one flat dataclass (bertforge before pretrain_settings.py): every field under its command-line name,
+    planned and resolved. Written out by hand, so this stays the old format whatever the code writes now."""
+    return {"data": str(corpus), "output_dir": str(out), "recipe": "bert", "preset": "tiny", "model_overrides": TINY,
+            "init_from": None, "objective": "mlm_nsp", "packing": False, "max_length": 48, "short_seq_prob": 0.1,
+            "masking_rate": 0.15, "max_predictions": 8, "whole_word_masking": False, "batch_size": 8,
+            "grad_accum_steps": 1, "steps": 8, "optimizer": "adamw", "learning_rate": 0.002, "adam_beta2": 0.999,
+            "weight_decay": 0.01, "warmup_steps": 2, "warmup_ratio": None, "schedule": "linear", "max_grad_norm": 1.0,
+            "precision": "fp32", "compile": False, "dropout": None, "position_init": "normal",
+            "attention_init": "random", "seed": 7, "eval_every": 8, "eval_batches": 2, "log_every": 2,
+            "save_every": 3, "keep_checkpoints": 2, "resume": False, "overwrite": False, "max_minutes": None,
+            "threads": None, "device": "auto", "progress": False, "tensorboard": False}
+
+
+def test_a_run_folder_from_before_the_settings_were_grouped_still_resumes(corpus, tmp_path):
+    out = tmp_path / "old"
+    train(_config(corpus, out), stop_after=5)  # last checkpoint: step 3
+    old = _saved_before_the_settings_were_grouped(corpus, out)
+    # Grouping the settings did not change what a run folder keeps: flat, under the command-line names.
+    assert json.loads((out / "config.json").read_text()) == old
+    assert load_checkpoint(out)["config"] == old
+    # A checkpoint holding the old format resumes; its planned length (steps) is read from it.
+    path = latest_checkpoint(out / "checkpoints")
+    state = torch.load(path, weights_only=False)
+    torch.save({**state, "config": old}, path)
+    (out / "config.json").write_text(json.dumps(old))
+    resumed = train(_config(corpus, out, steps=None, resume=True))
+    assert resumed.stopped == "finished" and resumed.step == 8 and sorted(resumed.losses) == [4, 5, 6, 7, 8]
+
+
 def test_gradient_accumulation_gives_the_same_weights(corpus, tmp_path):
     one = train(_config(corpus, tmp_path / "one", steps=3, dropout=0.0, eval_batches=0))
     two = train(_config(corpus, tmp_path / "two", steps=3, dropout=0.0, eval_batches=0, grad_accum_steps=4))
@@ -98,8 +129,9 @@ def test_nan_loss_stops_with_a_checkpoint(corpus, tmp_path):
     from bertforge.training.pretrain import run
 
     with pytest.raises(SystemExit, match="stopped at step 3: non-finite loss"):
-        run(_config(corpus, tmp_path / "nan2", steps=3, learning_rate=1e9, max_grad_norm=1e30, warmup_steps=0,
-                    schedule="constant"))
+        cfg = _config(corpus, tmp_path / "nan2", steps=3, learning_rate=1e9, max_grad_norm=1e30, warmup_steps=0,
+                      schedule="constant")
+        run(cfg.corpus, cfg.job, cfg.model, cfg.optim, cfg.report)
 
 
 def test_export_loads_in_transformers_with_the_same_outputs(corpus, tmp_path):

@@ -170,7 +170,7 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
 
     # What is left of the budget after the corpus, minus ~10% for the fill-mask probes and the report.
     minutes = max(0.1, max_minutes * 0.9 - (time.monotonic() - started) / 60)
-    cfg = PretrainConfig(
+    cfg = PretrainConfig.from_options(
         data=prepared.directory, output_dir=output_dir / "run", recipe="budget", preset="mini",
         model_overrides=spec.model, max_length=spec.max_length, batch_size=spec.batch_size,
         learning_rate=spec.learning_rate,
@@ -185,12 +185,12 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
     report = {
         "corpus": [str(f) for f in files], "tokens": counts, "vocab_size": tokenizer.vocab_size,
         "model": {**spec.model, "parameters": sum(p.numel() for p in trained.parameters())},
-        "steps": result.step, "batch_size": cfg.batch_size, "max_length": cfg.max_length,
+        "steps": result.step, "batch_size": cfg.optim.batch_size, "max_length": cfg.corpus.max_length,
         "minutes": (time.monotonic() - started) / 60, "stopped": result.stopped,
         "heldout": {"untrained": before, "trained": after},
         "fill_mask": predictions,
-        "checkpoint": str(result.model_dir), "plot": str(cfg.output_dir / "curves.png"),
-        "metrics": str(cfg.output_dir / "metrics.jsonl"),
+        "checkpoint": str(result.model_dir), "plot": str(result.output_dir / "curves.png"),
+        "metrics": str(result.output_dir / "metrics.jsonl"),
     }
     write_text_atomic(output_dir / "report.json", json.dumps(report, indent=2))
     print(f"\nheld-out MLM accuracy where the input shows [MASK]: {before['mlm_mask_accuracy']:.1%} untrained -> "

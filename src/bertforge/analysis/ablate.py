@@ -250,7 +250,7 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
         if summary.get("settings") == wanted:
             return summary
     steps = settings.steps if variant.pretrained else 0
-    cfg = PretrainConfig(
+    cfg = PretrainConfig.from_options(
         data=data_dir, output_dir=run_dir, preset=variant.preset, objective=variant.objective,
         model_overrides={"position_embedding_type": variant.position}, max_length=settings.max_length,
         batch_size=settings.batch_size, steps=steps, learning_rate=settings.learning_rate,
@@ -276,7 +276,7 @@ def _untrained(cfg, data_dir: Path, run_dir: Path, wanted: dict, summary_file: P
     from bertforge.training.pretrain import build_model, export_model
 
     tokenizer = PreparedCorpus.open(data_dir).tokenizer()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.job.seed)
     model_dir = export_model(build_model(cfg, tokenizer.vocab_size), run_dir / "model", tokenizer)
     summary = {"settings": wanted, "steps": 0, "tokens": 0, "seconds": 0.0, "heldout": {}, "model_dir": str(model_dir)}
     write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")

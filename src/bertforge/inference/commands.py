@@ -14,6 +14,7 @@ from bertforge.files import check_output_file
 from bertforge.inference import pipelines
 from bertforge.options import check_length
 from bertforge.precision import InferencePrecision
+from bertforge.tasks.classification import LongText
 
 
 def _listed(value: list[str] | str | None) -> list[str] | None:
@@ -80,8 +81,9 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
 
 
 def classify(model: str, text: list[str] | str | None = None, input: Path | None = None,
-             text_column: str | None = None, max_length: int | None = None, output: Path | None = None,
-             device: str = "auto", precision: InferencePrecision = "fp32") -> list:
+             text_column: str | None = None, max_length: int | None = None,
+             long_text: LongText | None = None, stride: int | None = None,
+             output: Path | None = None, device: str = "auto", precision: InferencePrecision = "fp32") -> list:
     """Label texts with a sequence-classification checkpoint (labels and probabilities).
 
     Args:
@@ -89,8 +91,12 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
         text: A text to classify, or a JSON list of texts.
         input: Or a file: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         text_column: The text column of a table input.
-        max_length: Longer texts are truncated to this many tokens; default: the model's fine-tuning
-            --max-length (saved in its config.json), else the model's limit.
+        max_length: Tokens per input (or window); default: the model's fine-tuning --max-length (saved in its
+            config.json), else the model's limit.
+        long_text: truncate longer texts, or read them in sliding_window chunks whose logits are averaged;
+            default: the model's fine-tuning --long-text, else truncate.
+        stride: sliding_window: tokens between the starts of successive windows; default: the model's
+            fine-tuning --stride, else half a window.
         output: Write JSON lines here instead of printing.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
@@ -98,8 +104,8 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
     _check_output(output, input)
     loaded = _load(model, device, "classify", precision)
     check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
-    return _emit(pipelines.classify(loaded.predictor, _texts(text, input, text_column), max_length=max_length),
-                 output)
+    return _emit(pipelines.classify(loaded.predictor, _texts(text, input, text_column), max_length=max_length,
+                                    long_text=long_text, stride=stride), output)
 
 
 def ner(model: str, text: list[str] | str | None = None, input: Path | None = None,

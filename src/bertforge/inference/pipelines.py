@@ -32,7 +32,7 @@ from bertforge.inference.sentence import SentenceConfig, read_sentence_config
 from bertforge.model import BertModel
 from bertforge.precision import InferencePrecision, inference_device
 from bertforge.tasks.base import Feature
-from bertforge.tasks.classification import TextExample
+from bertforge.tasks.classification import LongText, TextExample
 from bertforge.tasks.masked_lm import top_tokens
 from bertforge.tasks.ner import split_words
 from bertforge.tasks.qa import DEFAULT_MAX_LENGTH, examples_from_pairs
@@ -150,13 +150,18 @@ def embed(predictor: Predictor, texts: Sequence[str] | Sequence[Sequence[int]], 
 
 # ----- classify -------------------------------------------------------------------------------------------
 def classify(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
-             max_length: int | None = None) -> list[dict]:
+             max_length: int | None = None, long_text: LongText | None = None,
+             stride: int | None = None) -> list[dict]:
     """{label, score, scores: {label: probability}} per text (pair); regression models give {value}.
     Multi-label models score each label by its own sigmoid, as transformers' pipeline does
-    (tasks/classification.py: `SequenceClassification.answers`). Texts are cut to `max_length` tokens, by
-    default the length the model was fine-tuned with (`predictor.task_settings`), else the model's limit."""
+    (tasks/classification.py: `SequenceClassification.answers`). Texts are cut to `max_length` tokens
+    (`long_text` truncate) or read in windows starting every `stride` tokens whose logits are averaged
+    (sliding_window), as `predict` reads them. Options left at None are those the model was fine-tuned with
+    (`predictor.task_settings`), else the model's limit, truncate and half a window."""
     _require(predictor, BertForSequenceClassification, "classify")
-    task = family_for(predictor.model)
+    task = family_for(predictor.model, predictor.task_settings, long_text=long_text, doc_stride=stride)
+    if pairs is not None and task.long_text == "sliding_window":
+        raise PipelineError("text pairs: sliding windows read single texts; classify pairs with long_text='truncate'")
     examples = [TextExample(t, p) for t, p in zip(texts, pairs if pairs is not None else [None] * len(texts),
                                                   strict=True)]
     length = _max_seq_length(predictor, max_length, predictor.max_length)
@@ -174,7 +179,7 @@ def ner(predictor: Predictor, texts: Sequence[str], *, max_length: int | None = 
     length the model was fine-tuned with, else the model's limit) is split between words into several windows.
     """
     _require(predictor, BertForTokenClassification, "ner")
-    task = family_for(predictor.model)
+    task = family_for(predictor.model, predictor.task_settings)
     sentences = split_words(texts, predictor.tokenizer)
     length = _max_seq_length(predictor, max_length, predictor.max_length)
     features = task.features(sentences, predictor.tokenizer, max_seq_length=length)

@@ -54,7 +54,7 @@ def run(
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto (bf16 where
             the hardware has it natively), as on finetune.
     """
-    from bertforge.tasks.registry import saved_task_settings
+    from bertforge.tasks.registry import saved_task_settings, task_max_length
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune import _lines
     from bertforge.training.finetune_loop import EvalSet, evaluate, load_task_model, ready_to_predict
@@ -66,7 +66,7 @@ def run(
     source = hf_datasets.input_or_dataset(input, dataset, split)
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column,
                                 label_column=label_column)
-    max_length = max_length or saved_task_settings(model).get("max_seq_length", 128)
+    max_length = task_max_length(saved_task_settings(model), max_length, default=128)
     check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     tokenizer = BertTokenizer.from_pretrained(model)
     examples = task.read(source, titles=_lines(titles)) if titles else task.read(source)

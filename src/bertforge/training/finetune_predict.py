@@ -58,7 +58,7 @@ def run(
             the hardware has it natively), as on finetune.
     """
     from bertforge.tasks.base import PredictionTable
-    from bertforge.tasks.registry import saved_task_settings
+    from bertforge.tasks.registry import saved_task_settings, task_max_length
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune_loop import load_task_model, predict_outputs, ready_to_predict
 
@@ -70,7 +70,7 @@ def run(
     check_output_file(output, inputs=(input,))
     source = hf_datasets.input_or_dataset(input, dataset, split)
     net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column)
-    max_length = max_length or saved_task_settings(model).get("max_seq_length", 128)
+    max_length = task_max_length(saved_task_settings(model), max_length, default=128)
     check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     # Every input problem (columns, ids, format) is found before the model runs.
     ids = task.read_ids(source, id_column) if id_column else None

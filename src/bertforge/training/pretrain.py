@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,191 +47,29 @@ from bertforge.data.pretraining import (
     collate_packed,
 )
 from bertforge.data.shards import PreparedCorpus
-from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining, BertLMHeadModel
 from bertforge.options import resolve_device
-from bertforge.precision import Precision, TrainingPrecision, autocast, check_precision, resolve_precision
+from bertforge.precision import Precision, autocast
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bertforge.training.distributed import World, all_reduce_sum, join_world
 from bertforge.training.initialization import init_local_attention, init_positions_sinusoidal
 from bertforge.training.lamb import Lamb
 from bertforge.training.metrics import MetricsLogger
-from bertforge.training.optim import ScheduleName, build_adamw, build_schedule, parameter_groups
+from bertforge.training.optim import build_adamw, build_schedule, parameter_groups
+from bertforge.training.pretrain_settings import (
+    CorpusSettings,
+    ModelSettings,
+    OptimSettings,
+    PretrainConfig,
+    ReportSettings,
+    RunSettings,
+)
 from bertforge.training.run_folder import open_run
 
 log = logging.getLogger(__name__)
 
-Objective = Literal["mlm_nsp", "mlm", "ltr"]
 EVAL_SEED = 20181011  # held-out masks are fixed, so evaluations are comparable across steps and runs
-
-
-# Named recipes: the settings a field left at None takes. "bert" is the paper's (Appendix A.2; NSP pairs,
-# 15% masking, dropout 0.1); "budget" is what learns most per CPU-minute on a small budget, each choice
-# measured side by side in docs/results/pretraining_budget.md: MLM only on packed rows (no padding, no
-# NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak, a schedule planned to
-# end at the wall-clock budget, and a start that skips most of the unigram plateau (sinusoidal positions,
-# local heads in layer 0: training/initialization.py).
-RECIPES: dict[str, dict] = {
-    "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "learning_rate": 5e-4,
-             "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32,
-             "position_init": "normal", "adam_beta2": 0.999, "attention_init": "random"},
-    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": 1e-3,
-               "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32,
-               "position_init": "sinusoidal", "adam_beta2": 0.999, "attention_init": "local"},
-}
-Recipe = Literal["bert", "budget"]
-
-
-@dataclass
-class PretrainConfig:
-    """Pre-training settings (saved as config.json beside the checkpoints).
-
-    Fields left at None take the value of `recipe` (RECIPES) or, for steps and max_predictions, one
-    derived from the others.
-
-    Args:
-        data: A folder written by `bertforge prepare` (shards + tokenizer).
-        output_dir: Run folder: checkpoints/, model/ (Hugging Face format), metrics.jsonl, tensorboard/, curves.png.
-        recipe: Defaults for the unset options: bert (the paper: MLM + NSP pairs, 15% masking, dropout 0.1,
-            lr 5e-4, 100 warm-up steps, fp32) or budget (MLM only on packed rows, 30% masking, no dropout,
-            lr 1e-3, 6% warm-up, bf16 where the processor has it, sinusoidal positions and local heads).
-        preset: Model size: tiny, mini, small, medium, base or large.
-        model_overrides: BertConfig fields to change, e.g. {num_layers: 2, hidden_size: 96}.
-        init_from: Start from these weights (a run folder, checkpoint file or Hugging Face folder), e.g. the
-            second phase at length 512 after a first phase at 128 (BERT Appendix A.2).
-        objective: mlm_nsp (BERT), mlm (masked-LM only, as RoBERTa and Cramming found better) or ltr (a
-            left-to-right LM, causal attention, no NSP: the paper's "LTR & No NSP" ablation).
-        packing: mlm only: fill every row to max_length with windows of documents (several short ones
-            share a row, attention stays inside each window), so no compute goes to padding.
-        max_length: Tokens per example, [CLS] and [SEP]s included.
-        short_seq_prob: Share of unpacked examples with a shorter random target length (BERT: 0.1).
-        masking_rate: Share of tokens selected for prediction (BERT: 0.15). Held-out accuracy is always
-            measured at 15%, so runs with other rates compare.
-        max_predictions: At most this many predictions per sequence (default: masking_rate x max_length,
-            rounded up: BERT's 20 at 128).
-        whole_word_masking: Select whole words (all their WordPiece pieces) instead of single pieces.
-        batch_size: Examples per optimizer step, over all processes and accumulation steps.
-        grad_accum_steps: Split each process's share of a batch into this many micro-batches.
-        steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
-            measured speed so the schedule ends at the budget; unset without: 1000.
-        optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
-        learning_rate: Peak learning rate.
-        adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
-            short run the squared gradients of the first steps, far larger than later ones, then fade in
-            ~50 steps instead of ~1,000, so they stop shrinking the updates.
-        weight_decay: Decoupled weight decay (not on biases and LayerNorm weights).
-        warmup_steps: Linear warm-up steps.
-        warmup_ratio: Linear warm-up as a share of the steps (instead of warmup_steps).
-        schedule: linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.
-        max_grad_norm: Clip the global gradient norm to this.
-        precision: fp32, bf16 (autocast), fp16 (autocast + loss scaling) or auto (bf16 where the hardware
-            computes it natively, else fp32). Saved weights are fp32 either way.
-        compile: Compile the model with torch.compile.
-        dropout: Override the preset's dropout (hidden and attention), e.g. 0 for short runs.
-        position_init: normal (BERT's N(0, 0.02)) or sinusoidal (the learned table starts from sinusoids
-            scaled to the token embeddings; same layout, positions usable from step 0).
-        attention_init: random (BERT) or local: two heads of the first layer start looking at the previous
-            and the next token (needs position_init sinusoidal; same layout). See training/initialization.py.
-        seed: Seeds the weights, the example pairing and the masks.
-        eval_every: Evaluate on the held-out shards every n steps (default: 10 evaluations per run).
-        eval_batches: Held-out batches (of 32 rows) per evaluation.
-        log_every: Log training metrics every n steps.
-        save_every: Write a checkpoint every n steps and at the end (default: 4 per run).
-        keep_checkpoints: Keep the newest n checkpoints.
-        resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped; a truncated
-            latest checkpoint is skipped for the newest intact one).
-        overwrite: Delete the earlier run in output_dir first (a folder that is not empty needs --resume or this).
-        max_minutes: Wall-clock budget: stop after the step that exceeds it (evaluate, checkpoint, export).
-        threads: CPU threads for torch (default: torch's choice).
-        device: auto (a GPU if there is one), cpu, cuda, cuda:N or mps.
-        progress: Show the progress bar.
-        tensorboard: Write TensorBoard event files.
-    """
-
-    data: Path
-    output_dir: Path
-    recipe: Recipe = "bert"
-    preset: str = "mini"
-    model_overrides: dict = field(default_factory=dict)
-    init_from: Path | None = None
-    objective: Objective | None = None
-    packing: bool | None = None
-    max_length: int = 128
-    short_seq_prob: float = 0.1
-    masking_rate: float | None = None
-    max_predictions: int | None = None
-    whole_word_masking: bool = False
-    batch_size: int | None = None
-    grad_accum_steps: int = 1
-    steps: int | None = None
-    optimizer: Literal["adamw", "lamb"] = "adamw"
-    learning_rate: float | None = None
-    adam_beta2: float | None = None
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None
-    warmup_ratio: float | None = None
-    schedule: ScheduleName = "linear"
-    max_grad_norm: float = 1.0
-    precision: TrainingPrecision | None = None
-    compile: bool = False
-    dropout: float | None = None
-    position_init: Literal["normal", "sinusoidal"] | None = None
-    attention_init: Literal["random", "local"] | None = None
-    seed: int = 0
-    eval_every: int | None = None
-    eval_batches: int = 10
-    log_every: int = 10
-    save_every: int | None = None
-    keep_checkpoints: int = 2
-    resume: bool = False
-    overwrite: bool = False
-    max_minutes: float | None = None
-    threads: int | None = None
-    device: str = "auto"
-    progress: bool = True
-    tensorboard: bool = True
-
-    def __post_init__(self) -> None:
-        self.data, self.output_dir = Path(self.data), Path(self.output_dir)
-        self.init_from = Path(self.init_from) if self.init_from is not None else None
-        if self.recipe not in RECIPES:
-            raise OptionError(f"--recipe {self.recipe}: choose one of {', '.join(RECIPES)}")
-        explicit_warmup = self.warmup_steps is not None or self.warmup_ratio is not None
-        for name, value in RECIPES[self.recipe].items():
-            if getattr(self, name) is None and not (name.startswith("warmup") and explicit_warmup):
-                setattr(self, name, value)
-        if self.objective not in ("mlm_nsp", "mlm", "ltr"):
-            raise OptionError(f"objective must be 'mlm_nsp' (BERT), 'mlm' (no NSP, RoBERTa) or 'ltr' (left-to-right "
-                             f"LM), not {self.objective!r}")
-        if self.packing and self.objective != "mlm":
-            raise OptionError(f"--packing with --objective {self.objective}: packed rows hold windows of several "
-                              "documents, which only the mlm objective can use; use --objective mlm or --packing false")
-        check_precision(self.precision, training=True)
-        if self.attention_init == "local" and self.position_init != "sinusoidal":
-            raise OptionError("--attention-init local builds its heads from the sinusoidal position table: "
-                              "add --position-init sinusoidal")
-        if not 0 < self.masking_rate < 1:
-            raise OptionError(f"--masking-rate {self.masking_rate}: must be between 0 and 1 (BERT: 0.15)")
-        if self.max_predictions is None:
-            self.max_predictions = math.ceil(self.masking_rate * self.max_length)
-        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
-            raise OptionError(f"--warmup-ratio {self.warmup_ratio}: must be at least 0 and below 1 (e.g. 0.06)")
-        if self.batch_size % self.grad_accum_steps:
-            raise OptionError(f"batch_size {self.batch_size} is not divisible by "
-                             f"grad_accum_steps {self.grad_accum_steps}")
-
-    def example_settings(self) -> ExampleSettings:
-        return ExampleSettings(self.max_length, self.short_seq_prob, self.objective == "mlm_nsp",
-                               packed=bool(self.packing))
-
-    def plan(self, steps: int) -> None:
-        """Fix the step count and what follows from it (warm-up, evaluation and checkpoint intervals)."""
-        self.steps = steps
-        if self.warmup_ratio is not None:
-            self.warmup_steps = round(self.warmup_ratio * steps)
-        self.eval_every = self.eval_every or max(1, steps // 10)
-        self.save_every = self.save_every or max(1, steps // 4)
 
 
 @dataclass
@@ -247,24 +84,24 @@ class PretrainResult:
 
 # ----- pieces of the loop -------------------------------------------------------------------------
 def build_model(cfg: PretrainConfig, vocab_size: int) -> BertForPreTraining | BertLMHeadModel:
-    changes = {"vocab_size": vocab_size, "max_position_embeddings": max(512, cfg.max_length),
-               **cfg.model_overrides}
-    if cfg.dropout is not None:
-        changes.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
-    config = BertConfig.from_preset(cfg.preset, **changes)
-    if cfg.objective == "ltr":
+    changes = {"vocab_size": vocab_size, "max_position_embeddings": max(512, cfg.corpus.max_length),
+               **cfg.model.model_overrides}
+    if cfg.model.dropout is not None:
+        changes.update(hidden_dropout=cfg.model.dropout, attention_dropout=cfg.model.dropout)
+    config = BertConfig.from_preset(cfg.model.preset, **changes)
+    if cfg.corpus.objective == "ltr":
         model = BertLMHeadModel(config)
     else:
-        model = BertForPreTraining(config, nsp=cfg.objective == "mlm_nsp")
-    if cfg.position_init == "sinusoidal" and config.position_embedding_type == "learned":
+        model = BertForPreTraining(config, nsp=cfg.corpus.objective == "mlm_nsp")
+    if cfg.model.position_init == "sinusoidal" and config.position_embedding_type == "learned":
         init_positions_sinusoidal(model.bert.embeddings.position_embeddings.weight, config.initializer_range)
-        if cfg.attention_init == "local":
+        if cfg.model.attention_init == "local":
             init_local_attention(model)
-    elif cfg.attention_init == "local":
+    elif cfg.model.attention_init == "local":
         log.warning("attention_init local skipped: it is built from the learned position table, and this model's "
                     "positions are %s", config.position_embedding_type)
-    if cfg.init_from is not None:
-        _load_initial_weights(model, cfg.init_from)
+    if cfg.model.init_from is not None:
+        _load_initial_weights(model, cfg.model.init_from)
     return model
 
 
@@ -280,10 +117,10 @@ def _load_initial_weights(model: BertForPreTraining, source: Path) -> None:
 
 
 def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    betas = (0.9, cfg.adam_beta2)
-    if cfg.optimizer == "lamb":
-        return Lamb(parameter_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=betas)
-    return build_adamw(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=betas)
+    betas = (0.9, cfg.optim.adam_beta2)
+    if cfg.optim.optimizer == "lamb":
+        return Lamb(parameter_groups(model, cfg.optim.weight_decay), lr=cfg.optim.learning_rate, betas=betas)
+    return build_adamw(model, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay, betas=betas)
 
 
 class BatchMasker:
@@ -299,9 +136,9 @@ class BatchMasker:
 
     @classmethod
     def for_training(cls, cfg: PretrainConfig, tokenizer) -> BatchMasker:
-        settings = MaskingSettings(rate=cfg.masking_rate, max_predictions=cfg.max_predictions,
-                                   whole_word=cfg.whole_word_masking)
-        return cls(settings, tokenizer, left_to_right=cfg.objective == "ltr")
+        settings = MaskingSettings(rate=cfg.corpus.masking_rate, max_predictions=cfg.corpus.max_predictions,
+                                   whole_word=cfg.corpus.whole_word_masking)
+        return cls(settings, tokenizer, left_to_right=cfg.corpus.objective == "ltr")
 
     def __call__(self, batch: PreTrainingBatch, seed: int) -> MaskedBatch:
         if self.left_to_right:
@@ -428,19 +265,19 @@ def evaluate(model: BertForPreTraining | BertLMHeadModel, heldout: HeldOut, devi
 def heldout_batches(corpus: PreparedCorpus, cfg: PretrainConfig, tokenizer) -> HeldOut:
     """The first examples of the held-out shards with fixed masks (see HeldOut)."""
     shards = list(corpus.shards("heldout"))
-    if not shards or cfg.eval_batches <= 0:
+    if not shards or cfg.report.eval_batches <= 0:
         return HeldOut([], [], tokenizer.mask_id)
     ids = {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id}
-    windows = ExampleSettings(cfg.max_length, short_seq_prob=0.0, nsp=False)
-    masking = MaskingSettings(rate=0.15, max_predictions=math.ceil(0.15 * cfg.max_length))  # BERT §3.1
-    masker = BatchMasker(masking, tokenizer, left_to_right=cfg.objective == "ltr")
+    windows = ExampleSettings(cfg.corpus.max_length, short_seq_prob=0.0, nsp=False)
+    masking = MaskingSettings(rate=0.15, max_predictions=math.ceil(0.15 * cfg.corpus.max_length))  # BERT §3.1
+    masker = BatchMasker(masking, tokenizer, left_to_right=cfg.corpus.objective == "ltr")
     mlm = []
-    for i, batch in enumerate(_fixed_batches(shards, windows, cfg.eval_batches, ids)):
+    for i, batch in enumerate(_fixed_batches(shards, windows, cfg.report.eval_batches, ids)):
         mlm.append((batch, masker(batch, EVAL_SEED + i)))
     nsp = []
-    if cfg.objective == "mlm_nsp":
-        pairs = ExampleSettings(cfg.max_length, cfg.short_seq_prob, nsp=True)
-        nsp = _fixed_batches(shards, pairs, cfg.eval_batches, ids)
+    if cfg.corpus.objective == "mlm_nsp":
+        pairs = ExampleSettings(cfg.corpus.max_length, cfg.corpus.short_seq_prob, nsp=True)
+        nsp = _fixed_batches(shards, pairs, cfg.report.eval_batches, ids)
     return HeldOut(mlm, nsp, tokenizer.mask_id)
 
 
@@ -481,23 +318,23 @@ class Trainer:
         accumulation steps."""
         cfg, world = self.cfg, self.world
         total_masked = int(masked.masked_positions.sum())  # over the global batch
-        local = cfg.batch_size // world.size
-        micro = local // cfg.grad_accum_steps
+        local = cfg.optim.batch_size // world.size
+        micro = local // cfg.optim.grad_accum_steps
         batch, masked = batch.slice(world.rank * local, (world.rank + 1) * local), _slice_masked(
             masked, slice(world.rank * local, (world.rank + 1) * local))
         totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-        for m in range(cfg.grad_accum_steps):
+        for m in range(cfg.optim.grad_accum_steps):
             part_batch = batch.slice(m * micro, (m + 1) * micro)
             part = _slice_masked(masked, slice(m * micro, (m + 1) * micro))
-            with autocast(cfg.precision, self.device):
+            with autocast(cfg.optim.precision, self.device):
                 out = self.net(**model_inputs(part_batch, part, self.device))
-            shown = None if cfg.objective == "ltr" else shown_mask(part, self.mask_id).to(self.device)
+            shown = None if cfg.corpus.objective == "ltr" else shown_mask(part, self.mask_id).to(self.device)
             stats = losses(out, part.labels[part.masked_positions].to(self.device),
                            part_batch.nsp_labels.to(self.device), shown)
             loss = stats["mlm_sum"] / total_masked
             if "nsp_sum" in stats:
-                loss = loss + stats["nsp_sum"] / cfg.batch_size
-            last = m == cfg.grad_accum_steps - 1
+                loss = loss + stats["nsp_sum"] / cfg.optim.batch_size
+            last = m == cfg.optim.grad_accum_steps - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 # DDP averages gradients over ranks, hence x world size.
@@ -507,7 +344,7 @@ class Trainer:
 
     def apply_gradients(self) -> float:
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -529,7 +366,7 @@ def measure_step_seconds(trainer: Trainer, stream: ExampleStream, masker: BatchM
     timings = []
     for i in range(count):
         started = time.perf_counter()
-        batch = collate_examples(probe_stream.take(trainer.cfg.batch_size), stream.settings, tokenizer)
+        batch = collate_examples(probe_stream.take(trainer.cfg.optim.batch_size), stream.settings, tokenizer)
         probe.forward_backward(batch, masker(batch, i))
         probe.apply_gradients()
         timings.append(time.perf_counter() - started)
@@ -540,10 +377,10 @@ def measure_step_seconds(trainer: Trainer, stream: ExampleStream, masker: BatchM
 def plan_steps(cfg: PretrainConfig, step_seconds: float, eval_seconds: float, spent_seconds: float) -> int:
     """Steps that fit the wall-clock budget with its ~10 evaluations, so the schedule ends at the budget
     (a step-based schedule cut short by a timer never decays its learning rate)."""
-    budget = cfg.max_minutes * 60 * 0.97 - spent_seconds  # 3% for checkpoints and the export
-    if cfg.eval_every is None:  # plan() will evaluate 10 times
+    budget = cfg.job.max_minutes * 60 * 0.97 - spent_seconds  # 3% for checkpoints and the export
+    if cfg.report.eval_every is None:  # plan() will evaluate 10 times
         return max(10, int((budget - 10 * eval_seconds) / step_seconds))
-    return max(10, int(budget / (step_seconds + eval_seconds / cfg.eval_every)))
+    return max(10, int(budget / (step_seconds + eval_seconds / cfg.report.eval_every)))
 
 
 def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module], None] | None = None,
@@ -553,21 +390,21 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     started = time.monotonic()
     resumed_from = open_run(cfg)  # options, positions, the run folder's rules; the checkpoint to resume from
     device, world = _devices(cfg)
-    corpus = PreparedCorpus.open(cfg.data)
+    corpus = PreparedCorpus.open(cfg.corpus.data)
     tokenizer = corpus.tokenizer()
-    ckpt_dir = cfg.output_dir / "checkpoints"
+    ckpt_dir = cfg.job.output_dir / "checkpoints"
 
     state = load_checkpoint(resumed_from) if resumed_from is not None else None
-    if state is not None and cfg.steps is None:
+    if state is not None and cfg.optim.steps is None:
         cfg.plan(state["config"]["steps"])  # the planned length of the interrupted run
-    elif cfg.resume and state is None:
+    elif cfg.job.resume and state is None:
         log.info("no checkpoint in %s yet: starting from step 0", ckpt_dir)
 
-    torch.manual_seed(cfg.seed)  # the initial weights
+    torch.manual_seed(cfg.job.seed)  # the initial weights
     model = build_model(cfg, tokenizer.vocab_size).to(device)
     optimizer = build_optimizer(cfg, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    stream = ExampleStream(list(corpus.shards("train")), cfg.example_settings(), seed=cfg.seed)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.optim.precision == "fp16")
+    stream = ExampleStream(list(corpus.shards("train")), cfg.corpus.example_settings(), seed=cfg.job.seed)
     masker = BatchMasker.for_training(cfg, tokenizer)
     heldout = heldout_batches(corpus, cfg, tokenizer) if world.is_main else HeldOut([], [], tokenizer.mask_id)
     ddp = None
@@ -580,12 +417,13 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     eval_seconds = 0.0
     if state is None and heldout:
         eval_started = time.perf_counter()
-        evaluations[0] = evaluate(model, heldout, device, cfg.precision)
+        evaluations[0] = evaluate(model, heldout, device, cfg.optim.precision)
         eval_seconds = time.perf_counter() - eval_started
     _plan(cfg, trainer, stream, masker, tokenizer, eval_seconds, spent_seconds=time.monotonic() - started)
-    trainer.scheduler = build_schedule(optimizer, cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+    trainer.scheduler = build_schedule(optimizer, cfg.optim.schedule, warmup_steps=cfg.optim.warmup_steps,
+                                       total_steps=cfg.optim.steps)
     step = _restore(state, trainer, stream) if state is not None else 0
-    if cfg.compile:
+    if cfg.optim.compile:
         trainer.net = torch.compile(trainer.net)
     logger = _open_log(cfg, trainer, tokenizer, step, evaluations, resumed_from) if world.is_main else None
     return _loop(cfg, trainer, stream, masker, tokenizer, heldout, logger, step, evaluations, resumed_from,
@@ -594,27 +432,27 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
 
 def _devices(cfg: PretrainConfig) -> tuple[torch.device, World]:
     """This process's device and its place among the processes; fixes `auto` precision for the device."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device, world = join_world(resolve_device(cfg.device))
-    cfg.precision = resolve_precision(cfg.precision, device, training=True)
-    if cfg.batch_size % (world.size * cfg.grad_accum_steps):
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world.size}) x "
-                         f"grad_accum_steps ({cfg.grad_accum_steps})")
+    if cfg.job.threads:
+        torch.set_num_threads(cfg.job.threads)
+    device, world = join_world(resolve_device(cfg.job.device))
+    cfg.use_device(device)  # `auto` precision -> what this device computes
+    if cfg.optim.batch_size % (world.size * cfg.optim.grad_accum_steps):
+        raise ValueError(f"batch_size {cfg.optim.batch_size} must be divisible by processes ({world.size}) x "
+                         f"grad_accum_steps ({cfg.optim.grad_accum_steps})")
     return device, world
 
 
 def _plan(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
           eval_seconds: float, *, spent_seconds: float) -> None:
     """Fix the step count: as set, fitted to the wall-clock budget from a measured step, or 1000."""
-    if cfg.steps is not None:
-        cfg.plan(cfg.steps)
-    elif cfg.max_minutes:
+    if cfg.optim.steps is not None:
+        cfg.plan(cfg.optim.steps)
+    elif cfg.job.max_minutes:
         world = trainer.world
         step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
         planned = plan_steps(cfg, step_seconds, eval_seconds, spent_seconds)
         planned = int(all_reduce_sum(torch.tensor([planned], dtype=torch.float64), world)) // world.size
-        print(f"planned {planned:,} steps for {cfg.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
+        print(f"planned {planned:,} steps for {cfg.job.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
         cfg.plan(planned)
     else:
         cfg.plan(1000)
@@ -634,16 +472,17 @@ def _restore(state: dict, trainer: Trainer, stream: ExampleStream) -> int:
 def _open_log(cfg: PretrainConfig, trainer: Trainer, tokenizer, step: int, evaluations: dict[int, dict],
               resumed_from: Path | None) -> MetricsLogger:
     """The run folder's tokenizer, config.json and metrics log (cut back to `step` on resume), and a summary line."""
-    model, out_dir = trainer.model, cfg.output_dir
+    model, out_dir = trainer.model, cfg.job.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir / "tokenizer")
-    write_text_atomic(out_dir / "config.json", json.dumps(_jsonable(cfg), indent=2))
-    logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard)
+    write_text_atomic(out_dir / "config.json", json.dumps(cfg.options(), indent=2))
+    logger = MetricsLogger(out_dir, tensorboard=cfg.report.tensorboard)
     logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)
-    print(f"model: {cfg.preset} {model.config.num_layers}L H={model.config.hidden_size}, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters; recipe {cfg.recipe}, objective "
-          f"{cfg.objective}{', packed rows' if cfg.packing else ''}, masking {cfg.masking_rate:g}, "
-          f"{cfg.precision}; {trainer.world.size} process(es) on {trainer.device}"
+    print(f"model: {cfg.model.preset} {model.config.num_layers}L H={model.config.hidden_size}, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters; recipe {cfg.job.recipe}, objective "
+          f"{cfg.corpus.objective}{', packed rows' if cfg.corpus.packing else ''}, "
+          f"masking {cfg.corpus.masking_rate:g}, "
+          f"{cfg.optim.precision}; {trainer.world.size} process(es) on {trainer.device}"
           + (f"; resumed from {resumed_from}" if resumed_from else ""))
     if 0 in evaluations:
         logger.log(0, {**evaluations[0], "minutes": 0.0}, prefix="heldout")
@@ -658,23 +497,23 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
     model, world = trainer.model, trainer.world
     step_losses: dict[int, float] = {}
     stopped = "finished"
-    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not (world.is_main and cfg.progress),
+    bar = tqdm(total=cfg.optim.steps, initial=step, desc="pretrain", disable=not (world.is_main and cfg.job.progress),
                dynamic_ncols=True)
     model.train()
     report = _Report(cfg, trainer, logger, bar, heldout, evaluations)
-    deadline = report.clock + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    while step < cfg.steps:
+    deadline = report.clock + cfg.job.max_minutes * 60 if cfg.job.max_minutes else math.inf
+    while step < cfg.optim.steps:
         before = (dataclasses.replace(stream.position), rng_state())  # the state a NaN stop saves
         step += 1
-        batch = collate_examples(stream.take(cfg.batch_size), stream.settings, tokenizer)
-        masked = masker(batch, cfg.seed * 1_000_003 + step)
+        batch = collate_examples(stream.take(cfg.optim.batch_size), stream.settings, tokenizer)
+        masked = masker(batch, cfg.job.seed * 1_000_003 + step)
         metrics = summarize(all_reduce_sum(trainer.forward_backward(batch, masked), world))
         if not math.isfinite(metrics["loss"]):
             stopped = "nan"
             trainer.optimizer.zero_grad(set_to_none=True)
             if world.is_main:
-                path = save_checkpoint(cfg.output_dir / "checkpoints", step - 1,
-                                       _checkpoint_state(trainer, step - 1, *before), keep=cfg.keep_checkpoints)
+                path = save_checkpoint(cfg.job.output_dir / "checkpoints", step - 1,
+                                       _checkpoint_state(trainer, step - 1, *before), keep=cfg.report.keep_checkpoints)
                 log.error("step %d: the loss is %s; stopped. The last good state (step %d) is in %s. Lower the "
                           "learning rate or use bf16/fp32, then resume.", step, metrics["loss"], step - 1, path)
             step -= 1
@@ -684,29 +523,29 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
         report.window["tokens"] += int(batch.attention_mask.sum())
         # The wall-clock budget ends the run like its last step (evaluate, checkpoint, export).
         out_of_time = bool(all_reduce_sum(torch.tensor([time.monotonic() > deadline], dtype=torch.float64), world))
-        last = step == cfg.steps or out_of_time
+        last = step == cfg.optim.steps or out_of_time
 
         if world.is_main:
             report.after_step(step, metrics, grad_norm, stream.position, last=last)
         bar.update(1)
         if on_step is not None:
             on_step(step, metrics["loss"], model)
-        if stop_after is not None and step >= stop_after and step < cfg.steps:
+        if stop_after is not None and step >= stop_after and step < cfg.optim.steps:
             stopped = "stop_after"
             break
-        if out_of_time and step < cfg.steps:
+        if out_of_time and step < cfg.optim.steps:
             stopped = "time_limit"
-            tqdm.write(f"wall-clock budget of {cfg.max_minutes} min used: stopped after step {step}")
+            tqdm.write(f"wall-clock budget of {cfg.job.max_minutes} min used: stopped after step {step}")
             break
     bar.close()
 
     model_dir = None
     if world.is_main:
         if stopped != "stop_after":
-            model_dir = export_model(model, cfg.output_dir / "model", tokenizer)
+            model_dir = export_model(model, cfg.job.output_dir / "model", tokenizer)
             logger.plot()
         logger.close()
-    return PretrainResult(cfg.output_dir, step, step_losses, evaluations, stopped, model_dir)
+    return PretrainResult(cfg.job.output_dir, step, step_losses, evaluations, stopped, model_dir)
 
 
 def _checkpoint_state(trainer: Trainer, step: int, position: DataPosition, rng: dict) -> dict:
@@ -715,7 +554,7 @@ def _checkpoint_state(trainer: Trainer, step: int, position: DataPosition, rng: 
     return {"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
             "step": step, "position": dataclasses.asdict(position), "rng": rng,
-            "config": _jsonable(trainer.cfg), "model_config": model.config.to_dict(),
+            "config": trainer.cfg.options(), "model_config": model.config.to_dict(),
             "nsp": getattr(model, "nsp", None) is not None}
 
 
@@ -735,25 +574,27 @@ class _Report:
 
     def after_step(self, step: int, metrics: dict, grad_norm: float, position: DataPosition, *, last: bool) -> None:
         cfg, window = self.cfg, self.window
-        if step % cfg.log_every == 0 or last:
+        if step % cfg.report.log_every == 0 or last:
             rate = window["tokens"] / max(time.perf_counter() - window["time"], 1e-9)
             window.update(tokens=0, time=time.perf_counter())
             self.logger.log(step, {**metrics, "lr": self.trainer.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                                    "tokens_per_s": rate}, prefix="train")
             self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm_acc=f"{metrics['mlm_accuracy']:.3f}",
                                  tok_s=f"{rate:,.0f}")
-        if self.heldout and (step % cfg.eval_every == 0 or last):
+        if self.heldout and (step % cfg.report.eval_every == 0 or last):
             evaluated = time.perf_counter()
-            self.evaluations[step] = evaluate(self.trainer.model, self.heldout, self.trainer.device, cfg.precision)
+            self.evaluations[step] = evaluate(self.trainer.model, self.heldout, self.trainer.device,
+                                              cfg.optim.precision)
             self.logger.log(step, {**self.evaluations[step], "minutes": (time.monotonic() - self.clock) / 60},
                             prefix="heldout")
             self.logger.plot()
             tqdm.write(f"step {step}: held-out {_fmt(self.evaluations[step])}")
             window["time"] += time.perf_counter() - evaluated
-        if step % cfg.save_every == 0 or last:
+        if step % cfg.report.save_every == 0 or last:
             saving = time.perf_counter()
-            save_checkpoint(cfg.output_dir / "checkpoints", step,
-                            _checkpoint_state(self.trainer, step, position, rng_state()), keep=cfg.keep_checkpoints)
+            save_checkpoint(cfg.job.output_dir / "checkpoints", step,
+                            _checkpoint_state(self.trainer, step, position, rng_state()),
+                            keep=cfg.report.keep_checkpoints)
             window["time"] += time.perf_counter() - saving
 
 
@@ -778,19 +619,22 @@ def _fmt(metrics: dict) -> str:
     return text
 
 
-def _jsonable(cfg: PretrainConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
-
-
-def run(cfg: PretrainConfig) -> Path:
+def run(corpus: CorpusSettings, job: RunSettings, model: ModelSettings = ModelSettings(),
+        optim: OptimSettings = OptimSettings(), report: ReportSettings = ReportSettings()) -> Path:
     """Pre-train BERT with masked-LM (+ next-sentence prediction) on a corpus from `bertforge prepare`.
 
     Data-parallel: `torchrun --nproc_per_node=N -m bertforge pretrain ...` (gloo on CPU, NCCL on GPU).
-    Options left unset take their value from the recipe (see RECIPES in this module and
+    Options left unset take their value from the recipe (see RECIPES in training/pretrain_settings.py and
     docs/pretraining.md): `--recipe budget --max-minutes 60` is the one that learns most per CPU-minute.
-    The settings and their meaning: PretrainConfig.
+
+    Args:
+        corpus: The prepared data, the objective and the masking (pretrain_settings.CorpusSettings).
+        job: The run folder, recipe, seed, time budget and hardware (RunSettings).
+        model: The model's size and initial weights (ModelSettings).
+        optim: The optimizer, its schedule and the precision (OptimSettings).
+        report: Evaluation, logging and checkpoints (ReportSettings).
     """
-    result = train(cfg)
+    result = train(PretrainConfig(corpus, job, model, optim, report))
     if result.stopped == "nan":
         raise SystemExit(f"stopped at step {result.step + 1}: non-finite loss (checkpoint of step {result.step} saved)")
     return result.output_dir

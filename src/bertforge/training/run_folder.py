@@ -11,7 +11,6 @@ The rules, checked before any compute:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -33,13 +32,14 @@ PRETRAIN_FILES = ("checkpoints", "model", "tensorboard", "tokenizer", "metrics.j
 def open_run(cfg) -> Path | None:
     """Check a `PretrainConfig` and its folder before anything is computed; clear the folder for
     `--overwrite`. Returns the checkpoint to resume from (None: start at step 0)."""
-    check_options({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
-    check_sequence_length(cfg.max_length, cfg.preset, cfg.model_overrides or {})
+    check_options(cfg.options())
+    check_sequence_length(cfg.corpus.max_length, cfg.model.preset, cfg.model.model_overrides or {})
+    job = cfg.job
     # Under torchrun only rank 0 applies the folder rules: the others may start after it began writing.
     if int(os.environ.get("RANK", "0")) == 0:
-        check_run_folder(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, inputs=(cfg.data, cfg.init_from),
-                         run_files=PRETRAIN_FILES)
-    return resume_checkpoint(cfg.output_dir / "checkpoints") if cfg.resume else None
+        check_run_folder(job.output_dir, resume=job.resume, overwrite=job.overwrite,
+                         inputs=(cfg.corpus.data, cfg.model.init_from), run_files=PRETRAIN_FILES)
+    return resume_checkpoint(job.output_dir / "checkpoints") if job.resume else None
 
 
 def check_sequence_length(max_length: int, preset: str, model_overrides: dict) -> None:
