@@ -10,6 +10,14 @@ is compared. Finished variants are read back from their run folders, so an inter
 
 Writes a markdown table (accuracy where the input shows [MASK], the conventional all-selected-positions
 figure beside it, steps, tokens/s) and a plot of accuracy against minutes.
+
+On a machine that is not quiet, compare at equal steps instead, which load does not change: every variant
+plans the same schedule (`--steps`) and is ended once its held-out evaluation at `--stop-at-step` is
+written (same data order, masks and learning rate up to that step). Minutes then come from each variant's
+seconds per step measured on a quiet machine (`benchmarks/bench_recipe_speed.py`), not from these runs.
+
+    python benchmarks/pretrain_budget.py --data runs/wiki16k --steps 1693 --stop-at-step 250 \
+        --output-dir runs/sweep250 --report runs/sweep250.md --common --preset mini --eval-every 125
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # name -> (what it shows, pretrain options on top of the common ones)
@@ -43,25 +52,49 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 def run_variant(name: str, options: list[str], args: argparse.Namespace) -> Path:
     out = args.output_dir / name
-    if (out / "model" / "config.json").is_file():
+    if finished(out, args):
         print(f"{name}: done earlier, read from {out}")
         return out
+    length = ["--steps", str(args.steps)] if args.steps else ["--max-minutes", str(args.minutes)]
     command = [sys.executable, "-m", "bertforge", "pretrain", "--data", str(args.data), "--output-dir", str(out),
-               "--max-minutes", str(args.minutes), "--threads", str(args.threads), "--eval-batches",
-               str(args.eval_batches), "--progress", "false", "--tensorboard", "false", "--seed", str(args.seed),
+               *length, "--threads", str(args.threads), "--eval-batches", str(args.eval_batches),
+               "--progress", "false", "--tensorboard", "false", "--seed", str(args.seed), "--overwrite", "true",
                *args.common, *options]
     print("$ " + shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
+    process = subprocess.Popen(command)
+    while process.poll() is None:
+        if args.stop_at_step and finished(out, args):
+            process.terminate()  # its evaluation at the step is written; the rest of the plan is not needed
+            process.wait()
+            return out
+        time.sleep(5)
+    if process.returncode != 0:
+        raise SystemExit(f"{name}: pretrain exited with {process.returncode}")
     return out
 
 
+def finished(out: Path, args: argparse.Namespace) -> bool:
+    """A full run has exported its model; a step-limited one has its held-out record at the stop step."""
+    if not args.stop_at_step:
+        return (out / "model" / "config.json").is_file()
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    for line in metrics.read_text().splitlines():
+        record = json.loads(line) if line.strip().endswith("}") else {}
+        if record.get("split") == "heldout" and record.get("step", 0) >= args.stop_at_step:
+            return True
+    return False
+
+
 def summary(out: Path) -> dict:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+               if line.strip().endswith("}")]  # a run ended mid-write leaves a partial last line
     heldout = [r for r in records if r["split"] == "heldout"]
     train = [r for r in records if r["split"] == "train"]
     config = json.loads((out / "config.json").read_text())
     speed = sorted(r["tokens_per_s"] for r in train[1:])  # the first window includes start-up
-    return {"curve": [(r["minutes"], r.get("mlm_mask_accuracy"), r["mlm_accuracy"]) for r in heldout],
+    return {"curve": [(r["minutes"], r.get("mlm_mask_accuracy"), r["mlm_accuracy"], r["step"]) for r in heldout],
             "final": heldout[-1], "steps": heldout[-1]["step"], "config": config,
             "tokens_per_s": speed[len(speed) // 2] if speed else None}
 
@@ -77,7 +110,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict], path: Path) -> None:
+def plot(results: dict[str, dict], path: Path, by_step: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,12 +118,13 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
     fig, axis = plt.subplots(figsize=(8, 5))
     for name, res in results.items():
-        minutes = [m for m, _, _ in res["curve"]]
-        accuracy = [100 * (a or 0) for _, a, _ in res["curve"]]
-        axis.plot(minutes, accuracy, "o-" if name in ("budget", "bert") else ".-", label=name,
+        x = [step if by_step else minutes for minutes, _, _, step in res["curve"]]
+        accuracy = [100 * (a or 0) for _, a, _, _ in res["curve"]]
+        axis.plot(x, accuracy, "o-" if name in ("budget", "bert") else ".-", label=name,
                   linewidth=2.5 if name in ("budget", "bert") else 1)
-    axis.set(xlabel="training minutes (wall clock, 2 CPU cores)", ylabel="held-out MLM accuracy at [MASK] (%)",
-             title="held-out MLM accuracy against time")
+    axis.set(xlabel="optimizer step (same plan for every variant)" if by_step else
+             "training minutes (wall clock, 2 CPU cores)", ylabel="held-out MLM accuracy at [MASK] (%)",
+             title="held-out MLM accuracy against " + ("steps" if by_step else "time"))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     fig.tight_layout()
@@ -103,6 +137,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a folder from `bertforge prepare`")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/budget"))
     parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget per variant")
+    parser.add_argument("--steps", type=int, help="plan this many steps for every variant instead of --minutes")
+    parser.add_argument("--stop-at-step", type=int, help="with --steps: end each run after its held-out "
+                        "evaluation at this step (pass --eval-every in --common so that one falls on it)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-batches", type=int, default=20)
@@ -117,7 +154,7 @@ def main() -> None:
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(table + "\n")
-        plot(results, args.report.with_suffix(".png"))
+        plot(results, args.report.with_suffix(".png"), by_step=bool(args.steps))
 
 
 if __name__ == "__main__":
