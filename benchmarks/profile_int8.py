@@ -94,26 +94,67 @@ def smoothing(model, tok) -> None:
 
     reference = vectors(model, held_out)
     fp32_sts = spearman((vectors(model, a) * vectors(model, b)).sum(-1), gold)
-    maxima = {"300 real": activation_maxima(model, tok, calibration),
-              f"built-in {len(CALIBRATION_TEXTS)}": activation_maxima(model, tok, CALIBRATION_TEXTS)}
-    variants = [("quantize_int8 today (no smoothing, FFN out fp32)", None, None, 0.5, True),
-                ("no smoothing, all int8", None, None, 0.5, False)]
-    for alpha in (0.5, 0.75, 0.3):
-        for keep in (True, False):
-            variants.append((f"smoothed a={alpha}, FFN out {'fp32' if keep else 'int8'}", "300 real", maxima["300 real"],
-                             alpha, keep))
-    for keep in (True, False):
-        name = f"built-in {len(CALIBRATION_TEXTS)}"
-        variants.append((f"smoothed a=0.5, FFN out {'fp32' if keep else 'int8'}", name, maxima[name], 0.5, keep))
+    real, builtin = "300 real", f"built-in {len(CALIBRATION_TEXTS)}"
+    maxima = {real: activation_maxima(model, tok, calibration),
+              builtin: activation_maxima(model, tok, CALIBRATION_TEXTS)}
+    # (label, calibration, alpha, FFN output float32, per-token scales)
+    variants = [("quantize_int8 without maxima (before)", None, 0.0, True, False),
+                ("no smoothing, all int8", None, 0.0, False, False)]
+    variants += [("smoothed", real, alpha, keep, False) for alpha in (0.3, 0.5, 0.75) for keep in (True, False)]
+    variants += [("smoothed", builtin, 0.75, keep, False) for keep in (True, False)]
+    variants += [("smoothed + per-token scales", calibrated, 0.75, keep, True)
+                 for calibrated, keep in ((builtin, True), (builtin, False), (real, False))]
     print(f"\n== int8 accuracy: {len(held_out)} held-out sentences, STS-B dev {len(gold)} pairs "
           f"(float32 Spearman {fp32_sts:.4f}) ==")
-    print(f"{'variant':50s} {'calibration':14s} {'mean cos':>9s} {'min cos':>8s} {'STS-B':>7s} {'cost':>8s}")
-    for label, calibrated_on, found, alpha, keep in variants:
-        int8 = quantize_int8(model, maxima=found, alpha=alpha, keep_ffn_output=keep)
+    print(f"{'variant':38s} {'calibration':12s} {'alpha':>5s} {'FFN out':>7s} {'mean cos':>9s} {'min cos':>8s} "
+          f"{'STS-B':>7s} {'cost':>8s}")
+    for label, calibrated, alpha, keep, per_token in variants:
+        int8 = quantize_int8(model, maxima=maxima.get(calibrated), alpha=alpha, keep_ffn_output=keep,
+                             per_token_scales=per_token)
         cos = (vectors(int8, held_out) * reference).sum(-1)
         sts = spearman((vectors(int8, a) * vectors(int8, b)).sum(-1), gold)
-        print(f"{label:50s} {calibrated_on or '-':14s} {cos.mean():9.4f} {cos.min():8.4f} {sts:7.4f} "
-              f"{sts - fp32_sts:+8.4f}", flush=True)
+        print(f"{label:38s} {calibrated or '-':12s} {alpha if calibrated else '-':>5} {'fp32' if keep else 'int8':>7s} "
+              f"{cos.mean():9.4f} {cos.min():8.4f} {sts:7.4f} {sts - fp32_sts:+8.4f}", flush=True)
+    floor(model, tok, held_out, reference, maxima[builtin])
+
+
+def floor(model, tok, held_out: list[str], reference: np.ndarray, maxima) -> None:
+    """Which rounding costs what: int8 emulated in float32 (round to the grid, compute in float), weights and
+    activations apart, activations with torch's 7-bit range (reduce_range, which x86 kernels need against
+    int16 overflow) or the full 8 bits."""
+    from bertforge.inference.int8 import encoder_linears, is_ffn_output, smooth_for_int8
+
+    def round_weight(w: torch.Tensor) -> torch.Tensor:  # symmetric, one scale per output channel
+        step = w.abs().amax(1, keepdim=True) / 127
+        return torch.round(w / step) * step
+
+    def round_activation(x: torch.Tensor, levels: int) -> torch.Tensor:  # affine, one scale per call
+        low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+        step = max(high - low, 1e-12) / levels
+        zero = round(-low / step)
+        return (torch.clamp(torch.round(x / step) + zero, 0, levels) - zero) * step
+
+    print("\n== int8 emulated in float32 (smoothed: built-in calibration, alpha 0.75); mean (min) cosine ==")
+    print(f"{'rounded':34s} {'FFN out fp32':>16s} {'all Linear':>16s}")
+    for label, smooth, weights, levels in (("weights only", False, True, None),
+                                           ("weights only, smoothed", True, True, None),
+                                           ("activations 7-bit", False, False, 127),
+                                           ("activations 7-bit, smoothed", True, False, 127),
+                                           ("activations 8-bit, smoothed", True, False, 255),
+                                           ("both, 7-bit, smoothed", True, True, 127)):
+        cells = []
+        for keep in (True, False):
+            emulated = smooth_for_int8(model, maxima) if smooth else copy.deepcopy(model)
+            for name, linear in encoder_linears(emulated).items():
+                if keep and is_ffn_output(name.removesuffix(".linear")):
+                    continue
+                if weights:
+                    linear.weight.data = round_weight(linear.weight.data)
+                if levels:
+                    linear.register_forward_pre_hook(lambda _m, args, n=levels: (round_activation(args[0], n),))
+            cos = (embed_texts(emulated, tok, held_out, normalize=True).vectors * reference).sum(-1)
+            cells.append(f"{cos.mean():.4f} ({cos.min():.4f})")
+        print(f"{label:34s} {cells[0]:>16s} {cells[1]:>16s}", flush=True)
 
 
 def main() -> None:

@@ -103,17 +103,33 @@ CALIBRATION_TEXTS = (
 
 class SmoothedLinear(nn.Module):
     """`linear(x / s)` where linear's weight columns were multiplied by s: the same function as the original
-    Linear, with the activations' outlier channels shrunk before they reach (a quantised) `linear`."""
+    Linear, with the activations' outlier channels shrunk before they reach (a quantised) `linear`.
 
-    def __init__(self, linear: nn.Linear, scale: torch.Tensor) -> None:
+    per_token_scales: also divide each token's row by its own largest value and multiply the output row back
+    (the bias, moved out of `linear`, is added after). Exact in float32; to an int8 Linear, whose activations
+    share one scale per batch, every token then spans the whole int8 range: per-token activation scales,
+    which torch's dynamic int8 Linear does not offer.
+    """
+
+    def __init__(self, linear: nn.Linear, scale: torch.Tensor, *, per_token_scales: bool = False) -> None:
         super().__init__()
         with torch.no_grad():
             linear.weight.mul_(scale)  # [C_out, C] * [C]: column j times s_j
-        self.linear = linear
         self.register_buffer("inv_scale", 1.0 / scale)  # [C]
+        self.per_token_scales = per_token_scales
+        bias = None
+        if per_token_scales and linear.bias is not None:
+            bias, linear.bias = linear.bias.detach().clone(), None
+        self.register_buffer("bias", bias)  # [C_out] or None
+        self.linear = linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., C] -> [..., C_out]
-        return self.linear(x * self.inv_scale)
+        x = x * self.inv_scale
+        if not self.per_token_scales:
+            return self.linear(x)
+        peak = x.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # [..., 1]
+        out = self.linear(x / peak) * peak
+        return out if self.bias is None else out + self.bias
 
 
 def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -162,11 +178,13 @@ def smoothing_scale(act_max: torch.Tensor, weight: torch.Tensor, alpha: float) -
     return torch.where(act_max > 0, scale, torch.ones_like(scale)).to(weight.dtype)
 
 
-def smooth_for_int8(model: nn.Module, maxima: dict[str, torch.Tensor], *, alpha: float = 0.5) -> nn.Module:
+def smooth_for_int8(model: nn.Module, maxima: dict[str, torch.Tensor], *, alpha: float = 0.75,
+                    per_token_scales: bool = False) -> nn.Module:
     """A copy of `model` whose encoder Linears named in `maxima` (from `activation_maxima` on this model) are
-    SmoothedLinear: in float32 the copy computes the same outputs; quantised, it loses far less."""
+    SmoothedLinear: in float32 the copy computes the same outputs; quantised, it loses far less.
+    alpha 0.75 (SmoothQuant's paper uses 0.5) measured best on all-MiniLM-L6-v2 (docs/inference.md)."""
     if not 0.0 <= alpha <= 1.0:
-        raise OptionError(f"int8 smoothing alpha={alpha}: choose a value from 0 to 1 (SmoothQuant uses 0.5)")
+        raise OptionError(f"int8 smoothing alpha={alpha}: choose a value from 0 to 1 (default 0.75)")
     model = copy.deepcopy(model)
     linears = encoder_linears(model)
     unknown = sorted(set(maxima) - set(linears))
@@ -176,8 +194,9 @@ def smooth_for_int8(model: nn.Module, maxima: dict[str, torch.Tensor], *, alpha:
     for name, act_max in maxima.items():
         parent_name, _, attribute = name.rpartition(".")
         linear = linears[name]
+        scale = smoothing_scale(act_max, linear.weight, alpha)
         setattr(model.get_submodule(parent_name), attribute,
-                SmoothedLinear(linear, smoothing_scale(act_max, linear.weight, alpha)))
+                SmoothedLinear(linear, scale, per_token_scales=per_token_scales))
     return model
 
 
@@ -186,28 +205,35 @@ def is_ffn_output(name: str) -> bool:
     return name.endswith(".output") and ".attention." not in name
 
 
-def quantize_int8(model: nn.Module, *, maxima: dict[str, torch.Tensor] | None = None, alpha: float = 0.5,
-                  keep_ffn_output: bool | None = None) -> nn.Module:
+def quantize_int8(model: nn.Module, *, maxima: dict[str, torch.Tensor] | None = None, alpha: float = 0.75,
+                  keep_ffn_output: bool = True, per_token_scales: bool = False) -> nn.Module:
     """A copy of `model` whose nn.Linear layers are torch's dynamic int8 Linear (CPU only), weights per
     output channel.
 
-    maxima: calibrated activation maxima (`activation_maxima`); given, the encoder's Linears are smoothed
-        first (`smooth_for_int8` with `alpha`). Without them the model is quantised as it is.
+    maxima: calibrated activation maxima (`activation_maxima`); given, the encoder Linears that become int8
+        are smoothed first (`smooth_for_int8` with `alpha`). Without them the model is quantised as it is.
     keep_ffn_output: keep the feed-forward output projections (`layers.i.output`) float32. Their GELU inputs
-        carry the largest outliers; unsmoothed, keeping them raises all-MiniLM-L6-v2's mean cosine to the
-        float32 vectors from 0.971 to 0.985. Default: kept without smoothing, int8 with it
-        (docs/inference.md has the measurements).
+        carry the largest outliers, which a channel that calibration saw nearly idle turns into new ones once
+        smoothed; int8 there costs all-MiniLM-L6-v2 0.006-0.02 of mean cosine, smoothed or not.
+    per_token_scales: with maxima, every smoothed Linear scales each token to the full int8 range
+        (SmoothedLinear); two more elementwise passes per Linear.
+    The measurements behind these defaults are in docs/inference.md.
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    model = copy.deepcopy(model).cpu().eval() if maxima is None else smooth_for_int8(model.cpu().eval(), maxima,
-                                                                                       alpha=alpha)
-    if keep_ffn_output is None:
-        keep_ffn_output = maxima is None
-    smoothed = {f"{name}.linear" for name, module in model.named_modules() if isinstance(module, SmoothedLinear)}
+    if per_token_scales and maxima is None:
+        raise OptionError("int8 per_token_scales works on smoothed Linears: give calibrated maxima too "
+                          "(activation_maxima)")
+    if maxima is None:
+        model = copy.deepcopy(model)
+    else:
+        smoothed = {name: found for name, found in maxima.items() if not (keep_ffn_output and is_ffn_output(name))}
+        model = smooth_for_int8(model, smoothed, alpha=alpha, per_token_scales=per_token_scales)
+    model = model.cpu().eval()
+    inner = {f"{name}.linear" for name, module in model.named_modules() if isinstance(module, SmoothedLinear)}
     chosen = {}
     for name, module in model.named_modules():
-        role = name.removesuffix(".linear") if name in smoothed else name  # a SmoothedLinear's inner Linear
+        role = name.removesuffix(".linear") if name in inner else name  # a SmoothedLinear's inner Linear
         if isinstance(module, nn.Linear) and not (keep_ffn_output and is_ffn_output(role)):
             chosen[name] = per_channel_dynamic_qconfig  # the 1/s multiply of a SmoothedLinear stays float32
     with warnings.catch_warnings():  # torch announces the move of this API to torchao
