@@ -1,7 +1,7 @@
 """Where int8 embedding time and accuracy go (issue 16, item 3): a short profile, not a timed benchmark.
 
     python benchmarks/profile_int8.py --texts 200 --threads 2      # about a minute on 2 cores
-    OMP_NUM_THREADS=1 python benchmarks/profile_int8.py --only smoothing --threads 1   # accuracy only, ~10 min
+    OMP_NUM_THREADS=1 python benchmarks/profile_int8.py --only smoothing --threads 1   # accuracy only, ~20 min
 
 1. profile: torch.profiler over the same texts through the float32 Predictor and the int8 one (quantize_int8):
    self CPU time per operator family (int8 matmuls, float matmuls, activation quantisation, attention, ...).
@@ -162,7 +162,8 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("profile", "layers", "smoothing"), nargs="*",
-                        default=["profile", "layers", "smoothing"], help="which sections to run")
+                        default=["profile", "layers"],
+                        help="which sections to run (smoothing, about 20 minutes on one thread, only when named)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     directory = packaged_model_dir()

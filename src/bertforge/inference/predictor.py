@@ -7,9 +7,9 @@ outputs for many texts with as little wasted work as possible:
   layer works on the real tokens only;
 - "padded" mode is the plain forward pass, kept as the reference the packed mode is tested against;
 - `precision` (bertforge/precision.py) is the same option as every job's `--precision`: bf16/fp16 run under
-  autocast (on GPUs and on CPUs with native bf16); int8 swaps every Linear for torch's dynamic int8 version
-  after smoothing the activations' outlier channels into the weights (`inference/int8.py`, calibrated on its
-  built-in sentences; CPU, weights int8, activations quantised per batch; changes the numbers a little).
+  autocast (on GPUs and on CPUs with native bf16); int8 swaps the Linear layers (all but the feed-forward
+  outputs) for torch's dynamic int8 version after smoothing the activations' outlier channels into the weights
+  (`inference/int8.py`, calibrated on its built-in sentences; CPU only; changes the numbers a little).
 Shapes: B = batch, N = real tokens in a batch, T = longest sequence, H = hidden size.
 """
 
