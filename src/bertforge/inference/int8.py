@@ -150,8 +150,9 @@ def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
 @torch.no_grad()
 def activation_maxima(model: nn.Module, tokenizer, texts: Sequence[str], *,
                       max_length: int = 256) -> dict[str, torch.Tensor]:
-    """max |x_j| per input channel j of every encoder Linear (`encoder_linears`), over all real tokens of
-    `texts` run through the float32 model (packed: padding never enters the maxima)."""
+    """max |x_j| per input channel j of every encoder Linear (`encoder_linears`), over all tokens of `texts`
+    run through the float32 model by a Predictor: packed, so padding never enters the maxima (models with
+    relative or ALiBi positions run padded, and their padding counts too)."""
     from bertforge.inference.predictor import Predictor
 
     if not texts:
@@ -159,12 +160,12 @@ def activation_maxima(model: nn.Module, tokenizer, texts: Sequence[str], *,
     maxima: dict[str, torch.Tensor] = {}
 
     def record(name: str):
-        def hook(_module, inputs, _output) -> None:
+        def hook(_module, inputs) -> None:
             seen = inputs[0].detach().abs().flatten(0, -2).amax(0).float()  # [C]
             maxima[name] = seen if name not in maxima else torch.maximum(maxima[name], seen)
         return hook
 
-    handles = [linear.register_forward_hook(record(name)) for name, linear in encoder_linears(model).items()]
+    handles = [linear.register_forward_pre_hook(record(name)) for name, linear in encoder_linears(model).items()]
     try:
         predictor = Predictor(model, tokenizer, max_length=max_length)
         for _ in predictor.run(predictor.tokenize(texts)):
