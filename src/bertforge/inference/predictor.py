@@ -7,8 +7,9 @@ outputs for many texts with as little wasted work as possible:
   layer works on the real tokens only;
 - "padded" mode is the plain forward pass, kept as the reference the packed mode is tested against;
 - `precision` (bertforge/precision.py) is the same option as every job's `--precision`: bf16/fp16 run under
-  autocast (on GPUs and on CPUs with native bf16); int8 swaps every Linear for torch's dynamic int8 version
-  (`quantize_int8`; CPU, weights int8, activations quantised per batch; changes the numbers a little).
+  autocast (on GPUs and on CPUs with native bf16); int8 swaps the Linear layers (all but the feed-forward
+  outputs) for torch's dynamic int8 version after smoothing the activations' outlier channels into the weights
+  (`inference/int8.py`, calibrated on its built-in sentences; CPU only; changes the numbers a little).
 Shapes: B = batch, N = real tokens in a batch, T = longest sequence, H = hidden size.
 """
 
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from bertforge.inference.int8 import CALIBRATION_TEXTS, activation_maxima, quantize_int8
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
 from bertforge.model.positions import DISTANCE_BIAS
@@ -95,27 +97,6 @@ def encoder_of(model: nn.Module) -> BertModel:
     raise TypeError(f"{type(model).__name__} is not a BertModel and has no .bert encoder")
 
 
-def quantize_int8(model: nn.Module, *, keep_ffn_output: bool = True) -> nn.Module:
-    """A copy of `model` whose nn.Linear layers are torch's dynamic int8 Linear (CPU only).
-
-    Weights are quantised per output channel. The feed-forward output projections (`layers.i.output`) stay
-    float32 by default: their GELU inputs have the large outliers that per-tensor int8 activations clip;
-    on all-MiniLM-L6-v2 keeping them raised the mean cosine to the float32 vectors from 0.972 to 0.985.
-    """
-    import copy
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    model = copy.deepcopy(model).cpu().eval()
-    chosen = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
-              if isinstance(module, nn.Linear)
-              and not (keep_ffn_output and name.endswith(".output") and ".attention." not in name)}
-    with warnings.catch_warnings():  # torch announces the move of this API to torchao
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, chosen, dtype=torch.qint8)
-
-
 class Predictor:
     """Runs a model over many texts quickly; results come back in input order.
 
@@ -128,7 +109,7 @@ class Predictor:
         max_tokens: Token budget of one batch (batch size × longest text in it).
         max_batch: Most texts in one batch.
         max_length: Texts are truncated to this many tokens (default: the model's maximum).
-        precision: fp32, bf16 or fp16 (autocast), int8 (a dynamically quantised copy of the model; CPU) or
+        precision: fp32, bf16 or fp16 (autocast), int8 (a smoothed, dynamically quantised copy; CPU) or
             auto (bf16 where the hardware has it natively); see bertforge/precision.py.
         task_settings: The settings the model was fine-tuned with (`tasks.registry.saved_task_settings`),
             which the pipelines take as their defaults; {} for a model without them.
@@ -143,7 +124,9 @@ class Predictor:
         device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
         self.precision = resolve_precision(precision, device)
         if self.precision == "int8":
-            model = quantize_int8(model)
+            # Calibrated on built-in sentences, not on the caller's texts: a text's vector must not depend on
+            # which texts came first (docs/inference.md measures both calibrations).
+            model = quantize_int8(model, maxima=activation_maxima(model, tokenizer, CALIBRATION_TEXTS))
         self.model = model
         self.encoder = encoder_of(model)
         self.tokenizer = tokenizer
