@@ -306,33 +306,32 @@ def attention_variants(args, directory: Path, tok, subset: list[str]) -> None:
 
 
 def int8(args, directory: Path, tok, texts: list[str]) -> None:
+    """fp32 against int8 as `--precision int8` runs it (activations smoothed, inference/int8.py) and against
+    torch's plain dynamic int8 (the path before smoothing), each timed in turn."""
     from bertforge.checkpoint import load_model
     from bertforge.inference.embed import embed_texts
     from bertforge.inference.predictor import Predictor, quantize_int8
 
     ours = load_model(directory)
-    fp32 = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256)
-    int8 = Predictor(quantize_int8(ours), tok, max_tokens=args.max_tokens, max_length=256)
-    t32, v32 = best_time(lambda: embed_texts(ours, tok, texts, normalize=True, predictor=fp32).vectors,
-                         args.repeats)
-    t8, v8 = best_time(lambda: embed_texts(ours, tok, texts, normalize=True, predictor=int8).vectors,
-                       args.repeats)
-    cos = (v32 * v8).sum(-1)
+    predictors = {"float32": Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256),
+                  "int8": Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256, precision="int8"),
+                  "int8, not smoothed": Predictor(quantize_int8(ours), tok, max_tokens=args.max_tokens,
+                                                  max_length=256)}
+    times, vectors = {}, {}
+    for name, predictor in predictors.items():
+        times[name], vectors[name] = best_time(
+            lambda p=predictor: embed_texts(ours, tok, texts, normalize=True, predictor=p).vectors, args.repeats)
     a, b, gold = stsb_pairs(args.data)
-    scores = {}
-    for name, pred in (("float32", fp32), ("int8", int8)):
-        va = embed_texts(ours, tok, a, normalize=True, predictor=pred).vectors
-        vb = embed_texts(ours, tok, b, normalize=True, predictor=pred).vectors
-        scores[name] = spearman((va * vb).sum(-1), gold)
     flops = encoder_flops(ours.config, [len(ids) for ids in tok.encode(texts, max_length=256).input_ids])
     print("\n== int8 dynamic quantisation (bertforge, CPU) ==")
-    print(f"float32 {len(texts) / t32:8.1f} texts/s  {mfu_text(flops, t32, 'fp32')}")
-    # No int8 peak is measured: the int8 line's MFU is against the fp32 peak (fp32-equivalent work).
-    print(f"int8    {len(texts) / t8:8.1f} texts/s  {mfu_text(flops, t8, 'fp32')} (of the fp32 peak)   "
-          f"speed-up {t32 / t8:.2f}x")
-    print(f"cosine(int8, float32) mean {cos.mean():.4f} min {cos.min():.4f}; STS-B dev Spearman "
-          f"float32 {scores['float32']:.4f}  int8 {scores['int8']:.4f}  "
-          f"(cost {scores['float32'] - scores['int8']:+.4f})")
+    # No int8 peak is measured: the int8 lines' MFU is against the fp32 peak (fp32-equivalent work).
+    for name, predictor in predictors.items():
+        va = embed_texts(ours, tok, a, normalize=True, predictor=predictor).vectors
+        vb = embed_texts(ours, tok, b, normalize=True, predictor=predictor).vectors
+        cos = (vectors["float32"] * vectors[name]).sum(-1)
+        print(f"{name:<19} {len(texts) / times[name]:8.1f} texts/s  {mfu_text(flops, times[name], 'fp32')}  "
+              f"speed-up {times['float32'] / times[name]:.2f}x  cosine to float32 mean {cos.mean():.4f} "
+              f"min {cos.min():.4f}  STS-B dev Spearman {spearman((va * vb).sum(-1), gold):.4f}")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from bertforge.tasks.qa import (
 )
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training import finetune
-from bertforge.training.finetune_loop import load_task_model, predict_outputs
+from bertforge.training.finetune_loop import TrainSettings, load_task_model, predict_outputs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v2.0.reconstructed.json"
 
@@ -51,8 +51,12 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--doc-stride", type=int, default=128)
     parser.add_argument("--max-train-examples", type=int, default=None)
+    parser.add_argument("--max-epoch-eval-questions", type=int, default=None,
+                        help="score only the first N tuning questions after each epoch (to pick the epoch; the "
+                             "threshold is tuned on all of them afterwards)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--skip-training", action="store_true", help="use the model already in --output-dir/model")
     args = parser.parse_args()
 
@@ -63,10 +67,14 @@ def main() -> None:
         train_titles, tune_titles = args.output_dir / "train_titles.txt", args.output_dir / "tune_titles.txt"
         train_titles.write_text("\n".join(sorted({e.title for e in train})) + "\n", encoding="utf-8")
         tune_titles.write_text("\n".join(sorted(SQUAD_V2_TUNE_TITLES)) + "\n", encoding="utf-8")
-        finetune.run(model_dir, task="squad_v2", model=args.model, train=args.data, titles=train_titles,
-                     validation=[args.data], eval_titles=tune_titles, epochs=args.epochs, batch_size=args.batch_size,
-                     learning_rate=args.learning_rate, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
-                     max_train_examples=args.max_train_examples, seed=args.seed, device=args.device, overwrite=True)
+        finetune.run(model_dir, task="squad_v2", model=args.model,
+                     data=finetune.DataSettings(train=args.data, titles=train_titles, validation=[args.data],
+                                                eval_titles=tune_titles, max_train_examples=args.max_train_examples,
+                                                max_eval_examples=args.max_epoch_eval_questions),
+                     inputs=finetune.InputSettings(max_length=args.max_seq_length, stride=args.doc_stride),
+                     train=TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
+                                         learning_rate=args.learning_rate, seed=args.seed),
+                     threads=args.threads, device=args.device, overwrite=True)
     model, task = load_task_model(model_dir)
     model.to(args.device)
     tokenizer = BertTokenizer.from_pretrained(model_dir)

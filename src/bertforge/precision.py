@@ -6,7 +6,7 @@
           or AMX (a bf16 matmul runs ~2.3x an fp32 one there). Elsewhere on a CPU torch emulates it: correct,
           but slower than fp32, so bertforge says so.
     fp16  float16 autocast (training adds loss scaling); meant for GPUs.
-    int8  dynamic int8 Linear layers (`inference.predictor.quantize_int8`): inference on the CPU only.
+    int8  dynamic int8 Linear layers (`inference.int8`: activations smoothed, then quantised): CPU inference only.
     auto  bf16 where the hardware has it natively, fp32 elsewhere.
 
 Jobs that train take fp32, bf16, fp16 or auto; jobs that predict take all five.

@@ -67,7 +67,8 @@ def load_pipeline(directory: str | Path, *, device: str = "auto", precision: Inf
                   **predictor_kwargs) -> Loaded:
     """Load a Hugging Face-format model (a folder, `all-minilm-l6-v2` or a Hub id: pretrained.resolve_model)
     as the task model its config names, wrapped in a Predictor that runs in `precision` (bertforge/precision.py;
-    int8 is dynamic quantisation on the CPU, see predictor.quantize_int8 for its accuracy cost). Texts are cut
+    int8 is dynamic quantisation on the CPU, activations smoothed first, see inference/int8.py for its accuracy
+    cost). Texts are cut
     at the folder's sentence-transformers max_seq_length when it has one, as sentence-transformers cuts them;
     a fine-tuned model's classify, ner and qa cut them at its fine-tuning max_seq_length (`saved_task_settings`).
     `auto` is the CPU for int8, which runs there only."""

@@ -102,7 +102,8 @@ def predict_outputs(model: torch.nn.Module, task: TaskFamily, features: Sequence
 
 def ready_to_predict(model: torch.nn.Module, device: torch.device, precision: Precision) -> torch.nn.Module:
     """The model on `device` for predict_outputs in `precision` (resolved): int8 is a dynamically quantised CPU
-    copy (inference.predictor.quantize_int8); the other precisions keep the weights and autocast the forward."""
+    copy (inference.int8.quantize_int8, not smoothed: there is no tokenizer here to calibrate with); the other
+    precisions keep the weights and autocast the forward."""
     if precision == "int8":
         from bertforge.inference.predictor import quantize_int8
 
