@@ -474,7 +474,7 @@ def _open_log(cfg: PretrainConfig, trainer: Trainer, tokenizer, step: int, evalu
     """The run folder's tokenizer, config.json and metrics log (cut back to `step` on resume), and a summary line."""
     model, out_dir = trainer.model, cfg.job.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out_dir / "tokenizer")
+    tokenizer.save_pretrained(out_dir / "tokenizer")
     write_text_atomic(out_dir / "config.json", json.dumps(cfg.options(), indent=2))
     logger = MetricsLogger(out_dir, tensorboard=cfg.report.tensorboard)
     logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)
