@@ -307,6 +307,19 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
 
 
+def test_save_model_writes_any_tokenizer_through_save_pretrained(tmp_path: Path) -> None:
+    """save_model asks the tokenizer for `save_pretrained` alone, the one save name bertforge's tokenizer and
+    transformers' share, so a transformers tokenizer is saved beside the weights too."""
+    from bertforge.tokenizer import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat"]
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab/vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    theirs = transformers.BertTokenizerFast.from_pretrained(str(tmp_path / "vocab"))
+    save_model(BertModel(ODD.replace(vocab_size=len(vocab))), tmp_path / "model", tokenizer=theirs)
+    assert BertTokenizer.from_pretrained(tmp_path / "model").vocab() == vocab
+
+
 def test_real_checkpoint_layout(minilm_dir: Path) -> None:
     model = load_model(minilm_dir)
     assert model.config.num_layers == 6 and model.config.hidden_size == 384 and model.config.num_heads == 12

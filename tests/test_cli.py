@@ -55,6 +55,16 @@ def test_one_name_per_concept(name: str) -> None:
     assert option_defaults(job).get("device", "auto") == "auto"
 
 
+def test_a_settings_class_name_means_one_thing() -> None:
+    """No two jobs' settings groups are different classes of one name: a reader meeting `CorpusSettings`
+    knows which one it is (ablate's corpus and downstream data are `AblationCorpus`)."""
+    by_name: dict[str, set[type]] = {}
+    for target in JOBS.values():
+        for settings in settings_groups(_load(target)).values():
+            by_name.setdefault(settings.__name__, set()).add(settings)
+    assert {name: classes for name, classes in by_name.items() if len(classes) > 1} == {}
+
+
 def _printed_config(capsys, *args: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--print-config"])

@@ -139,7 +139,7 @@ def corpus_text(work) -> Path:
 @pytest.fixture(scope="module")
 def vocab_dir(work, corpus_text) -> Path:
     tokenizer = BertTokenizer.train([corpus_text], vocab_size=300)
-    tokenizer.save(work / "vocab")
+    tokenizer.save_pretrained(work / "vocab")
     return work / "vocab"
 
 

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from bertforge.heads import BertForSequenceClassification
+from bertforge.heads import (
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
 from bertforge.inference.onnx_export import export_onnx
 from bertforge.inference.tiny import build
 from bertforge.model import BertModel
@@ -31,9 +36,11 @@ def _inputs(batch: int, seq: int, vocab: int, seed: int, padded: bool) -> dict[s
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-@pytest.mark.parametrize("model_class", [BertModel, BertForSequenceClassification])
+@pytest.mark.parametrize("model_class", [BertModel, BertForSequenceClassification, BertForTokenClassification,
+                                         BertForQuestionAnswering, BertForMaskedLM])
 def test_onnx_runtime_matches_pytorch(tmp_path: Path, model_class: type) -> None:
-    kwargs = {"num_labels": 3} if model_class is BertForSequenceClassification else {}
+    labelled = model_class in (BertForSequenceClassification, BertForTokenClassification)
+    kwargs = {"num_labels": 3} if labelled else {}
     model = build(model_class, tmp_path / "model", seed=7, **kwargs)
     path = export_onnx(model, tmp_path / "model.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -45,6 +52,9 @@ def test_onnx_runtime_matches_pytorch(tmp_path: Path, model_class: type) -> None
         expected = {
             BertModel: lambda o: [o.sequence_output, o.pooled_output],
             BertForSequenceClassification: lambda o: [o.logits],
+            BertForTokenClassification: lambda o: [o.logits],
+            BertForQuestionAnswering: lambda o: [o.start_logits, o.end_logits],
+            BertForMaskedLM: lambda o: [o.mlm_logits],
         }[model_class](out)
         assert len(got) == len(expected)
         for g, e in zip(got, expected, strict=True):

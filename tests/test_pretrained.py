@@ -10,12 +10,16 @@ import pytest
 import torch
 
 from bertforge import pretrained
-from bertforge.checkpoint import CheckpointError, load_model
+from bertforge.checkpoint import CheckpointError, load_model, save_model
+from bertforge.cli import main
 from bertforge.config import BertConfig
 from bertforge.heads import BertForQuestionAnswering, BertForSequenceClassification
 from bertforge.inference.tiny import tiny_tokenizer
 from bertforge.model import BertModel
+from bertforge.tasks.registry import TASK_CONFIG_KEY, family
 from bertforge.tokenizer import BertTokenizer, TokenizerError
+from bertforge.training import finetune_evaluate, finetune_predict
+from bertforge.training.finetune_loop import load_task_model
 
 ODD = BertConfig(vocab_size=99, hidden_size=36, num_layers=2, num_heads=3, intermediate_size=37,
                  max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
@@ -71,6 +75,29 @@ def test_a_hub_id_goes_to_the_hub_through_every_loader(tmp_path: Path, monkeypat
     assert hub.asked == ["org/name"] * 4
 
 
+def test_a_fine_tuned_model_named_by_a_hub_id_evaluates_and_predicts(tmp_path: Path, monkeypatch, hub) -> None:
+    """evaluate, predict and load_task_model take a fine-tuned model by folder or Hub id alike (each run
+    resolves the name once), and answer the same either way."""
+    monkeypatch.chdir(tmp_path)
+    tok = tiny_tokenizer(tmp_path / "snapshot")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(ODD.replace(vocab_size=tok.vocab_size), labels=["neg", "pos"])
+    task_settings = {**family("classification").settings(), "max_seq_length": 16}  # as `finetune` saves them
+    saved = save_model(model, tmp_path / "snapshot", tokenizer=tok, extra_config={TASK_CONFIG_KEY: task_settings})
+    (tmp_path / "dev.csv").write_text("text,label\nthe movie was good,pos\nbad film,neg\ngreat day !,pos\n",
+                                      encoding="utf-8")
+    by_folder = finetune_evaluate.run(saved, Path("dev.csv"))
+    finetune_predict.run(saved, Path("dev.csv"), Path("by_folder.csv"))
+    assert hub.asked == []
+    hub.answer = saved
+    assert finetune_evaluate.run("org/name", Path("dev.csv")) == by_folder
+    main(["predict", "--model", "org/name", "--input", "dev.csv", "--output", "by_hub_id.csv"])
+    assert Path("by_hub_id.csv").read_text(encoding="utf-8") == Path("by_folder.csv").read_text(encoding="utf-8")
+    again, task = load_task_model("org/name")
+    assert again.labels == ["neg", "pos"] and task.name == "classification"
+    assert hub.asked == ["org/name"] * 3
+
+
 def test_from_pretrained_save_pretrained_round_trip(tmp_path: Path) -> None:
     tok = tiny_tokenizer(tmp_path / "tok")
     config = ODD.replace(vocab_size=tok.vocab_size)
@@ -98,6 +125,9 @@ def test_the_packaged_name_loads_everywhere(minilm_dir: Path) -> None:
         expected = by_path(**batch).pooled_output
         assert torch.equal(by_name(**batch).pooled_output, expected)
         assert torch.equal(BertModel.from_pretrained("All-MiniLM-L6-v2")(**batch).pooled_output, expected)
+    # Found by its name, then refused for what it is: not a fine-tuned model.
+    with pytest.raises(CheckpointError, match="bertforge_task"):
+        load_task_model("all-minilm-l6-v2")
 
 
 def test_tokenizer_call_equals_transformers(minilm_dir: Path) -> None:

@@ -204,7 +204,8 @@ def test_train_save_and_reload_with_hugging_face(tmp_path: Path) -> None:
     assert tok.vocab()[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert 60 <= tok.vocab_size <= 120
     assert any(t.startswith("##") for t in tok.vocab())
-    tok.save(tmp_path / "out")
+    tok.save_pretrained(tmp_path / "out")
+    assert not hasattr(tok, "save")  # one save name, the one transformers uses
     vocab = read_vocab(tmp_path / "out/vocab.txt")
     assert len(vocab) == tok.vocab_size
     # The saved vocab.txt alone reproduces the tokenizer, in bertforge and in Hugging Face.
@@ -228,13 +229,13 @@ def _tied_corpus(path: Path) -> Path:
 
 
 TRAIN_AND_SAVE = ("import sys; from bertforge.tokenizer import BertTokenizer; "
-                  "BertTokenizer.train([sys.argv[1]], vocab_size=200).save(sys.argv[2])")
+                  "BertTokenizer.train([sys.argv[1]], vocab_size=200).save_pretrained(sys.argv[2])")
 
 
 def test_training_is_deterministic_across_calls_and_processes(tmp_path: Path) -> None:
     corpus = _tied_corpus(tmp_path / "corpus.txt")
     for name in ("a", "b", "c"):
-        BertTokenizer.train([corpus], vocab_size=200).save(tmp_path / name)
+        BertTokenizer.train([corpus], vocab_size=200).save_pretrained(tmp_path / name)
     first = {f: (tmp_path / "a" / f).read_bytes() for f in ("vocab.txt", "tokenizer.json")}
     for name in ("b", "c"):
         assert {f: (tmp_path / name / f).read_bytes() for f in first} == first

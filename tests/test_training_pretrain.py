@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from bertforge.data.shards import prepare_corpus
+from bertforge.heads import CausalLMOutput, ClassifierOutput, PreTrainingOutput
+from bertforge.model import BertOutput
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training.checkpointing import latest_checkpoint, load_checkpoint
 from bertforge.training.lamb import Lamb
-from bertforge.training.pretrain import PretrainConfig, train
+from bertforge.training.pretrain import PretrainConfig, losses, train
 
 TINY = {"hidden_size": 36, "num_layers": 2, "num_heads": 3, "intermediate_size": 52}
 
@@ -152,6 +154,25 @@ def test_export_loads_in_transformers_with_the_same_outputs(corpus, tmp_path):
         ref = theirs(**tensors)
     assert torch.allclose(mine.mlm_logits, ref.prediction_logits, atol=1e-4)
     assert torch.allclose(mine.nsp_logits, ref.seq_relationship_logits, atol=1e-5)
+
+
+def test_losses_read_each_pretraining_output_type_and_refuse_others():
+    """Both pre-training heads' outputs are scored (NSP only where there is one); any other output, even one
+    with a `logits` field, is a TypeError rather than a guess."""
+    encoder = BertOutput(sequence_output=torch.zeros(2, 3, 4), pooled_output=None)
+    mlm = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 2.0, 0.0]])  # [N=3, V=3]
+    labels, nsp_labels = torch.tensor([0, 2, 0]), torch.tensor([0, 1])
+    nsp = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # [B, 2]: both say IsNext, the second is wrong
+    stats = losses(PreTrainingOutput(mlm_logits=mlm, nsp_logits=nsp, encoder=encoder), labels, nsp_labels)
+    assert int(stats["mlm_correct"]) == 2 and int(stats["mlm_count"]) == 3
+    assert int(stats["nsp_correct"]) == 1 and int(stats["nsp_count"]) == 2
+    expected = torch.nn.functional.cross_entropy(mlm, labels, reduction="sum")
+    torch.testing.assert_close(stats["mlm_sum"], expected)
+    ltr = losses(CausalLMOutput(logits=mlm, cache=None, encoder=encoder), labels, nsp_labels)
+    assert set(ltr) == {"mlm_sum", "mlm_correct", "mlm_count"}
+    torch.testing.assert_close(ltr["mlm_sum"], expected)
+    with pytest.raises(TypeError, match="ClassifierOutput"):
+        losses(ClassifierOutput(logits=mlm, encoder=encoder), labels, nsp_labels)
 
 
 def test_lamb_step_matches_its_formula():

@@ -345,7 +345,7 @@ def save_model(model: nn.Module, directory: str | Path, *, tokenizer=None, extra
     write_atomic(directory / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     write_text_atomic(directory / "config.json", json.dumps(values, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
-        tokenizer.save(directory)
+        tokenizer.save_pretrained(directory)
     return directory
 
 

@@ -1,6 +1,9 @@
 """Output layers on top of BertModel (BERT §3.1 pre-training, §4 fine-tuning).
 
-Every head returns logits; losses are plain functions in the jobs that train them.
+Every head returns logits; losses are plain functions in the jobs that train them. `head_logits` is each
+head's one public mapping from encoder outputs to its logits (forward, the pipelines and the ONNX export share it).
+Besides the inputs, a head's forward takes only named encoder flags (position_ids, output_hidden_states,
+output_attentions, and causal for the task heads run left to right): a misspelt flag is a TypeError here.
 Shapes: B = batch, T = sequence length, H = hidden size, V = vocab, C = classes or choices,
 N = number of selected (masked) positions.
 Module names here are mapped to Hugging Face key names in `checkpoint.py` and nowhere else.
@@ -119,10 +122,21 @@ class BertLMHeadModel(PretrainedModel):
         self.mlm = BertMLMHead(config)
         self.mlm.apply(self.bert._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, cache: KVCache | None = None,
-                masked_positions: torch.Tensor | None = None, **encoder_flags) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, T]
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        masked_positions: torch.Tensor | None = None,  # [B, T] bool
+        position_ids: torch.Tensor | None = None,  # [B, T] (packed rows: positions restart in every window)
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> CausalLMOutput:
         """`masked_positions` ([B, T] bool): compute the logits only there ([N, V]), as pre-training does."""
-        enc = self.bert(input_ids, attention_mask, token_type_ids, causal=True, cache=cache, **encoder_flags)
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids, causal=True, cache=cache,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         hidden = enc.sequence_output if masked_positions is None else enc.sequence_output[masked_positions]
         return CausalLMOutput(logits=self.head_logits(hidden), cache=cache, encoder=enc)
 
@@ -192,8 +206,12 @@ class BertForSequenceClassification(_LabelledHead):
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.bert._init_weights(self.classifier)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> ClassifierOutput:
-        enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                causal: bool = False) -> ClassifierOutput:
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids, causal=causal,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         return ClassifierOutput(logits=self.head_logits(enc.pooled_output), encoder=enc)
 
     def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -216,8 +234,12 @@ class BertForTokenClassification(_LabelledHead):
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.bert._init_weights(self.classifier)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> ClassifierOutput:
-        enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                causal: bool = False) -> ClassifierOutput:
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids, causal=causal,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         return ClassifierOutput(logits=self.head_logits(enc.sequence_output), encoder=enc)
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -246,8 +268,12 @@ class BertForQuestionAnswering(PretrainedModel):
         self.span = nn.Linear(config.hidden_size, 2)
         self.bert._init_weights(self.span)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> SpanOutput:
-        enc = self.bert(input_ids, attention_mask, token_type_ids, **encoder_flags)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                causal: bool = False) -> SpanOutput:
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids, causal=causal,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         start, end = self.head_logits(enc.sequence_output).unbind(-1)  # each [B, T]
         return SpanOutput(start_logits=start, end_logits=end, encoder=enc)
 
@@ -269,9 +295,17 @@ class BertForMultipleChoice(PretrainedModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.bert._init_weights(self.classifier)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> ClassifierOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                causal: bool = False) -> ClassifierOutput:
         batch, choices, seq_len = input_ids.shape  # [B, C, T]
         flat = lambda t: None if t is None else t.reshape(batch * choices, seq_len)  # noqa: E731
-        enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), **encoder_flags)
-        scores = self.classifier(self.dropout(enc.pooled_output))  # [B*C, 1]
+        enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), position_ids=flat(position_ids),
+                        causal=causal, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        scores = self.head_logits(enc.pooled_output)  # [B*C, 1]
         return ClassifierOutput(logits=scores.view(batch, choices), encoder=enc)
+
+    def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """One score per (context, ending) pair from its pooled [CLS]: [..., H] -> [..., 1]."""
+        return self.classifier(self.dropout(pooled))

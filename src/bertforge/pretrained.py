@@ -1,7 +1,8 @@
 """Naming a model: a local folder, the packaged name `all-minilm-l6-v2`, or a Hub repository id -> a folder.
 
 `resolve_model` is the one place a name becomes a directory; `checkpoint.load_model`, every model class's
-`from_pretrained`, `BertTokenizer.from_pretrained`, `load_pipeline` and every CLI job go through it.
+`from_pretrained`, `BertTokenizer.from_pretrained`, `load_pipeline`, `finetune_loop.load_task_model` and every
+CLI job go through it.
 The rules, in order:
 1. an existing folder is used as it is (an existing file is an error: a model is a folder);
 2. the packaged name (`all-minilm-l6-v2`, or its Hub id) is the pip-installed checkpoint, offline;

@@ -345,8 +345,6 @@ class BertTokenizer:
         write_text_atomic(directory / "special_tokens_map.json", json.dumps(specials, indent=2) + "\n")
         return directory
 
-    save = save_pretrained  # the name the training jobs and save_model use
-
 
 def read_vocab(vocab_file: str | Path) -> dict[str, int]:
     """vocab.txt -> {token: line number}. Duplicate or empty lines are errors, with the line named."""

@@ -22,6 +22,6 @@ def run(files: list[Path], output_dir: Path, vocab_size: int = 30522, min_freque
     check_output_dir(output_dir)
     tokenizer = BertTokenizer.train(files, vocab_size=vocab_size, min_frequency=min_frequency,
                                     lowercase=lowercase, show_progress=True)
-    tokenizer.save(output_dir)
+    tokenizer.save_pretrained(output_dir)
     print(f"wrote {tokenizer.vocab_size:,} tokens to {Path(output_dir) / 'vocab.txt'}")
     return Path(output_dir)

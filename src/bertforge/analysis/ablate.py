@@ -108,8 +108,11 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class CorpusSettings:
+class AblationCorpus:
     """Data.
+
+    The corpus every variant is pre-trained on and the downstream tasks' data (named apart from pretrain's
+    CorpusSettings, which is a prepared corpus with its objective and masking).
 
     Args:
         files: Text files or folders (default: the shared Wikipedia dump).
@@ -392,7 +395,7 @@ def choose_variants(groups: list[str] | None, names: list[str] | None) -> list[V
 
 
 def run(output_dir: Path = Path("runs/ablate"), select: Selection = Selection(),
-        corpus: CorpusSettings = CorpusSettings(), pretraining: PretrainSettings = PretrainSettings(),
+        corpus: AblationCorpus = AblationCorpus(), pretraining: PretrainSettings = PretrainSettings(),
         finetuning: FinetuneSettings = FinetuneSettings(), report_dir: Path | None = None,
         threads: int | None = None) -> Path:
     """Pre-train each variant on the same corpus, token budget and seed; fine-tune each on the same tasks;
@@ -402,7 +405,7 @@ def run(output_dir: Path = Path("runs/ablate"), select: Selection = Selection(),
         output_dir: Run folder (resumable): data/, pretrain/<variant>/, finetune/<variant>/<task>.json (and the
             SQuAD title lists it was fine-tuned with).
         select: Which variants and tasks (Selection).
-        corpus: The pre-training corpus and the downstream data (CorpusSettings).
+        corpus: The pre-training corpus and the downstream data (AblationCorpus).
         pretraining: The pre-training recipe (PretrainSettings).
         finetuning: The fine-tuning recipe (FinetuneSettings).
         report_dir: Where the table and the plot go (default: output_dir).

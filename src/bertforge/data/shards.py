@@ -189,7 +189,7 @@ def _prepare_into(output_dir: Path, files: list[Path], tokenizer: BertTokenizer,
                   max_documents: int | None, batch_documents: int, progress: bool) -> dict:
     """Tokenize `files` into a new, empty `output_dir`; returns the metadata written as meta.json."""
     heldout_every, shard_tokens = settings["heldout_every"], settings["shard_tokens"]
-    tokenizer.save(output_dir / "tokenizer")
+    tokenizer.save_pretrained(output_dir / "tokenizer")
 
     # A private copy of the backend without truncation: ids of whole sentences, no special tokens.
     backend = Tokenizer.from_str(tokenizer.backend.to_str())

@@ -47,13 +47,11 @@ class _Exportable(nn.Module):
         model = self.model
         if isinstance(model, BertModel):
             return (x,) if pooled is None else (x, pooled)
-        if isinstance(model, BertForQuestionAnswering):
-            return tuple(model.span(x).unbind(-1))  # 2 × [B, T]
-        if isinstance(model, BertForPreTraining):
-            return (model.mlm(x, self.bert.embeddings.word_embeddings.weight),)  # [B, T, V]
+        # Each head's own head_logits, as its forward applies it (dropout is off in eval mode).
         if isinstance(model, BertForSequenceClassification):
-            return (model.classifier(pooled),)  # [B, C]
-        return (model.classifier(x),)  # [B, T, C]
+            return (model.head_logits(pooled),)  # [B, C]
+        logits = model.head_logits(x)  # QA [B, T, 2], masked LM [B, T, V], token classifier [B, T, C]
+        return tuple(logits.unbind(-1)) if isinstance(model, BertForQuestionAnswering) else (logits,)
 
 
 def output_names(model: nn.Module) -> list[str]:

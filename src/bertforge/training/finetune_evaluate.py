@@ -18,7 +18,7 @@ from bertforge.precision import InferencePrecision, inference_device, resolve_pr
 
 
 def run(
-    model: Path,
+    model: str,
     input: Path | None = None,
     output: Path | None = None,
     dataset: str | None = None,
@@ -36,7 +36,7 @@ def run(
     """Score a model saved by `bertforge finetune` on labelled data with its task's official metrics.
 
     Args:
-        model: The fine-tuned model directory.
+        model: The fine-tuned model: its directory, or its Hub id (org/name).
         input: Labelled data in the task's format: a file (GLUE TSV, .csv/.tsv/.jsonl/.parquet, CoNLL, SQuAD JSON,
             SWAG CSV), a folder saved by `datasets`' save_to_disk, or (Python API) a `datasets.Dataset`.
         output: Also write the metrics here as JSON.
@@ -54,6 +54,7 @@ def run(
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto (bf16 where
             the hardware has it natively), as on finetune.
     """
+    from bertforge.pretrained import resolve_model
     from bertforge.tasks.registry import saved_task_settings, task_max_length
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.finetune import _lines
@@ -64,11 +65,12 @@ def run(
     if output is not None:
         check_output_file(output, inputs=(input,))
     source = hf_datasets.input_or_dataset(input, dataset, split)
-    net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column,
+    directory = resolve_model(model)  # the model, its saved settings and its tokenizer all come from here
+    net, task = load_task_model(directory, text_column=text_column, text_pair_column=text_pair_column,
                                 label_column=label_column)
-    max_length = task_max_length(saved_task_settings(model), max_length, default=128)
+    max_length = task_max_length(saved_task_settings(directory), max_length, default=128)
     check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
-    tokenizer = BertTokenizer.from_pretrained(model)
+    tokenizer = BertTokenizer.from_pretrained(directory)
     examples = task.read(source, titles=_lines(titles)) if titles else task.read(source)
     examples = examples[:max_eval_examples] if max_eval_examples else examples
     if not examples:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from bertforge.checkpoint import load_model
 from bertforge.errors import OptionError
 from bertforge.precision import Precision, autocast
+from bertforge.pretrained import CheckpointError, resolve_model
 from bertforge.tasks.base import Feature, TaskFamily, collate
 from bertforge.tasks.registry import TASK_CONFIG_KEY, family, saved_task_settings
 from bertforge.training.checkpointing import rng_state, save_checkpoint, set_rng_state
@@ -493,14 +494,14 @@ def _log(record: dict, log_file: Path | None, writer, step: int) -> None:
                 writer.add_scalar(key, value, step)
 
 
-def load_task_model(directory: str | Path, **overrides) -> tuple[torch.nn.Module, TaskFamily]:
-    """A fine-tuned model saved by `finetune` and its task family, rebuilt from config.json."""
-    from bertforge.checkpoint import CheckpointError
-
+def load_task_model(name_or_path: str | Path, **overrides) -> tuple[torch.nn.Module, TaskFamily]:
+    """A fine-tuned model saved by `finetune` and its task family, rebuilt from config.json. `name_or_path`: a
+    folder or a Hub id (pretrained.resolve_model), as for every other loader."""
+    directory = resolve_model(name_or_path)
     settings = saved_task_settings(directory)
     if not settings and "task" not in overrides:
         raise CheckpointError(f"{directory}/config.json: no {TASK_CONFIG_KEY!r} entry, so this is not a model saved by "
-                              f"`bertforge finetune`; fine-tune it first (bertforge finetune --model {directory} "
+                              f"`bertforge finetune`; fine-tune it first (bertforge finetune --model {name_or_path} "
                               "--task ...), or use classify/ner/qa for a task model from elsewhere")
     settings = {**settings, **{k: v for k, v in overrides.items() if v is not None}}
     task = family(settings.pop("task"), **settings)

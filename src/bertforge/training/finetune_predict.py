@@ -21,7 +21,7 @@ from bertforge.precision import InferencePrecision, inference_device, resolve_pr
 
 
 def run(
-    model: Path,
+    model: str,
     input: Path | None = None,
     output: Path | None = None,
     dataset: str | None = None,
@@ -39,7 +39,7 @@ def run(
     """Predict with a model saved by `bertforge finetune`.
 
     Args:
-        model: The fine-tuned model directory.
+        model: The fine-tuned model: its directory, or its Hub id (org/name).
         input: Data without labels: .csv/.tsv/.jsonl/.parquet (classification, swag), CoNLL (ner), SQuAD JSON
             (squad), a folder saved by `datasets`' save_to_disk, or (Python API) a `datasets.Dataset`.
         output: Where to write the predictions (.csv, CoNLL text, or .json for squad); required.
@@ -57,6 +57,7 @@ def run(
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto (bf16 where
             the hardware has it natively), as on finetune.
     """
+    from bertforge.pretrained import resolve_model
     from bertforge.tasks.base import PredictionTable
     from bertforge.tasks.registry import saved_task_settings, task_max_length
     from bertforge.tokenizer import BertTokenizer
@@ -69,15 +70,16 @@ def run(
     running_precision = resolve_precision(precision, run_on)
     check_output_file(output, inputs=(input,))
     source = hf_datasets.input_or_dataset(input, dataset, split)
-    net, task = load_task_model(model, text_column=text_column, text_pair_column=text_pair_column)
-    max_length = task_max_length(saved_task_settings(model), max_length, default=128)
+    directory = resolve_model(model)  # the model, its saved settings and its tokenizer all come from here
+    net, task = load_task_model(directory, text_column=text_column, text_pair_column=text_pair_column)
+    max_length = task_max_length(saved_task_settings(directory), max_length, default=128)
     check_length("--max-length", max_length, net.config.max_position_embeddings, str(model))
     # Every input problem (columns, ids, format) is found before the model runs.
     ids = task.read_ids(source, id_column) if id_column else None
     examples = task.read(source, labelled=False)
     if not examples:
         raise DataError(f"{source_name(source)}: no examples to predict (only a header line?)")
-    tokenizer = BertTokenizer.from_pretrained(model)
+    tokenizer = BertTokenizer.from_pretrained(directory)
     features = task.features(examples, tokenizer, max_seq_length=max_length)
     outputs = predict_outputs(ready_to_predict(net, run_on, running_precision), task, features,
                               pad_id=tokenizer.pad_id, batch_size=batch_size, progress=True,

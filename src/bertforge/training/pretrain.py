@@ -48,7 +48,7 @@ from bertforge.data.pretraining import (
 )
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
-from bertforge.heads import BertForPreTraining, BertLMHeadModel
+from bertforge.heads import BertForPreTraining, BertLMHeadModel, CausalLMOutput, PreTrainingOutput
 from bertforge.options import resolve_device
 from bertforge.precision import Precision, autocast
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -160,20 +160,26 @@ def next_token_targets(batch: PreTrainingBatch) -> MaskedBatch:
     return MaskedBatch(batch.input_ids, labels, positions)
 
 
-def losses(out, labels: torch.Tensor, nsp_labels: torch.Tensor,
+def losses(out: PreTrainingOutput | CausalLMOutput, labels: torch.Tensor, nsp_labels: torch.Tensor,
            shown_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Summed losses and correct counts of one (micro-)batch; labels are those at the masked positions
     (for the ltr objective the "mlm" statistics are those of next-token prediction). `shown_mask` ([N]
     bool) marks the selected positions whose input shows [MASK]: accuracy there is the honest figure,
     since the 10% left unchanged are answered by copying the input."""
-    mlm_logits = (out.mlm_logits if hasattr(out, "mlm_logits") else out.logits).float()  # [N, V]
+    if isinstance(out, PreTrainingOutput):
+        mlm_logits, nsp_logits = out.mlm_logits, out.nsp_logits
+    elif isinstance(out, CausalLMOutput):  # the ltr objective: next-token logits, no NSP
+        mlm_logits, nsp_logits = out.logits, None
+    else:
+        raise TypeError(f"pre-training losses need a PreTrainingOutput or CausalLMOutput, not {type(out).__name__}")
+    mlm_logits = mlm_logits.float()  # [N, V]
     correct = mlm_logits.argmax(-1) == labels
     stats = {"mlm_sum": F.cross_entropy(mlm_logits, labels, reduction="sum"),
              "mlm_correct": correct.sum(), "mlm_count": torch.tensor(labels.numel())}
     if shown_mask is not None:
         stats.update(mask_correct=(correct & shown_mask).sum(), mask_count=shown_mask.sum())
-    if getattr(out, "nsp_logits", None) is not None:
-        nsp_logits = out.nsp_logits.float()  # [B, 2]
+    if nsp_logits is not None:
+        nsp_logits = nsp_logits.float()  # [B, 2]
         stats.update(nsp_sum=F.cross_entropy(nsp_logits, nsp_labels, reduction="sum"),
                      nsp_correct=(nsp_logits.argmax(-1) == nsp_labels).sum(),
                      nsp_count=torch.tensor(nsp_labels.numel()))
@@ -474,7 +480,7 @@ def _open_log(cfg: PretrainConfig, trainer: Trainer, tokenizer, step: int, evalu
     """The run folder's tokenizer, config.json and metrics log (cut back to `step` on resume), and a summary line."""
     model, out_dir = trainer.model, cfg.job.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out_dir / "tokenizer")
+    tokenizer.save_pretrained(out_dir / "tokenizer")
     write_text_atomic(out_dir / "config.json", json.dumps(cfg.options(), indent=2))
     logger = MetricsLogger(out_dir, tensorboard=cfg.report.tensorboard)
     logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)

@@ -1,0 +1,98 @@
+"""The heads' contract with the encoder and the callers: forward names every flag it passes on (no `**kwargs`,
+so a misspelt flag is a TypeError), each flag reaches the encoder, and `head_logits` is the head that forward
+applies to the encoder outputs."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from bertforge.config import BertConfig
+from bertforge.heads import (
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertLMHeadModel,
+    PreTrainingOutput,
+    SpanOutput,
+)
+
+ODD = BertConfig(vocab_size=99, hidden_size=36, num_layers=2, num_heads=3, intermediate_size=37,
+                 max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+FLAGS = {"position_ids", "output_hidden_states", "output_attentions"}
+TASK_HEADS = [(BertForSequenceClassification, {"num_labels": 3}), (BertForTokenClassification, {"num_labels": 5}),
+              (BertForQuestionAnswering, {}), (BertForMultipleChoice, {})]
+ALL_HEADS = [(BertForPreTraining, {}), (BertForMaskedLM, {}), (BertLMHeadModel, {}), *TASK_HEADS]
+
+
+def _inputs(cls: type) -> dict[str, torch.Tensor]:
+    ids = torch.randint(5, ODD.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    if cls is BertForMultipleChoice:  # [B, C, T]: two choices per example
+        inputs = {k: torch.stack([v, v.flip(0)], 1) for k, v in inputs.items()}
+    return inputs
+
+
+def _logits(out) -> torch.Tensor:
+    if isinstance(out, PreTrainingOutput):
+        return out.mlm_logits
+    if isinstance(out, SpanOutput):
+        return torch.stack([out.start_logits, out.end_logits], -1)  # the [..., 2] layout of head_logits
+    return out.logits
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), ALL_HEADS, ids=lambda v: getattr(v, "__name__", ""))
+def test_forward_names_its_flags_and_refuses_a_misspelt_one(cls: type, kwargs: dict) -> None:
+    parameters = inspect.signature(cls.forward).parameters
+    assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    expected = FLAGS | ({"causal"} if (cls, kwargs) in TASK_HEADS else set())
+    assert expected <= set(parameters)
+    model = cls(ODD, **kwargs).eval()
+    with pytest.raises(TypeError, match="output_hiden_states"):
+        model(**_inputs(cls), output_hiden_states=True)
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), ALL_HEADS, ids=lambda v: getattr(v, "__name__", ""))
+@torch.no_grad()
+def test_every_flag_reaches_the_encoder(cls: type, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    model = cls(ODD, **kwargs).eval()
+    inputs = _inputs(cls)
+    out = model(**inputs, output_hidden_states=True, output_attentions=True)
+    assert len(out.encoder.hidden_states) == ODD.num_layers + 1 and len(out.encoder.attentions) == ODD.num_layers
+    plain = _logits(model(**inputs))
+    shifted = torch.arange(3, 10).expand_as(inputs["input_ids"])  # positions 3..9 instead of 0..6
+    assert not torch.allclose(_logits(model(**inputs, position_ids=shifted)), plain)
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), TASK_HEADS[1:3], ids=lambda v: getattr(v, "__name__", ""))
+@torch.no_grad()
+def test_causal_task_heads_do_not_see_later_tokens(cls: type, kwargs: dict) -> None:
+    """A task head run left to right (the paper's LTR fine-tuning): a token's logits ignore every later token."""
+    torch.manual_seed(0)
+    model = cls(ODD, **kwargs).eval()
+    ids = torch.tensor([[2, 10, 11, 12, 13, 3]])
+    changed = ids.clone()
+    changed[0, 4:] = torch.tensor([40, 41])
+    first, second = (_logits(model(x, causal=True))[0, :4] for x in (ids, changed))
+    torch.testing.assert_close(first, second)
+    assert not torch.allclose(_logits(model(ids))[0, :4], _logits(model(changed))[0, :4])
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), [(BertForPreTraining, {}), (BertLMHeadModel, {}), *TASK_HEADS],
+                         ids=lambda v: getattr(v, "__name__", ""))
+@torch.no_grad()
+def test_head_logits_is_the_head_forward_applies(cls: type, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    model = cls(ODD, **kwargs).eval()
+    out = model(**_inputs(cls))
+    pooled = cls in (BertForSequenceClassification, BertForMultipleChoice)
+    logits = model.head_logits(out.encoder.pooled_output if pooled else out.encoder.sequence_output)
+    torch.testing.assert_close(logits.reshape(_logits(out).shape), _logits(out))
