@@ -159,3 +159,19 @@ def test_mnli_and_qqp_layouts(tmp_path):
     qqp.write_text("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t1\t2\tHow?\tWhy?\t0\n", encoding="utf-8")
     (example,) = read_glue("qqp", qqp)
     assert (example.text, example.pair, example.label) == ("How?", "Why?", "0")
+
+
+def test_multilabel_answers_give_the_label_set_at_the_threshold():
+    """Each label is its own sigmoid: the answer names every label at or above the saved threshold (here
+    0.6), not just the likeliest one, and predict's CSV would list the same set."""
+    from bertforge.tasks.base import Feature
+
+    multi = family("multilabel", labels=["LOC", "ORG", "PER"], threshold=0.6)
+    logits = [np.array([2.0, -3.0, 0.5]), np.array([-2.0, -2.0, -2.0])]  # sigmoids .88 .05 .62 / all .12
+    features = [Feature([1], [0], example=0), Feature([1], [0], example=1)]
+    first, second = multi.answers([None, None], features, logits)
+    assert first["labels"] == ["LOC", "PER"] and first["label"] == "LOC"
+    assert first["scores"]["PER"] == pytest.approx(1 / (1 + np.exp(-0.5)))
+    assert second["labels"] == [] and second["label"] == "LOC"
+    assert "labels" not in family("classification", labels=["a", "b"]).answers([None], features[:1],
+                                                                             [np.array([0.0, 1.0])])[0]

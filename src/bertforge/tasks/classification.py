@@ -390,15 +390,19 @@ class SequenceClassification:
     def answers(self, examples: Sequence[TextExample], features: Sequence[Feature],
                 outputs: Sequence[np.ndarray]) -> list[dict]:
         """Per example {label, score, scores: {label: probability}}, or {value} for regression. Multi-label
-        models score each label by its own sigmoid (as transformers' pipeline does); `label` is the likeliest."""
-        _, probs = self.predict(self.example_scores(features, outputs, len(examples)))
+        models score each label by its own sigmoid (as transformers' pipeline does); `label` is the likeliest,
+        and `labels` the predicted set: every label at or above the model's threshold, as `predict` writes."""
+        predicted, probs = self.predict(self.example_scores(features, outputs, len(examples)))
         if self.kind == "regression":
             return [{"value": float(row[0])} for row in probs]
         answers = []
-        for row in probs:
+        for labels, row in zip(predicted, probs, strict=True):
             best = int(row.argmax())
-            answers.append({"label": self.label_names[best], "score": float(row[best]),
-                            "scores": dict(zip(self.label_names, map(float, row), strict=True))})
+            answer = {"label": self.label_names[best], "score": float(row[best]),
+                      "scores": dict(zip(self.label_names, map(float, row), strict=True))}
+            if self.kind == "multilabel":
+                answer["labels"] = list(labels)
+            answers.append(answer)
         return answers
 
     def read_ids(self, path: str | Path, id_column: str) -> list:
