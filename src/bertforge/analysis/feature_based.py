@@ -294,6 +294,9 @@ class FeatureSettings:
     eval_split: Literal["test", "valid"] = "test"
     max_length: int = 128
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))  # the command line and YAML give a string
+
 
 @dataclass(frozen=True)
 class TaggerSettings:
@@ -348,7 +351,7 @@ def run(features: FeatureSettings = FeatureSettings(), taggers: TaggerSettings =
 
     task = TokenClassification()
     eval_split = features.eval_split
-    train_sentences, eval_sentences = read_sentences(task, Path(features.data_dir), eval_split=eval_split,
+    train_sentences, eval_sentences = read_sentences(task, features.data_dir, eval_split=eval_split,
                                                      max_train_examples=features.max_train_examples)
     train_features = task.features(train_sentences, tokenizer, max_seq_length=features.max_length, train=True)
     eval_features = task.features(eval_sentences, tokenizer, max_seq_length=features.max_length)
