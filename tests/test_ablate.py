@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -94,6 +95,45 @@ def test_left_to_right_task_model_cannot_see_later_tokens():
     ha, hb = (net(x).encoder.sequence_output for x in (a, b))
     torch.testing.assert_close(ha[:, :3], hb[:, :3])
     assert not torch.allclose(ha[:, 3:], hb[:, 3:])
+
+
+@pytest.mark.parametrize(("wrapper", "flags"), [
+    (LeftToRight, {"position_ids", "output_hidden_states", "output_attentions"}),  # always causal: no flag
+    (BiLSTMOnTop, {"position_ids", "output_hidden_states", "output_attentions", "causal"}),  # as BertModel's
+])
+def test_ablation_models_name_their_flags_and_refuse_a_misspelt_one(wrapper: type, flags: set[str]):
+    """No `**kwargs`, so a misspelt flag is a TypeError at the wrapper, and every flag reaches the encoder."""
+    parameters = inspect.signature(wrapper.forward).parameters
+    assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    assert {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} == flags
+    torch.manual_seed(0)
+    net = BertForSequenceClassification(TINY, num_labels=2).eval()
+    if wrapper is BiLSTMOnTop:
+        net.bert = BiLSTMOnTop(net.bert)  # as `ablate` builds the "+ BiLSTM" row
+    else:
+        net = LeftToRight(net)
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    with pytest.raises(TypeError, match="output_hiden_states"):
+        net(ids, output_hiden_states=True)
+    with torch.no_grad():
+        out = net(ids, output_hidden_states=True, output_attentions=True)
+        shifted = net(ids, position_ids=torch.arange(3, 8)[None])
+    assert len(out.encoder.hidden_states) == TINY.num_layers + 1 and len(out.encoder.attentions) == TINY.num_layers
+    assert not torch.allclose(shifted.logits, out.logits)
+
+
+def test_left_to_right_with_a_bilstm_keeps_the_encoder_causal():
+    """The LTR + BiLSTM row: `causal` passes through the BiLSTM to the encoder; only the BiLSTM reads ahead."""
+    torch.manual_seed(0)
+    head = BertForSequenceClassification(TINY, num_labels=2).eval()
+    head.bert = BiLSTMOnTop(head.bert)
+    net = LeftToRight(head)
+    a, b = torch.tensor([[2, 5, 6, 7, 3]]), torch.tensor([[2, 5, 6, 9, 3]])  # differ at position 3
+    with torch.no_grad():
+        (ea, sa), (eb, sb) = ((o.encoder.hidden_states[-1], o.encoder.sequence_output)
+                              for o in (net(x, output_hidden_states=True) for x in (a, b)))
+    torch.testing.assert_close(ea[:, :3], eb[:, :3])  # the encoder did not look ahead
+    assert not torch.allclose(sa[:, :3], sb[:, :3])  # the BiLSTM's backward direction does
 
 
 def test_a_task_model_loads_an_mlm_only_checkpoint_with_a_fresh_pooler(tmp_path, caplog):

@@ -144,3 +144,23 @@ def test_serve_without_the_extra_is_one_line(missing: str, monkeypatch, capsys) 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and missing in err[0] and "pip install 'bertforge[serve]'" in err[0]
+
+
+def test_serve_gathers_its_flat_options_into_groups(monkeypatch) -> None:
+    """`bertforge serve` keeps its flat options; each lands in its settings group, the rest keep their defaults."""
+    pytest.importorskip("uvicorn", reason="pip install 'bertforge[serve]'")
+    from bertforge.inference import server
+
+    seen = {}
+    monkeypatch.setattr(server, "require_serve_extra", lambda: None)
+    monkeypatch.setattr(server.pipelines, "load_pipeline", lambda model, **how: seen.update(loaded=(model, how)))
+    monkeypatch.setattr(server, "create_app", lambda loaded, **groups: seen.update(groups) or "app")
+    monkeypatch.setattr(server, "uvicorn_config", lambda app, bind: seen.update(bind=bind))
+    monkeypatch.setattr("uvicorn.Server", lambda config: type("Stub", (), {"run": lambda self: None})())
+    main(["serve", "--model", "m", "--device", "cpu", "--precision", "bf16", "--port", "9", "--max-wait-ms", "7",
+          "--max-texts", "3", "--head-timeout-s", "2"])
+    assert seen["loaded"] == ("m", {"device": "cpu", "precision": "bf16"})
+    assert seen["bind"] == server.BindSettings(host="127.0.0.1", port=9)
+    assert seen["batching"] == server.BatchSettings(max_wait_ms=7.0)
+    assert seen["limits"] == server.Limits(max_texts=3, head_timeout_s=2.0)
+    assert seen["name"] == "m"

@@ -13,8 +13,10 @@ import torch
 
 from bertforge.analysis import feature_based
 from bertforge.analysis.feature_based import (
+    FeatureSettings,
     FeatureTagger,
     ScalarMix,
+    TaggerSettings,
     combine_layers,
     extract_hidden_states,
     strategy,
@@ -128,10 +130,10 @@ def test_tagger_on_frozen_features_learns_first_subtoken_tags(tiny_model, tmp_pa
     bench = tmp_path / "ner_4k.json"
     bench.write_text(json.dumps({"bertforge": {"metrics": {"f1": 0.9, "precision": 0.89, "recall": 0.91}}}))
     output = tmp_path / "out" / "feature_ner.md"
-    results = feature_based.run(model=str(tiny_model), data_dir=data, max_train_examples=None,
-                                strategies=["embeddings", "concat_last4", "weighted_sum_all"], epochs=6,
-                                batch_size=16, learning_rate=1e-2, lstm_hidden=32, dropout=0.0, seed=0,
-                                threads=1, finetune_metrics=bench, output=output)
+    features = FeatureSettings(model=str(tiny_model), data_dir=data, max_train_examples=None)
+    taggers = TaggerSettings(strategies=["embeddings", "concat_last4", "weighted_sum_all"], epochs=6,
+                             batch_size=16, learning_rate=1e-2, lstm_hidden=32, dropout=0.0, seed=0)
+    results = feature_based.run(features, taggers, threads=1, finetune_metrics=bench, output=output)
     scores = {r.strategy.name: r.metrics["f1"] for r in results}
     assert min(scores.values()) >= 0.95, scores
     mixed = results[2]

@@ -27,7 +27,7 @@ pytest.importorskip("prometheus_client", reason="pip install prometheus-client (
 from bertforge.checkpoint import save_model  # noqa: E402
 from bertforge.heads import BertForMaskedLM, BertForQuestionAnswering  # noqa: E402
 from bertforge.inference import pipelines  # noqa: E402
-from bertforge.inference.server import Limits, create_app, uvicorn_config  # noqa: E402
+from bertforge.inference.server import BatchSettings, BindSettings, Limits, create_app, uvicorn_config  # noqa: E402
 from bertforge.inference.tiny import build, plant_tokens, tiny_tokenizer  # noqa: E402
 from bertforge.tasks import TASK_CONFIG_KEY, family  # noqa: E402
 
@@ -39,7 +39,7 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.server = uvicorn.Server(uvicorn_config(app, BindSettings("127.0.0.1", self.port), log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         self.watchdog = threading.Timer(60, self.stop)
@@ -72,7 +72,8 @@ def mlm(tmp_path_factory):
     directory = tmp_path_factory.mktemp("mlm")
     build(BertForMaskedLM, directory, seed=11)
     loaded = pipelines.load_pipeline(directory)
-    server = Server(create_app(loaded, Limits(max_texts=8, max_chars=200, max_body_bytes=20_000, max_wait_ms=20)))
+    server = Server(create_app(loaded, limits=Limits(max_texts=8, max_chars=200, max_body_bytes=20_000),
+                               batching=BatchSettings(max_wait_ms=20)))
     yield server, loaded
     server.stop()
     server.thread.join(10)
@@ -190,7 +191,7 @@ def test_malformed_input_gets_4xx_json(mlm, name, path, body, headers, status) -
 def test_overload_answers_503(tmp_path: Path) -> None:
     build(BertForMaskedLM, tmp_path, seed=12)
     loaded = pipelines.load_pipeline(tmp_path)
-    server = Server(create_app(loaded, Limits(max_queue=1, max_wait_ms=200, max_batch_texts=1)))
+    server = Server(create_app(loaded, batching=BatchSettings(max_queue=1, max_wait_ms=200, max_batch_texts=1)))
     try:
         with ThreadPoolExecutor(12) as pool:
             statuses = list(pool.map(lambda _: server.request("POST", "/embed", {"texts": ["a day"]})[0], range(12)))
@@ -243,14 +244,15 @@ def test_qa_server_answers_with_the_saved_settings(tmp_path: Path) -> None:
 
 
 # ----- hostile clients: big chunked bodies, slow headers and bodies, idle connections, disconnects ----------
-HOSTILE = Limits(max_body_bytes=20_000, head_timeout_s=2.0, body_timeout_s=1.0, max_connections=128, max_wait_ms=300)
+HOSTILE = Limits(max_body_bytes=20_000, head_timeout_s=2.0, body_timeout_s=1.0, max_connections=128)
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hostile")
     build(BertForMaskedLM, directory, seed=14)
-    server = Server(create_app(pipelines.load_pipeline(directory), HOSTILE))
+    server = Server(create_app(pipelines.load_pipeline(directory), limits=HOSTILE,
+                               batching=BatchSettings(max_wait_ms=300)))
     yield server
     server.stop()
     server.thread.join(10)

@@ -39,7 +39,7 @@ def served(tmp_path_factory):
     (directory / "1_Pooling").mkdir()
     (directory / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
     loaded = pipelines.load_pipeline(directory)
-    with TestClient(create_app(loaded, Limits(max_texts=4, max_chars=200), name=NAME)) as http:
+    with TestClient(create_app(loaded, limits=Limits(max_texts=4, max_chars=200), name=NAME)) as http:
         client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
         yield client, loaded, http
 

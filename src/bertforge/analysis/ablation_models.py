@@ -23,8 +23,12 @@ class LeftToRight(nn.Module):
         self.task_model = task_model
         self.config = task_model.config
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags):
-        return self.task_model(input_ids, attention_mask, token_type_ids, causal=True, **encoder_flags)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        """The task model's own output; no `causal` flag, since this model is always left to right."""
+        return self.task_model(input_ids, attention_mask, token_type_ids, position_ids=position_ids, causal=True,
+                               output_hidden_states=output_hidden_states, output_attentions=output_attentions)
 
 
 class BiLSTMOnTop(nn.Module):
@@ -43,8 +47,13 @@ class BiLSTMOnTop(nn.Module):
         self.config = encoder.config
         self.lstm = nn.LSTM(hidden, hidden // 2, batch_first=True, bidirectional=True)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **encoder_flags) -> BertOutput:
-        enc = self.encoder(input_ids, attention_mask, token_type_ids, **encoder_flags)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                causal: bool = False) -> BertOutput:
+        """The encoder's flags as a task head passes them to its `bert` (which this module replaces)."""
+        enc = self.encoder(input_ids, attention_mask, token_type_ids, position_ids=position_ids, causal=causal,
+                           output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         x = enc.sequence_output  # [B, T, H]
         batch, seq_len, hidden = x.shape
         lengths = attention_mask.sum(dim=1) if attention_mask is not None else torch.full((batch,), seq_len)

@@ -276,30 +276,33 @@ def results_table(results: Sequence[HeadResult], *, finetune: dict | None, finet
     return header, rows
 
 
-def run(
-    model: str = "all-minilm-l6-v2",
-    data_dir: Path = Path("../shared/data/conll2003"),
-    max_train_examples: int | None = 4000,
-    eval_split: Literal["test", "valid"] = "test",
-    strategies: list[str] | None = None,
-    epochs: int = 3,
-    batch_size: int = 32,
-    learning_rate: float = 2e-3,
-    lstm_hidden: int | None = None,
-    dropout: float = 0.1,
-    max_length: int = 128,
-    seed: int = 42,
-    threads: int | None = None,
-    finetune_metrics: Path | None = None,
-    output: Path | None = None,
-) -> list[HeadResult]:
-    """Feature-based NER (BERT Table 7): a frozen encoder's layers feed a BiLSTM tagger, one per strategy.
+@dataclass(frozen=True)
+class FeatureSettings:
+    """The frozen encoder and the sentences it turns into features.
 
     Args:
         model: A model directory, or all-minilm-l6-v2 (the packaged checkpoint).
         data_dir: The CoNLL-2003 folder with train.txt, valid.txt and test.txt.
         max_train_examples: Train on the first N sentences of train.txt; null = all.
         eval_split: Score on this file of data_dir: test (test.txt) or valid (valid.txt).
+        max_length: Longest feature in WordPieces; longer sentences are split between words.
+    """
+
+    model: str = "all-minilm-l6-v2"
+    data_dir: Path = Path("../shared/data/conll2003")
+    max_train_examples: int | None = 4000
+    eval_split: Literal["test", "valid"] = "test"
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))  # the command line and YAML give a string
+
+
+@dataclass(frozen=True)
+class TaggerSettings:
+    """The taggers trained on the features, one per strategy.
+
+    Args:
         strategies: Which layers feed the tagger; any of embeddings, last, second_to_last, weighted_sum_all,
             weighted_sum_last4, concat_last4 (default: all six).
         epochs: Training epochs of each tagger.
@@ -307,8 +310,26 @@ def run(
         learning_rate: Adam's peak learning rate (linear decay to zero).
         lstm_hidden: BiLSTM units per direction (the paper: 768 for H=768); default 2H/3 rounded to 64 (256 for H=384).
         dropout: Dropout on the features, between the LSTM layers and before the classifier.
-        max_length: Longest feature in WordPieces; longer sentences are split between words.
         seed: Seed of the taggers' initialisation and batch order.
+    """
+
+    strategies: list[str] | None = None
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    lstm_hidden: int | None = None
+    dropout: float = 0.1
+    seed: int = 42
+
+
+def run(features: FeatureSettings = FeatureSettings(), taggers: TaggerSettings = TaggerSettings(),
+        threads: int | None = None, finetune_metrics: Path | None = None, output: Path | None = None,
+        ) -> list[HeadResult]:
+    """Feature-based NER (BERT Table 7): a frozen encoder's layers feed a BiLSTM tagger, one per strategy.
+
+    Args:
+        features: The frozen encoder and the CoNLL-2003 sentences (FeatureSettings).
+        taggers: The BiLSTM taggers and their training (TaggerSettings).
         threads: torch CPU threads (default: torch's choice).
         finetune_metrics: A fine-tuning result JSON (best_metrics.json of `bertforge finetune --task ner`, or a
             bench_finetune.py report) for the table's fine-tuning row; marked pending when the file is absent.
@@ -321,18 +342,19 @@ def run(
 
     if threads:
         torch.set_num_threads(threads)
-    directory = resolve_model(model)
+    directory = resolve_model(features.model)
     tokenizer = BertTokenizer.from_pretrained(directory)
     encoder = load_model(directory)
     config = encoder.config
-    plans = [strategy(name, config.num_layers) for name in (strategies or STRATEGY_NAMES)]
-    lstm_hidden = lstm_hidden or max(64, round(2 * config.hidden_size / 3 / 64) * 64)
+    plans = [strategy(name, config.num_layers) for name in (taggers.strategies or STRATEGY_NAMES)]
+    lstm_hidden = taggers.lstm_hidden or max(64, round(2 * config.hidden_size / 3 / 64) * 64)
 
     task = TokenClassification()
-    train_sentences, eval_sentences = read_sentences(task, Path(data_dir), max_train_examples=max_train_examples,
-                                                     eval_split=eval_split)
-    train_features = task.features(train_sentences, tokenizer, max_seq_length=max_length, train=True)
-    eval_features = task.features(eval_sentences, tokenizer, max_seq_length=max_length)
+    eval_split = features.eval_split
+    train_sentences, eval_sentences = read_sentences(task, features.data_dir, eval_split=eval_split,
+                                                     max_train_examples=features.max_train_examples)
+    train_features = task.features(train_sentences, tokenizer, max_seq_length=features.max_length, train=True)
+    eval_features = task.features(eval_sentences, tokenizer, max_seq_length=features.max_length)
 
     started = time.perf_counter()
     train_states = extract_hidden_states(encoder, train_features, pad_id=tokenizer.pad_id)
@@ -343,17 +365,16 @@ def run(
 
     results = []
     for plan in plans:
-        torch.manual_seed(seed)
+        torch.manual_seed(taggers.seed)
         tagger = FeatureTagger(plan, hidden_size=config.hidden_size, num_labels=len(task.label_names),
-                               lstm_hidden=lstm_hidden, dropout=dropout)
+                               lstm_hidden=lstm_hidden, dropout=taggers.dropout)
         results.append(train_head(tagger, task, (train_states, train_features), (eval_states, eval_features),
-                                  eval_sentences, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                  seed=seed))
+                                  eval_sentences, taggers))
 
-    title = (f"CoNLL-2003 {eval_split} entity F1 (conlleval, × 100), model {model} "
+    title = (f"CoNLL-2003 {eval_split} entity F1 (conlleval, × 100), model {features.model} "
              f"(L={config.num_layers}, H={config.hidden_size}), frozen; tagger trained on the first "
-             f"{len(train_sentences)} training sentences, {epochs} epochs, batch {batch_size}, "
-             f"Adam lr {learning_rate}, BiLSTM {lstm_hidden} units per direction")
+             f"{len(train_sentences)} training sentences, {taggers.epochs} epochs, batch {taggers.batch_size}, "
+             f"Adam lr {taggers.learning_rate}, BiLSTM {lstm_hidden} units per direction")
     report(results, title, split=eval_split, finetune_metrics=finetune_metrics, output=output)
     return results
 
@@ -392,11 +413,11 @@ def report(results: Sequence[HeadResult], title: str, *, split: str, finetune_me
 
 
 def train_head(tagger: FeatureTagger, task: TokenClassification, train: tuple, evaluation: tuple,
-               eval_sentences: list, *, epochs: int, batch_size: int, learning_rate: float, seed: int) -> HeadResult:
+               eval_sentences: list, settings: TaggerSettings) -> HeadResult:
     """Train one strategy's tagger on (hidden states, features) and score it on the evaluation pair."""
     started = time.perf_counter()
-    history = train_tagger(tagger, *train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                           seed=seed)
+    history = train_tagger(tagger, *train, epochs=settings.epochs, batch_size=settings.batch_size,
+                           learning_rate=settings.learning_rate, seed=settings.seed)
     seconds = time.perf_counter() - started
     metrics = task.evaluate(eval_sentences, evaluation[1], predict_logits(tagger, *evaluation))
     result = HeadResult(tagger.plan, metrics, history=history, train_seconds=seconds)

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Hashable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,21 +40,77 @@ DOCS_ASSETS = "/docs-assets"  # where /docs and /redoc load Swagger UI and ReDoc
 
 
 @dataclass(frozen=True)
+class LoadSettings:
+    """The model and where it runs.
+
+    Args:
+        model: Model directory (its architecture decides the endpoints), or all-minilm-l6-v2.
+        device: auto (a GPU if there is one; the CPU with --int8), cpu, cuda, cuda:1, mps, ...
+        threads: torch CPU threads (default: torch's choice).
+        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (a dynamically quantised
+            copy; CPU, slightly different numbers) or auto.
+    """
+
+    model: str
+    device: str = "auto"
+    threads: int | None = None
+    precision: InferencePrecision = "fp32"
+
+
+@dataclass(frozen=True)
+class BindSettings:
+    """Where the service listens.
+
+    Args:
+        host: Interface to bind; the default answers this machine only.
+        port: TCP port.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Micro-batching: concurrent requests share one model call.
+
+    Args:
+        max_queue: Most requests waiting for the model (503 beyond).
+        max_wait_ms: How long a micro-batch waits for more requests.
+        max_batch_texts: Most texts in one model call.
+    """
+
+    max_queue: int = 256
+    max_wait_ms: float = 5.0
+    max_batch_texts: int = 128
+
+
+@dataclass(frozen=True)
 class Limits:
-    """What one request may ask for, how long it may wait, and what one client may hold."""
+    """What one request may ask for, how long it may take, and what one client may hold.
+
+    Args:
+        max_texts: Most texts per request (413 beyond).
+        max_chars: Most characters per text (413 beyond).
+        max_body_bytes: Largest request body, counted as it arrives, chunked or not (413 beyond).
+        timeout_s: Per-request limit, queue included (503 beyond).
+        head_timeout_s: Time for a request's headers to arrive, from connecting or from the previous response
+            (the connection is closed beyond).
+        body_timeout_s: Time for the whole request body to arrive once the headers are in (408 beyond).
+        keep_alive_s: An idle keep-alive connection is closed after this many seconds.
+        max_connections: Most open connections, idle ones included; requests beyond get 503 at once.
+        max_header_bytes: Largest request line plus headers (400 beyond).
+    """
 
     max_texts: int = 64  # texts (or question/context pairs) per request
-    max_chars: int = 10_000  # characters per text
+    max_chars: int = 10_000
     max_body_bytes: int = 1_000_000
-    max_queue: int = 256  # requests waiting for the model
-    max_wait_ms: float = 5.0  # how long a batch waits for more requests
-    max_batch_texts: int = 128
-    timeout_s: float = 30.0  # per request, queue + model
-    head_timeout_s: float = 10.0  # for a request's headers to arrive, from connect or the previous response
-    body_timeout_s: float = 30.0  # for the whole body to arrive, from the end of the headers (408)
-    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
-    max_connections: int = 512  # open connections (idle ones included); requests beyond get 503
-    max_header_bytes: int = 16_384  # request line + headers (400 beyond)
+    timeout_s: float = 30.0
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 512  # counts idle connections too, so a client cannot hoard them
+    max_header_bytes: int = 16_384
 
 
 def require_serve_extra() -> None:
@@ -153,14 +209,15 @@ class _Service:
 
     loaded: Loaded
     limits: Limits
+    batching: BatchSettings
     batcher: MicroBatcher | None = None  # None outside the app's lifespan
 
     @asynccontextmanager
     async def lifespan(self, app):
-        limits = self.limits
+        batching = self.batching
         self.batcher = MicroBatcher(lambda key, items: _run_batch(self.loaded, key, items),
-                                    max_items=limits.max_batch_texts, max_wait_s=limits.max_wait_ms / 1000,
-                                    max_queue=limits.max_queue)
+                                    max_items=batching.max_batch_texts, max_wait_s=batching.max_wait_ms / 1000,
+                                    max_queue=batching.max_queue)
         self.batcher.start()
         yield
         await self.batcher.stop()
@@ -196,7 +253,8 @@ class _Service:
             raise ApiError(422, str(exc)) from None
 
 
-def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = None):
+def create_app(loaded: Loaded, *, limits: Limits = Limits(), batching: BatchSettings = BatchSettings(),
+               name: str | None = None):
     """The FastAPI application for one loaded model (`app.state.limits` holds `limits` for `uvicorn_config`).
     `name` is the model's name in the OpenAI API (default: its folder's name)."""
     require_serve_extra()
@@ -205,7 +263,7 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), *, name: str | None = 
     from bertforge.inference.guards import RequestGuard
     from bertforge.inference.metrics import Metrics
 
-    service = _Service(loaded, limits)
+    service = _Service(loaded, limits, batching)
     metrics = Metrics(service.batcher_now)
     # FastAPI's /docs and /redoc load their scripts from a CDN, blank offline; FastAPIOffline serves the same
     # Swagger UI and ReDoc files from its package, under DOCS_ASSETS.
@@ -273,7 +331,7 @@ def _add_service_routes(app, service: _Service, metrics: Metrics) -> None:
         return {"architecture": loaded.architecture, "tasks": list(loaded.tasks),
                 "views": [*loaded.tasks, "attention"], "num_layers": config.num_layers,
                 "num_heads": config.num_heads, "hidden_size": config.hidden_size,
-                "mask_token": mask_token, "limits": service.limits.__dict__}
+                "mask_token": mask_token, "limits": {**asdict(service.limits), **asdict(service.batching)}}
 
     @app.get("/metrics", response_class=Response)
     async def prometheus():
@@ -358,7 +416,7 @@ def _add_attention_route(app, service: _Service) -> None:
             limits.timeout_s)
 
 
-def uvicorn_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"):
+def uvicorn_config(app, bind: BindSettings = BindSettings(), *, log_level: str = "warning"):
     """uvicorn's settings for an app from `create_app`, with the connection limits of its `Limits`."""
     import uvicorn
 
@@ -366,55 +424,30 @@ def uvicorn_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level:
 
     limits: Limits = app.state.limits
     return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level,
+        app, host=bind.host, port=bind.port, log_level=log_level,
         http=partial(HeadDeadlineH11, head_timeout_s=limits.head_timeout_s),
         limit_concurrency=limits.max_connections,  # counts open connections and running requests: 503 beyond
         timeout_keep_alive=limits.keep_alive_s,
         h11_max_incomplete_event_size=limits.max_header_bytes)
 
 
-def run(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-        max_texts: int = Limits.max_texts, max_chars: int = Limits.max_chars,
-        max_body_bytes: int = Limits.max_body_bytes, max_queue: int = Limits.max_queue,
-        max_wait_ms: float = Limits.max_wait_ms, max_batch_texts: int = Limits.max_batch_texts,
-        timeout_s: float = Limits.timeout_s, head_timeout_s: float = Limits.head_timeout_s,
-        body_timeout_s: float = Limits.body_timeout_s, keep_alive_s: float = Limits.keep_alive_s,
-        max_connections: int = Limits.max_connections, max_header_bytes: int = Limits.max_header_bytes,
-        threads: int | None = None, precision: InferencePrecision = "fp32") -> None:
+def run(loading: LoadSettings, bind: BindSettings = BindSettings(), batching: BatchSettings = BatchSettings(),
+        limits: Limits = Limits()) -> None:
     """Serve a model's pipelines over HTTP, with a web page at / and OpenAPI docs at /docs.
 
     Args:
-        model: Model directory (its architecture decides the endpoints), or all-minilm-l6-v2.
-        host: Interface to bind; the default answers this machine only.
-        port: TCP port.
-        device: auto (a GPU if there is one; the CPU with --int8), cpu, cuda, cuda:1, mps, ...
-        max_texts: Most texts per request (413 beyond).
-        max_chars: Most characters per text (413 beyond).
-        max_body_bytes: Largest request body, counted as it arrives, chunked or not (413 beyond).
-        max_queue: Most requests waiting for the model (503 beyond).
-        max_wait_ms: How long a micro-batch waits for more requests.
-        max_batch_texts: Most texts in one model call.
-        timeout_s: Per-request limit, queue included (503 beyond).
-        head_timeout_s: Time for a request's headers to arrive, from connecting or from the previous response
-            (the connection is closed beyond).
-        body_timeout_s: Time for the whole request body to arrive once the headers are in (408 beyond).
-        keep_alive_s: An idle keep-alive connection is closed after this many seconds.
-        max_connections: Most open connections, idle ones included; requests beyond get 503 at once.
-        max_header_bytes: Largest request line plus headers (400 beyond).
-        threads: torch CPU threads (default: torch's choice).
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (a dynamically quantised
-            copy; CPU, slightly different numbers) or auto.
+        loading: The model, its device, precision and threads (LoadSettings).
+        bind: The interface and port (BindSettings).
+        batching: How concurrent requests are gathered into model calls (BatchSettings).
+        limits: What one request and one client may use (Limits).
     """
     require_serve_extra()
     import uvicorn
 
-    if threads:
-        torch.set_num_threads(threads)
-    loaded = pipelines.load_pipeline(model, device=device, precision=precision)
-    limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, max_queue=max_queue,
-                    max_wait_ms=max_wait_ms, max_batch_texts=max_batch_texts, timeout_s=timeout_s,
-                    head_timeout_s=head_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
-                    max_connections=max_connections, max_header_bytes=max_header_bytes)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding %s: the service has no authentication; anyone who can reach it can use it", host)
-    uvicorn.Server(uvicorn_config(create_app(loaded, limits, name=model), host=host, port=port)).run()
+    if loading.threads:
+        torch.set_num_threads(loading.threads)
+    loaded = pipelines.load_pipeline(loading.model, device=loading.device, precision=loading.precision)
+    if bind.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the service has no authentication; anyone who can reach it can use it", bind.host)
+    app = create_app(loaded, limits=limits, batching=batching, name=loading.model)
+    uvicorn.Server(uvicorn_config(app, bind)).run()
