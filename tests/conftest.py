@@ -79,3 +79,27 @@ def run_processes():
     def run(target, *args, processes: int = 2) -> None:
         mp.spawn(_joined, args=(processes, _free_port(), target, args), nprocs=processes)
     return run
+
+
+SENTIMENT_WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film", "actor", "story"]
+
+
+@pytest.fixture(scope="module")
+def sentiment_encoder(tmp_path_factory) -> Path:
+    """A one-layer encoder over SENTIMENT_WORDS, saved with its tokenizer (the fine-tuning resume and
+    data-parallel tests start from it)."""
+    import torch
+
+    from bertforge.checkpoint import save_model
+    from bertforge.config import BertConfig
+    from bertforge.model import BertModel
+    from bertforge.tokenizer import BertTokenizer
+
+    directory = tmp_path_factory.mktemp("tiny")
+    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *SENTIMENT_WORDS])
+                                         + "\n", encoding="utf-8")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=5 + len(SENTIMENT_WORDS), hidden_size=16, num_layers=1, num_heads=2,
+                        intermediate_size=23, max_position_embeddings=32)
+    save_model(BertModel(config), directory, tokenizer=BertTokenizer.from_vocab(directory / "vocab.txt"))
+    return directory

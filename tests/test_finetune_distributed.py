@@ -9,18 +9,14 @@ import math
 
 import pytest
 import torch
+from conftest import SENTIMENT_WORDS as WORDS
 from safetensors.torch import load_file
 
-from bertforge.checkpoint import save_model
 from bertforge.cli import call_job
-from bertforge.config import BertConfig
 from bertforge.errors import OptionError
-from bertforge.model import BertModel
-from bertforge.tokenizer import BertTokenizer
 from bertforge.training import finetune, finetune_loop
 from bertforge.training.distributed import World
 
-WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film", "actor", "story"]
 # 34 examples at batch 8: 5 steps an epoch, the last on 2 examples. With 2 processes x 2 accumulation steps a
 # full batch is 4 micro-batches of 2; the short one is 2 of 1, both rank 0's: rank 1 steps with no example.
 RUN = {"task": "classification", "epochs": 2, "batch_size": 8, "learning_rate": 0.5, "warmup_ratio": 0.0,
@@ -66,18 +62,6 @@ def killed_then_resumed(options: dict, die_after: int, steps_after_resume: int) 
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny")
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n",
-                                         encoding="utf-8")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=23,
-                        max_position_embeddings=32)
-    save_model(BertModel(config), directory, tokenizer=BertTokenizer.from_vocab(directory / "vocab.txt"))
-    return directory
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Sentences of 2 to 9 words (so length grouping shapes the batches and micro-batches pad to different
     widths), labelled by their sentiment word."""
@@ -92,8 +76,8 @@ def data(tmp_path_factory):
     return folder
 
 
-def options(out, tiny_model, data, *, validation: bool, **changes) -> dict:
-    return {"output_dir": out, "model": str(tiny_model), "train": data / "train.csv",
+def options(out, sentiment_encoder, data, *, validation: bool, **changes) -> dict:
+    return {"output_dir": out, "model": str(sentiment_encoder), "train": data / "train.csv",
             "validation": [data / "dev.csv"] if validation else None, **RUN, **changes}
 
 
@@ -109,15 +93,15 @@ def logged(out) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
 
 
-def test_two_processes_train_the_weights_of_one(tiny_model, data, tmp_path, monkeypatch, run_processes):
+def test_two_processes_train_the_weights_of_one(sentiment_encoder, data, tmp_path, monkeypatch, run_processes):
     """The saved model is the last epoch's (no validation set), after 10 steps of SGD at learning rate 0.5: had
     the processes not summed their gradients (each stepping on its own half of the batch), or averaged them
     (half the step), the weights would differ by far more than float rounding."""
     monkeypatch.setattr(finetune_loop, "build_adamw", sgd)
-    single = call_job(finetune.run, options(tmp_path / "single", tiny_model, data, validation=False))
-    run_processes(finetune_with_sgd, options(tmp_path / "two", tiny_model, data, validation=False,
+    single = call_job(finetune.run, options(tmp_path / "single", sentiment_encoder, data, validation=False))
+    run_processes(finetune_with_sgd, options(tmp_path / "two", sentiment_encoder, data, validation=False,
                                              grad_accum_steps=2))
-    start = load_file(tiny_model / "model.safetensors")["embeddings.word_embeddings.weight"]
+    start = load_file(sentiment_encoder / "model.safetensors")["embeddings.word_embeddings.weight"]
     trained = load_file(tmp_path / "single/model.safetensors")["bert.embeddings.word_embeddings.weight"]
     assert (trained - start).abs().max() > 1e-2  # the steps moved the weights: not two untouched copies compared
     assert_same_weights(tmp_path / "single", tmp_path / "two")
@@ -130,13 +114,13 @@ def test_two_processes_train_the_weights_of_one(tiny_model, data, tmp_path, monk
                                                                           .iterdir())
 
 
-def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_model(tiny_model, data, tmp_path, monkeypatch,
+def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_model(sentiment_encoder, data, tmp_path, monkeypatch,
                                                                       run_processes):
     """Rank 0 evaluates after every epoch and the others follow its record (best epoch, the model kept); the
     checkpoints, written by rank 0 alone, carry the run across the kill."""
     monkeypatch.setattr(finetune_loop, "build_adamw", sgd)
-    whole = call_job(finetune.run, options(tmp_path / "whole", tiny_model, data, validation=True))
-    run = options(tmp_path / "run", tiny_model, data, validation=True, save_every=3)
+    whole = call_job(finetune.run, options(tmp_path / "whole", sentiment_encoder, data, validation=True))
+    run = options(tmp_path / "run", sentiment_encoder, data, validation=True, save_every=3)
     run_processes(killed_then_resumed, run, 7, 4)  # dies in epoch 2 at step 8; resumes after step 6
     assert_same_weights(tmp_path / "whole", tmp_path / "run")
     resumed = logged(tmp_path / "run")
@@ -147,7 +131,7 @@ def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_model(tiny_model
     assert best == whole.best_epoch
 
 
-def test_a_batch_the_processes_cannot_split_evenly_is_one_line(tiny_model, data, tmp_path):
+def test_a_batch_the_processes_cannot_split_evenly_is_one_line(sentiment_encoder, data, tmp_path):
     settings = finetune_loop.TrainSettings(batch_size=6, grad_accum_steps=2)
     with pytest.raises(OptionError, match=r"^--batch-size 6 is not divisible by 2 processes x --grad-accum-steps 2; "
                                           r"choose a multiple of 4$"):

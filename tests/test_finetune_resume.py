@@ -8,17 +8,13 @@ import json
 
 import pytest
 import torch
+from conftest import SENTIMENT_WORDS as WORDS
 from safetensors.torch import load_file
 
-from bertforge.checkpoint import save_model
 from bertforge.cli import call_job, main
-from bertforge.config import BertConfig
 from bertforge.errors import OptionError, OutputError
-from bertforge.model import BertModel
-from bertforge.tokenizer import BertTokenizer
 from bertforge.training import finetune, finetune_loop
 
-WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film", "actor", "story"]
 # 40 examples at batch 8: 5 steps an epoch, 10 in all; checkpoints after steps 3, 6 and 9.
 RUN = {"task": "classification", "epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0,
        "max_length": 16, "seed": 5, "dropout": 0.1, "save_every": 3, "progress": False, "tensorboard": False}
@@ -26,18 +22,6 @@ RUN = {"task": "classification", "epochs": 2, "batch_size": 8, "learning_rate": 
 
 class Killed(Exception):
     """Stands for a kill between two optimizer steps."""
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny")
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n",
-                                         encoding="utf-8")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=23,
-                        max_position_embeddings=32)
-    save_model(BertModel(config), directory, tokenizer=BertTokenizer.from_vocab(directory / "vocab.txt"))
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +38,9 @@ def data(tmp_path_factory):
     return folder
 
 
-def finetune_run(out, tiny_model, data, *, validation=True, **options):
+def finetune_run(out, sentiment_encoder, data, *, validation=True, **options):
     sources = {"train": data / "train.csv", "validation": [data / "dev.csv"] if validation else None}
-    return call_job(finetune.run, {"output_dir": out, "model": str(tiny_model), **sources, **RUN, **options})
+    return call_job(finetune.run, {"output_dir": out, "model": str(sentiment_encoder), **sources, **RUN, **options})
 
 
 def killed_after(monkeypatch, steps: int) -> None:
@@ -73,25 +57,25 @@ def killed_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(finetune_loop._Stepper, "accumulate_gradients", dies)
 
 
-def interrupted_run(out, tiny_model, data, monkeypatch, *, steps: int, **options) -> None:
+def interrupted_run(out, sentiment_encoder, data, monkeypatch, *, steps: int, **options) -> None:
     with monkeypatch.context() as patch:
         killed_after(patch, steps)
         with pytest.raises(Killed):
-            finetune_run(out, tiny_model, data, **options)
+            finetune_run(out, sentiment_encoder, data, **options)
 
 
 def without_times(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in record.items() if k != "elapsed_s"} for record in history]
 
 
-def test_resumed_mid_epoch_trains_the_weights_of_the_uninterrupted_run(tiny_model, data, tmp_path, monkeypatch):
-    whole = finetune_run(tmp_path / "whole", tiny_model, data)
-    interrupted_run(tmp_path / "run", tiny_model, data, monkeypatch, steps=7)  # dies in epoch 2, at step 8
+def test_resumed_mid_epoch_trains_the_weights_of_the_uninterrupted_run(sentiment_encoder, data, tmp_path, monkeypatch):
+    whole = finetune_run(tmp_path / "whole", sentiment_encoder, data)
+    interrupted_run(tmp_path / "run", sentiment_encoder, data, monkeypatch, steps=7)  # dies in epoch 2, at step 8
     saved = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
     assert saved == ["latest", "step-0000003.pt", "step-0000006.pt"]  # --keep-checkpoints 2
     assert torch.load(tmp_path / "run/checkpoints/step-0000006.pt", weights_only=False)["done"] == 1  # mid-epoch 2
 
-    resumed = finetune_run(tmp_path / "run", tiny_model, data, resume=True)
+    resumed = finetune_run(tmp_path / "run", sentiment_encoder, data, resume=True)
     whole_weights, resumed_weights = load_file(tmp_path / "whole/model.safetensors"), \
         load_file(tmp_path / "run/model.safetensors")
     assert whole_weights.keys() == resumed_weights.keys()
@@ -105,9 +89,9 @@ def test_resumed_mid_epoch_trains_the_weights_of_the_uninterrupted_run(tiny_mode
     assert not (tmp_path / "run/checkpoints").exists()  # the finished run replaced the folder
 
 
-def test_a_truncated_newest_checkpoint_is_skipped_for_the_one_before(tiny_model, data, tmp_path, monkeypatch):
-    whole = finetune_run(tmp_path / "whole", tiny_model, data, validation=False)
-    interrupted_run(tmp_path / "run", tiny_model, data, monkeypatch, steps=7, validation=False)
+def test_a_truncated_newest_checkpoint_is_skipped_for_the_one_before(sentiment_encoder, data, tmp_path, monkeypatch):
+    whole = finetune_run(tmp_path / "whole", sentiment_encoder, data, validation=False)
+    interrupted_run(tmp_path / "run", sentiment_encoder, data, monkeypatch, steps=7, validation=False)
     newest = tmp_path / "run/checkpoints/step-0000006.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy cut short
 
@@ -116,20 +100,21 @@ def test_a_truncated_newest_checkpoint_is_skipped_for_the_one_before(tiny_model,
         real = finetune_loop._Stepper.accumulate_gradients
         patch.setattr(finetune_loop._Stepper, "accumulate_gradients",
                       lambda self, batch: steps.append(len(batch)) or real(self, batch))
-        resumed = finetune_run(tmp_path / "run", tiny_model, data, validation=False, resume=True)
+        resumed = finetune_run(tmp_path / "run", sentiment_encoder, data, validation=False, resume=True)
     assert len(steps) == 7  # steps 4 to 10: from step-0000003.pt, in the middle of epoch 1
     for name, tensor in load_file(tmp_path / "whole/model.safetensors").items():
         assert torch.equal(tensor, load_file(tmp_path / "run/model.safetensors")[name]), name
     assert without_times(resumed.history) == without_times(whole.history)
 
 
-def test_a_resume_with_a_setting_that_changes_the_result_is_refused(tiny_model, data, tmp_path, monkeypatch, capsys):
-    interrupted_run(tmp_path / "run", tiny_model, data, monkeypatch, steps=4)
+def test_a_resume_with_a_setting_that_changes_the_result_is_refused(sentiment_encoder, data, tmp_path, monkeypatch,
+                                                                   capsys):
+    interrupted_run(tmp_path / "run", sentiment_encoder, data, monkeypatch, steps=4)
     with pytest.raises(OptionError, match=r"^--resume: --learning-rate is 0\.02 but the interrupted run used 0\.01 "):
-        finetune_run(tmp_path / "run", tiny_model, data, resume=True, learning_rate=2e-2)
+        finetune_run(tmp_path / "run", sentiment_encoder, data, resume=True, learning_rate=2e-2)
     with pytest.raises(OptionError, match=r"^--resume: --batch-size is 4 "):
-        finetune_run(tmp_path / "run", tiny_model, data, resume=True, batch_size=4)
-    args = ["finetune", "--model", str(tiny_model), "--train", str(data / "train.csv"), "--validation",
+        finetune_run(tmp_path / "run", sentiment_encoder, data, resume=True, batch_size=4)
+    args = ["finetune", "--model", str(sentiment_encoder), "--train", str(data / "train.csv"), "--validation",
             str(data / "dev.csv"), "--output-dir", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "8",
             "--learning-rate", "0.01",
             "--warmup-ratio", "0", "--max-length", "16", "--save-every", "3", "--progress", "false",
@@ -140,4 +125,4 @@ def test_a_resume_with_a_setting_that_changes_the_result_is_refused(tiny_model, 
     assert len(lines) == 1 and "--seed is 6 but the interrupted run used 5" in lines[0]
     # Without --resume the unfinished run is not replaced silently: the message offers --resume.
     with pytest.raises(OutputError, match="pass --resume to continue that run"):
-        finetune_run(tmp_path / "run", tiny_model, data)
+        finetune_run(tmp_path / "run", sentiment_encoder, data)
