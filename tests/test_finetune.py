@@ -223,6 +223,35 @@ def test_evaluate_and_predict_precision(sentiment_run, monkeypatch):
         finetune_evaluate.run(work / "no-such-model", source, precision="fp8")
 
 
+def test_evaluate_and_predict_int8_precision_is_the_smoothed_one(sentiment_run, monkeypatch):
+    """--precision int8 on evaluate and predict runs the inference paths' int8 model (inference.int8.smoothed_int8,
+    calibrated with the model's tokenizer): encoder Linears smoothed, then quantised; not a plain quantised copy."""
+    from bertforge.inference.int8 import SmoothedLinear, smoothed_int8
+
+    work, out, _ = sentiment_run
+    source = write_csv(work / "int8-smoothed.csv", sentiment_rows(12, 9))
+    scored = []
+    predict_outputs = finetune_loop.predict_outputs
+
+    def spy(model, *args, **kwargs):
+        scored.append(model)
+        return predict_outputs(model, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_loop, "predict_outputs", spy)
+    finetune_evaluate.run(out, source, precision="int8")
+    finetune_predict.run(out, source, work / "int8-smoothed-predictions.csv", precision="int8")
+    assert len(scored) == 2
+    tokenizer = BertTokenizer.from_pretrained(out)
+    reference = smoothed_int8(finetune_loop.load_task_model(out)[0], tokenizer)
+    batch = tokenizer.encode(["good movie", "the plot was very bad ."], padding="longest").tensors()
+    with torch.no_grad():
+        expected = reference(**batch).logits
+        for model in scored:
+            smoothed = [m for m in model.modules() if isinstance(m, SmoothedLinear)]
+            assert smoothed and all("quantized" in type(m.linear).__module__ for m in smoothed)
+            torch.testing.assert_close(model(**batch).logits, expected, atol=0, rtol=0)
+
+
 def test_seed_reproducible_and_early_stopping(tiny_model, tmp_path):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(32, 4))
     dev = write_csv(tmp_path / "dev.csv", sentiment_rows(16, 5))

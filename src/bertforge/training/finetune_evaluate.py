@@ -76,7 +76,7 @@ def run(
     if not examples:
         raise DataError(f"{source_name(source)}: no examples to evaluate (only a header line?)")
     features = task.features(examples, tokenizer, max_seq_length=max_length)
-    metrics = evaluate(ready_to_predict(net, run_on, running_precision), task,
+    metrics = evaluate(ready_to_predict(net, run_on, running_precision, tokenizer=tokenizer), task,
                        EvalSet(source_name(source), examples, features), pad_id=tokenizer.pad_id,
                        batch_size=batch_size, progress=True, precision=running_precision)
     metrics = {"examples": len(examples), **metrics}

@@ -81,7 +81,7 @@ def run(
         raise DataError(f"{source_name(source)}: no examples to predict (only a header line?)")
     tokenizer = BertTokenizer.from_pretrained(directory)
     features = task.features(examples, tokenizer, max_seq_length=max_length)
-    outputs = predict_outputs(ready_to_predict(net, run_on, running_precision), task, features,
+    outputs = predict_outputs(ready_to_predict(net, run_on, running_precision, tokenizer=tokenizer), task, features,
                               pad_id=tokenizer.pad_id, batch_size=batch_size, progress=True,
                               precision=running_precision)
     task.write_predictions(output, examples, features, outputs,
