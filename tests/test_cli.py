@@ -65,6 +65,23 @@ def test_a_settings_class_name_means_one_thing() -> None:
     assert {name: classes for name, classes in by_name.items() if len(classes) > 1} == {}
 
 
+def test_evaluate_and_predict_keep_their_flat_options_in_settings_groups() -> None:
+    """evaluate and predict gather their settings in dataclasses (EvaluationData; PredictionData and
+    PredictionColumns) yet take exactly the options, with the defaults, they took as 14 flat parameters."""
+    evaluate, predict = _load(JOBS["evaluate"]), _load(JOBS["predict"])
+    assert set(settings_groups(evaluate)) == {"data"} and set(settings_groups(predict)) == {"data", "columns"}
+    shared = {"model", "input", "output", "dataset", "split", "text_column", "text_pair_column", "max_length",
+              "batch_size", "device", "precision"}
+    assert option_names(evaluate) == shared | {"titles", "label_column", "max_eval_examples"}
+    assert option_names(predict) == shared | {"id_column", "label_output_column", "probabilities"}
+    unset = dict.fromkeys(["input", "output", "dataset", "text_column", "text_pair_column", "max_length"])
+    running = {"batch_size": 64, "device": "auto", "precision": "fp32"}
+    assert option_defaults(evaluate) == {**unset, **running, "split": "validation", "titles": None,
+                                         "label_column": None, "max_eval_examples": None}
+    assert option_defaults(predict) == {**unset, **running, "split": "test", "id_column": None,
+                                        "label_output_column": "label", "probabilities": True}
+
+
 def _printed_config(capsys, *args: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--print-config"])

@@ -29,6 +29,16 @@ def run_finetune(output_dir, **options):
     return call_job(finetune.run, {"output_dir": output_dir, **options})
 
 
+def run_evaluate(model, input=None, **options):
+    """finetune_evaluate.run with its options named as on the command line (flat, like run_finetune)."""
+    return call_job(finetune_evaluate.run, {"model": model, "input": input, **options})
+
+
+def run_predict(model, input, output, **options):
+    """finetune_predict.run with its options named as on the command line."""
+    return call_job(finetune_predict.run, {"model": model, "input": input, "output": output, **options})
+
+
 WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film", "actor", "story", "bob", "alice", "paris",
          "london", "lives", "in", "who", "where", "does", "?", "."]
 FAST = {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_length": 32,
@@ -112,7 +122,7 @@ def test_predict_and_evaluate(sentiment_run):
     work, out, result = sentiment_run
     rows = sentiment_rows(25, 3)
     source = write_csv(work / "test.csv", rows, ["id", "text"])
-    preds = finetune_predict.run(out, source, work / "preds.csv", id_column="id")
+    preds = run_predict(out, source, work / "preds.csv", id_column="id")
     with preds.open(encoding="utf-8") as handle:
         got = list(csv.DictReader(handle))
     assert [r["id"] for r in got] == [str(r["id"]) for r in rows]  # input order
@@ -121,11 +131,11 @@ def test_predict_and_evaluate(sentiment_run):
         assert float(row["prob_neg"]) + float(row["prob_pos"]) == pytest.approx(1.0, abs=1e-5)
         assert row["label"] == ("pos" if float(row["prob_pos"]) > 0.5 else "neg")
     assert np.mean([g["label"] == r["label"] for g, r in zip(got, rows, strict=True)]) >= 0.9
-    metrics = finetune_evaluate.run(out, work / "dev.csv")
+    metrics = run_evaluate(out, work / "dev.csv")
     assert metrics["accuracy"] == pytest.approx(result.best_metric)  # the kept model is the best epoch's
     bad = write_csv(work / "bad.csv", [{"id": 1, "text": "good", "label": "meh"}])
     with pytest.raises(DataError, match=r"bad.csv:2: label 'meh' was not seen in training"):
-        finetune_evaluate.run(out, bad)
+        run_evaluate(out, bad)
 
 
 def write_sources(work, rows) -> dict:
@@ -163,11 +173,11 @@ def test_evaluate_and_predict_read_every_source_alike(sentiment_run, monkeypatch
     work, out, _ = sentiment_run
     rows = [{**r, "id": str(r["id"])} for r in sentiment_rows(30, 6)]
     sources = write_sources(work, rows)
-    expected = finetune_evaluate.run(out, sources["csv"])
-    finetune_predict.run(out, sources["csv"], work / "from_csv.csv", id_column="id")
+    expected = run_evaluate(out, sources["csv"])
+    run_predict(out, sources["csv"], work / "from_csv.csv", id_column="id")
     for kind, source in sources.items():
-        assert finetune_evaluate.run(out, source) == expected, kind
-        finetune_predict.run(out, source, work / f"from_{kind}.csv", id_column="id")
+        assert run_evaluate(out, source) == expected, kind
+        run_predict(out, source, work / f"from_{kind}.csv", id_column="id")
         assert (work / f"from_{kind}.csv").read_text() == (work / "from_csv.csv").read_text(), kind
     main(["evaluate", "--model", str(out), "--input", str(sources["parquet"]), "--output", str(work / "m.json")])
     assert json.loads((work / "m.json").read_text()) == expected
@@ -179,17 +189,17 @@ def test_evaluate_and_predict_read_every_source_alike(sentiment_run, monkeypatch
     assert calls == [("mine", "sst"), ("mine", None)]
     with pytest.raises(DataError, match=r"--dataset mine: no split 'dev'; choose one of \['test', 'train', "
                                          r"'validation'\] with --split"):
-        finetune_evaluate.run(out, dataset="mine", split="dev")
+        run_evaluate(out, dataset="mine", split="dev")
     for options in ({}, {"input": sources["csv"], "dataset": "mine"}):
         with pytest.raises(OptionError, match="--input or --dataset: give one of them"):
-            finetune_evaluate.run(out, **options)
+            run_evaluate(out, **options)
     with pytest.raises(SystemExit):
         main(["predict", "--model", str(out), "--input", str(sources["csv"])])
     assert "--output: give the file to write the predictions to" in capsys.readouterr().err
 
 
 def predicted_probabilities(out, source, path, **options) -> np.ndarray:
-    finetune_predict.run(out, source, path, **options)
+    run_predict(out, source, path, **options)
     with path.open(encoding="utf-8") as handle:
         return np.array([[float(r["prob_neg"]), float(r["prob_pos"])] for r in csv.DictReader(handle)])
 
@@ -215,12 +225,41 @@ def test_evaluate_and_predict_precision(sentiment_run, monkeypatch):
     monkeypatch.setattr(bertforge.precision, "native_bf16", lambda device="cpu": True)
     auto = predicted_probabilities(out, source, work / "auto.csv", device="cpu", precision="auto")
     np.testing.assert_array_equal(auto, bf16)
-    assert finetune_evaluate.run(out, source, precision="bf16")["accuracy"] == \
-        finetune_evaluate.run(out, source)["accuracy"]
+    assert run_evaluate(out, source, precision="bf16")["accuracy"] == \
+        run_evaluate(out, source)["accuracy"]
     int8 = predicted_probabilities(out, source, work / "int8.csv", precision="int8")
     assert not np.array_equal(int8, fp32) and (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
     with pytest.raises(OptionError, match="--precision fp8: choose one of"):
-        finetune_evaluate.run(work / "no-such-model", source, precision="fp8")
+        run_evaluate(work / "no-such-model", source, precision="fp8")
+
+
+def test_evaluate_and_predict_int8_precision_is_the_smoothed_one(sentiment_run, monkeypatch):
+    """--precision int8 on evaluate and predict runs the inference paths' int8 model (inference.int8.smoothed_int8,
+    calibrated with the model's tokenizer): encoder Linears smoothed, then quantised; not a plain quantised copy."""
+    from bertforge.inference.int8 import SmoothedLinear, smoothed_int8
+
+    work, out, _ = sentiment_run
+    source = write_csv(work / "int8-smoothed.csv", sentiment_rows(12, 9))
+    scored = []
+    predict_outputs = finetune_loop.predict_outputs
+
+    def spy(model, *args, **kwargs):
+        scored.append(model)
+        return predict_outputs(model, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_loop, "predict_outputs", spy)
+    run_evaluate(out, source, precision="int8")
+    run_predict(out, source, work / "int8-smoothed-predictions.csv", precision="int8")
+    assert len(scored) == 2
+    tokenizer = BertTokenizer.from_pretrained(out)
+    reference = smoothed_int8(finetune_loop.load_task_model(out)[0], tokenizer)
+    batch = tokenizer.encode(["good movie", "the plot was very bad ."], padding="longest").tensors()
+    with torch.no_grad():
+        expected = reference(**batch).logits
+        for model in scored:
+            smoothed = [m for m in model.modules() if isinstance(m, SmoothedLinear)]
+            assert smoothed and all("quantized" in type(m.linear).__module__ for m in smoothed)
+            torch.testing.assert_close(model(**batch).logits, expected, atol=0, rtol=0)
 
 
 def test_seed_reproducible_and_early_stopping(tiny_model, tmp_path):
@@ -295,11 +334,11 @@ def test_regression_and_multilabel(tiny_model, tmp_path):
     multi = run_finetune(tmp_path / "multi", task="multilabel", label_column="tags", **common)
     assert multi.best_metric >= 0.9  # micro F1
     assert json.loads((tmp_path / "multi/config.json").read_text())["problem_type"] == "multi_label_classification"
-    finetune_predict.run(tmp_path / "multi", dev, tmp_path / "tags.csv", probabilities=False)
+    run_predict(tmp_path / "multi", dev, tmp_path / "tags.csv", probabilities=False)
     with (tmp_path / "tags.csv").open(encoding="utf-8") as handle:
         got = [r["label"] for r in csv.DictReader(handle)]
     exact = np.mean([set(g.split(";")) == set(r["tags"].split(",")) for g, r in zip(got, rows[64:], strict=True)])
-    assert exact == pytest.approx(finetune_evaluate.run(tmp_path / "multi", dev)["subset_accuracy"])
+    assert exact == pytest.approx(run_evaluate(tmp_path / "multi", dev)["subset_accuracy"])
     assert exact >= 0.75
 
 
@@ -373,7 +412,7 @@ def test_ner_end_to_end(tiny_model, tmp_path):
                     tokenizer.pad_id)
     with torch.no_grad():
         torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=1e-4)
-    finetune_predict.run(tmp_path / "ner", tmp_path / "valid.txt", tmp_path / "pred.txt")
+    run_predict(tmp_path / "ner", tmp_path / "valid.txt", tmp_path / "pred.txt")
     predicted = [line.split() for line in (tmp_path / "pred.txt").read_text().splitlines() if line]
     gold = [line.split() for line in (tmp_path / "valid.txt").read_text().splitlines()[2:] if line]
     assert [p[0] for p in predicted] == [g[0] for g in gold]
@@ -441,7 +480,7 @@ def test_squad_end_to_end(tiny_model, tmp_path):
         mine, hf = ours(**batch), theirs(**batch)
     torch.testing.assert_close(mine.start_logits, hf.start_logits, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(mine.end_logits, hf.end_logits, atol=1e-5, rtol=1e-4)
-    finetune_predict.run(tmp_path / "qa", tmp_path / "dev.json", tmp_path / "answers.json")
+    run_predict(tmp_path / "qa", tmp_path / "dev.json", tmp_path / "answers.json")
     answers = json.loads((tmp_path / "answers.json").read_text())
     assert len(answers) == 20 and np.mean([a in ("paris", "london") for a in answers.values()]) >= 0.9
 

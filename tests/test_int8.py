@@ -11,10 +11,12 @@ import torch
 from bertforge.errors import OptionError
 from bertforge.inference.embed import embed_texts
 from bertforge.inference.int8 import (
+    CALIBRATION_TEXTS,
     SmoothedLinear,
     activation_maxima,
     quantize_int8,
     smooth_for_int8,
+    smoothed_int8,
     smoothing_scale,
 )
 from bertforge.inference.predictor import Predictor
@@ -153,6 +155,21 @@ def test_predictor_int8_calibrates_and_smooths(outlier_model, tok) -> None:
     reference = embed_texts(outlier_model, tok, texts, normalize=True).vectors
     assert (embed_texts(outlier_model, tok, texts, normalize=True, predictor=predictor).vectors
             * reference).sum(-1).min() > 0.99
+
+
+def test_smoothed_int8_is_the_one_int8_model(outlier_model, tok) -> None:
+    """smoothed_int8 (what evaluate and predict run) is quantize_int8 smoothed with maxima calibrated on the
+    built-in CALIBRATION_TEXTS, and the Predictor's int8 model is that same model."""
+    built = smoothed_int8(outlier_model, tok)
+    by_hand = quantize_int8(outlier_model, maxima=activation_maxima(outlier_model, tok, CALIBRATION_TEXTS))
+    unsmoothed = quantize_int8(outlier_model)
+    batch = tok.encode(_sentences(4, seed=5), padding="longest").tensors()
+    with torch.no_grad():
+        expected = by_hand(**batch).sequence_output
+        torch.testing.assert_close(built(**batch).sequence_output, expected, atol=0, rtol=0)
+        predictor = Predictor(outlier_model, tok, precision="int8")
+        torch.testing.assert_close(predictor.model(**batch).sequence_output, expected, atol=0, rtol=0)
+        assert not torch.equal(unsmoothed(**batch).sequence_output, expected)  # the check can tell them apart
 
 
 def test_bad_smoothing_settings_are_one_line_errors(outlier_model, maxima, tok) -> None:

@@ -19,7 +19,9 @@ from bertforge.model import BertModel
 from bertforge.tasks.registry import TASK_CONFIG_KEY, family
 from bertforge.tokenizer import BertTokenizer, TokenizerError
 from bertforge.training import finetune_evaluate, finetune_predict
+from bertforge.training.finetune_evaluate import EvaluationData
 from bertforge.training.finetune_loop import load_task_model
+from bertforge.training.finetune_predict import PredictionData
 
 ODD = BertConfig(vocab_size=99, hidden_size=36, num_layers=2, num_heads=3, intermediate_size=37,
                  max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
@@ -86,11 +88,11 @@ def test_a_fine_tuned_model_named_by_a_hub_id_evaluates_and_predicts(tmp_path: P
     saved = save_model(model, tmp_path / "snapshot", tokenizer=tok, extra_config={TASK_CONFIG_KEY: task_settings})
     (tmp_path / "dev.csv").write_text("text,label\nthe movie was good,pos\nbad film,neg\ngreat day !,pos\n",
                                       encoding="utf-8")
-    by_folder = finetune_evaluate.run(saved, Path("dev.csv"))
-    finetune_predict.run(saved, Path("dev.csv"), Path("by_folder.csv"))
+    by_folder = finetune_evaluate.run(saved, EvaluationData(input=Path("dev.csv")))
+    finetune_predict.run(saved, Path("by_folder.csv"), PredictionData(input=Path("dev.csv")))
     assert hub.asked == []
     hub.answer = saved
-    assert finetune_evaluate.run("org/name", Path("dev.csv")) == by_folder
+    assert finetune_evaluate.run("org/name", EvaluationData(input=Path("dev.csv"))) == by_folder
     main(["predict", "--model", "org/name", "--input", "dev.csv", "--output", "by_hub_id.csv"])
     assert Path("by_hub_id.csv").read_text(encoding="utf-8") == Path("by_folder.csv").read_text(encoding="utf-8")
     again, task = load_task_model("org/name")

@@ -34,6 +34,7 @@ from bertforge.tasks.ner import chunks  # noqa: E402
 from bertforge.tasks.qa import examples_from_pairs  # noqa: E402
 from bertforge.training import finetune_predict  # noqa: E402
 from bertforge.training.finetune_loop import load_task_model, predict_outputs  # noqa: E402
+from bertforge.training.finetune_predict import PredictionColumns, PredictionData  # noqa: E402
 
 MAX_LENGTH = 128  # the tiny models' position table; the HTTP service's windows are capped to it
 FILLER = "the river was new and good . " * 20  # 140 tokens: the answer lies in the second window
@@ -96,7 +97,7 @@ def test_qa_cli_http_and_predict_agree(qa_dir: Path, tmp_path: Path, capsys) -> 
         {"context": c, "qas": [{"id": f"q{i}", "question": q, "answers": []}]}
         for i, (q, c) in enumerate(zip(QUESTIONS, CONTEXTS, strict=True))]}]}
     (tmp_path / "questions.json").write_text(json.dumps(squad), encoding="utf-8")
-    finetune_predict.run(qa_dir, tmp_path / "questions.json", tmp_path / "answers.json")
+    finetune_predict.run(qa_dir, tmp_path / "answers.json", PredictionData(input=tmp_path / "questions.json"))
     by_predict = json.loads((tmp_path / "answers.json").read_text(encoding="utf-8"))
     assert by_predict == {f"q{i}": a["answer"] for i, a in enumerate(by_cli)}
 
@@ -141,7 +142,7 @@ def test_ner_cli_http_and_predict_agree(ner_dir: Path, tmp_path: Path, capsys) -
         assert_same(mine, theirs, ("entity", "text", "start", "end"))
     conll = tmp_path / "words.txt"
     conll.write_text("\n\n".join("\n".join(text.split()) for text in NER_TEXTS) + "\n", encoding="utf-8")
-    finetune_predict.run(ner_dir, conll, tmp_path / "tags.txt")
+    finetune_predict.run(ner_dir, tmp_path / "tags.txt", PredictionData(input=conll))
     blocks = (tmp_path / "tags.txt").read_text(encoding="utf-8").strip().split("\n\n")
     for block, entities in zip(blocks, by_cli, strict=True):
         words, tags = zip(*(line.split() for line in block.splitlines()), strict=True)
@@ -176,7 +177,8 @@ def test_classify_cli_http_and_predict_agree(classifier_dir: Path, tmp_path: Pat
     table = tmp_path / "texts.csv"
     with table.open("w", encoding="utf-8", newline="") as handle:
         csv.writer(handle).writerows([["id", "text"], *enumerate(CLASSIFY_TEXTS)])
-    finetune_predict.run(classifier_dir, table, tmp_path / "labels.csv", id_column="id")
+    finetune_predict.run(classifier_dir, tmp_path / "labels.csv", PredictionData(input=table),
+                         PredictionColumns(id_column="id"))
     with (tmp_path / "labels.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["id"] for r in rows] == [str(i) for i in range(len(CLASSIFY_TEXTS))]

@@ -206,6 +206,16 @@ def smooth_for_int8(model: nn.Module, maxima: dict[str, torch.Tensor], *, alpha:
     return model
 
 
+def smoothed_int8(model: nn.Module, tokenizer, *, texts: Sequence[str] = CALIBRATION_TEXTS) -> nn.Module:
+    """The int8 model every inference path runs (`--precision int8`: the Predictor, and so the pipelines and
+    the server; `bertforge evaluate` and `predict`): a smoothed, dynamically quantised CPU copy of `model`,
+    calibrated on `texts` encoded by the model's `tokenizer`.
+
+    The default texts are the built-in CALIBRATION_TEXTS, not the caller's data: a text's output must not depend
+    on which texts came first or were scored with it (docs/inference.md measures both calibrations)."""
+    return quantize_int8(model, maxima=activation_maxima(model, tokenizer, texts))
+
+
 def is_ffn_output(name: str) -> bool:
     """Whether `name` is a feed-forward output projection (`layers.i.output`, not `attention.output`)."""
     return name.endswith(".output") and ".attention." not in name

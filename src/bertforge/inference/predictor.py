@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bertforge.inference.int8 import CALIBRATION_TEXTS, activation_maxima, quantize_int8
+from bertforge.inference.int8 import quantize_int8, smoothed_int8  # noqa: F401 (tests, benchmarks import quantize_int8 here)
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
 from bertforge.model.positions import DISTANCE_BIAS
@@ -124,9 +124,7 @@ class Predictor:
         device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
         self.precision = resolve_precision(precision, device)
         if self.precision == "int8":
-            # Calibrated on built-in sentences, not on the caller's texts: a text's vector must not depend on
-            # which texts came first (docs/inference.md measures both calibrations).
-            model = quantize_int8(model, maxima=activation_maxima(model, tokenizer, CALIBRATION_TEXTS))
+            model = smoothed_int8(model, tokenizer)  # calibrated on built-in sentences, not the caller's texts
         self.model = model
         self.encoder = encoder_of(model)
         self.tokenizer = tokenizer

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from bertforge.training.checkpointing import rng_state, save_checkpoint, set_rng
 from bertforge.training.distributed import World, all_reduce_sum, from_main, sum_gradients
 from bertforge.training.metrics import Curve, plot_curves
 from bertforge.training.optim import ScheduleName, build_adamw, build_schedule
+
+if TYPE_CHECKING:
+    from bertforge.tokenizer import BertTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +104,15 @@ def predict_outputs(model: torch.nn.Module, task: TaskFamily, features: Sequence
     return outputs
 
 
-def ready_to_predict(model: torch.nn.Module, device: torch.device, precision: Precision) -> torch.nn.Module:
-    """The model on `device` for predict_outputs in `precision` (resolved): int8 is a dynamically quantised CPU
-    copy (inference.int8.quantize_int8, not smoothed: there is no tokenizer here to calibrate with); the other
-    precisions keep the weights and autocast the forward."""
+def ready_to_predict(model: torch.nn.Module, device: torch.device, precision: Precision, *,
+                     tokenizer: BertTokenizer) -> torch.nn.Module:
+    """The model on `device` for predict_outputs in `precision` (resolved): int8 is the smoothed, dynamically
+    quantised CPU copy every inference path runs (inference.int8.smoothed_int8, calibrated with the model's
+    `tokenizer`); the other precisions keep the weights and autocast the forward."""
     if precision == "int8":
-        from bertforge.inference.predictor import quantize_int8
+        from bertforge.inference.int8 import smoothed_int8  # in-function: training/ does not import inference/
 
-        return quantize_int8(model)
+        return smoothed_int8(model, tokenizer)
     return model.to(device)
 
 
