@@ -340,7 +340,8 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--classifier-texts", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=8192, help="bertforge token budget per batch")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="bertforge token budget per batch (default: the Predictor's, 2048 on a CPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime and int8 are CPU-only)")
     parser.add_argument("--data", type=Path, default=DATA, help="folder with glue/ and wikipedia/ (../shared/data)")
     parser.add_argument("--model", type=Path, default=None,

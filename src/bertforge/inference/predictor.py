@@ -106,7 +106,9 @@ class Predictor:
         mode: "packed" (no work on padding) or "padded" (the plain forward pass).
         attention: How packed mode attends within each text: "padded", "nested" or "block"
             (see attention.packed_attention; "padded" measured fastest on CPU).
-        max_tokens: Token budget of one batch (batch size × longest text in it).
+        max_tokens: Token budget of one batch (batch size × longest text in it). Default: 2048 on a CPU, where
+            larger batches outgrow the cache (all-MiniLM-L6-v2, 2 cores: 226 texts/s at 2048, 193 at 8192;
+            benchmarks/predictor_budget.py), and 8192 on a GPU, which wants large batches.
         max_batch: Most texts in one batch.
         max_length: Texts are truncated to this many tokens (default: the model's maximum).
         precision: fp32, bf16 or fp16 (autocast), int8 (a smoothed, dynamically quantised copy; CPU) or
@@ -116,7 +118,7 @@ class Predictor:
     """
 
     def __init__(self, model: nn.Module, tokenizer: BertTokenizer, *, mode: Mode = "packed",
-                 attention: PackedAttention = "padded", max_tokens: int = 8192, max_batch: int = 256,
+                 attention: PackedAttention = "padded", max_tokens: int | None = None, max_batch: int = 256,
                  max_length: int | None = None, precision: InferencePrecision = "fp32",
                  task_settings: Mapping[str, Any] | None = None) -> None:
         if mode not in ("packed", "padded"):
@@ -132,7 +134,7 @@ class Predictor:
             mode = "padded"  # relative and ALiBi positions score a padded [T, T] grid of distances
         self.mode = mode
         self.attention = attention
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens or (2048 if device.type == "cpu" else 8192)
         self.max_batch = max_batch
         limit = self.encoder.config.max_position_embeddings
         self.max_length = min(max_length or tokenizer.model_max_length, limit)
