@@ -24,10 +24,11 @@ from bertforge.data.tables import DataError, source_name
 from bertforge.errors import OptionError
 from bertforge.files import move_into_place, open_text, remove_stale_temporaries, temporary_sibling, write_text_atomic
 from bertforge.options import check_length, check_options, resolve_device
-from bertforge.precision import TrainingPrecision, resolve_precision
+from bertforge.precision import Precision, TrainingPrecision, resolve_precision
 from bertforge.tasks.classification import GLUE_TASKS
+from bertforge.tasks.registry import TASK_CONFIG_KEY
 from bertforge.training.distributed import World, from_main, join_world
-from bertforge.training.finetune_loop import TASK_CONFIG_KEY, EvalSet, TrainResult, TrainSettings, seed_everything
+from bertforge.training.finetune_loop import EvalSet, RunOutputs, TrainResult, TrainSettings, seed_everything
 from bertforge.training.finetune_loop import train as train_loop
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,29 @@ class InputSettings:
     null_score_threshold: float = 0.0
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how this process runs one fine-tuning job: what run() resolved from its options.
+
+    Args:
+        output_dir: The run folder, replaced by the finished run (_train_into).
+        world: This process's place among torchrun's processes (distributed.join_world).
+        precision: The resolved precision: fp32, bf16 or fp16.
+        record: The job's settings, written to finetune_config.json and into every checkpoint.
+        resume_state: The checkpoint the run continues from (--resume), or None.
+        tensorboard: Also write TensorBoard event files.
+        progress: Show a progress bar.
+    """
+
+    output_dir: Path
+    world: World
+    precision: Precision
+    record: dict
+    resume_state: dict | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+
 def run(output_dir: Path, task: str = "classification", model: str = "all-minilm-l6-v2",
         data: DataSettings = DataSettings(), inputs: InputSettings = InputSettings(),
         train: TrainSettings = TrainSettings(), tensorboard: bool = True, progress: bool = True,
@@ -165,9 +189,9 @@ def run(output_dir: Path, task: str = "classification", model: str = "all-minilm
     seed_everything(train.seed)  # the new head's initial weights depend on the seed too
     net = load_model(model_dir, family_task.model_class, **family_task.model_kwargs())
     net = with_dropout(net, train.dropout, train.classifier_dropout).to(torch_device)
-    result = _train_into(output_dir, net, family_task, tokenizer, train_features, eval_sets, train, record,
-                         max_length=inputs.max_length, precision=running_precision, tensorboard=tensorboard,
-                         progress=progress, resume_state=resume_state, world=world)
+    context = RunContext(output_dir, world, running_precision, record, resume_state=resume_state,
+                         tensorboard=tensorboard, progress=progress)
+    result = _train_into(context, net, family_task, tokenizer, train_features, eval_sets, train, inputs.max_length)
     if not world.is_main:
         return result
     best = f"best {family_task.metric_names[0]} {result.best_metric:.4f} at epoch {result.best_epoch}" \
@@ -211,37 +235,39 @@ def _read(family_task, path: Path, titles: Path | None, limit: int | None) -> li
     return examples[:limit] if limit else examples
 
 
-def _train_into(output_dir: Path, net, family_task, tokenizer, train_features: list, eval_sets: list[EvalSet],
-                settings: TrainSettings, record: dict, *, max_length: int, precision: str, tensorboard: bool,
-                progress: bool, resume_state: dict | None = None, world: World = World()) -> TrainResult:
+def _train_into(context: RunContext, net, family_task, tokenizer, train_features: list, eval_sets: list[EvalSet],
+                settings: TrainSettings, max_length: int) -> TrainResult:
     """Train, keeping the best model. The run is built in a temporary folder beside output_dir and moved
     there when it has finished, so a failed or killed run leaves output_dir as it was, except for the
     checkpoints --save-every writes into output_dir/checkpoints (they go when the finished run replaces it).
     Under torchrun only rank 0 writes; the other ranks train their share of every batch."""
     from bertforge.checkpoint import save_model
 
-    if not world.is_main:
+    if not context.world.is_main:
         return train_loop(net, family_task, train_features, eval_sets, pad_id=tokenizer.pad_id, settings=settings,
-                          precision=precision, progress=False, resume_state=resume_state, world=world)
-    work = temporary_sibling(output_dir)
-    write_text_atomic(work / "finetune_config.json", json.dumps(_jsonable(record), indent=2) + "\n")
+                          precision=context.precision, world=context.world, progress=False,
+                          resume_state=context.resume_state)
+    work = temporary_sibling(context.output_dir)
+    run_settings = _jsonable(context.record)
+    write_text_atomic(work / "finetune_config.json", json.dumps(run_settings, indent=2) + "\n")
 
     def save_best(trained, metrics: dict) -> None:
         save_model(trained, work, tokenizer=tokenizer,
                    extra_config={TASK_CONFIG_KEY: {**family_task.settings(), "max_seq_length": max_length}})
         write_text_atomic(work / "best_metrics.json", json.dumps(metrics, indent=2) + "\n")
 
+    outputs = RunOutputs(save_best=save_best, log_file=work / "metrics.jsonl",
+                         tensorboard_dir=work / "tensorboard" if context.tensorboard else None,
+                         curves_file=work / "curves.png", checkpoints=context.output_dir / CHECKPOINTS,
+                         run_settings=run_settings)
     try:
         result = train_loop(net, family_task, train_features, eval_sets, pad_id=tokenizer.pad_id, settings=settings,
-                            precision=precision, save_best=save_best, log_file=work / "metrics.jsonl",
-                            tensorboard_dir=work / "tensorboard" if tensorboard else None,
-                            curves_file=work / "curves.png", progress=progress,
-                            checkpoints=output_dir / CHECKPOINTS, resume_state=resume_state,
-                            run_settings=_jsonable(record), world=world)
+                            precision=context.precision, world=context.world, progress=context.progress,
+                            outputs=outputs, resume_state=context.resume_state)
     except BaseException:  # a kill leaves `work`, removed by the next run
         shutil.rmtree(work, ignore_errors=True)
         raise
-    move_into_place(work, output_dir)
+    move_into_place(work, context.output_dir)
     return result
 
 

@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -182,26 +182,45 @@ class TrainSettings:
             raise OptionError(f"--schedule {self.schedule}: choose one of {', '.join(ScheduleName.__args__)}")
 
 
-def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature], eval_sets: Sequence[EvalSet] = (),
-          *, pad_id: int, settings: TrainSettings = TrainSettings(), precision: Precision = "fp32", save_best=None,
-          log_file: Path | None = None, tensorboard_dir: Path | None = None, curves_file: Path | None = None,
-          progress: bool = True, checkpoints: Path | None = None, resume_state: dict | None = None,
-          run_settings: dict | None = None, world: World = World()) -> TrainResult:
-    """Train `model` on `train_features`, evaluating on `eval_sets` after each epoch; `curves_file` gets a PNG of
-    the training loss and the main metric against the step at the end.
+@dataclass(frozen=True)
+class RunOutputs:
+    """What a run keeps besides the TrainResult it returns; each one left None is not kept. Under torchrun
+    only rank 0 is given any.
 
-    `save_best(model, metrics)` is called whenever the main metric (first metric of the first eval set)
-    improves, or after the last epoch when there is nothing to evaluate on. `settings.dropout` is the
-    model's business (finetune.with_dropout); the loop uses the rest.
+    Args:
+        save_best: Called as save_best(model, metrics) whenever the main metric (the first metric of the first
+            eval set) improves, or after the last epoch when there is nothing to evaluate on.
+        log_file: One JSON line per epoch: its training loss and evaluation metrics (metrics.jsonl).
+        tensorboard_dir: TensorBoard event files: the loss and learning rate per step, the metrics per epoch.
+        curves_file: A PNG of the training loss and the main metric against the step, drawn at the end.
+        checkpoints: The folder the checkpoints of `TrainSettings.save_every` go to (`_Progress.state`).
+        run_settings: The job's settings, stored in every checkpoint (a resumed run checks it repeats them).
+    """
+
+    save_best: Callable[[torch.nn.Module, dict], None] | None = None
+    log_file: Path | None = None
+    tensorboard_dir: Path | None = None
+    curves_file: Path | None = None
+    checkpoints: Path | None = None
+    run_settings: dict | None = None
+
+
+def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature], eval_sets: Sequence[EvalSet] = (),
+          *, pad_id: int, settings: TrainSettings = TrainSettings(), precision: Precision = "fp32",
+          world: World = World(), progress: bool = True, outputs: RunOutputs = RunOutputs(),
+          resume_state: dict | None = None) -> TrainResult:
+    """Train `model` on `train_features` with the recipe `settings`, evaluating on `eval_sets` after each epoch
+    and keeping what `outputs` asks for. `settings.dropout` is the model's business (finetune.with_dropout);
+    the loop uses the rest.
 
     `precision` (resolved by bertforge.precision): forward and loss under bf16/fp16 autocast; fp16 adds loss
     scaling. The weights and the optimizer state stay fp32.
 
-    With `settings.save_every`, a checkpoint (`_Progress.state`, `run_settings` included) goes to `checkpoints`
-    every that many steps; `resume_state` (one such checkpoint) continues it exactly where it stopped.
+    `world` (distributed.join_world): this process's share of every batch. Rank 0 alone evaluates, and the
+    other ranks take its record of every epoch.
 
-    `world` (distributed.join_world): this process's share of every batch. Only rank 0 should be given files
-    to write and `save_best`; it alone evaluates, and the other ranks take its record of every epoch.
+    With `settings.save_every`, a checkpoint goes to `outputs.checkpoints` every that many steps;
+    `resume_state` (one such checkpoint) continues it exactly where it stopped.
     """
     seed_everything(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -213,13 +232,13 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
     stepper = _Stepper(model, task, optimizer, schedule, pad_id=pad_id, max_grad_norm=settings.max_grad_norm,
                        grad_accum_steps=settings.grad_accum_steps,
                        loss_options=_loss_options(task, train_features, settings, steps_per_epoch),
-                       writer=_tensorboard(tensorboard_dir), total_steps=total_steps, precision=precision,
+                       writer=_tensorboard(outputs.tensorboard_dir), total_steps=total_steps, precision=precision,
                        bar=tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress),
                        world=world)
-    run = _Progress(stepper, generator, settings, checkpoints, run_settings or {})
+    run = _Progress(stepper, generator, settings, outputs)
     started = time.perf_counter()
     if resume_state is not None:
-        run.restore(resume_state, save_best=save_best, log_file=log_file)
+        run.restore(resume_state)
     result, main_metric = run.result, task.metric_names[0]
     for epoch in range(run.epoch, math.ceil(settings.epochs) + 1):
         train_loss = run.train_epoch(train_features, epoch)
@@ -231,28 +250,21 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
             record.update({f"{eval_set.name}/{k}": v for k, v in metrics.items()})
         record = from_main(record, world)  # so every rank takes the same best epoch and early stop
         result.history.append(record)
-        _log(record, log_file, stepper.writer, stepper.step)
+        _log(record, outputs.log_file, stepper.writer, stepper.step)
         if world.is_main:
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                        for k, v in record.items()))
-        if not eval_sets:
-            continue
-        value = record[f"{eval_sets[0].name}/{main_metric}"]
-        if _better(value, result.best_metric, main_metric):
-            result.best_metric, result.best_epoch, run.stale = value, epoch, 0
-            run.keep_best(record)
-            if save_best is not None:
-                save_best(model, record)
-        else:
-            run.stale += 1
-            if settings.early_stopping_patience is not None and run.stale >= settings.early_stopping_patience:
+        if eval_sets and not run.improved(record[f"{eval_sets[0].name}/{main_metric}"], main_metric, record):
+            patience = settings.early_stopping_patience
+            if patience is not None and run.stale >= patience:
                 log.info("early stopping: %s has not improved for %d epochs", main_metric, run.stale)
                 break
     stepper.close()
-    if curves_file is not None:
-        plot_finetuning_curves(curves_file, stepper.losses, result.history, [s.name for s in eval_sets], main_metric)
-    if not eval_sets and save_best is not None:
-        save_best(model, result.history[-1] if result.history else {})
+    if outputs.curves_file is not None:
+        plot_finetuning_curves(outputs.curves_file, stepper.losses, result.history, [s.name for s in eval_sets],
+                               main_metric)
+    if not eval_sets and outputs.save_best is not None:
+        outputs.save_best(model, result.history[-1] if result.history else {})
     result.train_seconds = time.perf_counter() - started + run.earlier_seconds
     return result
 
@@ -267,8 +279,7 @@ class _Progress:
     stepper: _Stepper
     generator: torch.Generator
     settings: TrainSettings
-    folder: Path | None
-    run_settings: dict
+    outputs: RunOutputs
     result: TrainResult = field(default_factory=lambda: TrainResult(None, None))
     epoch: int = 1
     batches: list[list[int]] | None = None  # the current epoch's, once drawn
@@ -291,14 +302,23 @@ class _Progress:
 
     def _after_step(self, done: int, tally: tuple[float, int], started: float) -> None:
         self.done, self.tally = done, tally
-        every = self.settings.save_every
-        if self.folder is not None and every and self.stepper.step % every == 0:
-            save_checkpoint(self.folder, self.stepper.step, self.state(), keep=self.settings.keep_checkpoints)
+        every, folder = self.settings.save_every, self.outputs.checkpoints
+        if folder is not None and every and self.stepper.step % every == 0:
+            save_checkpoint(folder, self.stepper.step, self.state(), keep=self.settings.keep_checkpoints)
 
-    def keep_best(self, record: dict) -> None:
-        if self.folder is not None and self.settings.save_every:
+    def improved(self, value: float, metric: str, record: dict) -> bool:
+        """Whether an epoch's main metric `value` beats the best so far. If it does, its epoch becomes the best
+        one, saved (outputs.save_best) and, for checkpoints, copied; if not, one more epoch without progress."""
+        if not _better(value, self.result.best_metric, metric):
+            self.stale += 1
+            return False
+        self.result.best_metric, self.result.best_epoch, self.stale = value, record["epoch"], 0
+        if self.outputs.checkpoints is not None and self.settings.save_every:
             self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.stepper.model.state_dict().items()}
             self.best_record = record
+        if self.outputs.save_best is not None:
+            self.outputs.save_best(self.stepper.model, record)
+        return True
 
     def state(self) -> dict:
         s = self.stepper
@@ -308,9 +328,9 @@ class _Progress:
                 "batches": self.batches, "done": self.done, "tally": self.tally, "stale": self.stale,
                 "best_metric": self.result.best_metric, "best_epoch": self.result.best_epoch,
                 "history": self.result.history, "best_model": self.best_model,
-                "best_record": self.best_record, "settings": self.run_settings}
+                "best_record": self.best_record, "settings": self.outputs.run_settings or {}}
 
-    def restore(self, state: dict, *, save_best, log_file: Path | None) -> None:
+    def restore(self, state: dict) -> None:
         """Continue from a checkpoint; the best model and the history are written again into the new run folder."""
         s = self.stepper
         s.optimizer.load_state_dict(state["optimizer"])
@@ -323,14 +343,14 @@ class _Progress:
         self.tally, self.stale = tuple(state["tally"]), state["stale"]
         self.best_model, self.best_record = state["best_model"], state["best_record"]
         self.earlier_seconds = self.result.history[-1]["elapsed_s"] if self.result.history else 0.0
-        if self.best_model is not None and save_best is not None:
+        if self.best_model is not None and self.outputs.save_best is not None:
             s.model.load_state_dict(self.best_model)
-            save_best(s.model, self.best_record)
+            self.outputs.save_best(s.model, self.best_record)
         s.model.load_state_dict(state["model"])
         for step, loss in s.losses if s.writer is not None else ():
             s.writer.add_scalar("train/loss", loss, step)
         for record in self.result.history:
-            _log(record, log_file, s.writer, record["step"])
+            _log(record, self.outputs.log_file, s.writer, record["step"])
         self.generator.set_state(state["generator"])
         set_rng_state(state["rng"])  # last: nothing above may draw a random number after it
 
