@@ -145,21 +145,39 @@ def embed_texts(
     )
 
 
-def run(
-    model: str,
-    input: Path,
-    output: Path | None = None,
-    pooling: Pooling | None = None,
-    layers: list[int] | None = None,
-    combine: Combine = "concat",
-    text_column: str | None = None,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    normalize: bool | None = None,
-    device: str = "auto",
-    per_token: bool = False,
-    precision: InferencePrecision = "fp32",
-) -> Path:
+@dataclass(frozen=True)
+class VectorSettings:
+    """Vectors.
+
+    Args:
+        pooling: cls (first token), pooled (tanh pooler on [CLS]), mean or max (over real tokens); default the
+            model folder's own (sentence-transformers' 1_Pooling/config.json), else mean.
+        layers: Hidden states to use: 0 = embeddings, -1 = last (default); e.g. [-4,-3,-2,-1].
+        combine: How several layers are combined: concat, mean or sum.
+        max_length: Longer texts are truncated (and reported); default the folder's sentence-transformers
+            max_seq_length, else the model's 512.
+        normalize: Scale every vector to unit length; default the model folder's own (a Normalize module in
+            modules.json), else false.
+        per_token: Write each token's vector (from the last layer, or the one layer of --layers) to an .npz:
+            `vectors` [all tokens, H], `offsets` [N + 1] where each text's tokens start, `tokens` (WordPieces).
+    """
+
+    pooling: Pooling | None = None
+    layers: list[int] | None = None
+    combine: Combine = "concat"
+    max_length: int | None = None
+    normalize: bool | None = None
+    per_token: bool = False
+
+    def __post_init__(self) -> None:
+        if self.per_token and self.layers and len(self.layers) > 1:
+            raise OptionError(f"--per-token --layers {self.layers}: give one layer (per-token vectors are not "
+                              "combined)")
+
+
+def run(model: str, input: Path, output: Path | None = None, text_column: str | None = None,
+        vectors: VectorSettings = VectorSettings(), batch_size: int = 32, device: str = "auto",
+        precision: InferencePrecision = "fp32") -> Path:
     """Write one vector per input text ([N, H] float32, rows in input order) to an .npy (the array itself) or an
     .npz (the array named `embeddings`), as the suffix of --output says.
 
@@ -170,19 +188,10 @@ def run(
         input: .txt (one text per line) or .csv/.tsv/.jsonl with --text-column.
         output: Where to write the vectors: .npy (default vectors.npy) or .npz (`np.load(f)["embeddings"]`); with
             --per-token an .npz (default vectors.npz).
-        pooling: cls (first token), pooled (tanh pooler on [CLS]), mean or max (over real tokens); default the
-            model folder's own (sentence-transformers' 1_Pooling/config.json), else mean.
-        layers: Hidden states to use: 0 = embeddings, -1 = last (default); e.g. [-4,-3,-2,-1].
-        combine: How several layers are combined: concat, mean or sum.
         text_column: The text column of a table input.
+        vectors: How each vector is made: pooling, layers, length, normalisation (VectorSettings).
         batch_size: Texts per forward pass.
-        max_length: Longer texts are truncated (and reported); default the folder's sentence-transformers
-            max_seq_length, else the model's 512.
-        normalize: Scale every vector to unit length; default the model folder's own (a Normalize module in
-            modules.json), else false.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
-        per_token: Write each token's vector (from the last layer, or the one layer of --layers) to an .npz:
-            `vectors` [all tokens, H], `offsets` [N + 1] where each text's tokens start, `tokens` (WordPieces).
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     from bertforge.checkpoint import load_model
@@ -190,22 +199,20 @@ def run(
     from bertforge.inference.sentence import read_sentence_config
     from bertforge.pretrained import resolve_model
 
-    output = Path(output or ("vectors.npz" if per_token else "vectors.npy"))
+    output = Path(output or ("vectors.npz" if vectors.per_token else "vectors.npy"))
     check_output_file(output, inputs=(input,))
-    check_vectors_output(output, per_token=per_token)
-    if per_token and layers and len(layers) > 1:
-        raise OptionError(f"--per-token --layers {layers}: give one layer (per-token vectors are not combined)")
+    check_vectors_output(output, per_token=vectors.per_token)
     directory = resolve_model(model)
-    settings = read_sentence_config(directory).with_options(pooling=pooling, normalize=normalize)
+    folder = read_sentence_config(directory).with_options(pooling=vectors.pooling, normalize=vectors.normalize)
+    max_length = vectors.max_length or folder.max_length
     texts = read_texts(input, text_column=text_column)
     bert = load_model(directory).to(inference_device(device, precision))
     tokenizer = BertTokenizer.from_pretrained(directory)
-    if per_token:
-        return _write_token_vectors(bert, tokenizer, texts, layers, max_length or settings.max_length,
-                                    batch_size, precision, output)
-    result = embed_texts(bert, tokenizer, texts, pooling=settings.pooling, layers=layers, combine=combine,
-                         batch_size=batch_size, max_length=max_length or settings.max_length,
-                         normalize=settings.normalize, precision=precision, progress=True)
+    if vectors.per_token:
+        return _write_token_vectors(bert, tokenizer, texts, vectors.layers, max_length, batch_size, precision, output)
+    result = embed_texts(bert, tokenizer, texts, pooling=folder.pooling, layers=vectors.layers,
+                         combine=vectors.combine, batch_size=batch_size, max_length=max_length,
+                         normalize=folder.normalize, precision=precision, progress=True)
     if result.empty:
         log.warning("%s: %d empty texts (first on line %d) embedded as '[CLS] [SEP]'",
                     input, len(result.empty), result.empty[0] + 1)
