@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import sys
 from pathlib import Path
@@ -80,6 +81,35 @@ def test_evaluate_and_predict_keep_their_flat_options_in_settings_groups() -> No
                                          "label_column": None, "max_eval_examples": None}
     assert option_defaults(predict) == {**unset, **running, "split": "test", "id_column": None,
                                         "label_output_column": "label", "probabilities": True}
+
+
+def test_embed_keeps_its_flat_options_in_a_settings_group(tmp_path) -> None:
+    """embed gathers how a vector is made in VectorSettings yet takes exactly the 13 options, with the defaults,
+    it took as flat parameters; a YAML --config names them flat too."""
+    from bertforge.inference.embed import VectorSettings
+
+    embed = _load(JOBS["embed"])
+    assert settings_groups(embed) == {"vectors": VectorSettings}
+    assert option_names(embed) == {"model", "input", "output", "text_column", "batch_size", "device", "precision",
+                                   "pooling", "layers", "combine", "max_length", "normalize", "per_token"}
+    assert option_defaults(embed) == {"output": None, "text_column": None, "batch_size": 32, "device": "auto",
+                                      "precision": "fp32", "pooling": None, "layers": None, "combine": "concat",
+                                      "max_length": None, "normalize": None, "per_token": False}
+    import bertforge.inference.embed as embed_module
+
+    received, real = {}, embed_module.run
+
+    @functools.wraps(real)  # the job's signature, so the command line is built as for the real one
+    def spy(*args, **kwargs) -> None:
+        received.update(inspect.signature(real).bind(*args, **kwargs).arguments)
+
+    config = tmp_path / "embed.yaml"
+    config.write_text("pooling: cls\nmax-length: 16\nbatch_size: 4\n", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embed_module, "run", spy)
+        main(["embed", "--model", "m", "--input", "t.txt", "--config", str(config), "--layers", "[-1]"])
+    assert received["vectors"] == VectorSettings(pooling="cls", layers=[-1], max_length=16)
+    assert received["batch_size"] == 4 and "pooling" not in received
 
 
 def _printed_config(capsys, *args: str) -> str:
