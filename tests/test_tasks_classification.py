@@ -135,6 +135,12 @@ def test_own_data_errors_name_file_line_and_fix(tmp_path):
     jsonl.write_text('{"text": "a", "tags": ["x", "y"]}\n{"text": "b", "tags": "y"}\n', encoding="utf-8")
     examples = read_table(jsonl, text_column="text", label_column="tags", kind="multilabel")
     assert [e.label for e in examples] == [["x", "y"], ["y"]]
+    csv = tmp_path / "tags.csv"  # multi-label: an empty cell is a row with none of the labels, not an error
+    csv.write_text("text,tags\na,x;y\nb,\n", encoding="utf-8")
+    examples = read_table(csv, text_column="text", label_column="tags", kind="multilabel", label_separator=";")
+    assert [e.label for e in examples] == [["x", "y"], []]
+    with pytest.raises(DataError, match=r"tags.csv:3: empty 'tags'"):  # single-label rows still need one
+        read_table(csv, text_column="text", label_column="tags")
 
 
 def test_glue_metric_sets():

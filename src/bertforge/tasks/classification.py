@@ -213,7 +213,9 @@ def read_table(path: str | Path, *, text_column: str, text_pair_column: str | No
     for row in read_records(path, required=required):
         source = f"{source_name(path)}:{row['_line']}"
         label = row.get(label_column) if label_column else None
-        if label_column and (label is None or str(label).strip() == ""):
+        if label_column and kind == "multilabel" and (label is None or str(label).strip() == ""):
+            label = []  # a row may carry none of the labels: an empty cell is the empty set
+        elif label_column and (label is None or str(label).strip() == ""):
             raise DataError(f"{source}: empty {label_column!r}; give every row a label or drop the row")
         if label is not None:
             if kind == "regression":
