@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
 
+from bertforge.checkpoint import save_model
+from bertforge.config import BertConfig
+from bertforge.model import BertModel
 from bertforge.pretrained import packaged_model_dir
+from bertforge.tokenizer import SPECIAL_TOKENS, BertTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BERTFORGE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -81,6 +86,23 @@ def run_processes():
     return run
 
 
+def save_tiny_encoder(directory: Path, words: Sequence[str], **config_overrides) -> Path:
+    """A random BertModel over a word-level vocabulary (BERT's five special tokens, then `words`), saved with its
+    tokenizer in HF format to `directory`; returns `directory`.
+
+    Defaults: 2 layers, H=32, 4 heads, an odd FFN width (37), 64 positions; `config_overrides` replace any BertConfig
+    field. The seed is fixed (0) and drawn right before the model is built, so a fixture's weights, and the numbers
+    its tests expect, stay the same while its words and sizes do."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("".join(f"{token}\n" for token in [*SPECIAL_TOKENS, *words]), encoding="utf-8")
+    tokenizer = BertTokenizer.from_vocab(directory / "vocab.txt")
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=64)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, **{**sizes, **config_overrides})
+    save_model(BertModel(config), directory, tokenizer=tokenizer)
+    return directory
+
+
 SENTIMENT_WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film", "actor", "story"]
 
 
@@ -88,18 +110,5 @@ SENTIMENT_WORDS = ["good", "bad", "movie", "plot", "the", "was", "very", "film",
 def sentiment_encoder(tmp_path_factory) -> Path:
     """A one-layer encoder over SENTIMENT_WORDS, saved with its tokenizer (the fine-tuning resume and
     data-parallel tests start from it)."""
-    import torch
-
-    from bertforge.checkpoint import save_model
-    from bertforge.config import BertConfig
-    from bertforge.model import BertModel
-    from bertforge.tokenizer import BertTokenizer
-
-    directory = tmp_path_factory.mktemp("tiny")
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *SENTIMENT_WORDS])
-                                         + "\n", encoding="utf-8")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(SENTIMENT_WORDS), hidden_size=16, num_layers=1, num_heads=2,
-                        intermediate_size=23, max_position_embeddings=32)
-    save_model(BertModel(config), directory, tokenizer=BertTokenizer.from_vocab(directory / "vocab.txt"))
-    return directory
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny"), SENTIMENT_WORDS, hidden_size=16, num_layers=1,
+                             num_heads=2, intermediate_size=23, max_position_embeddings=32)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_encoder
 
 from bertforge.analysis import feature_based
 from bertforge.analysis.feature_based import (
@@ -22,10 +23,8 @@ from bertforge.analysis.feature_based import (
     strategy,
     train_tagger,
 )
-from bertforge.checkpoint import load_model, save_model
-from bertforge.config import BertConfig
+from bertforge.checkpoint import load_model
 from bertforge.data.tables import DataError
-from bertforge.model import BertModel
 from bertforge.tasks.ner import TokenClassification
 from bertforge.tokenizer import BertTokenizer
 
@@ -41,15 +40,7 @@ FILLER = ["the", "a", "cat", "saw", "in", "house", "red", "met", "black", "wood"
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A random 4-layer BERT (H=24, odd FFN width) with a WordPiece vocabulary, saved in HF format."""
-    directory = tmp_path_factory.mktemp("tiny")
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *PIECES]) + "\n",
-                                         encoding="utf-8")
-    tokenizer = BertTokenizer.from_vocab(directory / "vocab.txt")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=24, num_layers=4, num_heads=4,
-                        intermediate_size=37, max_position_embeddings=64)
-    save_model(BertModel(config), directory, tokenizer=tokenizer)
-    return directory
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny"), PIECES, hidden_size=24, num_layers=4)
 
 
 def conll_sentences(n: int, seed: int) -> str:

@@ -12,14 +12,14 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_encoder
 
-from bertforge.checkpoint import load_model, save_model
+from bertforge.checkpoint import load_model
 from bertforge.cli import call_job, main
 from bertforge.config import BertConfig
 from bertforge.data.tables import DataError
 from bertforge.errors import OptionError
 from bertforge.heads import BertForSequenceClassification
-from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training import finetune, finetune_evaluate, finetune_loop, finetune_predict
 
@@ -48,15 +48,7 @@ FAST = {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A random 2-layer BERT (H=32, odd FFN width) with a word-level vocabulary, saved in HF format."""
-    directory = tmp_path_factory.mktemp("tiny")
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n",
-                                         encoding="utf-8")
-    tokenizer = BertTokenizer.from_vocab(directory / "vocab.txt")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
-                        intermediate_size=37, max_position_embeddings=64)
-    save_model(BertModel(config), directory, tokenizer=tokenizer)
-    return directory
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny"), WORDS)
 
 
 def sentiment_rows(n: int, seed: int, length: int = 5) -> list[dict]:

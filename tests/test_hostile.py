@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_encoder
 
-from bertforge.checkpoint import save_model
 from bertforge.cli import main
-from bertforge.config import BertConfig
 from bertforge.heads import BertForMaskedLM
-from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,16 +99,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def encoder(work) -> Path:
     """A random 2-layer BertModel (no MLM head) with a word-level vocabulary, saved in HF format."""
-    directory = work / "encoder"
-    directory.mkdir()
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n",
-                                         encoding="utf-8")
-    tokenizer = BertTokenizer.from_vocab(directory / "vocab.txt")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
-                        intermediate_size=37, max_position_embeddings=64)
-    save_model(BertModel(config), directory, tokenizer=tokenizer)
-    return directory
+    return save_tiny_encoder(work / "encoder", WORDS)
 
 
 @pytest.fixture(scope="module")
