@@ -115,14 +115,20 @@ def test_ner_merges_subtokens_with_character_spans(tmp_path: Path) -> None:
     assert all(0.5 < e["score"] <= 1.0 for e in entities[0])
 
 
-@pytest.fixture(scope="module")
-def qa_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("qa")
+def save_planted_qa(directory: Path, task_settings: dict | None = None) -> Path:
+    """A random QA model whose answers start at "paris" and end at "france", saved with its tokenizer (and with
+    `task_settings` where given, as `bertforge finetune` saves them)."""
     model = build(BertForQuestionAnswering, directory, seed=6)
     tok = tiny_tokenizer(directory)
     plant_tokens(model, model.span, {0: [tok.token_to_id("paris")], 1: [tok.token_to_id("france")]})
-    save_model(model, directory, tokenizer=tok)
+    save_model(model, directory, tokenizer=tok,
+               extra_config={TASK_CONFIG_KEY: task_settings} if task_settings is not None else None)
     return directory
+
+
+@pytest.fixture(scope="module")
+def qa_dir(tmp_path_factory) -> Path:
+    return save_planted_qa(tmp_path_factory.mktemp("qa"))
 
 
 def test_qa_finds_the_answer_beyond_the_first_window(qa_dir: Path) -> None:
@@ -152,12 +158,7 @@ CAPITAL = "the river was new and good . " * 12 + "The capital is Paris of France
 
 @pytest.fixture(scope="module")
 def finetuned_qa_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("finetuned_qa")
-    model = build(BertForQuestionAnswering, directory, seed=6)
-    tok = tiny_tokenizer(directory)
-    plant_tokens(model, model.span, {0: [tok.token_to_id("paris")], 1: [tok.token_to_id("france")]})
-    save_model(model, directory, tokenizer=tok, extra_config={TASK_CONFIG_KEY: SAVED_QA})
-    return directory
+    return save_planted_qa(tmp_path_factory.mktemp("finetuned_qa"), SAVED_QA)
 
 
 def test_qa_pipeline_defaults_to_the_saved_settings(finetuned_qa_dir: Path) -> None:
