@@ -227,6 +227,21 @@ def test_cli_classify_and_ner_write_json_lines(tmp_path: Path, capsys) -> None:
     assert out == pipelines.ner(load_pipeline(ner_dir).predictor, ["john smith played", "the day"])
 
 
+@pytest.mark.parametrize(("command", "head", "labels", "texts"), [
+    ("classify", BertForSequenceClassification, {"labels": ["neg", "pos"]}, ["--text", "good movie"]),
+    ("ner", BertForTokenClassification, {"labels": ["O", "B-PER"]}, ["--text", "john smith"]),
+    ("qa", BertForQuestionAnswering, {}, ["--question", "who ?", "--context", "john smith"]),
+])
+def test_cli_refuses_a_max_length_beyond_the_position_table(command, head, labels, texts, tmp_path: Path,
+                                                            capsys) -> None:
+    build(head, tmp_path, **labels)  # the tiny config: 128 positions
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--model", str(tmp_path), "--max-length", "129", *texts])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (f"bertforge: error: --max-length 129: longer than the 128 positions of "
+                                       f"{tmp_path} (max_position_embeddings); use at most 128\n")
+
+
 # 6 × 7 = 42 tokens: longer than the 16 a model below was fine-tuned with
 LONG = " ".join(["john played the guitar in paris ."] * 6)
 

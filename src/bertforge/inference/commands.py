@@ -35,8 +35,10 @@ def _check_output(output: Path | None, input: Path | None) -> None:
         check_output_file(output, inputs=(input,))
 
 
-def _load(model: str, device: str, task: str, precision: InferencePrecision) -> pipelines.Loaded:
-    """The model's pipeline, after checking from its config.json alone that it has the head `task` needs."""
+def _load(model: str, device: str, task: str, precision: InferencePrecision,
+          *, max_length: int | None = None) -> pipelines.Loaded:
+    """The model's pipeline, after checking from its config.json alone that it has the head `task` needs;
+    a --max-length beyond the model's position table is refused before the pipeline runs."""
     from bertforge.checkpoint import read_config
     from bertforge.pretrained import resolve_model
 
@@ -46,7 +48,9 @@ def _load(model: str, device: str, task: str, precision: InferencePrecision) -> 
     if task not in pipelines.TASKS.get(architecture, (None, ()))[1]:
         raise OptionError(f"{task} --model {model}: this model is a {architecture}, without the head {task} needs; "
                           f"give a {' or '.join(serving)} checkpoint")
-    return pipelines.load_pipeline(directory, device=device, precision=precision)
+    loaded = pipelines.load_pipeline(directory, device=device, precision=precision)
+    check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
+    return loaded
 
 
 def _emit(results: list, output: Path | None) -> list:
@@ -102,8 +106,7 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
-    loaded = _load(model, device, "classify", precision)
-    check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
+    loaded = _load(model, device, "classify", precision, max_length=max_length)
     return _emit(pipelines.classify(loaded.predictor, _texts(text, input, text_column), max_length=max_length,
                                     long_text=long_text, stride=stride), output)
 
@@ -125,8 +128,7 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
         precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
-    loaded = _load(model, device, "ner", precision)
-    check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
+    loaded = _load(model, device, "ner", precision, max_length=max_length)
     return _emit(pipelines.ner(loaded.predictor, _texts(text, input, text_column), max_length=max_length), output)
 
 
@@ -162,7 +164,6 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
     question, context = _listed(question), _listed(context)
     if not question or not context or len(question) != len(context):
         raise OptionError("give as many --question as --context (or --input with question/context columns)")
-    loaded = _load(model, device, "qa", precision)
-    check_length("--max-length", max_length, loaded.predictor.model.config.max_position_embeddings, model)
+    loaded = _load(model, device, "qa", precision, max_length=max_length)
     return _emit(pipelines.qa(loaded.predictor, question, context, max_length=max_length, stride=stride,
                               max_answer_length=max_answer_length), output)
