@@ -4,12 +4,16 @@ process on the same model shape and corpus, with the steps in between so each ga
     bert                  MLM + NSP pairs, padded per batch, 15% masking, dropout 0.1, fp32 (the paper's)
     bert + bf16           the same under bf16 autocast
     mlm packed + bf16     MLM only, rows packed to the full length (no padding), no dropout, 15% masking
-    budget                the recipe: packed, bf16, 30% masking, no dropout
+    budget                the recipe: packed, bf16 where native, 30% masking, no dropout
+  and the recipe with one choice undone, as benchmarks/pretrain_budget.py's variants (same names):
+    budget_mask15, budget_nsp_pairs, budget_unpacked, budget_dropout
 
 The sides take turns step by step (same threads, same machine state), and tokens are *real* tokens: a
 padded position is work, not progress.
 
     python benchmarks/bench_recipe_speed.py --data runs/wiki16k --preset mini --steps 12 --threads 2
+    python benchmarks/bench_recipe_speed.py --data runs/wiki16k --sides bert budget budget_mask15 \
+        budget_nsp_pairs budget_unpacked budget_dropout      # a CPU without native bf16: no bf16 sides
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ SIDES: dict[str, dict] = {
     "bert + bf16": {"recipe": "bert", "precision": "bf16"},
     "mlm packed + bf16": {"recipe": "budget", "masking_rate": 0.15},
     "budget": {"recipe": "budget"},
+    "budget_mask15": {"recipe": "budget", "masking_rate": 0.15},
+    "budget_nsp_pairs": {"recipe": "budget", "objective": "mlm_nsp", "packing": False},
+    "budget_unpacked": {"recipe": "budget", "packing": False},
+    "budget_dropout": {"recipe": "budget", "dropout": 0.1},
 }
 
 
@@ -73,12 +81,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per side (after 2 warm-up steps)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=["bert", "bert + bf16", "mlm packed + bf16",
+                                                                          "budget"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     corpus = PreparedCorpus.open(args.data)
     tokenizer = corpus.tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
-        states = {name: side(name, corpus, tokenizer, args, Path(tmp)) for name in SIDES}
+        states = {name: side(name, corpus, tokenizer, args, Path(tmp)) for name in args.sides}
         for i in range(args.steps + 2):
             for state in states.values():
                 step(state, tokenizer, i)
