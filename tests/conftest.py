@@ -112,3 +112,16 @@ def sentiment_encoder(tmp_path_factory) -> Path:
     data-parallel tests start from it)."""
     return save_tiny_encoder(tmp_path_factory.mktemp("tiny"), SENTIMENT_WORDS, hidden_size=16, num_layers=1,
                              num_heads=2, intermediate_size=23, max_position_embeddings=32)
+
+
+def write_sentiment_csvs(folder: Path, train_rows: int, longest_filler: int, dev_rows: int = 12) -> Path:
+    """train.csv and dev.csv of filler words from SENTIMENT_WORDS ending in 'good' (pos) or 'bad' (neg);
+    row i has 1 + i % longest_filler filler words, so lengths vary and length grouping shapes the batches."""
+    for name, n in (("train", train_rows), ("dev", dev_rows)):
+        lines = ["text,label"]
+        for i in range(n):
+            label = "pos" if (i * 7) % 3 else "neg"
+            filler = [SENTIMENT_WORDS[2 + (i * j) % 8] for j in range(1 + i % longest_filler)]
+            lines.append(f"{' '.join([*filler, 'good' if label == 'pos' else 'bad'])},{label}")
+        (folder / f"{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import SENTIMENT_WORDS as WORDS
+from conftest import write_sentiment_csvs
 from safetensors.torch import load_file
 
 from bertforge.cli import call_job
@@ -65,15 +65,7 @@ def killed_then_resumed(options: dict, die_after: int, steps_after_resume: int) 
 def data(tmp_path_factory):
     """Sentences of 2 to 9 words (so length grouping shapes the batches and micro-batches pad to different
     widths), labelled by their sentiment word."""
-    folder = tmp_path_factory.mktemp("data")
-    for name, n in (("train", 34), ("dev", 12)):
-        lines = ["text,label"]
-        for i in range(n):
-            label = "pos" if (i * 7) % 3 else "neg"
-            filler = [WORDS[2 + (i * j) % 8] for j in range(1 + i % 8)]
-            lines.append(f"{' '.join([*filler, 'good' if label == 'pos' else 'bad'])},{label}")
-        (folder / f"{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
+    return write_sentiment_csvs(tmp_path_factory.mktemp("data"), train_rows=34, longest_filler=8)
 
 
 def options(out, sentiment_encoder, data, *, validation: bool, **changes) -> dict:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import SENTIMENT_WORDS as WORDS
+from conftest import write_sentiment_csvs
 from safetensors.torch import load_file
 
 from bertforge.cli import call_job, main
@@ -27,15 +27,7 @@ class Killed(Exception):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Sentences of varied length (so length grouping shapes the batch order), labelled by their sentiment word."""
-    folder = tmp_path_factory.mktemp("data")
-    for name, n in (("train", 40), ("dev", 12)):
-        lines = ["text,label"]
-        for i in range(n):
-            label = "pos" if (i * 7) % 3 else "neg"
-            filler = [WORDS[2 + (i * j) % 8] for j in range(1 + i % 6)]
-            lines.append(f"{' '.join([*filler, 'good' if label == 'pos' else 'bad'])},{label}")
-        (folder / f"{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
+    return write_sentiment_csvs(tmp_path_factory.mktemp("data"), train_rows=40, longest_filler=6)
 
 
 def finetune_run(out, sentiment_encoder, data, *, validation=True, **options):
