@@ -27,6 +27,7 @@ GFLOP/s over the real tokens and its MFU against this machine's measured matmul 
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import random
 import re
@@ -198,6 +199,8 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
 
     ours = load_model(directory).to(args.device)
     predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256)
+    bf16_predictor = functools.cache(lambda: Predictor(ours, tok, max_tokens=args.max_tokens, max_length=256,
+                                                       precision="bf16"))  # built only where bf16 runs
     hf_tok = AutoTokenizer.from_pretrained(directory)
     hf = BertModel.from_pretrained(directory, attn_implementation="sdpa").eval().to(args.device)
     reference = "transformers, input order"
@@ -221,10 +224,13 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
         pool = lambda outputs, mask: mean_pool(torch.from_numpy(outputs[0]), torch.from_numpy(mask)).numpy()  # noqa: E731
         systems.append(System("ONNX Runtime, fused, length-sorted",
                               lambda x: ort_run(session, hf_tok, x, 256, ours.config.hidden_size, pool)))
-    run_ours = lambda x: embed_texts(ours, tok, x, normalize=True, max_length=256, predictor=predictor).vectors  # noqa: E731
+    def run_ours(texts: Sequence[str], on: Predictor = predictor) -> np.ndarray:
+        return embed_texts(ours, tok, texts, normalize=True, max_length=256, predictor=on).vectors
+
     systems += [
         System("bertforge Predictor (packed)", run_ours, ours=True),
-        System("bertforge Predictor (packed), bf16", run_ours, "bf16", ours=True),
+        # Its own precision="bf16": autocast, with the Linear weights cast once (precision.cast_for_inference).
+        System("bertforge Predictor (packed), bf16", lambda x: run_ours(x, bf16_predictor()), "bf16", ours=True),
         # The same batch size as transformers (32 texts), only sorted by length and packed.
         System("bertforge embed_texts, batch 32", lambda x: embed_texts(
             ours, tok, x, normalize=True, max_length=256, batch_size=32).vectors, ours=True),
@@ -258,6 +264,8 @@ def classifier(args, tok, texts: list[str]) -> None:
     hf = BertForSequenceClassification.from_pretrained(tmp.name, attn_implementation="sdpa").eval().to(args.device)
     hf_tok = AutoTokenizer.from_pretrained(tmp.name)
     predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=128)
+    bf16_predictor = functools.cache(lambda: Predictor(ours, tok, max_tokens=args.max_tokens, max_length=128,
+                                                       precision="bf16"))  # built only where bf16 runs
     reference = "transformers, input order"
     systems = [
         System(reference, lambda x: hf_classify(hf, hf_tok, x, sort=False)),
@@ -269,7 +277,8 @@ def classifier(args, tok, texts: list[str]) -> None:
         systems.append(System("ONNX Runtime, fused, length-sorted", lambda x: ort_run(
             session, hf_tok, x, 128, ours.num_labels, lambda outputs, mask: outputs[0])))
     systems += [System("bertforge Predictor (packed)", lambda x: bf_classify(predictor, x), ours=True),
-                System("bertforge Predictor (packed), bf16", lambda x: bf_classify(predictor, x), "bf16", ours=True)]
+                System("bertforge Predictor (packed), bf16", lambda x: bf_classify(bf16_predictor(), x), "bf16",
+                       ours=True)]
     timings = race(systems, texts, args.repeats, args.device, sync(args.device), warmup=32)
     tmp.cleanup()
     lengths = [len(ids) for ids in tok.encode(texts, max_length=128).input_ids]

@@ -90,6 +90,25 @@ def test_bf16_vectors_point_where_fp32_ones_do(tiny, pooling) -> None:
     assert np.abs(fp32 - bf16).max() > 1e-6  # it really ran in bf16 (fp32 twice gives identical vectors)
 
 
+def test_bf16_predictor_casts_its_own_copy_once_to_the_values_autocast_gives(tiny) -> None:
+    directory, model = tiny
+    tok = tiny_tokenizer(directory)
+    predictor = Predictor(model, tok, precision="bf16")
+    linear = [m for m in predictor._runner.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(m.weight.dtype == torch.bfloat16 for m in linear)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller's model is untouched
+    norms = [m for m in predictor._runner.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)  # autocast keeps norms in fp32
+    # Bit for bit what autocast over the caller's fp32 model gives: the cast is moved, not changed.
+    enc = tok.encode(TEXTS[:3])
+    ids = torch.tensor([x + [0] * (max(map(len, enc.input_ids)) - len(x)) for x in enc.input_ids])
+    mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(x) for x in enc.input_ids])[:, None]).long()
+    with torch.inference_mode(), autocast("bf16", "cpu"):
+        expected = model(ids, mask).sequence_output
+        got = predictor._runner(ids, mask).sequence_output
+    assert torch.equal(expected, got)
+
+
 def test_predictor_int8_quantises_its_own_copy(tiny) -> None:
     directory, model = tiny
     tok = tiny_tokenizer(directory)

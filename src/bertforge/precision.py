@@ -15,10 +15,12 @@ Jobs that train take fp32, bf16, fp16 or auto; jobs that predict take all five.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from typing import Literal, get_args
 
 import torch
+from torch import nn
 
 from bertforge.errors import OptionError
 from bertforge.hardware import native_bf16  # re-exported: the one check, shared with the benchmarks
@@ -81,3 +83,20 @@ def autocast(precision: Precision, device: torch.device | str):
     if precision not in _AUTOCAST_DTYPES:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def cast_for_inference(module: nn.Module, precision: Precision) -> nn.Module:
+    """The module an inference path calls under `autocast(precision)`: `module` itself for fp32 and int8; for
+    bf16/fp16 a frozen copy whose Linear layers already hold their weights in that dtype.
+
+    Autocast casts an fp32 weight to bf16 at every call, to exactly the values a one-off cast gives, so the
+    outputs are bit-for-bit the same; what is saved is re-reading every weight in fp32 and writing it again
+    for each batch. Norms and embeddings stay fp32, as autocast keeps them. The copy does not follow later
+    changes of `module`'s weights: it is for a model being served, not one being trained."""
+    if precision not in _AUTOCAST_DTYPES:
+        return module
+    frozen = copy.deepcopy(module).requires_grad_(False)
+    for layer in frozen.modules():
+        if isinstance(layer, nn.Linear):
+            layer.to(_AUTOCAST_DTYPES[precision])
+    return frozen

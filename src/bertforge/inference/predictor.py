@@ -26,7 +26,7 @@ from bertforge.inference.int8 import quantize_int8, smoothed_int8  # noqa: F401 
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
 from bertforge.model.positions import DISTANCE_BIAS
-from bertforge.precision import InferencePrecision, autocast, resolve_precision
+from bertforge.precision import InferencePrecision, autocast, cast_for_inference, resolve_precision
 from bertforge.tokenizer import BertTokenizer, Encoding
 
 Mode = Literal["packed", "padded"]
@@ -129,6 +129,8 @@ class Predictor:
             model = smoothed_int8(model, tokenizer)  # calibrated on built-in sentences, not the caller's texts
         self.model = model
         self.encoder = encoder_of(model)
+        # What run() calls: in bf16/fp16 a copy with its Linear weights cast once, not at every batch.
+        self._runner = cast_for_inference(self.encoder, self.precision)
         self.tokenizer = tokenizer
         if self.encoder.config.position_embedding_type in DISTANCE_BIAS:
             mode = "padded"  # relative and ALiBi positions score a padded [T, T] grid of distances
@@ -167,7 +169,7 @@ class Predictor:
     def _packed(self, batch, ids, types, output_hidden_states, first_token_only=False) -> EncodedBatch:
         flat_ids, cu_seqlens = pack(ids)
         flat_types, _ = pack(types)
-        out = packed_forward(self.encoder, flat_ids.to(self.device), cu_seqlens.to(self.device),
+        out = packed_forward(self._runner, flat_ids.to(self.device), cu_seqlens.to(self.device),
                              flat_types.to(self.device), attention=self.attention,
                              output_hidden_states=output_hidden_states, first_token_only=first_token_only)
         return EncodedBatch(batch, out.sequence_output, out.cu_seqlens, out.pooled_output, out.hidden_states)
@@ -181,7 +183,7 @@ class Predictor:
             input_ids[row, : len(x)] = torch.tensor(x)
             token_types[row, : len(x)] = torch.tensor(t)
             mask[row, : len(x)] = 1
-        out = self.encoder(input_ids.to(self.device), mask.to(self.device), token_types.to(self.device),
+        out = self._runner(input_ids.to(self.device), mask.to(self.device), token_types.to(self.device),
                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         real = mask.bool().to(self.device)  # [B, T] -> packed order is row-major over real tokens
         _, cu_seqlens = pack(ids)
