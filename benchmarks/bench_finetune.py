@@ -111,23 +111,25 @@ def hf_train(args, model_dir: Path, task, train_examples, train_features, eval_e
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
     generator = torch.Generator().manual_seed(args.seed)
     started, cpu = time.perf_counter(), time.process_time()
-    with precision_context(args.precision, args.device):
-        for _ in range(args.epochs):
-            if args.task == "sst2":
-                batches = hf_sst2_batches(args, model_dir, train_examples, True, generator)
-            else:
-                batches = _hf_feature_batches(task, train_features, args.batch_size, generator, pad_id)
-            for batch in batches:
+    for _ in range(args.epochs):
+        if args.task == "sst2":
+            batches = hf_sst2_batches(args, model_dir, train_examples, True, generator)
+        else:
+            batches = _hf_feature_batches(task, train_features, args.batch_size, generator, pad_id)
+        for batch in batches:
+            # Autocast around each forward only: it caches its bf16 copies of the weights until the outermost
+            # autocast context exits, so one context around the whole loop would train on step 1's weights.
+            with precision_context(args.precision, args.device):
                 if args.task == "sst2":
                     loss = model(**_to(batch, args.device)).loss
                 else:
                     inputs, labels = batch
                     loss = task.loss(model(**_to(inputs, args.device)), _to(labels, args.device))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
     seconds = (time.perf_counter() - started, time.process_time() - cpu)
     model.eval()
     if args.task == "sst2":
@@ -210,8 +212,9 @@ def ours_train(args, model_dir: Path, task, train_examples, eval_examples) -> tu
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              seed=args.seed, group_by_length=not args.no_length_grouping, token_loss=args.token_loss)
-    with precision_context(args.precision, args.device):
-        result = train(model, task, features, (), pad_id=tokenizer.pad_id, settings=settings, progress=False)
+    # train() enters autocast around each forward itself (never one context around the loop: see hf_train).
+    result = train(model, task, features, (), pad_id=tokenizer.pad_id, settings=settings, progress=False,
+                   precision=args.precision)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
     metrics = evaluate(model, task, EvalSet("eval", eval_examples, eval_features), pad_id=tokenizer.pad_id,

@@ -593,3 +593,10 @@ def test_curves_png_plots_the_training_loss_and_the_dev_metric(sentiment_run, ti
     (dev_curve,) = drawn["scores"]
     assert dev_curve.steps == [3, 6] and dev_curve.values == [h["dev/accuracy"] for h in run.history]
     assert (tmp_path / "out/curves.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_train_refuses_to_run_inside_an_outer_autocast() -> None:
+    # Autocast's weight cache lives until the outermost context exits: a loop inside one trains on frozen copies.
+    model = BertForSequenceClassification(BertConfig.from_preset("tiny", vocab_size=50), num_labels=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="precision='bf16'"):
+        finetune_loop.train(model, None, [], pad_id=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertforge.training.optim import build_schedule, parameter_groups
+from bertforge.training.optim import build_adamw, build_schedule, parameter_groups
 
 transformers = pytest.importorskip("transformers")
 
@@ -77,3 +77,14 @@ def test_biases_and_layer_norms_take_no_weight_decay():
     decay, no_decay = parameter_groups(model, 0.1)
     assert [p.shape for p in decay["params"]] == [torch.Size([3, 4])] and decay["weight_decay"] == 0.1
     assert len(no_decay["params"]) == 5 and no_decay["weight_decay"] == 0.0
+
+
+def test_adamw_is_fused_on_a_cpu_as_the_trainers_default() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = build_adamw(model, lr=1e-3)
+    assert optimizer.defaults["fused"] is True
+    loss = model(torch.randn(2, 4)).square().sum()
+    loss.backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -222,6 +222,7 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
     With `settings.save_every`, a checkpoint goes to `outputs.checkpoints` every that many steps;
     `resume_state` (one such checkpoint) continues it exactly where it stopped.
     """
+    _refuse_outer_autocast(model)
     seed_everything(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(train_features) / settings.batch_size)
@@ -482,6 +483,16 @@ class _Stepper:
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _refuse_outer_autocast(model: torch.nn.Module) -> None:
+    """Autocast keeps its bf16/fp16 copies of the weights until the outermost autocast context exits, so a
+    training loop run inside one would go on computing with the first step's weights (silently: the loss
+    stalls). train() enters autocast around each forward itself."""
+    device = next(model.parameters()).device.type
+    if torch.is_autocast_enabled(device):
+        raise ValueError("train() was called inside an autocast context, which would freeze the weights it "
+                         "computes with at their first-step values; pass precision='bf16' (or 'fp16') instead")
 
 
 def plot_finetuning_curves(path: Path, losses: list[tuple[int, float]], history: list[dict], eval_names: list[str],
