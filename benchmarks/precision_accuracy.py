@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--ner-model", type=Path, help="a model fine-tuned on CoNLL-2003 NER")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    for option, model in (("--sst2-model", args.sst2_model), ("--ner-model", args.ner_model)):
+        if model is not None and not (model / "config.json").is_file():
+            parser.error(f"{option} {model}: not a model folder (no config.json); give a fine-tuned run's folder")
     torch.set_num_threads(args.threads)
     skipped = [p for p in args.precisions if p == "bf16" and bf16_skip_reason() is not None]
     for p in skipped:
