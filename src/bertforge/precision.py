@@ -3,8 +3,8 @@
     fp32  float32 throughout: the reference every other setting is measured against.
     bf16  bfloat16 autocast: matmuls in bf16, softmax, norms and reductions kept in fp32 by torch's autocast
           lists. Fast where the hardware computes bf16 natively: GPUs from Ampere on, CPUs with AVX-512 BF16
-          or AMX (a bf16 matmul runs ~2.3x an fp32 one there). Elsewhere on a CPU torch emulates it: correct,
-          but slower than fp32, so bertforge says so.
+          or AMX (a bf16 matmul runs ~2.3x an fp32 one with AVX-512 BF16, 4.5-6.6x with AMX). Elsewhere on a
+          CPU torch emulates it: correct, but slower than fp32, so bertforge says so.
     fp16  float16 autocast (training adds loss scaling); meant for GPUs.
     int8  dynamic int8 Linear layers (`inference.int8`: activations smoothed, then quantised): CPU inference only.
     auto  bf16 where the hardware has it natively, fp32 elsewhere.
