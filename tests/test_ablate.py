@@ -24,6 +24,7 @@ from bertforge.analysis.ablation_models import BiLSTMOnTop, LeftToRight
 from bertforge.cli import call_job, main
 from bertforge.config import BertConfig
 from bertforge.data.pretraining import PreTrainingBatch
+from bertforge.errors import OptionError
 from bertforge.heads import BertForSequenceClassification, BertLMHeadModel
 from bertforge.model import BertModel
 from bertforge.training.pretrain import losses, next_token_targets
@@ -160,7 +161,7 @@ def test_parse_tokens_and_variant_choice():
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--budget", "lots"], "--budget 'lots' is not a token count; write e.g. 4M, 500k or 2000000"),
-    (["--tasks", "[sst2,cola]"], "--tasks: unknown task(s) cola; choose from sst2, mrpc, squad"),
+    (["--tasks", "[sst2,cola]"], "--tasks: unknown task(s) cola; choose from sst2, mrpc, squad, ner"),
 ])
 def test_a_bad_option_is_refused_in_one_line_naming_it(args, message, capsys):
     """Before any corpus is read: the option, what is wrong and what to write instead."""
@@ -195,6 +196,15 @@ def _write_data(root: Path) -> None:
     rows += [f"{i % 2}\t{i}\t{i + 100}\tthe cat sat {i}\tthe cat sat {i if i % 2 else i + 1}" for i in range(20)]
     (mrpc / "train.tsv").write_text("\n".join(rows) + "\n")
     (mrpc / "dev.tsv").write_text("\n".join(rows[:9]) + "\n")
+    conll = root / "conll2003"
+    conll.mkdir()
+    sentences = ["EU B-ORG|rejects O|German B-MISC|call O", "Peter B-PER|Blackburn I-PER|spoke O",
+                 "Paris B-LOC|is O|big O"]
+    text = "-DOCSTART- -X- -X- O\n\n" + "".join(
+        "".join(f"{w} X X {tag}\n" for w, tag in (pair.split(" ") for pair in s.split("|"))) + "\n"
+        for s in sentences * 4)
+    (conll / "train.txt").write_text(text)
+    (conll / "valid.txt").write_text(text)
     context = "The function returns a list of names. It was added in version three."
     questions = [("What does it return?", "a list of names"), ("When was it added?", "version three")]
 
@@ -223,7 +233,7 @@ def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     assert all(r["pre-training tokens"] == f"{(3000 // (8 * 32)) * 8 * 32:,}" for r in trained)
     assert rows[3]["pre-training tokens"] == "0" and rows[3]["held-out MLM ppl"] == "—"
     for r in rows:
-        for column in ("SST-2 acc", "MRPC F1", "SQuAD F1"):
+        for column in ("SST-2 acc", "MRPC F1", "SQuAD F1", "NER F1"):
             assert 0.0 <= float(r[column]) <= 100.0
     assert rows[0]["paper SST-2 acc"] == "92.7" and rows[4]["paper SST-2 acc"] == ""
     assert rows[1]["held-out MLM acc"] == "—" and rows[1]["held-out NSP acc"] == "—"
@@ -269,3 +279,25 @@ def test_over_seeds_reports_mean_and_sample_deviation():
     assert result["metrics"] == pytest.approx({"accuracy": 0.75})
     assert result["std"]["accuracy"] == pytest.approx(0.0707107, abs=1e-6) and result["seeds"] == [42, 1]
     assert over_seeds(records[:1])["std"] == {}
+
+
+def test_the_budget_recipe_starts_every_variant_it_can_and_keeps_rows_unpacked(tmp_path):
+    _write_data(tmp_path)
+    out = tmp_path / "run"
+    run(output_dir=out, budget="2k", variants=["no_nsp", "pos_rope"], tasks=["sst2"], recipe="budget",
+        files=[tmp_path / "corpus"], max_documents=40, vocab_size=300, data_root=tmp_path, max_length=32,
+        batch_size=8, finetune_epochs=1, finetune_batch_size=8)
+    saved = {name: json.loads((out / "pretrain" / name / "config.json").read_text(encoding="utf-8"))
+             for name in ("bert", "no_nsp", "pos_rope")}
+    assert {name: (c["objective"], c["packing"]) for name, c in saved.items()} == {
+        "bert": ("mlm_nsp", False), "no_nsp": ("mlm", False), "pos_rope": ("mlm_nsp", False)}
+    assert saved["bert"]["attention_init"] == "local" and saved["bert"]["masking_rate"] == 0.3
+    assert saved["pos_rope"]["attention_init"] == "random"  # no learned table to start the local heads from
+    summary = json.loads((out / "pretrain" / "bert" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["settings"]["recipe"] == "budget"
+
+
+def test_an_unknown_ablation_recipe_is_refused_before_any_work(tmp_path):
+    with pytest.raises(OptionError, match="--recipe: unknown recipe"):
+        run(output_dir=tmp_path / "run", recipe="fast")
+    assert not (tmp_path / "run").exists()

@@ -91,7 +91,9 @@ class Selection:
     Args:
         groups: Which groups of variants: objectives (Table 5), positions, sizes (Table 6). Default: all.
         variants: Or name the variants (e.g. bert no_nsp ltr ltr_bilstm pos_rope size_mini).
-        tasks: Downstream tasks among sst2, mrpc, squad (default: all three).
+        tasks: Downstream tasks among sst2, mrpc, squad, ner (default: all four). NER (CoNLL-2003) is not in
+            the paper's Table 5; it is here because token-level transfer shows at budgets where the
+            sentence-level tasks still sit at their floor.
     """
 
     groups: list[str] | None = None
@@ -140,6 +142,10 @@ class PretrainSettings:
         batch_size: Pre-training batch size.
         learning_rate: Peak pre-training learning rate (AdamW, 10% warm-up, linear decay).
         seed: Seed of every pre-training (weights, pairs, masks).
+        recipe: bert (the paper's start: random attention, learned positions from N(0, 0.02), fp32) or budget
+            (`bertforge pretrain --recipe budget`'s start and precision: sinusoidal positions, local heads in
+            layer 0, 30% masking, bf16 where native), which leaves the unigram plateau within a few hundred
+            steps. Either way every variant has unpacked rows, dropout 0, and the objective it names.
     """
 
     budget: str = "2M"
@@ -147,9 +153,11 @@ class PretrainSettings:
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
+    recipe: str = "bert"
 
     def __post_init__(self) -> None:
         parse_tokens(self.budget)
+        _check_known("--recipe", "recipe", [self.recipe], ("bert", "budget"))
 
     @property
     def steps(self) -> int:
@@ -158,8 +166,9 @@ class PretrainSettings:
     def record(self) -> dict:
         """What a finished pre-training is recognised by in its summary.json (these names, not the options',
         so that run folders written before the options were renamed stay valid)."""
-        return {"budget_tokens": parse_tokens(self.budget), "max_seq_length": self.max_length,
-                "batch_size": self.batch_size, "lr": self.learning_rate, "seed": self.seed}
+        record = {"budget_tokens": parse_tokens(self.budget), "max_seq_length": self.max_length,
+                  "batch_size": self.batch_size, "lr": self.learning_rate, "seed": self.seed}
+        return record if self.recipe == "bert" else {**record, "recipe": self.recipe}  # earlier folders: bert
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,7 @@ class FinetuneSettings:
         finetune_batch_size: Fine-tuning batch size.
         finetune_learning_rate: Peak fine-tuning learning rate.
         sst2_examples: First N SST-2 training sentences.
+        ner_sentences: First N CoNLL-2003 training sentences (evaluated on the validation set).
         squad_train_questions: First N questions of the 35 training articles of the agreed SQuAD split.
         squad_eval_questions: First N questions of the 13 evaluation articles.
         finetune_seeds: Fine-tune every variant once per seed (default: 42 alone); with several, the table shows
@@ -181,6 +191,7 @@ class FinetuneSettings:
     finetune_batch_size: int = 32
     finetune_learning_rate: float = 1e-4
     sst2_examples: int = 8000
+    ner_sentences: int = 4000
     squad_train_questions: int = 2000
     squad_eval_questions: int = 1000
     finetune_seeds: list[int] | None = None
@@ -196,7 +207,8 @@ class FinetuneSettings:
                 "learning_rate": self.finetune_learning_rate, "seed": seed, "sst2_examples": self.sst2_examples,
                 "squad_train_questions": self.squad_train_questions,
                 "squad_eval_questions": self.squad_eval_questions, "squad_max_seq_length": SQUAD_MAX_LENGTH,
-                "squad_doc_stride": SQUAD_STRIDE}
+                "squad_doc_stride": SQUAD_STRIDE, **({"ner_sentences": self.ner_sentences} if self.ner_sentences != 4000
+                                                     else {})}
 
 
 def parse_tokens(budget: str | int) -> int:
@@ -254,7 +266,8 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
             return summary
     steps = settings.steps if variant.pretrained else 0
     cfg = PretrainConfig.from_options(
-        data=data_dir, output_dir=run_dir, preset=variant.preset, objective=variant.objective,
+        data=data_dir, output_dir=run_dir, preset=variant.preset, objective=variant.objective, packing=False,
+        recipe=settings.recipe, **_recipe_start(settings.recipe, variant),
         model_overrides={"position_embedding_type": variant.position}, max_length=settings.max_length,
         batch_size=settings.batch_size, steps=steps, learning_rate=settings.learning_rate,
         warmup_steps=max(1, steps // 10),
@@ -271,6 +284,14 @@ def pretrain(variant: Variant, data_dir: Path, run_dir: Path, settings: Pretrain
                "heldout": final, "model_dir": str(result.model_dir)}
     write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _recipe_start(recipe: str, variant: Variant) -> dict:
+    """The budget recipe's start builds its local heads from a sinusoidal learned position table, so it
+    applies to the variants with learned positions; the others keep BERT's random start."""
+    if recipe == "budget" and variant.position != "learned":
+        return {"position_init": "normal", "attention_init": "random"}
+    return {}
 
 
 def _untrained(cfg, data_dir: Path, run_dir: Path, wanted: dict, summary_file: Path) -> dict:
@@ -296,6 +317,9 @@ def task_data(task_name: str, data_root: Path, settings: FinetuneSettings, title
         folder = data_root / "glue" / {"sst2": "SST-2", "mrpc": "MRPC"}[task_name]
         limit = settings.sst2_examples if task_name == "sst2" else None
         return DataSettings(max_train_examples=limit), folder / "train.tsv", folder / "dev.tsv"
+    if task_name == "ner":
+        folder = data_root / "conll2003"
+        return DataSettings(max_train_examples=settings.ner_sentences), folder / "train.txt", folder / "valid.txt"
     if task_name == "squad":
         from bertforge.tasks.qa import AGREED_EVAL_TITLES, read_squad
 
@@ -470,6 +494,7 @@ def _preamble(pre: PretrainSettings, fine: FinetuneSettings, prepared, tasks: Se
                f"seeds {', '.join(map(str, seeds))} (mean ± standard deviation)")
     data = {"sst2": f"SST-2 first {fine.sst2_examples:,} training sentences, dev 872",
             "mrpc": "MRPC train/dev",
+            "ner": f"CoNLL-2003 first {fine.ner_sentences:,} training sentences, validation set",
             "squad": f"SQuAD v1.1 agreed split, first {fine.squad_train_questions:,} training / "
                      f"{fine.squad_eval_questions:,} evaluation questions, length {SQUAD_MAX_LENGTH}, "
                      f"stride {SQUAD_STRIDE}"}

@@ -27,6 +27,7 @@ TASK_COLUMNS = {  # task -> [(metric key, column title)]
     "sst2": [("accuracy", "SST-2 acc")],
     "mrpc": [("f1", "MRPC F1"), ("accuracy", "MRPC acc")],
     "squad": [("exact_match", "SQuAD EM"), ("f1", "SQuAD F1")],
+    "ner": [("f1", "NER F1")],
 }
 
 
@@ -40,7 +41,8 @@ def table_rows(rows: list[dict], tasks: Sequence[str]) -> tuple[list[str], list[
               "held-out MLM acc", "held-out MLM ppl", "held-out NSP acc"]
     for task in tasks:
         header += [title for _, title in TASK_COLUMNS[task]]
-    header += [f"paper {TASK_COLUMNS[t][-1][1] if t != 'mrpc' else 'MRPC acc'}" for t in tasks]
+    in_paper = [t for t in tasks if t in PAPER_TABLE5["bert"]]  # NER is not in the paper's Table 5
+    header += [f"paper {TASK_COLUMNS[t][-1][1] if t != 'mrpc' else 'MRPC acc'}" for t in in_paper]
     body = []
     for row in rows:
         variant, heldout = row["variant"], row["pretrain"]["heldout"]
@@ -57,7 +59,7 @@ def table_rows(rows: list[dict], tasks: Sequence[str]) -> tuple[list[str], list[
             cells += [("—" if key not in metrics else f"{score(task, metrics[key]):.1f}" +
                        (f" ± {score(task, std[key]):.1f}" if key in std else "")) for key, _ in TASK_COLUMNS[task]]
         paper = PAPER_TABLE5.get(variant.name, {})
-        cells += [f"{paper[t]:.1f}" if t in paper else "" for t in tasks]
+        cells += [f"{paper[t]:.1f}" if t in paper else "" for t in in_paper]
         body.append(cells)
     return header, body
 
@@ -86,7 +88,7 @@ def plot(rows: list[dict], tasks: Sequence[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     main = {"sst2": ("accuracy", "SST-2 dev accuracy"), "mrpc": ("accuracy", "MRPC dev accuracy"),
-            "squad": ("f1", "SQuAD v1.1 (agreed split) F1")}
+            "squad": ("f1", "SQuAD v1.1 (agreed split) F1"), "ner": ("f1", "CoNLL-2003 NER F1 (validation)")}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 0.45 * len(rows) + 1.9), sharey=True,
                              squeeze=False)
     labels = [row["variant"].label for row in rows]
