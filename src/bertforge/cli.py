@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         parser = _build_parser(jobs)
         parsed = parser.instantiate(parser.parse_args(args))
         call_job(jobs[parsed.subcommand], parsed[parsed.subcommand].as_dict())
+        _leave_process_group(finished=True)
     except ArgumentError as exc:  # an unknown option, a value of the wrong type, a missing argument
         where = f"bertforge {chosen[0]} --help" if len(chosen) == 1 else "bertforge --help"
         _fail(_dashed(f"{exc} (`{where}` lists what is accepted)"), 2)
@@ -215,6 +216,14 @@ def main(argv: list[str] | None = None) -> None:
         _fail("out of memory; lower --batch-size (or the sequence length), or use a smaller model", 1)
 
 
+def _leave_process_group(finished: bool) -> None:
+    """Under torchrun, leave the process group the job joined (a no-op for a job that never imported torch)."""
+    if "torch.distributed" in sys.modules:
+        from bertforge.training.distributed import leave_world
+
+        leave_world(finished)
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     """MemoryError, or torch's OutOfMemoryError (a RuntimeError)."""
     torch = sys.modules.get("torch")
@@ -222,6 +231,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _fail(message: str, status: int) -> None:
+    _leave_process_group(finished=False)
     message = " ".join(message.split())  # one line, whatever the message held
     print(f"bertforge: error: {message}", file=sys.stderr)
     raise SystemExit(status) from None

@@ -95,3 +95,17 @@ def from_main(value: T, world: World) -> T:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def leave_world(finished: bool = True) -> None:
+    """Leave the process group, if this process joined one: the last thing a torchrun job does.
+
+    After a finished job every rank first waits for the others, so no rank tears its connections down
+    while another is still using them; a failed job leaves at once (the others may never arrive). Leaving
+    explicitly, rather than at interpreter exit, matters: gloo's worker threads torn down during
+    finalization can abort the process (SIGABRT) after it has done all its work."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
