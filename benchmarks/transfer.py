@@ -4,6 +4,7 @@ floor) on SST-2, STS-B, MRPC and CoNLL-2003 NER with several seeds, and report m
     python benchmarks/transfer.py --model runs/wiki_budget_60/model --output-dir runs/transfer \
         --seeds 42 1 2 --jobs 2 --report docs/results/transfer.md
     ... --precision bf16    # both sides fine-tune under bf16 autocast (CPUs with AMX / AVX-512 BF16, GPUs)
+    ... --dropout 0 --epochs 4    # other fine-tuning settings, the same for both sides
 
 The floor is built once from the model's own config.json and vocabulary with fresh BERT initialisation,
 so the two sides differ only in the pre-trained weights. Each fine-tuning run is its own process (one
@@ -54,10 +55,11 @@ def finetune_one(task: str, model: Path, seed: int, out: Path, args: argparse.Na
     from bertforge.training.finetune_loop import TrainSettings
 
     name, data_dir, examples, epochs, _ = TASKS[task]
+    epochs = args.epochs or epochs
     result = finetune.run(out / "run", task=name, model=str(model),
                           data=finetune.DataSettings(data_dir=data_dir, max_train_examples=examples),
                           train=TrainSettings(epochs=epochs, learning_rate=args.learning_rate,
-                                              batch_size=args.batch_size, seed=seed),
+                                              batch_size=args.batch_size, dropout=args.dropout, seed=seed),
                           threads=1, precision=args.precision, progress=False, tensorboard=False, overwrite=True)
     best = next(h for h in result.history if h["epoch"] == result.best_epoch)
     (out / "result.json").write_text(json.dumps({"task": task, "seed": seed, "model": str(model), **best}, indent=2))
@@ -69,7 +71,9 @@ def launch(task: str, side: str, model: Path, seed: int, args: argparse.Namespac
     if not (out / "result.json").is_file():
         command = [sys.executable, __file__, "--one", task, str(model), str(seed), str(out),
                    "--learning-rate", str(args.learning_rate), "--batch-size", str(args.batch_size),
-                   "--precision", args.precision]
+                   "--precision", args.precision, "--dropout", str(args.dropout)]
+        if args.epochs:
+            command += ["--epochs", str(args.epochs)]
         out.mkdir(parents=True, exist_ok=True)
         with (out / "log.txt").open("w") as log:
             subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -101,6 +105,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="for every task (default: each task's own, in TASKS)")
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="of the fine-tuning, both sides (0 matches the budget recipe's pre-training)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="of the fine-tuning, both sides (bf16: autocast, where the hardware has it natively)")
     parser.add_argument("--jobs", type=int, default=2, help="fine-tuning processes at a time (1 thread each)")

@@ -211,6 +211,54 @@ def test_the_plan_fits_the_budget_and_a_resumed_run_keeps_it(corpus, tmp_path):
     assert resumed.step == total and resumed.stopped == "finished"
 
 
+def test_a_plan_from_a_wrong_probe_is_fitted_again_from_the_runs_own_steps(corpus, tmp_path, monkeypatch, capsys):
+    import json
+
+    import bertforge.training.pretrain as pretrain
+
+    # The probe before the run claims 2 ms a step: far faster than the real ones, so the first plan is too long
+    # for the budget and would be cut by the timer before its learning rate decays.
+    monkeypatch.setattr(pretrain, "measure_step_seconds", lambda *args, **kwargs: 0.002)
+    result = train(_budget(corpus, tmp_path / "run", steps=None, max_minutes=0.25, save_every=None, log_every=1))
+    printed = capsys.readouterr().out
+    first = int(printed.split("planned ")[1].split(" steps")[0].replace(",", ""))
+    assert "re-planned" in printed
+    final = json.loads((tmp_path / "run" / "config.json").read_text())["steps"]
+    assert final < first
+    checkpoint = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    assert checkpoint["config"]["steps"] == final  # a resumed run continues on the fitted plan
+    if result.stopped == "finished":  # the usual case; a very slow machine may still meet the timer first
+        assert result.step == final
+        rates = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["lr"] for r in rates if r.get("split") == "train"][-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fitting_again_continues_the_schedule_at_the_current_step(corpus, tmp_path):
+    import json
+    import time
+    from types import SimpleNamespace
+
+    from bertforge.training.distributed import World
+    from bertforge.training.optim import lr_multiplier
+    from bertforge.training.pretrain import _Replan, _schedule
+
+    cfg = _budget(corpus, tmp_path, steps=None, max_minutes=1.0, save_every=None)
+    cfg.plan(1000)
+    (tmp_path / "config.json").write_text("{}")
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.learning_rate)
+    trainer = SimpleNamespace(world=World(), optimizer=optimizer, scheduler=_schedule(cfg, optimizer))
+    replan = _Replan.for_run(cfg, started=time.monotonic() - 10.0, eval_seconds=0.0)
+    assert replan.at == 50  # 5% of the plan, before the first checkpoint (step 250)
+    replan.step_seconds = [9.0] * 12 + [0.5] * 38  # a slow start, then 0.5 s a step
+    replan.fit(cfg, trainer, step=50)
+    expected = 50 + int((60 * 0.97 - 10.0) / 0.5)
+    assert abs(cfg.optim.steps - expected) <= 1 and cfg.optim.warmup_steps == round(0.06 * cfg.optim.steps)
+    factor = lr_multiplier("linear", warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.optim.steps)(50)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.learning_rate * factor)
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == cfg.optim.steps
+
+
 def test_eval_set_is_the_same_whatever_the_training_recipe(corpus, tmp_path):
     from bertforge.training.pretrain import heldout_batches
 

@@ -69,5 +69,8 @@ def lr_multiplier(schedule: ScheduleName, *, warmup_steps: int, total_steps: int
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, schedule: ScheduleName = "linear", *, warmup_steps: int,
-                   total_steps: int, **kwargs) -> LambdaLR:
-    return LambdaLR(optimizer, lr_multiplier(schedule, warmup_steps=warmup_steps, total_steps=total_steps, **kwargs))
+                   total_steps: int, after_step: int = 0, **kwargs) -> LambdaLR:
+    """The learning-rate schedule; `after_step` > 0 continues a run at that step on a new plan (the optimizer
+    has been stepped by an earlier schedule, which recorded its starting rates)."""
+    return LambdaLR(optimizer, lr_multiplier(schedule, warmup_steps=warmup_steps, total_steps=total_steps, **kwargs),
+                    last_epoch=after_step - 1)

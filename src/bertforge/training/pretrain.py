@@ -425,15 +425,15 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
         eval_started = time.perf_counter()
         evaluations[0] = evaluate(model, heldout, device, cfg.optim.precision)
         eval_seconds = time.perf_counter() - eval_started
-    _plan(cfg, trainer, stream, masker, tokenizer, eval_seconds, spent_seconds=time.monotonic() - started)
-    trainer.scheduler = build_schedule(optimizer, cfg.optim.schedule, warmup_steps=cfg.optim.warmup_steps,
-                                       total_steps=cfg.optim.steps)
+    fitted = _plan(cfg, trainer, stream, masker, tokenizer, eval_seconds, spent_seconds=time.monotonic() - started)
+    trainer.scheduler = _schedule(cfg, optimizer)
+    replan = _Replan.for_run(cfg, started, eval_seconds) if fitted else None
     step = _restore(state, trainer, stream) if state is not None else 0
     if cfg.optim.compile:
         trainer.net = torch.compile(trainer.net)
     logger = _open_log(cfg, trainer, tokenizer, step, evaluations, resumed_from) if world.is_main else None
     return _loop(cfg, trainer, stream, masker, tokenizer, heldout, logger, step, evaluations, resumed_from,
-                 on_step=on_step, stop_after=stop_after)
+                 replan, on_step=on_step, stop_after=stop_after)
 
 
 def _devices(cfg: PretrainConfig) -> tuple[torch.device, World]:
@@ -449,19 +449,65 @@ def _devices(cfg: PretrainConfig) -> tuple[torch.device, World]:
 
 
 def _plan(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
-          eval_seconds: float, *, spent_seconds: float) -> None:
-    """Fix the step count: as set, fitted to the wall-clock budget from a measured step, or 1000."""
+          eval_seconds: float, *, spent_seconds: float) -> bool:
+    """Fix the step count: as set, fitted to the wall-clock budget from a measured step, or 1000. True when
+    it was fitted to the budget (the run fits it again from its own steps: _Replan)."""
     if cfg.optim.steps is not None:
         cfg.plan(cfg.optim.steps)
-    elif cfg.job.max_minutes:
+        return False
+    if cfg.job.max_minutes:
         world = trainer.world
         step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
         planned = plan_steps(cfg, step_seconds, eval_seconds, spent_seconds)
         planned = int(all_reduce_sum(torch.tensor([planned], dtype=torch.float64), world)) // world.size
         print(f"planned {planned:,} steps for {cfg.job.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
         cfg.plan(planned)
-    else:
-        cfg.plan(1000)
+        return True
+    cfg.plan(1000)
+    return False
+
+
+@dataclass
+class _Replan:
+    """Fit the step count to the wall-clock budget once more, from the run's own steps.
+
+    The first plan times a handful of steps on a fresh copy of the model before the run, and that can be off
+    by a quarter (one-off kernel set-up for new shapes, a machine still settling): measured once at 0.534 s
+    per step where the run then took 0.43, so the schedule decayed to 0 and the run ended after 31 of its 40
+    minutes. A plan that is too long is cut by the timer before its learning rate decays. Fitting again is
+    done once, early and before the first checkpoint, so every checkpoint holds the final plan and a resumed
+    run repeats the uninterrupted one."""
+
+    at: int  # fit again after this step
+    started: float  # time.monotonic() when the job started: the budget counts from there
+    eval_seconds: float  # one held-out evaluation
+    step_seconds: list[float] = field(default_factory=list)
+
+    @classmethod
+    def for_run(cls, cfg: PretrainConfig, started: float, eval_seconds: float) -> _Replan | None:
+        at = max(20, cfg.optim.steps // 20)
+        return cls(at, started, eval_seconds) if at < min(cfg.optim.steps, cfg.report.save_every) else None
+
+    def fit(self, cfg: PretrainConfig, trainer: Trainer, step: int) -> None:
+        settled = statistics.median(self.step_seconds[len(self.step_seconds) // 4:])  # past the one-off set-up
+        left = plan_steps(cfg, settled, self.eval_seconds, spent_seconds=time.monotonic() - self.started)
+        world = trainer.world
+        planned = step + int(all_reduce_sum(torch.tensor([left], dtype=torch.float64), world)) // world.size
+        before = cfg.optim.steps
+        cfg.plan(planned)
+        trainer.scheduler = _schedule(cfg, trainer.optimizer, after_step=step)
+        if world.is_main:
+            _write_options(cfg)
+            tqdm.write(f"re-planned {planned:,} steps (was {before:,}): {settled:.3f} s per step over steps 1-{step}")
+
+
+def _schedule(cfg: PretrainConfig, optimizer: torch.optim.Optimizer, after_step: int = 0):
+    return build_schedule(optimizer, cfg.optim.schedule, warmup_steps=cfg.optim.warmup_steps,
+                          total_steps=cfg.optim.steps, after_step=after_step)
+
+
+def _write_options(cfg: PretrainConfig) -> None:
+    write_text_atomic(cfg.job.output_dir / "config.json", json.dumps(cfg.options(), indent=2))
 
 
 def _restore(state: dict, trainer: Trainer, stream: ExampleStream) -> int:
@@ -481,7 +527,7 @@ def _open_log(cfg: PretrainConfig, trainer: Trainer, tokenizer, step: int, evalu
     model, out_dir = trainer.model, cfg.job.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out_dir / "tokenizer")
-    write_text_atomic(out_dir / "config.json", json.dumps(cfg.options(), indent=2))
+    _write_options(cfg)
     logger = MetricsLogger(out_dir, tensorboard=cfg.report.tensorboard)
     logger.truncate_after(step) if resumed_from else logger.jsonl.unlink(missing_ok=True)
     print(f"model: {cfg.model.preset} {model.config.num_layers}L H={model.config.hidden_size}, "
@@ -498,7 +544,7 @@ def _open_log(cfg: PretrainConfig, trainer: Trainer, tokenizer, step: int, evalu
 
 def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: BatchMasker, tokenizer,
           heldout: HeldOut, logger: MetricsLogger | None, step: int, evaluations: dict[int, dict],
-          resumed_from: Path | None, *, on_step, stop_after) -> PretrainResult:
+          resumed_from: Path | None, replan: _Replan | None, *, on_step, stop_after) -> PretrainResult:
     """Steps until the planned count, the wall-clock budget, a non-finite loss or `stop_after`."""
     model, world = trainer.model, trainer.world
     step_losses: dict[int, float] = {}
@@ -510,6 +556,7 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
     deadline = report.clock + cfg.job.max_minutes * 60 if cfg.job.max_minutes else math.inf
     while step < cfg.optim.steps:
         before = (dataclasses.replace(stream.position), rng_state())  # the state a NaN stop saves
+        step_started = time.perf_counter()
         step += 1
         batch = collate_examples(stream.take(cfg.optim.batch_size), stream.settings, tokenizer)
         masked = masker(batch, cfg.job.seed * 1_000_003 + step)
@@ -525,6 +572,11 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
             step -= 1
             break
         grad_norm = trainer.apply_gradients()
+        if replan is not None:
+            replan.step_seconds.append(time.perf_counter() - step_started)
+            if step == replan.at:
+                replan.fit(cfg, trainer, step)
+                bar.total, replan = cfg.optim.steps, None
         step_losses[step] = metrics["loss"]
         report.window["tokens"] += int(batch.attention_mask.sum())
         # The wall-clock budget ends the run like its last step (evaluate, checkpoint, export).
