@@ -132,7 +132,8 @@ class OptimSettings:
         batch_size: Examples per optimizer step, over all processes and accumulation steps.
         grad_accum_steps: Split each process's share of a batch into this many micro-batches.
         steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
-            measured speed so the schedule ends at the budget; unset without: 1000.
+            measured speed so the schedule ends at the budget, and fitted again 5% into the run from its
+            own steps; unset without: 1000.
         optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
         learning_rate: Peak learning rate.
         adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
