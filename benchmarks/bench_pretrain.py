@@ -2,7 +2,7 @@
 and under bf16 autocast, at one or more model shapes.
 
 Same config (default: the `mini` preset, vocabulary 30,522), same weights, same batch (sequence 128,
-batch 32, 15% of tokens masked, NSP labels), one step = forward + backward + AdamW, in one process. Every
+batch 32, 15% of tokens masked, NSP labels), one step = forward + backward + fused AdamW, in one process. Every
 row of the batch is full, as packed pre-training rows are (no padding). The systems take turns step by step
 so that a shared, noisy machine slows all alike; the median step time of each gives tokens/s. The first
 step's fp32 losses are compared to show both compute the same thing (bertforge projects onto the vocabulary
@@ -88,8 +88,10 @@ def build_models(preset: str):
 def bench_preset(args, preset: str) -> dict:
     config, ours, theirs = build_models(preset)
     ours, theirs = ours.to(args.device), theirs.to(args.device)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
+    # Fused AdamW on both sides: what `bertforge pretrain` uses (optim.build_adamw) and the Trainer's default
+    # (`adamw_torch_fused`), so the peer runs at its strongest setting here too.
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=args.fused)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=args.fused)
     batch = {k: v.to(args.device) for k, v in make_batch(config, args.batch, args.seq, args.rate).items()}
     tokens = args.batch * args.seq
     first = {"bertforge": ours_step(ours, opt_ours, batch), "transformers": hf_step(theirs, opt_theirs, batch)}
@@ -144,6 +146,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                        help="fused AdamW on both sides (--no-fused: torch's per-tensor loop, as before 2026-12-06)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
