@@ -211,3 +211,27 @@ def test_serve_gathers_its_flat_options_into_groups(monkeypatch) -> None:
     assert seen["batching"] == server.BatchSettings(max_wait_ms=7.0)
     assert seen["limits"] == server.Limits(max_texts=3, head_timeout_s=2.0)
     assert seen["name"] == "m"
+
+
+def test_a_job_under_torchrun_leaves_its_process_group_finished_or_failed(tmp_path, monkeypatch, capsys) -> None:
+    import socket
+
+    import torch.distributed as dist
+
+    def join() -> None:  # a one-process group, as torchrun's environment would give
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+    join()
+    try:
+        main(["params", "--preset", "tiny"])
+        assert not dist.is_initialized()  # left after a finished job
+        join()
+        with pytest.raises(SystemExit) as failed:
+            main(["pretrain", "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "run")])
+        assert failed.value.code == 2 and not dist.is_initialized()  # and after a one-line error
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
