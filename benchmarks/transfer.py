@@ -121,6 +121,13 @@ def main() -> None:
         return
     if args.model is None:
         parser.error("--model is required")
+    if not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json there; give a Hugging Face-format BERT folder "
+                     "(a pre-training run's model/ folder)")
+    if args.epochs is not None and args.epochs <= 0:
+        parser.error(f"--epochs {args.epochs:g}: give a positive number of passes (e.g. 3), or leave it out")
+    if not 0 <= args.dropout < 1:
+        parser.error(f"--dropout {args.dropout:g}: give a probability in [0, 1), e.g. 0.1 or 0")
     floor = build_floor(args.model, args.output_dir / "floor_model")
     jobs = [(task, side, model, seed) for task in args.tasks for seed in args.seeds
             for side, model in (("pretrained", args.model), ("floor", floor))]

@@ -213,7 +213,7 @@ def test_serve_gathers_its_flat_options_into_groups(monkeypatch) -> None:
     assert seen["name"] == "m"
 
 
-def test_a_job_under_torchrun_leaves_its_process_group_finished_or_failed(tmp_path, monkeypatch, capsys) -> None:
+def test_a_job_under_torchrun_leaves_its_process_group_finished_or_failed(tmp_path) -> None:
     import socket
 
     import torch.distributed as dist

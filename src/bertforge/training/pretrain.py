@@ -456,10 +456,8 @@ def _plan(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
         cfg.plan(cfg.optim.steps)
         return False
     if cfg.job.max_minutes:
-        world = trainer.world
         step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
-        planned = plan_steps(cfg, step_seconds, eval_seconds, spent_seconds)
-        planned = int(all_reduce_sum(torch.tensor([planned], dtype=torch.float64), world)) // world.size
+        planned = _agreed(plan_steps(cfg, step_seconds, eval_seconds, spent_seconds), trainer.world)
         print(f"planned {planned:,} steps for {cfg.job.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
         cfg.plan(planned)
         return True
@@ -490,15 +488,20 @@ class _Replan:
 
     def fit(self, cfg: PretrainConfig, trainer: Trainer, step: int) -> None:
         settled = statistics.median(self.step_seconds[len(self.step_seconds) // 4:])  # past the one-off set-up
-        left = plan_steps(cfg, settled, self.eval_seconds, spent_seconds=time.monotonic() - self.started)
         world = trainer.world
-        planned = step + int(all_reduce_sum(torch.tensor([left], dtype=torch.float64), world)) // world.size
+        planned = step + _agreed(plan_steps(cfg, settled, self.eval_seconds,
+                                            spent_seconds=time.monotonic() - self.started), world)
         before = cfg.optim.steps
         cfg.plan(planned)
         trainer.scheduler = _schedule(cfg, trainer.optimizer, after_step=step)
         if world.is_main:
             _write_options(cfg)
             tqdm.write(f"re-planned {planned:,} steps (was {before:,}): {settled:.3f} s per step over steps 1-{step}")
+
+
+def _agreed(steps: int, world: World) -> int:
+    """One step count for every process: the mean of what each measured (each times its own steps)."""
+    return int(all_reduce_sum(torch.tensor([steps], dtype=torch.float64), world)) // world.size
 
 
 def _schedule(cfg: PretrainConfig, optimizer: torch.optim.Optimizer, after_step: int = 0):
