@@ -47,6 +47,7 @@ SIDES: dict[str, dict] = {
     "budget_nsp_pairs": {"recipe": "budget", "objective": "mlm_nsp", "packing": False},
     "budget_unpacked": {"recipe": "budget", "packing": False},
     "budget_dropout": {"recipe": "budget", "dropout": 0.1},
+    "budget + compile": {"recipe": "budget", "compile": True},
 }
 
 
@@ -59,6 +60,8 @@ def side(name: str, corpus: PreparedCorpus, tokenizer, args: argparse.Namespace,
     model = build_model(cfg, tokenizer.vocab_size)
     trainer = Trainer(cfg, model, model, build_optimizer(cfg, model), None,
                       torch.amp.GradScaler("cpu", enabled=False), World(), torch.device("cpu"), tokenizer.mask_id)
+    if cfg.optim.compile:
+        trainer.net = torch.compile(trainer.net)
     stream = ExampleStream(list(corpus.shards("train")), cfg.corpus.example_settings(), seed=0)
     return {"cfg": cfg, "trainer": trainer, "stream": stream, "masker": BatchMasker.for_training(cfg, tokenizer),
             "seconds": [], "real": 0, "padded": 0}
@@ -81,6 +84,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per side (after 2 warm-up steps)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps per side first (a compiled side compiles again for new shapes)")
     parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=["bert", "bert + bf16", "mlm packed + bf16",
                                                                           "budget"])
     args = parser.parse_args()
@@ -89,10 +94,10 @@ def main() -> None:
     tokenizer = corpus.tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
         states = {name: side(name, corpus, tokenizer, args, Path(tmp)) for name in args.sides}
-        for i in range(args.steps + 2):
+        for i in range(args.steps + args.warmup):
             for state in states.values():
                 step(state, tokenizer, i)
-                if i < 2:  # warm-up: one-off allocations are not the steady state
+                if i < args.warmup:  # warm-up: one-off allocations are not the steady state
                     state.update(seconds=[], real=0, padded=0)
     base = None
     print(f"{args.preset}, batch {args.batch_size}, {args.threads} threads, {args.steps} steps per side, "

@@ -6,6 +6,7 @@ For left-to-right decoding, a LayerCache keeps the keys and values of earlier po
 so each new token costs one row of attention instead of a whole new forward pass.
 In packed mode (`packing` given, see packed.py) x is [N, H], the real tokens of B sequences one after another;
 the same projections run on them and only the attention call itself keeps the sequences apart.
+Every attention call goes through `attend`, which picks the kernel (see there).
 """
 
 from __future__ import annotations
@@ -109,12 +110,12 @@ class BertSelfAttention(nn.Module):
             if mask is not None and mask.dtype == torch.bool:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             elif mask is not None:
-                scores = scores + mask
+                scores = scores + mask.to(scores.dtype)
             probs = scores.softmax(dim=-1)
             context = F.dropout(probs, dropout_p, self.training) @ v  # [B, A, T, D]
         else:
             probs = None
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            context = attend(q, k, v, mask, dropout_p)
         return context.transpose(1, 2).reshape(batch, seq_len, hidden), probs  # [B, T, H]
 
     def _position_bias(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -129,6 +130,28 @@ class BertSelfAttention(nn.Module):
         return pos.alibi_bias(self.alibi_slopes, distance).to(q.dtype)[None]
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q kᵀ / √D + mask) v for [..., T, D] queries and [..., S, D] keys and values; a bool mask is True
+    where a query may attend, a float mask is added to the scores.
+
+    SDPA everywhere except bf16 on a CPU: there torch's fused (flash) kernel runs 2-3x slower than three plain
+    ops at BERT's lengths (one mini layer at T=128, forward and backward: 22 ms against 7 ms; forward only: 4.1
+    against 2.2 ms; benchmarks/bench_attention.py). The scores are then written out in bf16; the softmax
+    accumulates in fp32 inside the kernel, and its bf16 output is what an autocast matmul would round it to."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.is_nested:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [..., T, S]; scaling q is the smaller product
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # a row with no key stays finite
+    elif mask is not None:
+        scores = scores + mask.to(scores.dtype)  # -inf stays -inf in bf16
+    probs = scores.softmax(dim=-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v
+
+
 def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0) -> torch.Tensor:
     """[N, 3, A, D] fused q, k, v of packed tokens -> [N, A·D] context; each token attends within its own
     sequence only, in the way `packing.attention` names (the results agree within float rounding)."""
@@ -139,7 +162,7 @@ def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0
         padded = qkv.new_zeros(batch * longest, 3, heads, head)
         padded[index] = qkv
         q, k, v = padded.view(batch, longest, 3, heads, head).permute(2, 0, 3, 1, 4).unbind(0)  # [B, A, T, D]
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask, dropout_p=dropout_p)
+        context = attend(q, k, v, packing.key_mask, dropout_p)
         return context.transpose(1, 2).reshape(batch * longest, heads * head)[index]  # [N, A·D]
     if packing.attention == "nested":
         # No padding at all; on CPU SDPA has no fused jagged kernel and loops over the sequences.
@@ -152,5 +175,5 @@ def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0
         return context.transpose(1, 2).values().reshape(n, heads * head)
     # "block": one row of N tokens, a block-diagonal [N, N] mask (O(N²) work).
     q, k, v = qkv.permute(1, 2, 0, 3).unbind(0)  # [A, N, D]
-    context = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.block_mask, dropout_p=dropout_p)
+    context = attend(q, k, v, packing.block_mask, dropout_p)
     return context.transpose(0, 1).reshape(n, heads * head)  # [N, A·D]

@@ -66,6 +66,7 @@ from bertforge.training.pretrain_settings import (
     RunSettings,
 )
 from bertforge.training.run_folder import open_run
+from bertforge.training.vocab_loss import summed_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,9 @@ def losses(out: PreTrainingOutput | CausalLMOutput, labels: torch.Tensor, nsp_la
         mlm_logits, nsp_logits = out.logits, None
     else:
         raise TypeError(f"pre-training losses need a PreTrainingOutput or CausalLMOutput, not {type(out).__name__}")
-    mlm_logits = mlm_logits.float()  # [N, V]
-    correct = mlm_logits.argmax(-1) == labels
-    stats = {"mlm_sum": F.cross_entropy(mlm_logits, labels, reduction="sum"),
-             "mlm_correct": correct.sum(), "mlm_count": torch.tensor(labels.numel())}
+    mlm_sum, predictions = summed_cross_entropy(mlm_logits, labels)  # [N, V] -> scalar, [N]
+    correct = predictions == labels
+    stats = {"mlm_sum": mlm_sum, "mlm_correct": correct.sum(), "mlm_count": torch.tensor(labels.numel())}
     if shown_mask is not None:
         stats.update(mask_correct=(correct & shown_mask).sum(), mask_count=shown_mask.sum())
     if nsp_logits is not None:

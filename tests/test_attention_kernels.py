@@ -1,0 +1,108 @@
+"""The two kernels that replace torch's fused ones where those are slow: `attend` (bf16 attention on a CPU)
+and `summed_cross_entropy` (the vocabulary loss of pre-training), each against the plain torch computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertforge.model import attention
+from bertforge.model.attention import attend
+from bertforge.training import vocab_loss
+from bertforge.training.vocab_loss import summed_cross_entropy
+
+
+def qkv(dtype: torch.dtype, batch: int = 3, heads: int = 2, length: int = 9, head: int = 8):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, heads, length, head, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+
+
+def block_mask(batch: int = 3, length: int = 9) -> torch.Tensor:
+    """[B, 1, T, T] True within each of a row's packed windows (two or three windows per row)."""
+    window = torch.tensor([[0] * 4 + [1] * 5, [0] * 9, [0] * 2 + [1] * 3 + [2] * 4])[:batch, :length]
+    return window[:, None, :, None] == window[:, None, None, :]
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "key padding"])
+def test_bf16_attention_on_a_cpu_follows_fp32_sdpa_forward_and_backward(mask_kind: str) -> None:
+    q, k, v = qkv(torch.bfloat16)
+    mask = {"none": None, "bool": block_mask(), "key padding": torch.arange(9)[None, None, None, :] < 6,
+            "float": torch.zeros(3, 1, 9, 9).masked_fill(~block_mask(), float("-inf"))}[mask_kind]
+    out = attend(q, k, v, mask)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=mask)
+    ref.backward(grad_out.float())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    for ours, theirs in ((q, q32), (k, k32), (v, v32)):
+        torch.testing.assert_close(ours.grad.float(), theirs.grad, atol=5e-2, rtol=5e-2)
+
+
+def test_bf16_attention_keeps_each_window_to_itself() -> None:
+    q, k, v = qkv(torch.bfloat16)
+    mask = block_mask()
+    changed = v.detach().clone()
+    changed[0, :, 4:] += 10  # the second window of row 0
+    before, after = attend(q, k, v, mask), attend(q, k, changed, mask)
+    assert torch.equal(before[0, :, :4], after[0, :, :4])  # the first window never saw it
+    assert not torch.equal(before[0, :, 4:], after[0, :, 4:])
+
+
+def test_bf16_attention_gives_a_query_with_no_key_finite_output() -> None:
+    q, k, v = qkv(torch.bfloat16)
+    mask = block_mask().clone()
+    mask[0, 0, 0] = False  # query 0 of row 0 may attend nowhere
+    assert torch.isfinite(attend(q, k, v, mask)).all()
+
+
+def test_other_dtypes_and_devices_stay_on_sdpa(monkeypatch) -> None:
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def counted_sdpa(*args, **kwargs):
+        calls.append(1)
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counted_sdpa)
+    attend(*qkv(torch.float32), block_mask())
+    assert calls == [1]
+    attend(*qkv(torch.bfloat16), block_mask())
+    assert calls == [1]  # bf16 on the CPU: written out, no SDPA call
+
+
+def test_bf16_attention_dropout_drops_in_training_only() -> None:
+    q, k, v = qkv(torch.bfloat16)
+    torch.manual_seed(0)
+    assert not torch.equal(attend(q, k, v, None, dropout_p=0.5), attend(q, k, v, None))
+    assert torch.equal(attend(q, k, v, None, dropout_p=0.0), attend(q, k, v, None))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_elements", [1 << 21, 3 * 50])  # one chunk; three rows per chunk, a ragged end
+def test_summed_cross_entropy_is_torchs_value_gradient_and_argmax(dtype, chunk_elements, monkeypatch) -> None:
+    monkeypatch.setattr(vocab_loss, "_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(10, 50, generator=g) * 4).to(dtype).requires_grad_()
+    labels = torch.randint(0, 50, (10,), generator=g)
+    loss, predictions = summed_cross_entropy(logits, labels)
+    loss.mul(0.7).backward()  # a scale on the way back, as the mean over a batch gives
+    ref_logits = logits.detach().float().requires_grad_()
+    ref = F.cross_entropy(ref_logits, labels, reduction="sum")
+    ref.mul(0.7).backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == dtype
+    torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-5)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 4e-3, "rtol": 1e-2}
+    torch.testing.assert_close(logits.grad.float(), ref_logits.grad, **tolerance)
+    assert torch.equal(predictions, ref_logits.argmax(-1))
+    assert not predictions.requires_grad
+
+
+def test_summed_cross_entropy_without_gradients_is_the_evaluation_path() -> None:
+    logits, labels = torch.randn(7, 30), torch.randint(0, 30, (7,))
+    with torch.no_grad():
+        loss, predictions = summed_cross_entropy(logits, labels)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels, reduction="sum"))
+    assert torch.equal(predictions, logits.argmax(-1))
