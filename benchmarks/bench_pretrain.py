@@ -1,5 +1,5 @@
-"""Pre-training step throughput: bertforge vs `transformers.BertForPreTraining` (SDPA attention), each in fp32
-and under bf16 autocast, at one or more model shapes.
+"""Pre-training step throughput: bertforge vs `transformers.BertForPreTraining`, each in fp32
+and under bf16 autocast, at one or more model shapes; transformers with SDPA and with eager attention.
 
 Same config (default: the `mini` preset, vocabulary 30,522), same weights, same batch (sequence 128,
 batch 32, 15% of tokens masked, NSP labels), one step = forward + backward + fused AdamW, in one process. Every
@@ -30,6 +30,7 @@ from bertforge.config import BertConfig
 from bertforge.flops import encoder_flops, mlm_head_flops
 from bertforge.hardware import bf16_skip_reason
 from bertforge.heads import BertForPreTraining
+from bertforge.training.vocab_loss import summed_cross_entropy
 
 
 def make_batch(config: BertConfig, batch: int, seq: int, rate: float, seed: int = 0) -> dict:
@@ -48,7 +49,8 @@ def make_batch(config: BertConfig, batch: int, seq: int, rate: float, seed: int 
 
 def ours_step(model, optimizer, b) -> float:
     out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], masked_positions=b["masked"])
-    loss = F.cross_entropy(out.mlm_logits, b["labels"][b["masked"]]) + F.cross_entropy(out.nsp_logits, b["nsp"])
+    mlm_sum, _ = summed_cross_entropy(out.mlm_logits, b["labels"][b["masked"]])  # the loss `pretrain` runs
+    loss = mlm_sum / int(b["masked"].sum()) + F.cross_entropy(out.nsp_logits, b["nsp"])
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -65,41 +67,44 @@ def hf_step(model, optimizer, b) -> float:
 
 
 def build_models(preset: str):
-    """bertforge's and transformers' BertForPreTraining with the same weights, dropout off, and their AdamWs."""
+    """bertforge's BertForPreTraining and transformers' with SDPA and with eager attention (the faster of the two
+    in bf16 on a CPU, where SDPA's fused kernel is slow), all with the same weights and dropout off."""
     import transformers
 
     config = BertConfig.from_preset(preset, hidden_dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
     ours = BertForPreTraining(config).train()
-    hf_config = transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=config.layer_norm_eps,
-        attn_implementation="sdpa",
-    )
-    theirs = transformers.BertForPreTraining(hf_config).train()
-    assert theirs.config._attn_implementation == "sdpa", theirs.config._attn_implementation
-    missing, unexpected = theirs.load_state_dict(to_hf_state_dict(ours), strict=False)
-    assert not unexpected and all("decoder" in k or "position_ids" in k for k in missing), (missing, unexpected)
-    theirs.tie_weights()
-    return config, ours, theirs
+    peers = {}
+    for attention in ("sdpa", "eager"):
+        hf_config = transformers.BertConfig(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=config.layer_norm_eps,
+            attn_implementation=attention,
+        )
+        theirs = transformers.BertForPreTraining(hf_config).train()
+        assert theirs.config._attn_implementation == attention, theirs.config._attn_implementation
+        missing, unexpected = theirs.load_state_dict(to_hf_state_dict(ours), strict=False)
+        assert not unexpected and all("decoder" in k or "position_ids" in k for k in missing), (missing, unexpected)
+        theirs.tie_weights()
+        peers[f"transformers-{attention}"] = theirs
+    return config, ours, peers
 
 
 def bench_preset(args, preset: str) -> dict:
-    config, ours, theirs = build_models(preset)
-    ours, theirs = ours.to(args.device), theirs.to(args.device)
-    # Fused AdamW on both sides: what `bertforge pretrain` uses (optim.build_adamw) and the Trainer's default
+    config, ours, peers = build_models(preset)
+    models = {"bertforge": (ours_step, ours.to(args.device))}
+    models.update({name: (hf_step, model.to(args.device)) for name, model in peers.items()})
+    # Fused AdamW on every side: what `bertforge pretrain` uses (optim.build_adamw) and the Trainer's default
     # (`adamw_torch_fused`), so the peer runs at its strongest setting here too.
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=args.fused)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=args.fused)
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.fused)
+                  for name, (_, model) in models.items()}
     batch = {k: v.to(args.device) for k, v in make_batch(config, args.batch, args.seq, args.rate).items()}
     tokens = args.batch * args.seq
-    first = {"bertforge": ours_step(ours, opt_ours, batch), "transformers": hf_step(theirs, opt_theirs, batch)}
+    first = {name: step(model, optimizers[name], batch) for name, (step, model) in models.items()}
     # Each framework's one model serves both precisions: the step's cost does not depend on the weights' values.
-    systems = {f"{name} {precision}": (step, model, opt, precision)
-               for name, step, model, opt in (("bertforge", ours_step, ours, opt_ours),
-                                              ("transformers", hf_step, theirs, opt_theirs))
-               for precision in ("fp32", "bf16")}
+    systems = {f"{name} {precision}": (step, model, optimizers[name], precision)
+               for name, (step, model) in models.items() for precision in ("fp32", "bf16")}
     skipped = {name: bf16_skip_reason(args.device) for name, system in systems.items() if system[3] == "bf16"}
     runnable = {name: system for name, system in systems.items() if skipped.get(name) is None}
     times: dict[str, list[float]] = {name: [] for name in runnable}
@@ -114,8 +119,8 @@ def bench_preset(args, preset: str) -> dict:
              + mlm_head_flops(config, int(batch["masked"].sum()), training=True))
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n== {preset}: seq {args.seq}, batch {args.batch}, {args.rate:.0%} masked ==")
-    print(f"first-step fp32 loss: bertforge {first['bertforge']:.5f}, transformers {first['transformers']:.5f} "
-          "(same weights, same batch)")
+    print("first-step fp32 loss: " + ", ".join(f"{name} {loss:.5f}" for name, loss in first.items())
+          + " (same weights, same batch)")
     for name in systems:
         if name not in median:
             print(f"{name:>18}: {skipped[name]}")

@@ -54,7 +54,7 @@ def test_bf16_attention_keeps_each_window_to_itself() -> None:
 def test_bf16_attention_gives_a_query_with_no_key_finite_output() -> None:
     q, k, v = qkv(torch.bfloat16)
     mask = block_mask().clone()
-    mask[0, 0, 0] = False  # query 0 of row 0 may attend nowhere
+    mask[0, 0, 0] = False  # (its gradient path: q requires grad)  # query 0 of row 0 may attend nowhere
     assert torch.isfinite(attend(q, k, v, mask)).all()
 
 
@@ -70,7 +70,10 @@ def test_other_dtypes_and_devices_stay_on_sdpa(monkeypatch) -> None:
     attend(*qkv(torch.float32), block_mask())
     assert calls == [1]
     attend(*qkv(torch.bfloat16), block_mask())
-    assert calls == [1]  # bf16 on the CPU: written out, no SDPA call
+    assert calls == [1]  # training in bf16 on the CPU: written out, no SDPA call
+    with torch.no_grad():
+        attend(*qkv(torch.bfloat16), block_mask())
+    assert calls == [1, 1]  # inference: SDPA's fused forward
 
 
 def test_bf16_attention_dropout_drops_in_training_only() -> None:

@@ -135,12 +135,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """softmax(q kᵀ / √D + mask) v for [..., T, D] queries and [..., S, D] keys and values; a bool mask is True
     where a query may attend, a float mask is added to the scores.
 
-    SDPA everywhere except bf16 on a CPU: there torch's fused (flash) kernel runs 2-3x slower than three plain
-    ops at BERT's lengths (one mini layer at T=128, forward and backward: 22 ms against 7 ms; forward only: 4.1
-    against 2.2 ms; benchmarks/bench_attention.py). The scores are then written out in bf16; the softmax
-    accumulates in fp32 inside the kernel, and its bf16 output is what an autocast matmul would round it to."""
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.is_nested:
+    SDPA everywhere except when training in bf16 on a CPU: there the backward of torch's fused (flash) kernel runs
+    1.3-5x slower than three plain ops at BERT's shapes (one mini layer at T=128: 23 ms against 10 ms; 12 heads
+    of 32: 55 against 25 ms). For inference the fused forward is as fast or faster with many heads, so it stays
+    (benchmarks/bench_attention.py). Written out, the scores are bf16; the softmax accumulates in fp32 inside
+    the kernel, and its bf16 output is what an autocast matmul would round it to."""
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.is_nested or not training:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return written_out_attention(q, k, v, mask, dropout_p)
+
+
+def written_out_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                          dropout_p: float = 0.0) -> torch.Tensor:
+    """`attend` as three plain ops (q kᵀ, softmax, · v), with `attend`'s arguments."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [..., T, S]; scaling q is the smaller product
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # a row with no key stays finite

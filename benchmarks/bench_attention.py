@@ -1,0 +1,107 @@
+"""The two hand-written kernels against the torch calls they replace, side by side in one process:
+
+    attention   F.scaled_dot_product_attention (torch picks its fused CPU kernel) vs the plain ops that bertforge's
+                `attend` runs when training in bf16 on a CPU (`written_out_attention`): training (forward +
+                backward), where it wins, and inference (forward only), where `attend` keeps SDPA because the
+                written-out forward does not win at every shape; a packed block-diagonal mask
+    vocab loss  F.cross_entropy(logits.float(), …) vs bertforge's `summed_cross_entropy`, forward + backward
+
+Each pair takes turns call by call; the median of each is printed with the ratio. bf16 is the default;
+`--dtype fp32` shows why fp32 stays on SDPA (level there).
+
+    python benchmarks/bench_attention.py --threads 2
+    python benchmarks/bench_attention.py --threads 2 --heads 12 --head-size 32 --batch 32 --length 64   # MiniLM
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bertforge.model.attention import written_out_attention
+from bertforge.training.vocab_loss import summed_cross_entropy
+
+
+def timed_pair(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each call, the calls taking turns (2 untimed rounds first)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for index in range(repeats + 2):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if index >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def attention_calls(args: argparse.Namespace, dtype: torch.dtype) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(0)
+    shape = (args.batch, args.heads, args.length, args.head_size)
+    q, k, v = (torch.randn(shape, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    window = torch.randint(0, 3, (args.batch, args.length), generator=g).sort(-1).values  # 1-3 packed windows
+    mask = window[:, None, :, None] == window[:, None, None, :]  # [B, 1, T, T]
+    grad = torch.randn(shape, generator=g).to(dtype)
+
+    def train(fn):
+        return lambda: fn(q, k, v, mask).backward(grad)
+
+    def infer(fn):
+        def call():
+            with torch.inference_mode():
+                fn(q, k, v, mask)
+        return call
+
+    sdpa = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)  # noqa: E731
+    ours = written_out_attention
+    return ({"SDPA": train(sdpa), "written out": train(ours)}, {"SDPA": infer(sdpa), "written out": infer(ours)})
+
+
+def loss_calls(args: argparse.Namespace, dtype: torch.dtype) -> dict:
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(args.positions, args.vocab, generator=g) * 3).to(dtype).requires_grad_()
+    labels = torch.randint(0, args.vocab, (args.positions,), generator=g)
+
+    def torch_loss():
+        F.cross_entropy(logits.float(), labels, reduction="sum").backward()
+        logits.argmax(-1)  # the accuracy statistic, as pre-training counts it
+
+    def ours():
+        summed_cross_entropy(logits, labels)[0].backward()  # the argmax comes with it
+
+    return {"F.cross_entropy": torch_loss, "summed_cross_entropy": ours}
+
+
+def report(title: str, medians: dict[str, float]) -> None:
+    (base_name, base), (name, ms) = medians.items()
+    print(f"{title:<34} {base_name} {base:7.2f} ms   {name} {ms:7.2f} ms   {base / ms:5.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-size", type=int, default=64)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--positions", type=int, default=1210, help="selected positions: 30%% of 32 x 128")
+    parser.add_argument("--vocab", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    print(f"{args.threads} threads, torch {torch.__version__}, {args.dtype}")
+    train, infer = attention_calls(args, dtype)
+    shape = f"[{args.batch}, {args.heads}, {args.length}, {args.head_size}]"
+    report(f"attention {shape}, fwd+bwd", timed_pair(train, args.repeats))
+    report(f"attention {shape}, inference", timed_pair(infer, args.repeats))
+    report(f"vocab loss [{args.positions}, {args.vocab}], fwd+bwd", timed_pair(loss_calls(args, dtype), args.repeats))
+
+
+if __name__ == "__main__":
+    main()
