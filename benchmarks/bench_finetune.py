@@ -61,7 +61,8 @@ def hf_model(args, model_dir: Path, task):
            "squad": transformers.BertForQuestionAnswering}[args.task]
     kwargs = {"num_labels": len(task.label_names)} if args.task != "squad" else {}
     return cls.from_pretrained(str(model_dir), hidden_dropout_prob=args.dropout,
-                               attention_probs_dropout_prob=args.dropout, **kwargs)
+                               attention_probs_dropout_prob=args.dropout, attn_implementation=args.peer_attention,
+                               **kwargs)
 
 
 def shared_head_init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -242,6 +243,9 @@ def main() -> None:
     parser.add_argument("--peer", choices=("trainer", "loop"), default="trainer",
                         help="transformers' Trainer grouping by length (its best CPU setting), or the plain "
                              "random-batch loop (the step-for-step reference with --no-length-grouping)")
+    parser.add_argument("--peer-attention", choices=("sdpa", "eager"), default="sdpa",
+                        help="transformers' attention: SDPA (its default) or eager, which trains faster in bf16 on "
+                             "a CPU, where SDPA's fused backward is slow; run both to find the peer's strongest")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="both sides; bf16 = autocast, only where the processor computes bf16 natively")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -275,7 +279,7 @@ def main() -> None:
     print(f"{args.task}: {len(train_examples)} training examples, {len(eval_examples)} evaluation examples, "
           f"{args.epochs} epoch(s), batch {args.batch_size}, lr {args.learning_rate}, "
           f"max_seq_length {args.max_seq_length}, seed {args.seed}, {args.threads} threads, {args.precision}, "
-          f"{args.device}; peer: {PEERS[args.peer]}", flush=True)
+          f"{args.device}; peer: {PEERS[args.peer]}, {args.peer_attention} attention", flush=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}}
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)

@@ -10,6 +10,7 @@ Shapes: B = batch, T = sequence length, H = hidden size, N = packed tokens.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bertforge.config import BertConfig
@@ -59,7 +60,8 @@ class BertEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids)  # [B, T, H] or [N, H]
         table = self.position_table()
         if table is not None:
-            x = x + (table[:seq_len] if position_ids is None else table[position_ids])  # [T, H], [B, T, H] or [N, H]
+            # F.embedding, not table[position_ids]: its backward sums rows ~5x faster than indexing's index_put.
+            x = x + (table[:seq_len] if position_ids is None else F.embedding(position_ids, table))  # [T|B,T|N, H]
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
