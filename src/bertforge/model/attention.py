@@ -110,7 +110,7 @@ class BertSelfAttention(nn.Module):
             if mask is not None and mask.dtype == torch.bool:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             elif mask is not None:
-                scores = scores + mask.to(scores.dtype)
+                scores = scores + mask
             probs = scores.softmax(dim=-1)
             context = F.dropout(probs, dropout_p, self.training) @ v  # [B, A, T, D]
         else:

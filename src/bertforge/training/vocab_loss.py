@@ -6,15 +6,15 @@ log-softmax, and in the backward a zero-filled gradient and the log-softmax grad
 large is fresh memory from the kernel (glibc maps anything over 32 MB anew and returns it on free), so the page
 faults cost as much as the arithmetic. Here the rows go through in chunks of a few MB that the allocator keeps
 reusing, the softmax is computed again in the backward instead of stored, and the gradient (softmax - one-hot)
-is written straight into the logits' dtype: 33 ms instead of 111 ms for a [1210, 16384] bf16 forward and
-backward on 2 cores (benchmarks/bench_attention.py prints both).
+is written straight into the logits' dtype: 36 ms instead of 135 ms for a [1210, 16384] bf16 forward and
+backward with the argmax, on 2 cores (benchmarks/bench_attention.py prints both).
 """
 
 from __future__ import annotations
 
 import torch
 
-_CHUNK_ELEMENTS = 1 << 19  # fp32 elements per chunk: 8 MB, well under glibc's 32 MB mmap threshold
+_CHUNK_ELEMENTS = 1 << 19  # fp32 elements per chunk: 2 MB, far under glibc's 32 MB mmap threshold
 
 
 def _row_chunks(logits: torch.Tensor) -> list[slice]:
