@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
+    for option in ("threads", "batch", "heads", "head_size", "length", "positions", "vocab", "repeats"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} {getattr(args, option)}: give a positive whole number")
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     print(f"{args.threads} threads, torch {torch.__version__}, {args.dtype}")

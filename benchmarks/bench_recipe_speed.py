@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=["bert", "bert + bf16", "mlm packed + bf16",
                                                                           "budget"])
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps {args.steps} --warmup {args.warmup}: give at least 1 timed step and no negative warm-up")
     torch.set_num_threads(args.threads)
     corpus = PreparedCorpus.open(args.data)
     tokenizer = corpus.tokenizer()
