@@ -249,7 +249,7 @@ def test_fitting_again_continues_the_schedule_at_the_current_step(corpus, tmp_pa
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.learning_rate)
     trainer = SimpleNamespace(world=World(), optimizer=optimizer, scheduler=_schedule(cfg, optimizer))
     replan = _Replan.for_run(cfg, started=time.monotonic() - 10.0, eval_seconds=0.0)
-    assert replan.at == 50  # 5% of the plan, before the first checkpoint (step 250)
+    assert replan.at == (50, 200)  # 5% and 20% of the plan, both before the first checkpoint (step 250)
     replan.step_seconds = [9.0] * 12 + [0.5] * 38  # a slow start, then 0.5 s a step
     replan.fit(cfg, trainer, step=50)
     expected = 50 + int((60 * 0.97 - 10.0) / 0.5)
@@ -257,6 +257,15 @@ def test_fitting_again_continues_the_schedule_at_the_current_step(corpus, tmp_pa
     factor = lr_multiplier("linear", warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.optim.steps)(50)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.learning_rate * factor)
     assert json.loads((tmp_path / "config.json").read_text())["steps"] == cfg.optim.steps
+
+    # The second fit reads the steps since the first quarter of its sample: here faster than the first fit saw.
+    replan.step_seconds += [0.4] * 150
+    replan.started -= 20.0  # 30 s of the minute spent
+    replan.fit(cfg, trainer, step=200)
+    expected = 200 + int((60 * 0.97 - 30.0) / 0.4)
+    assert abs(cfg.optim.steps - expected) <= 1
+    factor = lr_multiplier("linear", warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.optim.steps)(200)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.learning_rate * factor)
 
 
 def test_eval_set_is_the_same_whatever_the_training_recipe(corpus, tmp_path):
