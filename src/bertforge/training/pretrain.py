@@ -458,7 +458,7 @@ def _plan(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
     if cfg.job.max_minutes:
         step_seconds = measure_step_seconds(trainer, stream, masker, tokenizer)
         planned = _agreed(plan_steps(cfg, step_seconds, eval_seconds, spent_seconds), trainer.world)
-        print(f"planned {planned:,} steps for {cfg.job.max_minutes:g} min ({step_seconds:.3f} s per step measured)")
+        print(f"planned {planned:,} steps for {cfg.job.max_minutes:.1f} min ({step_seconds:.3f} s per step measured)")
         cfg.plan(planned)
         return True
     cfg.plan(1000)
@@ -545,7 +545,8 @@ def _open_log(cfg: PretrainConfig, trainer: Trainer, tokenizer, step: int, evalu
           + (f"; resumed from {resumed_from}" if resumed_from else ""))
     if 0 in evaluations:
         logger.log(0, {**evaluations[0], "minutes": 0.0}, prefix="heldout")
-        print(f"untrained model, held-out: {_fmt(evaluations[0])}")
+        start = f"the model of {cfg.model.init_from}" if cfg.model.init_from else "untrained model"
+        print(f"{start}, held-out: {_fmt(evaluations[0])}")
     return logger
 
 
@@ -601,7 +602,7 @@ def _loop(cfg: PretrainConfig, trainer: Trainer, stream: ExampleStream, masker: 
             break
         if out_of_time and step < cfg.optim.steps:
             stopped = "time_limit"
-            tqdm.write(f"wall-clock budget of {cfg.job.max_minutes} min used: stopped after step {step}")
+            tqdm.write(f"wall-clock budget of {cfg.job.max_minutes:.1f} min used: stopped after step {step}")
             break
     bar.close()
 
