@@ -132,7 +132,7 @@ class OptimSettings:
         batch_size: Examples per optimizer step, over all processes and accumulation steps.
         grad_accum_steps: Split each process's share of a batch into this many micro-batches.
         steps: Optimizer steps in total (the schedule's length). Unset with max_minutes: planned from the
-            measured speed so the schedule ends at the budget, and fitted again 5% into the run from its
+            measured speed so the schedule ends at the budget, and fitted again 5% and 20% into the run from its
             own steps; unset without: 1000.
         optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
         learning_rate: Peak learning rate.
