@@ -16,7 +16,6 @@ from a small grid (the same grid for every row), so the figures are a ceiling fo
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -28,10 +27,10 @@ L2_GRID = (1e-4, 1e-3, 1e-2)  # per-example weight decay of the logistic regress
 
 
 def read_sst2(path: Path, limit: int | None) -> tuple[list[str], torch.Tensor]:
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    rows = rows[:limit] if limit else rows
-    return [row[0] for row in rows], torch.tensor([float(row[1]) for row in rows])
+    from bertforge.tasks.classification import read_glue
+
+    examples = read_glue("sst2", path)[:limit]
+    return [e.text for e in examples], torch.tensor([float(e.label) for e in examples])
 
 
 def logistic_accuracy(train_x, train_y, dev_x, dev_y, l2: float) -> float:

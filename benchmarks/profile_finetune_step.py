@@ -10,7 +10,6 @@ optimizer without the word embeddings (half of the parameters), the share a froz
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import statistics
 import sys
@@ -25,9 +24,10 @@ PHASES = ("forward", "backward", "clip", "optimizer", "zero_grad")
 
 
 def batches(tokenizer, examples: int, batch_size: int = 32):
-    with (DATA / "train.tsv").open(newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:examples + 1]
-    ids = tokenizer.encode([row[0] for row in rows]).input_ids
+    from bertforge.tasks.classification import read_glue
+
+    rows = read_glue("sst2", DATA / "train.tsv")[:examples]
+    ids = tokenizer.encode([row.text for row in rows]).input_ids
     order = sorted(range(len(rows)), key=lambda i: len(ids[i]))
     groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     random.Random(0).shuffle(groups)
@@ -37,7 +37,7 @@ def batches(tokenizer, examples: int, batch_size: int = 32):
         mask = torch.zeros(len(group), width, dtype=torch.long)
         for row, i in enumerate(group):
             input_ids[row, :len(ids[i])], mask[row, :len(ids[i])] = torch.tensor(ids[i]), 1
-        yield input_ids, mask, torch.tensor([int(rows[i][1]) for i in group])
+        yield input_ids, mask, torch.tensor([int(rows[i].label) for i in group])
 
 
 def main() -> None:
