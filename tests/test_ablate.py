@@ -161,7 +161,8 @@ def test_parse_tokens_and_variant_choice():
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--budget", "lots"], "--budget 'lots' is not a token count; write e.g. 4M, 500k or 2000000"),
-    (["--tasks", "[sst2,cola]"], "--tasks: unknown task(s) cola; choose from sst2, mrpc, squad, ner"),
+    (["--tasks", "[sst2,cola]"], "--tasks: unknown task(s) cola; choose from sst2, stsb, mrpc, squad, ner"),
+    (["--preset", "huge"], "--preset: unknown preset(s) huge; choose from tiny, mini, small, medium, base, large"),
 ])
 def test_a_bad_option_is_refused_in_one_line_naming_it(args, message, capsys):
     """Before any corpus is read: the option, what is wrong and what to write instead."""
@@ -190,6 +191,12 @@ def _write_data(root: Path) -> None:
     lines = ["sentence\tlabel"] + [f"{t}\t1" for t in good] * 6 + [f"{t}\t0" for t in bad] * 6
     (sst / "train.tsv").write_text("\n".join(lines) + "\n")
     (sst / "dev.tsv").write_text("\n".join(lines[:1] + lines[1:25:3]) + "\n")
+    stsb = root / "glue" / "STS-B"
+    stsb.mkdir(parents=True)
+    pairs = ["index\tsentence1\tsentence2\tscore"]
+    pairs += [f"{i}\tthe cat sat {i}\tthe cat sat {i if i % 3 else i + 1}\t{(i % 6) * 1.0:.1f}" for i in range(24)]
+    (stsb / "train.tsv").write_text("\n".join(pairs) + "\n")
+    (stsb / "dev.tsv").write_text("\n".join(pairs[:13]) + "\n")
     mrpc = root / "glue" / "MRPC"
     mrpc.mkdir(parents=True)
     rows = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
@@ -235,6 +242,7 @@ def test_ablate_end_to_end_writes_the_table_and_the_plot_and_resumes(tmp_path):
     for r in rows:
         for column in ("SST-2 acc", "MRPC F1", "SQuAD F1", "NER F1"):
             assert 0.0 <= float(r[column]) <= 100.0
+        assert -100.0 <= float(r["STS-B Spearman"]) <= 100.0  # a correlation
     assert rows[0]["paper SST-2 acc"] == "92.7" and rows[4]["paper SST-2 acc"] == ""
     assert rows[1]["held-out MLM acc"] == "—" and rows[1]["held-out NSP acc"] == "—"
     assert (out / "ablation.png").stat().st_size > 10_000
@@ -284,7 +292,7 @@ def test_over_seeds_reports_mean_and_sample_deviation():
 def test_the_budget_recipe_starts_every_variant_it_can_and_keeps_rows_unpacked(tmp_path):
     _write_data(tmp_path)
     out = tmp_path / "run"
-    run(output_dir=out, budget="2k", variants=["no_nsp", "pos_rope"], tasks=["sst2"], recipe="budget",
+    run(output_dir=out, budget="2k", variants=["no_nsp", "pos_rope"], tasks=["stsb"], recipe="budget", preset="mini",
         files=[tmp_path / "corpus"], max_documents=40, vocab_size=300, data_root=tmp_path, max_length=32,
         batch_size=8, finetune_epochs=1, finetune_batch_size=8)
     saved = {name: json.loads((out / "pretrain" / name / "config.json").read_text(encoding="utf-8"))
@@ -292,6 +300,7 @@ def test_the_budget_recipe_starts_every_variant_it_can_and_keeps_rows_unpacked(t
     assert {name: (c["objective"], c["packing"]) for name, c in saved.items()} == {
         "bert": ("mlm_nsp", False), "no_nsp": ("mlm", False), "pos_rope": ("mlm_nsp", False)}
     assert saved["bert"]["attention_init"] == "local" and saved["bert"]["masking_rate"] == 0.3
+    assert {c["preset"] for c in saved.values()} == {"mini"}  # --preset sizes every variant outside the sizes group
     assert saved["pos_rope"]["attention_init"] == "random"  # no learned table to start the local heads from
     summary = json.loads((out / "pretrain" / "bert" / "summary.json").read_text(encoding="utf-8"))
     assert summary["settings"]["recipe"] == "budget"

@@ -34,6 +34,7 @@ import torch
 
 from bertforge.analysis.ablation_models import BiLSTMOnTop, LeftToRight
 from bertforge.analysis.ablation_report import TASK_COLUMNS, score, write_report
+from bertforge.config import PRESETS
 from bertforge.errors import OptionError
 from bertforge.files import write_text_atomic
 
@@ -91,9 +92,10 @@ class Selection:
     Args:
         groups: Which groups of variants: objectives (Table 5), positions, sizes (Table 6). Default: all.
         variants: Or name the variants (e.g. bert no_nsp ltr ltr_bilstm pos_rope size_mini).
-        tasks: Downstream tasks among sst2, mrpc, squad, ner (default: all four). NER (CoNLL-2003) is not in
-            the paper's Table 5; it is here because token-level transfer shows at budgets where the
-            sentence-level tasks still sit at their floor.
+        tasks: Downstream tasks among sst2, stsb, mrpc, squad, ner (default: all five). STS-B and NER
+            (CoNLL-2003) are not in the paper's Table 5: NER is here because token-level transfer shows at
+            budgets where the sentence-level tasks still sit at their floor, STS-B because it is the
+            sentence-pair task that shows first whether NSP was learned.
     """
 
     groups: list[str] | None = None
@@ -120,7 +122,7 @@ class AblationCorpus:
         files: Text files or folders (default: the shared Wikipedia dump).
         max_documents: Documents of the corpus used (every 50th held out for evaluation).
         vocab_size: WordPiece vocabulary trained on those documents.
-        data_root: Folder holding glue/SST-2, glue/MRPC and squad/ (the shared data).
+        data_root: Folder holding glue/SST-2, glue/STS-B, glue/MRPC, conll2003/ and squad/ (the shared data).
     """
 
     files: list[Path] | None = None
@@ -141,6 +143,8 @@ class PretrainSettings:
         max_length: Pre-training sequence length.
         batch_size: Pre-training batch size.
         learning_rate: Peak pre-training learning rate (AdamW, 10% warm-up, linear decay).
+        preset: Model size of every variant outside the sizes group (default tiny, as in the first tables;
+            mini at a budget where pre-training transfers).
         seed: Seed of every pre-training (weights, pairs, masks).
         recipe: bert (the paper's start: random attention, learned positions from N(0, 0.02), fp32) or budget
             (`bertforge pretrain --recipe budget`'s start and precision: sinusoidal positions, local heads in
@@ -152,12 +156,14 @@ class PretrainSettings:
     max_length: int = 128
     batch_size: int = 32
     learning_rate: float = 1e-3
+    preset: str = "tiny"
     seed: int = 0
     recipe: str = "bert"
 
     def __post_init__(self) -> None:
         parse_tokens(self.budget)
         _check_known("--recipe", "recipe", [self.recipe], ("bert", "budget"))
+        _check_known("--preset", "preset", [self.preset], PRESETS)
 
     @property
     def steps(self) -> int:
@@ -308,13 +314,14 @@ def _untrained(cfg, data_dir: Path, run_dir: Path, wanted: dict, summary_file: P
 
 
 def task_data(task_name: str, data_root: Path, settings: FinetuneSettings, titles_dir: Path) -> tuple:
-    """(DataSettings, training file, validation file) of the finetune job for one ablation task: SST-2 and MRPC
-    train/dev, SQuAD v1.1 on the agreed split, whose two title lists are written to `titles_dir` (the same files
-    `bertforge finetune --titles ... --eval-titles ...` takes, as in configs/finetune_squad.yaml)."""
+    """(DataSettings, training file, validation file) of the finetune job for one ablation task: SST-2, STS-B and
+    MRPC train/dev, CoNLL-2003 train/valid, SQuAD v1.1 on the agreed split, whose two title lists are written to
+    `titles_dir` (the same files `bertforge finetune --titles ... --eval-titles ...` takes, as in
+    configs/finetune_squad.yaml)."""
     from bertforge.training.finetune import DataSettings
 
-    if task_name in ("sst2", "mrpc"):
-        folder = data_root / "glue" / {"sst2": "SST-2", "mrpc": "MRPC"}[task_name]
+    if task_name in ("sst2", "stsb", "mrpc"):
+        folder = data_root / "glue" / {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC"}[task_name]
         limit = settings.sst2_examples if task_name == "sst2" else None
         return DataSettings(max_train_examples=limit), folder / "train.tsv", folder / "dev.tsv"
     if task_name == "ner":
@@ -442,7 +449,8 @@ def run(output_dir: Path = Path("runs/ablate"), select: Selection = Selection(),
     if threads:
         torch.set_num_threads(threads)
     output_dir = Path(output_dir)
-    chosen = choose_variants(select.groups, select.variants)
+    chosen = [dataclasses.replace(v, preset=pretraining.preset) if v not in VARIANTS["sizes"] else v
+              for v in choose_variants(select.groups, select.variants)]
     prepared = prepare(corpus.sources(), output_dir, max_documents=corpus.max_documents,
                        vocab_size=corpus.vocab_size)
     counts, pre = prepared.meta["counts"], pretraining
@@ -493,6 +501,7 @@ def _preamble(pre: PretrainSettings, fine: FinetuneSettings, prepared, tasks: Se
     seeding = (f"seed {seeds[0]}" if len(seeds) == 1 else
                f"seeds {', '.join(map(str, seeds))} (mean ± standard deviation)")
     data = {"sst2": f"SST-2 first {fine.sst2_examples:,} training sentences, dev 872",
+            "stsb": "STS-B train/dev (Spearman)",
             "mrpc": "MRPC train/dev",
             "ner": f"CoNLL-2003 first {fine.ner_sentences:,} training sentences, validation set",
             "squad": f"SQuAD v1.1 agreed split, first {fine.squad_train_questions:,} training / "

@@ -25,6 +25,7 @@ PAPER_TABLE5 = {
 PERCENT_METRICS = {"squad"}  # tasks whose metrics are already x 100 (the official SQuAD script's scale)
 TASK_COLUMNS = {  # task -> [(metric key, column title)]
     "sst2": [("accuracy", "SST-2 acc")],
+    "stsb": [("spearman", "STS-B Spearman")],
     "mrpc": [("f1", "MRPC F1"), ("accuracy", "MRPC acc")],
     "squad": [("exact_match", "SQuAD EM"), ("f1", "SQuAD F1")],
     "ner": [("f1", "NER F1")],
@@ -87,7 +88,8 @@ def plot(rows: list[dict], tasks: Sequence[str], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    main = {"sst2": ("accuracy", "SST-2 dev accuracy"), "mrpc": ("accuracy", "MRPC dev accuracy"),
+    main = {"sst2": ("accuracy", "SST-2 dev accuracy"), "stsb": ("spearman", "STS-B dev Spearman"),
+            "mrpc": ("accuracy", "MRPC dev accuracy"),
             "squad": ("f1", "SQuAD v1.1 (agreed split) F1"), "ner": ("f1", "CoNLL-2003 NER F1 (validation)")}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 0.45 * len(rows) + 1.9), sharey=True,
                              squeeze=False)
