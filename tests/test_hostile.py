@@ -308,6 +308,7 @@ def test_a_sequence_longer_than_the_position_table_is_refused_before_any_compute
     ("--steps", "-1", "--steps -1: must be a whole number of at least 1"),
     ("--save_every", "0", "--save-every 0: must be a whole number of at least 1"),
     ("--masking_rate", "2", "--masking-rate 2.0: must be 0 < value <= 1 (the share of tokens to predict, e.g. 0.15)"),
+    ("--pair_phase", "1", "--pair-phase 1.0: must be 0 <= value < 1 (the second phase's share of the run, e.g. 0.4)"),
 ])
 def test_pretrain_options_out_of_range(capsys, tmp_path, corpus, option, value, message):
     line = refused(capsys, "pretrain", "--data", corpus, "--output_dir", tmp_path / "r", *PRETRAIN, option, value)

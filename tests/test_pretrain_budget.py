@@ -292,3 +292,56 @@ def test_example_stream_yields_packed_rows(corpus):
     assert all(record.shape == (2 * (48 // 3),) for _, record in rows)
     with pytest.raises(ValueError, match="packing needs the mlm objective"):
         ExampleSettings(48, nsp=True, packed=True)
+
+
+def _run_job(corpus: Path, out: Path, **changes) -> Path:
+    """`bertforge pretrain` as the command line calls it (flat options gathered into their groups)."""
+    from bertforge.cli import call_job
+    from bertforge.training import pretrain
+
+    values = dict(data=corpus, output_dir=out, recipe="budget", preset="tiny", model_overrides=TINY, max_length=48,
+                  batch_size=8, steps=40, pair_phase=0.25, learning_rate=3e-3, eval_batches=2, log_every=2,
+                  save_every=5, progress=False, tensorboard=False, seed=3, precision="bf16")
+    return call_job(pretrain.run, {**values, **changes})
+
+
+def _heldout(run: Path, step: int) -> dict:
+    import json
+
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return next(r for r in lines if r["split"] == "heldout" and r["step"] == step)
+
+
+def test_a_pair_phase_continues_the_mlm_phase_on_sentence_pairs_and_resumes(corpus, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    _run_job(corpus, out)
+    first, second = (json.loads((folder / "config.json").read_text()) for folder in (out / "phase1", out))
+    assert (first["objective"], first["packing"], first["steps"], first["learning_rate"]) == ("mlm", True, 30, 3e-3)
+    assert (second["objective"], second["packing"], second["steps"], second["learning_rate"]) == \
+        ("mlm_nsp", False, 10, 1.5e-3)
+    assert second["init_from"] == str(out / "phase1" / "model") and second["pair_phase"] == 0.0
+    # The second phase starts from the first one's weights, not from an untrained model.
+    assert _heldout(out, 0)["mlm_loss"] < _heldout(out / "phase1", 0)["mlm_loss"] - 0.3
+    assert _heldout(out, 0)["mlm_loss"] == pytest.approx(_heldout(out / "phase1", 30)["mlm_loss"], abs=0.05)
+    final = load_file(str(out / "model" / "model.safetensors"))
+    assert "cls.seq_relationship.weight" in final  # the NSP head the second phase trained
+    # Resumed after both finished: the first phase is not run again, the final model stays as it was.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "phase1").rglob("*") if p.is_file()}
+    _run_job(corpus, out, resume=True)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    again = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(final[k], again[k]) for k in final)
+
+
+def test_a_pair_phase_needs_an_mlm_phase_and_a_share_below_one(corpus, tmp_path):
+    from bertforge.errors import OptionError
+
+    with pytest.raises(OptionError, match="--pair-phase follows a masked-LM phase"):
+        _run_job(corpus, tmp_path / "a", objective="mlm_nsp", packing=False)
+    with pytest.raises(OptionError, match="--pair-phase 1.0: must be 0 <= value < 1"):
+        _run_job(corpus, tmp_path / "b", pair_phase=1.0)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

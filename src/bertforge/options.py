@@ -36,7 +36,7 @@ _rule("epochs max_minutes max_grad_norm", 0, None, low_ok=False)
 # zero allowed: top_k 0 = no top-k filter (generate), learning rate 0 = a frozen run, heldout_every 0 = none
 _rule("top_k learning_rate heldout_every warmup_steps keep_checkpoints weight_decay eval_batches", 0, None)
 _rule("masking_rate", 0, 1, low_ok=False)  # BERT §3.1: 0.15
-_rule("dropout classifier_dropout warmup_ratio short_seq_prob", 0, 1, high_ok=False)
+_rule("dropout classifier_dropout warmup_ratio short_seq_prob pair_phase", 0, 1, high_ok=False)
 
 # One name per concept in every job. The names they replaced are still accepted, on the command line and
 # in YAML, until the next release (`--help` lists them); a job that still has a parameter of the old
@@ -69,6 +69,7 @@ _MEANING = {
     "dropout": "a probability, e.g. 0.1",
     "classifier_dropout": "a probability, e.g. 0.1",
     "warmup_ratio": "the share of steps with warm-up, e.g. 0.1",
+    "pair_phase": "the second phase's share of the run, e.g. 0.4",
 }
 
 

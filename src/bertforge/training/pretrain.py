@@ -692,7 +692,9 @@ def run(corpus: CorpusSettings, job: RunSettings, model: ModelSettings = ModelSe
 
     Data-parallel: `torchrun --nproc_per_node=N -m bertforge pretrain ...` (gloo on CPU, NCCL on GPU).
     Options left unset take their value from the recipe (see RECIPES in training/pretrain_settings.py and
-    docs/pretraining.md): `--recipe budget --max-minutes 60` is the one that learns most per CPU-minute.
+    docs/pretraining.md): `--recipe budget --max-minutes 60` is the one that learns most per CPU-minute, and
+    `--pair-phase 0.4` adds the second phase on sentence pairs that sentence-pair tasks need
+    (training/pretrain_phases.py).
 
     Args:
         corpus: The prepared data, the objective and the masking (pretrain_settings.CorpusSettings).
@@ -701,7 +703,13 @@ def run(corpus: CorpusSettings, job: RunSettings, model: ModelSettings = ModelSe
         optim: The optimizer, its schedule and the precision (OptimSettings).
         report: Evaluation, logging and checkpoints (ReportSettings).
     """
-    result = train(PretrainConfig(corpus, job, model, optim, report))
+    cfg = PretrainConfig(corpus, job, model, optim, report)  # checks every setting before any work
+    if cfg.corpus.pair_phase:
+        from bertforge.training.pretrain_phases import train_in_two_phases
+
+        result = train_in_two_phases(corpus, job, model, optim, report)
+    else:
+        result = train(cfg)
     if result.stopped == "nan":
         raise SystemExit(f"stopped at step {result.step + 1}: non-finite loss (checkpoint of step {result.step} saved)")
     return result.output_dir
