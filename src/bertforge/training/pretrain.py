@@ -491,7 +491,8 @@ class _Replan:
         return cls(tuple(at), started, eval_seconds) if at else None
 
     def fit(self, cfg: PretrainConfig, trainer: Trainer, step: int) -> None:
-        settled = statistics.median(self.step_seconds[len(self.step_seconds) // 4:])  # past the one-off set-up
+        skipped = len(self.step_seconds) // 4  # the one-off set-up of the first steps
+        settled = statistics.median(self.step_seconds[skipped:])
         world = trainer.world
         planned = step + _agreed(plan_steps(cfg, settled, self.eval_seconds,
                                             spent_seconds=time.monotonic() - self.started), world)
@@ -500,7 +501,9 @@ class _Replan:
         trainer.scheduler = _schedule(cfg, trainer.optimizer, after_step=step)
         if world.is_main:
             _write_options(cfg)
-            tqdm.write(f"re-planned {planned:,} steps (was {before:,}): {settled:.3f} s per step over steps 1-{step}")
+            first = step - len(self.step_seconds) + skipped + 1
+            tqdm.write(f"re-planned {planned:,} steps (was {before:,}): {settled:.3f} s per step over steps "
+                       f"{first}-{step}")
 
 
 def _agreed(steps: int, world: World) -> int:
