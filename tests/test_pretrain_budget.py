@@ -340,8 +340,8 @@ def test_a_pair_phase_continues_the_mlm_phase_on_sentence_pairs_and_resumes(corp
 def test_a_pair_phase_needs_an_mlm_phase_and_a_share_below_one(corpus, tmp_path):
     from bertforge.errors import OptionError
 
-    with pytest.raises(OptionError, match="--pair-phase follows a masked-LM phase"):
-        _run_job(corpus, tmp_path / "a", objective="mlm_nsp", packing=False)
+    with pytest.raises(OptionError, match="follows a masked-LM phase, and this run's objective is mlm_nsp"):
+        _run_job(corpus, tmp_path / "a", recipe="bert")
     with pytest.raises(OptionError, match="--pair-phase 1.0: must be 0 <= value < 1"):
         _run_job(corpus, tmp_path / "b", pair_phase=1.0)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -258,8 +258,8 @@ class PretrainConfig:
         # replace() builds each group again, so its own checks see the recipe's values too.
         self.model, self.corpus, self.optim = (_fill(group, recipe) for group in (self.model, self.corpus, self.optim))
         if self.corpus.pair_phase and self.corpus.objective != "mlm":
-            raise OptionError(f"--pair-phase follows a masked-LM phase; --objective {self.corpus.objective} already "
-                              "reads sentence pairs (or none): use --objective mlm (as --recipe budget does)")
+            raise OptionError(f"--pair-phase follows a masked-LM phase, and this run's objective is "
+                              f"{self.corpus.objective}: add --objective mlm, or use --recipe budget (which sets it)")
         if self.corpus.max_predictions is None:
             self.corpus = dataclasses.replace(
                 self.corpus, max_predictions=math.ceil(self.corpus.masking_rate * self.corpus.max_length))
