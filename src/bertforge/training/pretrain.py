@@ -502,8 +502,8 @@ class _Replan:
         if world.is_main:
             _write_options(cfg)
             first = step - len(self.step_seconds) + skipped + 1
-            tqdm.write(f"re-planned {planned:,} steps (was {before:,}): {settled:.3f} s per step over steps "
-                       f"{first}-{step}")
+            tqdm.write(f"re-planned {planned:,} steps (was {before:,}): {settled:.3f} s per step (median of steps "
+                       f"{first}-{step})")
 
 
 def _agreed(steps: int, world: World) -> int:
