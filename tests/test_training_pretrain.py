@@ -97,10 +97,12 @@ def test_a_run_folder_from_before_the_settings_were_grouped_still_resumes(corpus
     out = tmp_path / "old"
     train(_config(corpus, out), stop_after=5)  # last checkpoint: step 3
     old = _saved_before_the_settings_were_grouped(corpus, out)
+    added_since = {"pair_phase": 0.0}  # options added after the grouping, saved at their defaults
     # Grouping the settings did not change what a run folder keeps: flat, under the command-line names.
-    assert json.loads((out / "config.json").read_text()) == old
-    assert load_checkpoint(out)["config"] == old
-    # A checkpoint holding the old format resumes; its planned length (steps) is read from it.
+    assert json.loads((out / "config.json").read_text()) == {**old, **added_since}
+    assert load_checkpoint(out)["config"] == {**old, **added_since}
+    # A checkpoint holding the old format (without the options added since) resumes; its planned length (steps)
+    # is read from it.
     path = latest_checkpoint(out / "checkpoints")
     state = torch.load(path, weights_only=False)
     torch.save({**state, "config": old}, path)
