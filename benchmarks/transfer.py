@@ -56,6 +56,8 @@ def finetune_one(task: str, model: Path, seed: int, out: Path, args: argparse.Na
 
     name, data_dir, examples, epochs, _ = TASKS[task]
     epochs = args.epochs or epochs
+    if task == "sst2":
+        examples = args.sst2_examples or None  # 0: all 67,349
     result = finetune.run(out / "run", task=name, model=str(model),
                           data=finetune.DataSettings(data_dir=data_dir, max_train_examples=examples),
                           train=TrainSettings(epochs=epochs, learning_rate=args.learning_rate,
@@ -71,7 +73,8 @@ def launch(task: str, side: str, model: Path, seed: int, args: argparse.Namespac
     if not (out / "result.json").is_file():
         command = [sys.executable, __file__, "--one", task, str(model), str(seed), str(out),
                    "--learning-rate", str(args.learning_rate), "--batch-size", str(args.batch_size),
-                   "--precision", args.precision, "--dropout", str(args.dropout)]
+                   "--precision", args.precision, "--dropout", str(args.dropout),
+                   "--sst2-examples", str(args.sst2_examples)]
         if args.epochs:
             command += ["--epochs", str(args.epochs)]
         out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,8 @@ def main() -> None:
                         help="of the fine-tuning, both sides (0 matches the budget recipe's pre-training)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="of the fine-tuning, both sides (bf16: autocast, where the hardware has it natively)")
+    parser.add_argument("--sst2-examples", type=int, default=TASKS["sst2"][2],
+                        help="SST-2 training sentences, the first N (0: all 67,349)")
     parser.add_argument("--jobs", type=int, default=2, help="fine-tuning processes at a time (1 thread each)")
     parser.add_argument("--report", type=Path, help="write the markdown table here")
     parser.add_argument("--one", nargs=4, metavar=("TASK", "MODEL", "SEED", "OUT"), help=argparse.SUPPRESS)
@@ -126,6 +131,8 @@ def main() -> None:
                      "(a pre-training run's model/ folder)")
     if args.epochs is not None and args.epochs <= 0:
         parser.error(f"--epochs {args.epochs:g}: give a positive number of passes (e.g. 3), or leave it out")
+    if args.sst2_examples < 0:
+        parser.error(f"--sst2-examples {args.sst2_examples}: give a number of sentences, or 0 for all of them")
     if not 0 <= args.dropout < 1:
         parser.error(f"--dropout {args.dropout:g}: give a probability in [0, 1), e.g. 0.1 or 0")
     floor = build_floor(args.model, args.output_dir / "floor_model")
