@@ -16,7 +16,6 @@ import json
 
 from bertforge.files import write_text_atomic
 from bertforge.training.pretrain_settings import (
-    RECIPES,
     CorpusSettings,
     ModelSettings,
     OptimSettings,
@@ -45,13 +44,12 @@ def phase_configs(corpus: CorpusSettings, job: RunSettings, model: ModelSettings
     first = PretrainConfig(one_phase, dataclasses.replace(job, output_dir=first_dir, max_minutes=minutes[0],
                                                           overwrite=False),
                            model, dataclasses.replace(optim, steps=first_steps), report)
-    peak = optim.learning_rate if optim.learning_rate is not None else RECIPES[job.recipe]["learning_rate"]
     second = PretrainConfig(
         dataclasses.replace(one_phase, objective="mlm_nsp", packing=False),
         # resume: the folder already holds phase1/; with no checkpoint of its own the phase starts at step 0
         dataclasses.replace(job, max_minutes=minutes[1], resume=True, overwrite=False),
         dataclasses.replace(model, init_from=first_dir / "model"),
-        dataclasses.replace(optim, steps=second_steps, learning_rate=peak / 2), report)
+        dataclasses.replace(optim, steps=second_steps, learning_rate=first.optim.learning_rate / 2), report)
     return first, second
 
 
