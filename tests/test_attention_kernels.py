@@ -58,7 +58,7 @@ def test_bf16_attention_gives_a_query_with_no_key_finite_output() -> None:
     assert torch.isfinite(attend(q, k, v, mask)).all()
 
 
-def test_other_dtypes_and_devices_stay_on_sdpa(monkeypatch) -> None:
+def test_other_dtypes_and_long_inference_rows_stay_on_sdpa(monkeypatch) -> None:
     calls = []
     real_sdpa = F.scaled_dot_product_attention
 
@@ -73,7 +73,22 @@ def test_other_dtypes_and_devices_stay_on_sdpa(monkeypatch) -> None:
     assert calls == [1]  # training in bf16 on the CPU: written out, no SDPA call
     with torch.no_grad():
         attend(*qkv(torch.bfloat16), block_mask())
-    assert calls == [1, 1]  # inference: SDPA's fused forward
+    assert calls == [1]  # inference whose scores fit in the cache: written out too
+    monkeypatch.setattr(attention, "_WRITTEN_OUT_MAX_SCORES", 3 * 2 * 9 * 9 - 1)
+    with torch.no_grad():
+        attend(*qkv(torch.bfloat16), block_mask())
+    assert calls == [1, 1]  # inference on longer rows: SDPA's tiled forward
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "block", "key padding"])
+def test_bf16_inference_attention_on_a_cpu_follows_fp32_sdpa(mask_kind: str) -> None:
+    q, k, v = (t.detach() for t in qkv(torch.bfloat16, batch=3, heads=4, length=9, head=16))
+    mask = {"none": None, "block": block_mask(), "key padding": torch.arange(9)[None, None, None, :] < 6}[mask_kind]
+    with torch.inference_mode():
+        out = attend(q, k, v, mask)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
 
 
 def test_bf16_attention_dropout_drops_in_training_only() -> None:

@@ -130,34 +130,55 @@ class BertSelfAttention(nn.Module):
         return pos.alibi_bias(self.alibi_slopes, distance).to(q.dtype)[None]
 
 
+# Above this many attention scores (B·A·T·S) an inference call goes to SDPA: the written-out scores no longer fit
+# in the cache, and SDPA's tiled kernel catches up (level at 6.3M, 12 heads at T=256; 1.3-3x slower below 4M).
+_WRITTEN_OUT_MAX_SCORES = 1 << 22
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
            dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q kᵀ / √D + mask) v for [..., T, D] queries and [..., S, D] keys and values; a bool mask is True
     where a query may attend, a float mask is added to the scores.
 
-    SDPA everywhere except when training in bf16 on a CPU: there the backward of torch's fused (flash) kernel runs
-    1.3-5x slower than three plain ops at BERT's shapes (one mini layer at T=128: 23 ms against 10 ms; 12 heads
-    of 32: 55 against 25 ms). For inference the fused forward is as fast or faster with many heads, so it stays
-    (benchmarks/bench_attention.py). Written out, the scores are bf16; the softmax accumulates in fp32 inside
-    the kernel, and its bf16 output is what an autocast matmul would round it to."""
+    SDPA everywhere except in bf16 on a CPU, where torch's fused (flash) kernel is slow at BERT's shapes and
+    `written_out_attention` runs instead (benchmarks/bench_attention.py, AVX-512 BF16, 2 threads): its backward
+    1.3-5x slower than the written-out one (one mini layer at T=128: 23 ms against 10 ms), its forward 1.3-3x
+    slower whenever the scores fit in the cache (inference on all-MiniLM-L6-v2's shapes, 12 heads of 32, T ≤ 128).
+    Inference on longer rows keeps SDPA (`_WRITTEN_OUT_MAX_SCORES`)."""
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.is_nested or not training:
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.is_nested:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    if not training and q.shape[:-1].numel() * k.shape[-2] > _WRITTEN_OUT_MAX_SCORES:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return written_out_attention(q, k, v, mask, dropout_p)
 
 
 def written_out_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                           dropout_p: float = 0.0) -> torch.Tensor:
-    """`attend` as three plain ops (q kᵀ, softmax, · v), with `attend`'s arguments."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [..., T, S]; scaling q is the smaller product
-    if mask is not None and mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # a row with no key stays finite
-    elif mask is not None:
-        scores = scores + mask.to(scores.dtype)  # -inf stays -inf in bf16
+    """`attend` as two batched matrix multiplies around a softmax, with `attend`'s arguments. The first multiply
+    adds the mask to the scores itself (baddbmm): 0 where a query may attend and the dtype's lowest value
+    elsewhere, so a query with no key at all stays finite. In bf16 the scores are bf16; the softmax accumulates
+    in fp32 inside the kernel, and its bf16 output is what an autocast matmul would round it to."""
+    *lead, length, head = q.shape
+    keys = k.shape[-2]
+    q3, k3, v3 = q.reshape(-1, length, head), k.reshape(-1, keys, head), v.reshape(-1, keys, head)  # [B·A, ., D]
+    if mask is None:
+        scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(head ** -0.5)  # [B·A, T, S]
+    else:
+        bias = _additive_mask(mask, q.dtype)  # [..., 1 or T, S]
+        bias = bias.expand(*lead, bias.shape[-2], keys).reshape(-1, bias.shape[-2], keys)  # [B·A, 1 or T, S]
+        scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=head ** -0.5)  # [B·A, T, S]
     probs = scores.softmax(dim=-1)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)
-    return probs @ v
+    return torch.bmm(probs, v3).view(*lead, length, head)
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True = may attend) as 0 / the dtype's lowest value; a float mask as it is (-inf stays -inf)."""
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
 def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0) -> torch.Tensor:
