@@ -1,16 +1,17 @@
 """The two hand-written kernels against the torch calls they replace, side by side in one process:
 
-    attention   F.scaled_dot_product_attention (torch picks its fused CPU kernel) vs the plain ops that bertforge's
-                `attend` runs when training in bf16 on a CPU (`written_out_attention`): training (forward +
-                backward), where it wins, and inference (forward only), where `attend` keeps SDPA because the
-                written-out forward does not win at every shape; a packed block-diagonal mask
+    attention   F.scaled_dot_product_attention (torch picks its fused CPU kernel) vs the batched matrix multiplies
+                that bertforge's `attend` runs in bf16 on a CPU (`written_out_attention`): training (forward +
+                backward) and inference (forward only; `attend` keeps SDPA for inference whose scores outgrow the
+                cache, `_WRITTEN_OUT_MAX_SCORES`); a packed block-diagonal mask, or `--key-padding` for the
+                [B, 1, 1, S] mask of padded rows
     vocab loss  F.cross_entropy(logits.float(), …) vs bertforge's `summed_cross_entropy`, forward + backward
 
 Each pair takes turns call by call; the median of each is printed with the ratio. bf16 is the default;
 `--dtype fp32` shows why fp32 stays on SDPA (level there).
 
     python benchmarks/bench_attention.py --threads 2
-    python benchmarks/bench_attention.py --threads 2 --heads 12 --head-size 32 --batch 32 --length 64   # MiniLM
+    python benchmarks/bench_attention.py --threads 2 --heads 12 --head-size 32 --batch 64 --length 32 --key-padding
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ def attention_calls(args: argparse.Namespace, dtype: torch.dtype) -> tuple[dict,
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, args.heads, args.length, args.head_size)
     q, k, v = (torch.randn(shape, generator=g).to(dtype).requires_grad_() for _ in range(3))
-    window = torch.randint(0, 3, (args.batch, args.length), generator=g).sort(-1).values  # 1-3 packed windows
-    mask = window[:, None, :, None] == window[:, None, None, :]  # [B, 1, T, T]
+    if args.key_padding:  # rows of padded texts, each at least half as long as the longest
+        lengths = torch.randint(args.length // 2, args.length + 1, (args.batch,), generator=g)
+        mask = (torch.arange(args.length)[None, :] < lengths[:, None])[:, None, None, :]  # [B, 1, 1, T]
+    else:
+        window = torch.randint(0, 3, (args.batch, args.length), generator=g).sort(-1).values  # 1-3 packed windows
+        mask = window[:, None, :, None] == window[:, None, None, :]  # [B, 1, T, T]
     grad = torch.randn(shape, generator=g).to(dtype)
 
     def train(fn):
@@ -89,6 +94,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-size", type=int, default=64)
     parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--key-padding", action="store_true", help="a key-padding mask instead of packed windows")
     parser.add_argument("--positions", type=int, default=1210, help="selected positions: 30%% of 32 x 128")
     parser.add_argument("--vocab", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=15)
