@@ -131,7 +131,8 @@ class BertSelfAttention(nn.Module):
 
 
 # Above this many attention scores (B·A·T·S) an inference call goes to SDPA: the written-out scores no longer fit
-# in the cache, and SDPA's tiled kernel catches up (level at 6.3M, 12 heads at T=256; 1.3-3x slower below 4M).
+# in the cache and SDPA's tiled kernel catches up (level at 6.3M scores, 12 heads at T=256; 1.3-3x slower than
+# the written-out form below 4M).
 _WRITTEN_OUT_MAX_SCORES = 1 << 22
 
 
@@ -141,9 +142,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     where a query may attend, a float mask is added to the scores.
 
     SDPA everywhere except in bf16 on a CPU, where torch's fused (flash) kernel is slow at BERT's shapes and
-    `written_out_attention` runs instead (benchmarks/bench_attention.py, AVX-512 BF16, 2 threads): its backward
-    1.3-5x slower than the written-out one (one mini layer at T=128: 23 ms against 10 ms), its forward 1.3-3x
-    slower whenever the scores fit in the cache (inference on all-MiniLM-L6-v2's shapes, 12 heads of 32, T ≤ 128).
+    `written_out_attention` runs instead (benchmarks/bench_attention.py, AVX-512 BF16, 2 threads): SDPA's forward
+    + backward is 3-5x slower (one mini layer at T=128: 23.6 ms against 7.7 ms), its forward alone 1.3-3x slower
+    whenever the scores fit in the cache (all-MiniLM-L6-v2's rows, 12 heads of 32, T=32: 2.0 against 0.8 ms).
     Inference on longer rows keeps SDPA (`_WRITTEN_OUT_MAX_SCORES`)."""
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.is_nested:
