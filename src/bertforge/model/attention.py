@@ -146,12 +146,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     + backward is 3-5x slower (one mini layer at T=128: 23.6 ms against 7.7 ms), its forward alone 1.3-3x slower
     whenever the scores fit in the cache (all-MiniLM-L6-v2's rows, 12 heads of 32, T=32: 2.0 against 0.8 ms).
     Inference on longer rows keeps SDPA (`_WRITTEN_OUT_MAX_SCORES`)."""
-    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if _written_out_wins(q, k, v):
+        return written_out_attention(q, k, v, mask, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def _written_out_wins(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """bf16 on a CPU (not nested): always when training, in inference while the B·A·T·S scores fit in the cache."""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.is_nested:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    if not training and q.shape[:-1].numel() * k.shape[-2] > _WRITTEN_OUT_MAX_SCORES:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    return written_out_attention(q, k, v, mask, dropout_p)
+        return False
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return training or q.shape[:-1].numel() * k.shape[-2] <= _WRITTEN_OUT_MAX_SCORES
 
 
 def written_out_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
