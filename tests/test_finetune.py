@@ -281,8 +281,9 @@ def test_sliding_window_reads_what_truncation_cuts(tiny_model, tmp_path):
         return out
 
     train, dev = write_csv(tmp_path / "train.csv", rows(64)), write_csv(tmp_path / "dev.csv", rows(32))
+    # No dropout: at this size and learning rate whether 6 epochs find the last word depended on the dropout draws.
     settings = {**FAST, "epochs": 6, "max_length": 16, "model": str(tiny_model), "train": train,
-                "validation": [dev]}
+                "validation": [dev], "dropout": 0.0}
     cut = run_finetune(tmp_path / "cut", **settings)
     windowed = run_finetune(tmp_path / "win", long_text="sliding_window", stride=7, **settings)
     assert cut.best_metric <= 0.75  # the label is invisible after truncation: near chance

@@ -21,6 +21,7 @@ from torch import nn
 
 from bertforge.config import BertConfig
 from bertforge.model import BertModel, BertOutput, KVCache, PretrainedModel
+from bertforge.model.dropout import Dropout
 
 
 class BertMLMHead(nn.Module):
@@ -176,9 +177,9 @@ class _LabelledHead(PretrainedModel):
         return num_labels
 
 
-def _head_dropout(config: BertConfig) -> nn.Dropout:
+def _head_dropout(config: BertConfig) -> Dropout:
     """The dropout before a classifier: classifier_dropout when the config sets it, as in transformers."""
-    return nn.Dropout(config.hidden_dropout if config.classifier_dropout is None else config.classifier_dropout)
+    return Dropout(config.hidden_dropout if config.classifier_dropout is None else config.classifier_dropout)
 
 
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]

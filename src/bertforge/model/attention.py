@@ -20,6 +20,7 @@ from torch import nn
 
 from bertforge.config import BertConfig
 from bertforge.model import positions as pos
+from bertforge.model.dropout import dropout
 from bertforge.model.packed import Packing
 
 
@@ -112,7 +113,7 @@ class BertSelfAttention(nn.Module):
             elif mask is not None:
                 scores = scores + mask
             probs = scores.softmax(dim=-1)
-            context = F.dropout(probs, dropout_p, self.training) @ v  # [B, A, T, D]
+            context = dropout(probs, dropout_p, self.training) @ v  # [B, A, T, D]
         else:
             probs = None
             context = attend(q, k, v, mask, dropout_p)
@@ -176,7 +177,7 @@ def written_out_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
         scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=head ** -0.5)  # [B·A, T, S]
     probs = scores.softmax(dim=-1)
     if dropout_p > 0:
-        probs = F.dropout(probs, dropout_p)
+        probs = dropout(probs, dropout_p)
     return torch.bmm(probs, v3).view(*lead, length, head)
 
 

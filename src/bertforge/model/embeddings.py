@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertforge.config import BertConfig
+from bertforge.model.dropout import Dropout
 from bertforge.model.positions import sinusoidal_table
 
 
@@ -30,7 +31,7 @@ class BertEmbeddings(nn.Module):
             table = sinusoidal_table(config.max_position_embeddings, config.hidden_size)
             self.register_buffer("sinusoidal_positions", table, persistent=False)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def position_table(self) -> torch.Tensor | None:
         """[P, H] absolute position vectors, learned or fixed; None when positions act inside attention."""

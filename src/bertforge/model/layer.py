@@ -13,6 +13,7 @@ from torch import nn
 
 from bertforge.config import BertConfig
 from bertforge.model.attention import BertSelfAttention, LayerCache
+from bertforge.model.dropout import Dropout
 from bertforge.model.packed import Packing
 
 
@@ -24,7 +25,7 @@ class BertLayer(nn.Module):
         self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
         self.output = nn.Linear(config.intermediate_size, config.hidden_size)
         self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(
         self,

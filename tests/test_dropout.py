@@ -1,0 +1,92 @@
+"""bertforge's CPU dropout (model/dropout.py): the rate, the scale, the same mask forward and backward, each of
+the four 16-bit lanes of a draw on its own, seeding, and where torch's own dropout runs instead."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bertforge.model.dropout import Dropout, dropout
+from bertforge.training.finetune import with_dropout
+
+
+def within(observed: float, p: float, n: int, sigmas: float = 5.0) -> bool:
+    """observed is a fraction of n Bernoulli(p) trials: inside `sigmas` standard deviations of p."""
+    return abs(observed - p) <= sigmas * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_each_element_and_each_lane_drops_at_the_rate(p: float) -> None:
+    torch.manual_seed(0)
+    n = 1 << 22
+    dropped = dropout(torch.ones(n), p) == 0
+    true_p = round(p * 65536) / 65536
+    assert within(dropped.float().mean().item(), true_p, n)
+    for lane in range(4):  # the four 16-bit lanes of each 64-bit draw
+        assert within(dropped.view(-1, 4)[:, lane].float().mean().item(), true_p, n // 4)
+    # Neighbours are independent: both of a pair drop with probability p².
+    both = (dropped[0::2] & dropped[1::2]).float().mean().item()
+    assert within(both, true_p**2, n // 2)
+
+
+def test_kept_elements_are_scaled_to_keep_the_expectation_exactly() -> None:
+    torch.manual_seed(1)
+    x = torch.rand(1000, 37) + 0.5
+    y = dropout(x, 0.1)
+    kept = y != 0
+    keep_probability = (65536 - round(0.1 * 65536)) / 65536
+    assert torch.equal(y[kept], x[kept] * (1 / keep_probability))
+    assert 0.85 < kept.float().mean().item() < 0.95
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_backward_pass_uses_the_forward_mask(dtype: torch.dtype) -> None:
+    torch.manual_seed(2)
+    x = (torch.rand(64, 3, 17) + 0.5).to(dtype).requires_grad_()
+    y = dropout(x, 0.2)
+    y.sum().backward()
+    scale = torch.tensor(65536 / (65536 - round(0.2 * 65536)), dtype=dtype)
+    assert torch.equal(x.grad, torch.where(y != 0, scale, torch.zeros((), dtype=dtype)))
+    assert y.dtype == dtype and y.shape == x.shape
+
+
+def test_the_same_seed_gives_the_same_mask_and_a_new_draw_another() -> None:
+    x = torch.ones(4099)  # not a multiple of four: the last draw is cut
+    torch.manual_seed(3)
+    first, second = dropout(x, 0.1), dropout(x, 0.1)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.1), first)
+    assert not torch.equal(first, second)
+
+
+def test_eval_mode_and_rate_zero_return_the_input_itself() -> None:
+    x = torch.randn(5, 7)
+    assert dropout(x, 0.5, training=False) is x
+    assert dropout(x, 0.0) is x
+    module = Dropout(0.5).eval()
+    assert module(x) is x
+
+
+def test_rates_that_round_to_0_or_1_and_invalid_rates_go_to_torch() -> None:
+    x = torch.ones(1000)
+    assert torch.equal(dropout(x, 1.0), torch.zeros(1000))
+    torch.manual_seed(4)
+    tiny = dropout(x, 1e-7)  # rounds to 0 lanes of 65536: torch's own Bernoulli keeps the rate
+    assert tiny.shape == x.shape
+    with pytest.raises(ValueError, match="dropout probability"):
+        dropout(x, 1.5)
+
+
+def test_the_module_is_an_nn_dropout_so_with_dropout_sets_its_rate() -> None:
+    from bertforge.config import BertConfig
+    from bertforge.heads import BertForSequenceClassification
+
+    net = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2,
+                                                   intermediate_size=32), num_labels=2)
+    modules = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert modules and all(isinstance(m, Dropout) for m in modules)
+    with_dropout(net, 0.25)
+    assert all(m.p == 0.25 for m in modules)
+    assert not [k for k in net.state_dict() if "dropout" in k]  # no state: checkpoints are unchanged
