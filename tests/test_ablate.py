@@ -100,7 +100,7 @@ def test_left_to_right_task_model_cannot_see_later_tokens():
 
 @pytest.mark.parametrize(("wrapper", "flags"), [
     (LeftToRight, {"position_ids", "output_hidden_states", "output_attentions"}),  # always causal: no flag
-    (BiLSTMOnTop, {"position_ids", "output_hidden_states", "output_attentions", "causal"}),  # as BertModel's
+    (BiLSTMOnTop, {"position_ids", "output_hidden_states", "output_attentions", "causal", "first_token_only"}),
 ])
 def test_ablation_models_name_their_flags_and_refuse_a_misspelt_one(wrapper: type, flags: set[str]):
     """No `**kwargs`, so a misspelt flag is a TypeError at the wrapper, and every flag reaches the encoder."""

@@ -96,3 +96,25 @@ def test_head_logits_is_the_head_forward_applies(cls: type, kwargs: dict) -> Non
     pooled = cls in (BertForSequenceClassification, BertForMultipleChoice)
     logits = model.head_logits(out.encoder.pooled_output if pooled else out.encoder.sequence_output)
     torch.testing.assert_close(logits.reshape(_logits(out).shape), _logits(out))
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), [(BertForSequenceClassification, {"num_labels": 3}),
+                                             (BertForMultipleChoice, {})], ids=lambda v: getattr(v, "__name__", ""))
+def test_pooled_heads_finish_only_cls_in_the_last_layer_with_the_same_logits_and_gradients(cls, kwargs) -> None:
+    """What the pooled heads skip (the last layer's output projection and FFN for every token but [CLS]) changes
+    nothing the loss sees: logits and every weight's gradient match the full forward (output_hidden_states
+    asks for every token, so it runs the last layer in full)."""
+    torch.manual_seed(0)
+    model = cls(ODD, **kwargs).train()  # ODD has no dropout: both passes are deterministic
+    runs = []
+    for full in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model(**_inputs(cls), output_hidden_states=full)
+        out.logits.square().sum().backward()
+        runs.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (cut, cut_grads), (whole, whole_grads) = runs
+    assert cut.encoder.sequence_output.shape[-2] == 1 and whole.encoder.sequence_output.shape[-2] == 7
+    torch.testing.assert_close(cut.logits, whole.logits)
+    assert cut_grads.keys() == whole_grads.keys()
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(cut_grads[name], grad, msg=name)

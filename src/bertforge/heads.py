@@ -182,11 +182,21 @@ def _head_dropout(config: BertConfig) -> Dropout:
     return Dropout(config.hidden_dropout if config.classifier_dropout is None else config.classifier_dropout)
 
 
+def _pooled_only(output_hidden_states: bool, causal: bool) -> bool:
+    """Whether a head that reads the pooled [CLS] alone may let the last layer finish only [CLS]: not when every
+    token's states are asked for, nor left to right (the pooler then reads the last real token)."""
+    return not (output_hidden_states or causal)
+
+
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 
 
 class BertForSequenceClassification(_LabelledHead):
     """[CLS] -> pooler -> dropout -> linear (BERT §4.1). num_labels=1 is regression (e.g. STS-B).
+
+    The last layer finishes only [CLS], the one token the pooler reads (`first_token_only`): its output projection
+    and feed-forward network skip every other token, in training as in inference, and `encoder.sequence_output`
+    is [B, 1, H]. Ask for output_hidden_states to have every token's final state.
 
     `problem_type` is saved in config.json under transformers' name: "multi_label_classification" makes
     its pipelines score every label with a sigmoid (independent yes/no) instead of a softmax over labels."""
@@ -212,7 +222,8 @@ class BertForSequenceClassification(_LabelledHead):
                 output_hidden_states: bool = False, output_attentions: bool = False,
                 causal: bool = False) -> ClassifierOutput:
         enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids, causal=causal,
-                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                        first_token_only=_pooled_only(output_hidden_states, causal))
         return ClassifierOutput(logits=self.head_logits(enc.pooled_output), encoder=enc)
 
     def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -284,7 +295,8 @@ class BertForQuestionAnswering(PretrainedModel):
 
 
 class BertForMultipleChoice(PretrainedModel):
-    """Each (context, ending) pair -> pooled [CLS] -> one score; softmax over the choices (BERT §4.4)."""
+    """Each (context, ending) pair -> pooled [CLS] -> one score; softmax over the choices (BERT §4.4). As in
+    BertForSequenceClassification, the last layer finishes only [CLS]."""
 
     hf_architecture = "BertForMultipleChoice"
 
@@ -303,7 +315,8 @@ class BertForMultipleChoice(PretrainedModel):
         batch, choices, seq_len = input_ids.shape  # [B, C, T]
         flat = lambda t: None if t is None else t.reshape(batch * choices, seq_len)  # noqa: E731
         enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), position_ids=flat(position_ids),
-                        causal=causal, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+                        causal=causal, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                        first_token_only=_pooled_only(output_hidden_states, causal))
         scores = self.head_logits(enc.pooled_output)  # [B*C, 1]
         return ClassifierOutput(logits=scores.view(batch, choices), encoder=enc)
 

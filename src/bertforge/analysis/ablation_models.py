@@ -50,8 +50,9 @@ class BiLSTMOnTop(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False,
-                causal: bool = False) -> BertOutput:
-        """The encoder's flags as a task head passes them to its `bert` (which this module replaces)."""
+                causal: bool = False, first_token_only: bool = False) -> BertOutput:
+        """The encoder's flags as a task head passes them to its `bert` (which this module replaces).
+        `first_token_only` is ignored: the BiLSTM reads every token, so the encoder finishes them all."""
         enc = self.encoder(input_ids, attention_mask, token_type_ids, position_ids=position_ids, causal=causal,
                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         x = enc.sequence_output  # [B, T, H]
