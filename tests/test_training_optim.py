@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertforge.training.optim import build_adamw, build_schedule, parameter_groups
+from bertforge.training.optim import build_adamw, build_schedule, clip_gradients, parameter_groups
 
 transformers = pytest.importorskip("transformers")
 
@@ -88,3 +88,61 @@ def test_adamw_is_fused_on_a_cpu_as_the_trainers_default() -> None:
     before = [p.detach().clone() for p in model.parameters()]
     optimizer.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.9999995, 1.0, 50.0, float("nan")])
+def test_clip_gradients_matches_torch_bit_for_bit_and_skips_a_factor_of_one(scale: float, monkeypatch) -> None:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 3, 2)]
+    raw = [torch.randn(s, generator=g) for s in shapes]
+    total = torch.linalg.vector_norm(torch.cat([r.flatten() for r in raw]))
+    grads = [r / total * scale for r in raw]  # total norm = scale (bound 1.0)
+    ours, theirs = ([torch.zeros(s, requires_grad=True) for s in shapes] for _ in range(2))
+    for p, q, grad in zip(ours, theirs, grads, strict=True):
+        p.grad, q.grad = grad.clone(), grad.clone()
+    calls = []
+    real = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *a: calls.append(a) or real(*a))
+    norm = clip_gradients(ours, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    torch.testing.assert_close(norm, expected, equal_nan=True, rtol=0, atol=0)
+    for p, q in zip(ours, theirs, strict=True):
+        assert torch.equal(p.grad, q.grad) or (p.grad.isnan().all() and q.grad.isnan().all())
+    assert len(calls) == (0 if scale <= 1.0 - 1e-6 else 1)  # 0.9999995 + 1e-6 > 1: torch scales it, so do we
+
+
+def _tiny_classifier(seed: int):
+    from bertforge.config import BertConfig
+    from bertforge.heads import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=40, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                        max_position_embeddings=16, hidden_dropout=0.0, attention_dropout=0.0)
+    return BertForSequenceClassification(config, num_labels=2)
+
+
+def test_lookup_gradients_train_as_dense_gradients_do_in_one_buffer_that_persists() -> None:
+    """Three AdamW steps (with duplicate tokens in a batch) with the tables' gradients kept in one buffer, and
+    with torch's default dense gradients: the same weights; the buffer is never reallocated; close() restores."""
+    from bertforge.training.optim import LookupGradients
+
+    ids = torch.tensor([[2, 7, 7, 9, 3], [2, 11, 7, 3, 0]])
+    mask, labels = (ids != 0).long(), torch.tensor([0, 1])
+    models = [_tiny_classifier(0), _tiny_classifier(0)]
+    optimizers = [build_adamw(m, lr=1e-2) for m in models]
+    lookup = LookupGradients(models[0])
+    table = models[0].bert.embeddings.word_embeddings
+    buffer = table.weight.grad.data_ptr()
+    for _ in range(3):
+        for model, optimizer, kept in zip(models, optimizers, (True, False), strict=True):
+            lookup.zero(optimizer) if kept else optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(ids, mask).logits, labels)
+            loss.backward()
+            clip_gradients(model.parameters(), 1.0)
+            optimizer.step()
+        assert table.weight.grad.data_ptr() == buffer and table.weight.grad.layout == torch.strided
+    for (name, ours), theirs in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7, msg=name)
+    assert not torch.equal(table.weight, _tiny_classifier(0).bert.embeddings.word_embeddings.weight)
+    lookup.close()
+    assert not table.sparse and table.weight.grad is None

@@ -37,7 +37,7 @@ from bertforge.tasks.registry import TASK_CONFIG_KEY, family, saved_task_setting
 from bertforge.training.checkpointing import rng_state, save_checkpoint, set_rng_state
 from bertforge.training.distributed import World, all_reduce_sum, from_main, sum_gradients
 from bertforge.training.metrics import Curve, plot_curves
-from bertforge.training.optim import ScheduleName, build_adamw, build_schedule
+from bertforge.training.optim import LookupGradients, ScheduleName, build_adamw, build_schedule, clip_gradients
 
 if TYPE_CHECKING:
     from bertforge.tokenizer import BertTokenizer
@@ -241,26 +241,28 @@ def train(model: torch.nn.Module, task: TaskFamily, train_features: list[Feature
     if resume_state is not None:
         run.restore(resume_state)
     result, main_metric = run.result, task.metric_names[0]
-    for epoch in range(run.epoch, math.ceil(settings.epochs) + 1):
-        train_loss = run.train_epoch(train_features, epoch)
-        record = {"epoch": epoch, "step": stepper.step, "train_loss": train_loss,
-                  "elapsed_s": round(time.perf_counter() - started + run.earlier_seconds, 2)}
-        for eval_set in eval_sets if world.is_main else ():
-            metrics = evaluate(model, task, eval_set, pad_id=pad_id, batch_size=settings.eval_batch_size,
-                               precision=precision)
-            record.update({f"{eval_set.name}/{k}": v for k, v in metrics.items()})
-        record = from_main(record, world)  # so every rank takes the same best epoch and early stop
-        result.history.append(record)
-        _log(record, outputs.log_file, stepper.writer, stepper.step)
-        if world.is_main:
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                       for k, v in record.items()))
-        if eval_sets and not run.improved(record[f"{eval_sets[0].name}/{main_metric}"], main_metric, record):
-            patience = settings.early_stopping_patience
-            if patience is not None and run.stale >= patience:
-                log.info("early stopping: %s has not improved for %d epochs", main_metric, run.stale)
-                break
-    stepper.close()
+    try:  # the model's tables get their usual backward back even if a step fails
+        for epoch in range(run.epoch, math.ceil(settings.epochs) + 1):
+            train_loss = run.train_epoch(train_features, epoch)
+            record = {"epoch": epoch, "step": stepper.step, "train_loss": train_loss,
+                      "elapsed_s": round(time.perf_counter() - started + run.earlier_seconds, 2)}
+            for eval_set in eval_sets if world.is_main else ():
+                metrics = evaluate(model, task, eval_set, pad_id=pad_id, batch_size=settings.eval_batch_size,
+                                   precision=precision)
+                record.update({f"{eval_set.name}/{k}": v for k, v in metrics.items()})
+            record = from_main(record, world)  # so every rank takes the same best epoch and early stop
+            result.history.append(record)
+            _log(record, outputs.log_file, stepper.writer, stepper.step)
+            if world.is_main:
+                log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                           for k, v in record.items()))
+            if eval_sets and not run.improved(record[f"{eval_sets[0].name}/{main_metric}"], main_metric, record):
+                patience = settings.early_stopping_patience
+                if patience is not None and run.stale >= patience:
+                    log.info("early stopping: %s has not improved for %d epochs", main_metric, run.stale)
+                    break
+    finally:
+        stepper.close()
     if outputs.curves_file is not None:
         plot_finetuning_curves(outputs.curves_file, stepper.losses, result.history, [s.name for s in eval_sets],
                                main_metric)
@@ -424,6 +426,7 @@ class _Stepper:
     def __post_init__(self) -> None:
         device = next(self.model.parameters()).device
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")  # fp16 grads underflow
+        self.lookup_gradients = LookupGradients(self.model)
 
     def epoch(self, features: list[Feature], batches: list[list[int]], epoch: int, *, start: int = 0,
               tally: tuple[float, int] = (0.0, 0), after_step=None) -> float:
@@ -434,10 +437,10 @@ class _Stepper:
         for index in range(start, len(batches)):
             if self.step >= self.total_steps:
                 break
-            self.optimizer.zero_grad(set_to_none=True)
+            self.lookup_gradients.zero(self.optimizer)
             loss = self.accumulate_gradients([features[i] for i in batches[index]])
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            clip_gradients(self.model.parameters(), self.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.schedule.step()
@@ -480,6 +483,7 @@ class _Stepper:
         return float(all_reduce_sum(torch.tensor([total], dtype=torch.float64), world))
 
     def close(self) -> None:
+        self.lookup_gradients.close()
         self.bar.close()
         if self.writer is not None:
             self.writer.close()

@@ -56,7 +56,7 @@ from bertforge.training.distributed import World, all_reduce_sum, join_world
 from bertforge.training.initialization import init_local_attention, init_positions_sinusoidal
 from bertforge.training.lamb import Lamb
 from bertforge.training.metrics import MetricsLogger
-from bertforge.training.optim import build_adamw, build_schedule, parameter_groups
+from bertforge.training.optim import build_adamw, build_schedule, clip_gradients, parameter_groups
 from bertforge.training.pretrain_settings import (
     CorpusSettings,
     ModelSettings,
@@ -350,7 +350,7 @@ class Trainer:
 
     def apply_gradients(self) -> float:
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
+        grad_norm = clip_gradients(self.model.parameters(), self.cfg.optim.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
