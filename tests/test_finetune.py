@@ -601,3 +601,13 @@ def test_train_refuses_to_run_inside_an_outer_autocast() -> None:
     model = BertForSequenceClassification(BertConfig.from_preset("tiny", vocab_size=50), num_labels=2)
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="precision='bf16'"):
         finetune_loop.train(model, None, [], pad_id=0)
+
+
+def test_a_finetuning_job_keeps_freed_memory(tiny_model, tmp_path, monkeypatch):
+    """hardware.keep_freed_memory (what spares a step its page faults) is the job's to call, once it starts."""
+    calls = []
+    monkeypatch.setattr(finetune, "keep_freed_memory", lambda: calls.append(1) or True)
+    rows = sentiment_rows(16, seed=5)
+    run_finetune(tmp_path / "run", **{**FAST, "epochs": 1}, model=str(tiny_model),
+                 train=write_csv(tmp_path / "train.csv", rows))
+    assert calls == [1]

@@ -220,3 +220,13 @@ def test_lamb_and_a_second_phase_from_the_first(corpus, tmp_path):
     longer = train(_config(corpus, tmp_path / "phase2_64", init_from=tmp_path / "phase1", max_length=64,
                            steps=1, eval_batches=0))
     assert longer.stopped == "finished"
+
+
+def test_a_pretraining_job_keeps_freed_memory(corpus, tmp_path, monkeypatch):
+    """hardware.keep_freed_memory (what spares a step its page faults) is the job's to call, once it starts."""
+    from bertforge.training import pretrain
+
+    calls = []
+    monkeypatch.setattr(pretrain, "keep_freed_memory", lambda: calls.append(1) or True)
+    train(_config(corpus, tmp_path / "run", steps=1, eval_batches=0))
+    assert calls == [1]

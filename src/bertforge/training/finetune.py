@@ -23,6 +23,7 @@ from bertforge.data import hf_datasets
 from bertforge.data.tables import DataError, source_name
 from bertforge.errors import OptionError
 from bertforge.files import move_into_place, open_text, remove_stale_temporaries, temporary_sibling, write_text_atomic
+from bertforge.hardware import keep_freed_memory
 from bertforge.options import check_length, check_options, resolve_device
 from bertforge.precision import Precision, TrainingPrecision, resolve_precision
 from bertforge.tasks.classification import GLUE_TASKS
@@ -163,6 +164,7 @@ def run(output_dir: Path, task: str = "classification", model: str = "all-minilm
     running_precision = resolve_precision(precision, torch_device, training=True)
     if threads:
         torch.set_num_threads(threads)
+    keep_freed_memory()
     output_dir = Path(output_dir)
     family_task = task_family(task, data, inputs)
     train_path, eval_paths = _data_files(family_task.name, data.train, data.validation, data.data_dir, data.dataset)

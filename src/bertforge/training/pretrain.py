@@ -48,6 +48,7 @@ from bertforge.data.pretraining import (
 )
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
+from bertforge.hardware import keep_freed_memory
 from bertforge.heads import BertForPreTraining, BertLMHeadModel, CausalLMOutput, PreTrainingOutput
 from bertforge.options import resolve_device
 from bertforge.precision import Precision, autocast
@@ -440,6 +441,7 @@ def _devices(cfg: PretrainConfig) -> tuple[torch.device, World]:
     """This process's device and its place among the processes; fixes `auto` precision for the device."""
     if cfg.job.threads:
         torch.set_num_threads(cfg.job.threads)
+    keep_freed_memory()
     device, world = join_world(resolve_device(cfg.job.device))
     cfg.use_device(device)  # `auto` precision -> what this device computes
     if cfg.optim.batch_size % (world.size * cfg.optim.grad_accum_steps):
