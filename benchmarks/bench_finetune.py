@@ -6,7 +6,9 @@ Same checkpoint, same hyper-parameters (AdamW, weight decay 0.01 off biases/Laye
 decay, grad clip 1.0), same seed, same examples, same precision (`--precision bf16`: autocast on both sides,
 the Trainer's `bf16=True`; only where the processor computes bf16 natively). Prints the task metrics, the
 training wall-clock, CPU time, steps/s and MFU of each (useful matmul work, ×3 for training, flops.py) and
-the ratios. On a small CPU use a subset; with more compute drop --train-examples to run everything.
+the ratios. On a small CPU use a subset; with more compute drop --train-examples to run everything. The process
+keeps the memory it frees for reuse, as `bertforge finetune` does (hardware.keep_freed_memory), for both sides
+alike; `--glibc-defaults` leaves the allocator as it is.
 
     python benchmarks/bench_finetune.py --task sst2 --train-examples 4000 --epochs 1
     python benchmarks/bench_finetune.py --task ner --train-examples 2000 --epochs 1
@@ -33,7 +35,7 @@ from _speed import mfu_text, precision_context
 
 from bertforge.checkpoint import config_from_hf, load_model, read_config
 from bertforge.flops import encoder_flops
-from bertforge.hardware import bf16_skip_reason
+from bertforge.hardware import bf16_skip_reason, keep_freed_memory
 from bertforge.pretrained import resolve_model
 from bertforge.tasks.base import Feature, collate
 from bertforge.tasks.qa import agreed_split
@@ -264,8 +266,13 @@ def main() -> None:
                         help="NER, bertforge side: each batch's summed token loss over the mean scored tokens per "
                              "batch (constant; auto = constant with length grouping) or over its own count")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="leave glibc's malloc as it is; by default the process keeps freed memory, as the "
+                             "training jobs do (hardware.keep_freed_memory), which applies to every side alike")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kept = not args.glibc_defaults and keep_freed_memory()
+    print(f"freed memory kept for reuse (hardware.keep_freed_memory): {'yes' if kept else 'no'}")
     reason = bf16_skip_reason(args.device) if args.precision == "bf16" else None
     if reason is not None:
         print(f"{args.task} bf16: {reason}")

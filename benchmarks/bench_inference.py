@@ -357,8 +357,15 @@ def main() -> None:
                         help="embedding model folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["embed", "classifier", "int8", "st", "onnx", "attention"])
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="have glibc's malloc keep freed memory for reuse, for every side alike (what the "
+                             "training jobs do: hardware.keep_freed_memory; the server and the Predictor do not)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from bertforge.hardware import keep_freed_memory
+
+        print(f"freed memory kept for reuse: {'yes' if keep_freed_memory() else 'no (not glibc)'}")
     from transformers.utils import logging as hf_logging
 
     from bertforge.pretrained import packaged_model_dir
