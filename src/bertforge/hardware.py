@@ -45,7 +45,8 @@ def keep_freed_memory() -> bool:
     default glibc serves every block over its mmap threshold (at most 32 MB) with a fresh mapping and unmaps it
     on free, and trims freed memory at the top of the heap, so the next step page-faults on every page it
     writes first. With no mappings (M_MMAP_MAX 0) and no trimming below 2 GB of free space, the blocks stay and
-    are reused: a mini pre-training step (bf16, 2 threads) took 13-14% less time (benchmarks/bench_pretrain.py).
+    are reused: a mini pre-training step (bf16, 2 threads) took 4-13% less time
+    (`benchmarks/bench_pretrain.py --no-peers`), and transformers' own step half the time.
     The price is that the process holds on to its peak memory until it exits, which suits a training job and
     not a server: `pretrain` and `finetune` call this, `serve` does not."""
     if not sys.platform.startswith("linux"):
