@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bertforge.flops import mfu
-from bertforge.hardware import bf16_skip_reason, datasheet_peak, matmul_peak
+from bertforge.hardware import bf16_skip_reason, datasheet_peak, keep_freed_memory, matmul_peak
 
 
 @dataclass
@@ -99,3 +99,16 @@ def print_ratios(timings: dict[str, Timing], systems: Sequence[System]) -> None:
             strongest = min(peers, key=lambda name: timings[name].seconds)
             print(f"  {ours} / strongest peer ({strongest}): "
                   f"{timings[strongest].seconds / timings[ours].seconds:.2f}x")
+
+
+def add_allocator_option(parser) -> None:
+    """--glibc-defaults, for the training benchmarks (see apply_allocator_option)."""
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="leave glibc's malloc as it is; by default the process keeps freed memory, as the "
+                             "training jobs do (hardware.keep_freed_memory), which applies to every side alike")
+
+
+def apply_allocator_option(args) -> None:
+    """Keep freed memory, as `bertforge pretrain` and `finetune` do, unless --glibc-defaults; print which."""
+    kept = not args.glibc_defaults and keep_freed_memory()
+    print(f"freed memory kept for reuse (hardware.keep_freed_memory): {'yes' if kept else 'no'}")

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _speed import mfu_text, precision_context
+from _speed import add_allocator_option, apply_allocator_option, mfu_text, precision_context
 
 from bertforge.checkpoint import config_from_hf, load_model, read_config
 from bertforge.flops import encoder_flops
-from bertforge.hardware import bf16_skip_reason, keep_freed_memory
+from bertforge.hardware import bf16_skip_reason
 from bertforge.pretrained import resolve_model
 from bertforge.tasks.base import Feature, collate
 from bertforge.tasks.qa import agreed_split
@@ -266,13 +266,10 @@ def main() -> None:
                         help="NER, bertforge side: each batch's summed token loss over the mean scored tokens per "
                              "batch (constant; auto = constant with length grouping) or over its own count")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--glibc-defaults", action="store_true",
-                        help="leave glibc's malloc as it is; by default the process keeps freed memory, as the "
-                             "training jobs do (hardware.keep_freed_memory), which applies to every side alike")
+    add_allocator_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    kept = not args.glibc_defaults and keep_freed_memory()
-    print(f"freed memory kept for reuse (hardware.keep_freed_memory): {'yes' if kept else 'no'}")
+    apply_allocator_option(args)
     reason = bf16_skip_reason(args.device) if args.precision == "bf16" else None
     if reason is not None:
         print(f"{args.task} bf16: {reason}")

@@ -27,12 +27,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _speed import mfu_text, peak_text, precision_context
+from _speed import add_allocator_option, apply_allocator_option, mfu_text, peak_text, precision_context
 
 from bertforge.checkpoint import to_hf_state_dict
 from bertforge.config import BertConfig
 from bertforge.flops import encoder_flops, mlm_head_flops
-from bertforge.hardware import bf16_skip_reason, keep_freed_memory
+from bertforge.hardware import bf16_skip_reason
 from bertforge.heads import BertForPreTraining
 from bertforge.training.vocab_loss import summed_cross_entropy
 
@@ -160,14 +160,11 @@ def main() -> None:
                         help="fused AdamW on both sides (--no-fused: torch's per-tensor loop, as before 2026-12-06)")
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                         help="--no-peers: bertforge alone (no transformers model in the process to share its heap)")
-    parser.add_argument("--glibc-defaults", action="store_true",
-                        help="leave glibc's malloc as it is; by default the process keeps freed memory, as the "
-                             "training jobs do (hardware.keep_freed_memory), which applies to every side alike")
+    add_allocator_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kept = not args.glibc_defaults and keep_freed_memory()
-    print(f"freed memory kept for reuse (hardware.keep_freed_memory): {'yes' if kept else 'no'}")
+    apply_allocator_option(args)
     import transformers
 
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _speed import add_allocator_option, apply_allocator_option
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "SST-2"
 PHASES = ("forward", "backward", "clip", "optimizer", "zero_grad")
@@ -51,9 +52,7 @@ def main() -> None:
     parser.add_argument("--torch-defaults", action="store_true",
                         help="torch's clip_grad_norm_ and zero_grad instead of the fine-tuning loop's")
     parser.add_argument("--ops", type=int, default=0, help="also print the N costliest operators")
-    parser.add_argument("--glibc-defaults", action="store_true",
-                        help="leave glibc's malloc as it is; by default the process keeps freed memory, as the "
-                             "training jobs do (hardware.keep_freed_memory), which applies to every side alike")
+    add_allocator_option(parser)
     args = parser.parse_args()
     if args.threads <= 0 or args.train_examples <= 0 or args.steps <= 0:
         parser.error("--threads, --train-examples and --steps: give positive whole numbers")
@@ -62,15 +61,13 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"SST-2 not found at {DATA}: see ../shared/data/README.md")
     from bertforge.checkpoint import load_model
-    from bertforge.hardware import keep_freed_memory
     from bertforge.heads import BertForSequenceClassification
     from bertforge.pretrained import resolve_model
     from bertforge.tokenizer import BertTokenizer
     from bertforge.training.optim import LookupGradients, build_adamw, clip_gradients
 
     torch.set_num_threads(args.threads)
-    kept = not args.glibc_defaults and keep_freed_memory()
-    print(f"freed memory kept for reuse (hardware.keep_freed_memory): {'yes' if kept else 'no'}")
+    apply_allocator_option(args)
     torch.manual_seed(0)
     path = resolve_model("all-minilm-l6-v2")
     model = load_model(path, BertForSequenceClassification, num_labels=2).train()

@@ -41,6 +41,7 @@ from bertforge.model import BertModel
 from bertforge.tasks.base import IGNORE_INDEX, Feature, collate
 from bertforge.tasks.ner import TokenClassification
 from bertforge.training.finetune_loop import length_grouped_batches
+from bertforge.training.optim import clip_gradients
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def train_tagger(tagger: FeatureTagger, states: Sequence[torch.Tensor], features
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(tagger.parameters(), max_grad_norm)
+            clip_gradients(tagger.parameters(), max_grad_norm)
             optimizer.step()
             schedule.step()
             running += loss.item()
