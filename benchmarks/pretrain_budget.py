@@ -11,6 +11,12 @@ is compared. Finished variants are read back from their run folders, so an inter
 Writes a markdown table (accuracy where the input shows [MASK], the conventional all-selected-positions
 figure beside it, steps, tokens/s) and a plot of accuracy against minutes.
 
+With `--presets`, every variant runs at each model size (in OUTPUT/PRESET/VARIANT), and one table and one
+plot hold them all: which size a budget should buy, and whether the recipe's lead holds at each.
+
+    python benchmarks/pretrain_budget.py --data runs/wiki16k --minutes 10 --variants bert budget \
+        --presets tiny mini small --output-dir runs/sizes --report runs/sizes.md
+
 On a machine that is not quiet, compare at equal steps instead, which load does not change: every variant
 plans the same schedule (`--steps`) and is ended once its held-out evaluation at `--stop-at-step` is
 written (same data order, masks and learning rate up to that step). Minutes then come from each variant's
@@ -29,6 +35,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bertforge.config import PRESETS
 
 # name -> (what it shows, pretrain options on top of the common ones)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -50,8 +58,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def run_variant(name: str, options: list[str], args: argparse.Namespace) -> Path:
-    out = args.output_dir / name
+def run_variant(name: str, options: list[str], out: Path, args: argparse.Namespace) -> Path:
     if finished(out, args):
         print(f"{name}: done earlier, read from {out}")
         return out
@@ -99,29 +106,53 @@ def summary(out: Path) -> dict:
             "tokens_per_s": speed[len(speed) // 2] if speed else None}
 
 
-def report(results: dict[str, dict], args: argparse.Namespace) -> str:
-    lines = ["| variant | what | steps | tokens/s | MLM acc. at [MASK] | MLM acc. all selected | loss |",
-             "|---|---|---|---|---|---|---|"]
-    for name, res in results.items():
+def sweep(args: argparse.Namespace) -> dict[tuple[str | None, str], dict]:
+    """Every variant's summary, keyed by (preset, variant); the preset is None without `--presets`."""
+    results = {}
+    for preset in args.presets or [None]:
+        folder = args.output_dir / preset if preset else args.output_dir
+        size = ["--preset", preset] if preset else []
+        for name in args.variants:
+            results[preset, name] = summary(run_variant(name, [*VARIANTS[name][1], *size], folder / name, args))
+    return results
+
+
+def shape(config: dict) -> str:
+    """`L4/H256` from a run's config.json: its preset, with any model override applied."""
+    layers, hidden, _ = PRESETS[config["preset"]]
+    overrides = config.get("model_overrides") or {}
+    return f"L{overrides.get('num_layers', layers)}/H{overrides.get('hidden_size', hidden)}"
+
+
+def report(results: dict[tuple[str | None, str], dict]) -> str:
+    lines = ["| variant | model | what | steps | tokens/s | MLM acc. at [MASK] | MLM acc. all selected | loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (preset, name), res in results.items():
         final = res["final"]
         mask = final.get("mlm_mask_accuracy")
-        lines.append(f"| {name} | {VARIANTS[name][0]} | {res['steps']:,} | {res['tokens_per_s'] or 0:,.0f} | "
+        model = f"{preset} ({shape(res['config'])})" if preset else shape(res["config"])
+        lines.append(f"| {name} | {model} | {VARIANTS[name][0]} | {res['steps']:,} | {res['tokens_per_s'] or 0:,.0f} | "
                      f"{100 * mask:.1f}% | {100 * final['mlm_accuracy']:.1f}% | {final['mlm_loss']:.3f} |")
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict], path: Path, by_step: bool) -> None:
+def plot(results: dict[tuple[str | None, str], dict], path: Path, by_step: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(8, 5))
-    for name, res in results.items():
+    presets = list(dict.fromkeys(preset for preset, _ in results))
+    for (preset, name), res in results.items():
         x = [step if by_step else minutes for minutes, _, _, step in res["curve"]]
         accuracy = [100 * (a or 0) for _, a, _, _ in res["curve"]]
-        axis.plot(x, accuracy, "o-" if name in ("budget", "bert") else ".-", label=name,
-                  linewidth=2.5 if name in ("budget", "bert") else 1)
+        style = {"linewidth": 2.5 if name in ("budget", "bert") else 1,
+                 "linestyle": "--" if name == "bert" else "-"}
+        if preset:  # one colour a size; the variant shows in the line style
+            style["color"] = f"C{presets.index(preset)}"
+        label = f"{preset} ({shape(res['config'])}), {name}" if preset else name
+        axis.plot(x, accuracy, "o" if name in ("budget", "bert") else ".", label=label, **style)
     axis.set(xlabel="optimizer step (same plan for every variant)" if by_step else
              "training minutes (wall clock, 2 CPU cores)", ylabel="held-out MLM accuracy at [MASK] (%)",
              title="held-out MLM accuracy against " + ("steps" if by_step else "time"))
@@ -141,6 +172,8 @@ def main() -> None:
     parser.add_argument("--stop-at-step", type=int, help="with --steps: end each run after its held-out "
                         "evaluation at this step (pass --eval-every in --common so that one falls on it)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--presets", nargs="+", choices=list(PRESETS),
+                        help="run every variant at each of these model sizes (OUTPUT/PRESET/VARIANT)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-batches", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -148,8 +181,10 @@ def main() -> None:
                         help="further pretrain options for every variant (e.g. --preset mini), last on the line")
     parser.add_argument("--report", type=Path, help="write the markdown table here (and a PNG beside it)")
     args = parser.parse_args()
-    results = {name: summary(run_variant(name, VARIANTS[name][1], args)) for name in args.variants}
-    table = report(results, args)
+    if args.presets and "--preset" in args.common:
+        parser.error("--presets and a --preset in --common both set the model size; give one of them")
+    results = sweep(args)
+    table = report(results)
     print(table)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
