@@ -19,7 +19,7 @@ from bertforge.inference.embed import embed_texts
 from bertforge.inference.predictor import Predictor
 from bertforge.inference.tiny import build, tiny_tokenizer
 from bertforge.model import BertModel
-from bertforge.precision import autocast, check_precision, resolve_precision
+from bertforge.precision import autocast, cast_for_inference, check_precision, inference_context, resolve_precision
 
 TEXTS = ["john played the guitar in paris", "a good movie", "the night was new", "who is the capital ?",
          "they love music and film , she hate it"]
@@ -90,22 +90,49 @@ def test_bf16_vectors_point_where_fp32_ones_do(tiny, pooling) -> None:
     assert np.abs(fp32 - bf16).max() > 1e-6  # it really ran in bf16 (fp32 twice gives identical vectors)
 
 
-def test_bf16_predictor_casts_its_own_copy_once_to_the_values_autocast_gives(tiny) -> None:
+def _padded_inputs(tok, texts):
+    enc = tok.encode(texts)
+    ids = torch.tensor([x + [0] * (max(map(len, enc.input_ids)) - len(x)) for x in enc.input_ids])
+    mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(x) for x in enc.input_ids])[:, None]).long()
+    return ids, mask
+
+
+def test_bf16_predictor_runs_its_own_copy_in_bf16_throughout(tiny) -> None:
     directory, model = tiny
     tok = tiny_tokenizer(directory)
     predictor = Predictor(model, tok, precision="bf16")
-    linear = [m for m in predictor._runner.modules() if isinstance(m, torch.nn.Linear)]
-    assert linear and all(m.weight.dtype == torch.bfloat16 for m in linear)
+    assert {p.dtype for p in predictor._runner.parameters()} == {torch.bfloat16}  # norms and embeddings too
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller's model is untouched
-    norms = [m for m in predictor._runner.modules() if isinstance(m, torch.nn.LayerNorm)]
-    assert norms and all(m.weight.dtype == torch.float32 for m in norms)  # autocast keeps norms in fp32
+    states = []
+    hook = predictor._runner.layers[0].attention_norm.register_forward_hook(
+        lambda module, args, out: states.append(out.dtype))
+    vectors = embed_texts(model, tok, TEXTS, normalize=True, predictor=predictor).vectors
+    hook.remove()
+    assert states and set(states) == {torch.bfloat16}  # the residual stream is bf16, not autocast's fp32
+    assert vectors.dtype == np.float32  # handed back in fp32, for the caller's poolings and heads
+    # Each token's state stays where autocast over the caller's fp32 model puts it.
+    ids, mask = _padded_inputs(tok, TEXTS[:3])
+    with torch.inference_mode():
+        with autocast("bf16", "cpu"):
+            expected = model(ids, mask).sequence_output.float()
+        got = predictor._runner(ids, mask).sequence_output.float()
+    cosine = torch.nn.functional.cosine_similarity(expected, got, dim=-1)[mask.bool()]
+    assert cosine.min() > 0.999, cosine.min()
+
+
+def test_fp16_predictor_casts_its_linear_weights_once_to_the_values_autocast_gives(tiny) -> None:
+    directory, model = tiny
+    tok = tiny_tokenizer(directory)
+    runner = cast_for_inference(model, "fp16")
+    linear = [m for m in runner.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(m.weight.dtype == torch.float16 for m in linear)
+    norms = [m for m in runner.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)  # fp16's range: norms stay fp32
     # Bit for bit what autocast over the caller's fp32 model gives: the cast is moved, not changed.
-    enc = tok.encode(TEXTS[:3])
-    ids = torch.tensor([x + [0] * (max(map(len, enc.input_ids)) - len(x)) for x in enc.input_ids])
-    mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(x) for x in enc.input_ids])[:, None]).long()
-    with torch.inference_mode(), autocast("bf16", "cpu"):
+    ids, mask = _padded_inputs(tok, TEXTS[:3])
+    with torch.inference_mode(), inference_context("fp16", "cpu"):
         expected = model(ids, mask).sequence_output
-        got = predictor._runner(ids, mask).sequence_output
+        got = runner(ids, mask).sequence_output
     assert torch.equal(expected, got)
 
 

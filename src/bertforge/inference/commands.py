@@ -77,7 +77,7 @@ def fill_mask(model: str, text: list[str] | str | None = None, input: Path | Non
         top_k: Predictions per [MASK].
         output: Write JSON lines here instead of printing.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
+        precision: fp32, bf16 (a bf16 copy of the encoder; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
     loaded = _load(model, device, "fill-mask", precision)
@@ -103,7 +103,7 @@ def classify(model: str, text: list[str] | str | None = None, input: Path | None
             fine-tuning --stride, else half a window.
         output: Write JSON lines here instead of printing.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
+        precision: fp32, bf16 (a bf16 copy of the encoder; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
     loaded = _load(model, device, "classify", precision, max_length=max_length)
@@ -125,7 +125,7 @@ def ner(model: str, text: list[str] | str | None = None, input: Path | None = No
             the model's fine-tuning --max-length (saved in its config.json), else the model's limit.
         output: Write JSON lines here instead of printing.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
+        precision: fp32, bf16 (a bf16 copy of the encoder; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     _check_output(output, input)
     loaded = _load(model, device, "ner", precision, max_length=max_length)
@@ -153,7 +153,7 @@ def qa(model: str, question: list[str] | str | None = None, context: list[str] |
             --max-answer-length, else 30.
         output: Write JSON lines here instead of printing.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
+        precision: fp32, bf16 (a bf16 copy of the encoder; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     from bertforge.data.tables import read_records
 

@@ -192,7 +192,7 @@ def run(model: str, input: Path, output: Path | None = None, text_column: str | 
         vectors: How each vector is made: pooling, layers, length, normalisation (VectorSettings).
         batch_size: Texts per forward pass.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
+        precision: fp32, bf16 (a bf16 copy of the encoder; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto.
     """
     from bertforge.checkpoint import load_model
     from bertforge.data.tables import read_texts

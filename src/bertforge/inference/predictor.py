@@ -6,10 +6,11 @@ outputs for many texts with as little wasted work as possible:
 - in "packed" mode the encoder's own forward runs in its packed layout (`model/packed.py`): every position-wise
   layer works on the real tokens only;
 - "padded" mode is the plain forward pass, kept as the reference the packed mode is tested against;
-- `precision` (bertforge/precision.py) is the same option as every job's `--precision`: bf16/fp16 run under
-  autocast (on GPUs and on CPUs with native bf16); int8 swaps the Linear layers (all but the feed-forward
-  outputs) for torch's dynamic int8 version after smoothing the activations' outlier channels into the weights
-  (`inference/int8.py`, calibrated on its built-in sentences; CPU only; changes the numbers a little).
+- `precision` (bertforge/precision.py) is the same option as every job's `--precision`: bf16 runs a copy of the
+  encoder in bf16 throughout (on GPUs and on CPUs with native bf16), fp16 one under autocast; int8 swaps the
+  Linear layers (all but the feed-forward outputs) for torch's dynamic int8 version after smoothing the
+  activations' outlier channels into the weights (`inference/int8.py`, calibrated on its built-in sentences;
+  CPU only; changes the numbers a little).
 Shapes: B = batch, N = real tokens in a batch, T = longest sequence, H = hidden size.
 """
 
@@ -26,7 +27,7 @@ from bertforge.inference.int8 import quantize_int8, smoothed_int8  # noqa: F401 
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
 from bertforge.model.positions import DISTANCE_BIAS
-from bertforge.precision import InferencePrecision, autocast, cast_for_inference, resolve_precision
+from bertforge.precision import InferencePrecision, cast_for_inference, inference_context, resolve_precision
 from bertforge.tokenizer import BertTokenizer, Encoding
 
 Mode = Literal["packed", "padded"]
@@ -111,7 +112,7 @@ class Predictor:
             benchmarks/predictor_budget.py), and 8192 on a GPU, which wants large batches.
         max_batch: Most texts in one batch.
         max_length: Texts are truncated to this many tokens (default: the model's maximum).
-        precision: fp32, bf16 or fp16 (autocast), int8 (a smoothed, dynamically quantised copy; CPU) or
+        precision: fp32, bf16 (a bf16 copy), fp16 (autocast), int8 (a smoothed, dynamically quantised copy; CPU) or
             auto (bf16 where the hardware has it natively); see bertforge/precision.py.
         task_settings: The settings the model was fine-tuned with (`tasks.registry.saved_task_settings`),
             which the pipelines take as their defaults; {} for a model without them.
@@ -129,7 +130,7 @@ class Predictor:
             model = smoothed_int8(model, tokenizer)  # calibrated on built-in sentences, not the caller's texts
         self.model = model
         self.encoder = encoder_of(model)
-        # What run() calls: in bf16/fp16 a copy with its Linear weights cast once, not at every batch.
+        # What run() calls: in bf16 a copy in bf16 throughout, in fp16 one with its Linear weights cast once.
         self._runner = cast_for_inference(self.encoder, self.precision)
         self.tokenizer = tokenizer
         if self.encoder.config.position_embedding_type in DISTANCE_BIAS:
@@ -158,7 +159,7 @@ class Predictor:
         for batch in token_budget_batches(lengths, self.max_tokens, self.max_batch):
             ids = [enc.input_ids[i] for i in batch]
             types = [enc.token_type_ids[i] for i in batch]
-            with autocast(self.precision, self.device):
+            with inference_context(self.precision, self.device):
                 if self.mode == "packed" and not output_attentions:
                     encoded = self._packed(batch, ids, types, output_hidden_states, first_token_only)
                 else:

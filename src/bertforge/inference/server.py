@@ -47,8 +47,8 @@ class LoadSettings:
         model: Model directory (its architecture decides the endpoints), or all-minilm-l6-v2.
         device: auto (a GPU if there is one; the CPU for int8), cpu, cuda, cuda:1, mps, ...
         threads: torch CPU threads (default: torch's choice).
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (a dynamically quantised
-            copy; CPU, slightly different numbers) or auto.
+        precision: fp32, bf16 (a bf16 copy of the encoder; GPUs and CPUs with native bf16), fp16, int8 (a
+            dynamically quantised copy; CPU, slightly different numbers) or auto.
     """
 
     model: str

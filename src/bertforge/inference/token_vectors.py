@@ -60,7 +60,7 @@ def token_vectors(model: BertModel, tokenizer: BertTokenizer, texts: Sequence[st
                   max_length: int | None = None, batch_size: int = 32,
                   precision: InferencePrecision = "fp32") -> TokenVectors:
     """The vectors of every token of every text from hidden state `layer` (0 = embeddings, -1 = last), computed
-    in `precision` (bertforge/precision.py: the encoder under bf16/fp16 autocast or int8; vectors are float32)."""
+    in `precision` (bertforge/precision.py: the encoder in bf16, under fp16 autocast, or int8; vectors are float32)."""
     from bertforge.inference.predictor import Predictor
 
     n_states = model.config.num_layers + 1
