@@ -24,8 +24,9 @@ from bertforge.hardware import bf16_skip_reason, datasheet_peak, keep_freed_memo
 class System:
     name: str
     run: Callable[[Sequence], object]  # inputs -> outputs in input order
-    precision: str = "fp32"  # fp32 | bf16 (autocast around the whole run)
+    precision: str = "fp32"  # fp32 | bf16: what the MFU line and the native-bf16 check read
     ours: bool = False
+    autocast: bool = True  # a bf16 run under autocast; False: the system sets its precision itself (bf16 weights)
 
 
 @dataclass
@@ -52,13 +53,15 @@ def race(systems: Sequence[System], inputs: Sequence, repeats: int, device: str 
     """Best wall-clock of each runnable system on `inputs` over `repeats` rounds, the systems taking turns in
     each round, after one untimed call each on the first `warmup` inputs (allocation, kernel choice)."""
     runnable = [s for s in systems if skip_reason(s, device) is None]
+    context = {s.name: (lambda s=s: precision_context(s.precision if s.autocast else "fp32", device))
+               for s in runnable}
     for system in runnable:
-        with precision_context(system.precision, device):
+        with context[system.name]():
             system.run(inputs[:warmup])
     timings: dict[str, Timing] = {}
     for _ in range(repeats):
         for system in runnable:
-            with precision_context(system.precision, device):
+            with context[system.name]():
                 start = time.perf_counter()
                 output = system.run(inputs)
                 sync()

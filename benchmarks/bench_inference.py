@@ -5,11 +5,13 @@
 1. Sentence embeddings with all-MiniLM-L6-v2 (mean pooling + L2 normalisation, max 256 tokens) over SST-2
    dev + Wikipedia sentences, shuffled once (a natural length mix). The peers, each at its best:
    - transformers BertModel (attn_implementation="sdpa") + its fast tokenizer, batches of 32: in input order
-     (a reference line: what a hurried user writes), sorted by token count, and sorted under bf16 autocast;
+     (a reference line: what a hurried user writes), sorted by token count, sorted under bf16 autocast, and
+     sorted with the model cast to bf16 (`model.to(torch.bfloat16)`);
    - sentence-transformers `encode(batch_size=32)` (it sorts by length itself), if installed;
    - ONNX Runtime on the model exported by `bertforge export-onnx`, its BERT fusions applied
      (onnxruntime.transformers.optimizer), batches of 32 sorted by token count.
-   Ours: the `Predictor` (length-sorted token-budget batches, packed tokens) in fp32 and under bf16 autocast,
+   Ours: the `Predictor` (length-sorted token-budget batches, packed tokens) in fp32 and in bf16 (its own
+   copy of the encoder in bf16, precision.cast_for_inference),
    and `embed_texts` with transformers' batch size (32 texts, length-sorted, packed).
    Each line gives the mean cosine of its vectors to transformers' fp32 vectors.
 2. A random `base`-size BertForSequenceClassification (12 layers, H=768), saved once and loaded by every
@@ -27,6 +29,7 @@ GFLOP/s over the real tokens and its MFU against this machine's measured matmul 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import gzip
 import random
@@ -203,11 +206,14 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
                                                        precision="bf16"))  # built only where bf16 runs
     hf_tok = AutoTokenizer.from_pretrained(directory)
     hf = BertModel.from_pretrained(directory, attn_implementation="sdpa").eval().to(args.device)
+    hf_bf16 = functools.cache(lambda: copy.deepcopy(hf).to(torch.bfloat16))  # built only where bf16 runs
     reference = "transformers, input order"
     systems = [
         System(reference, lambda x: hf_embed(hf, hf_tok, x, 256, sort=False)),
         System("transformers, length-sorted", lambda x: hf_embed(hf, hf_tok, x, 256, sort=True)),
         System("transformers, length-sorted, bf16", lambda x: hf_embed(hf, hf_tok, x, 256, sort=True), "bf16"),
+        System("transformers, length-sorted, bf16 weights",
+               lambda x: hf_embed(hf_bf16(), hf_tok, x, 256, sort=True), "bf16", autocast=False),
     ]
     if "st" not in args.skip:
         try:
@@ -229,8 +235,9 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
 
     systems += [
         System("bertforge Predictor (packed)", run_ours, ours=True),
-        # Its own precision="bf16": autocast, with the Linear weights cast once (precision.cast_for_inference).
-        System("bertforge Predictor (packed), bf16", lambda x: run_ours(x, bf16_predictor()), "bf16", ours=True),
+        # Its own precision="bf16": a copy of the encoder in bf16 throughout (precision.cast_for_inference).
+        System("bertforge Predictor (packed), bf16", lambda x: run_ours(x, bf16_predictor()), "bf16", ours=True,
+               autocast=False),
         # The same batch size as transformers (32 texts), only sorted by length and packed.
         System("bertforge embed_texts, batch 32", lambda x: embed_texts(
             ours, tok, x, normalize=True, max_length=256, batch_size=32).vectors, ours=True),
@@ -262,6 +269,7 @@ def classifier(args, tok, texts: list[str]) -> None:
     save_model(heads.BertForSequenceClassification(config, num_labels=2), tmp.name, tokenizer=tok)
     ours = load_model(tmp.name, heads.BertForSequenceClassification).to(args.device)
     hf = BertForSequenceClassification.from_pretrained(tmp.name, attn_implementation="sdpa").eval().to(args.device)
+    hf_bf16 = functools.cache(lambda: copy.deepcopy(hf).to(torch.bfloat16))  # built only where bf16 runs
     hf_tok = AutoTokenizer.from_pretrained(tmp.name)
     predictor = Predictor(ours, tok, max_tokens=args.max_tokens, max_length=128)
     bf16_predictor = functools.cache(lambda: Predictor(ours, tok, max_tokens=args.max_tokens, max_length=128,
@@ -271,6 +279,8 @@ def classifier(args, tok, texts: list[str]) -> None:
         System(reference, lambda x: hf_classify(hf, hf_tok, x, sort=False)),
         System("transformers, length-sorted", lambda x: hf_classify(hf, hf_tok, x, sort=True)),
         System("transformers, length-sorted, bf16", lambda x: hf_classify(hf, hf_tok, x, sort=True), "bf16"),
+        System("transformers, length-sorted, bf16 weights",
+               lambda x: hf_classify(hf_bf16(), hf_tok, x, sort=True), "bf16", autocast=False),
     ]
     if "onnx" not in args.skip:
         session = ort_session(ours, Path(tmp.name) / "classifier.onnx", args.threads)
@@ -278,7 +288,7 @@ def classifier(args, tok, texts: list[str]) -> None:
             session, hf_tok, x, 128, ours.num_labels, lambda outputs, mask: outputs[0])))
     systems += [System("bertforge Predictor (packed)", lambda x: bf_classify(predictor, x), ours=True),
                 System("bertforge Predictor (packed), bf16", lambda x: bf_classify(bf16_predictor(), x), "bf16",
-                       ours=True)]
+                       ours=True, autocast=False)]
     timings = race(systems, texts, args.repeats, args.device, sync(args.device), warmup=32)
     tmp.cleanup()
     lengths = [len(ids) for ids in tok.encode(texts, max_length=128).input_ids]
