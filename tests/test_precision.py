@@ -13,6 +13,7 @@ import torch
 
 from bertforge import precision as precision_module
 from bertforge.cli import call_job, main
+from bertforge.config import BertConfig
 from bertforge.errors import OptionError
 from bertforge.heads import BertForSequenceClassification
 from bertforge.inference.embed import embed_texts
@@ -118,6 +119,20 @@ def test_bf16_predictor_runs_its_own_copy_in_bf16_throughout(tiny) -> None:
         got = predictor._runner(ids, mask).sequence_output.float()
     cosine = torch.nn.functional.cosine_similarity(expected, got, dim=-1)[mask.bool()]
     assert cosine.min() > 0.999, cosine.min()
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "relative_key_query", "rope", "alibi"])
+def test_the_bf16_copy_runs_every_position_scheme(tiny, positions) -> None:
+    # Their tables, slopes and angles become bf16 buffers or meet bf16 queries; each must still run and agree.
+    directory, _ = tiny
+    tok = tiny_tokenizer(directory)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_layers=2, num_heads=4,
+                        intermediate_size=128, position_embedding_type=positions)
+    model = BertModel(config).eval()
+    fp32 = embed_texts(model, tok, TEXTS, normalize=True).vectors
+    bf16 = embed_texts(model, tok, TEXTS, normalize=True, precision="bf16").vectors
+    assert (fp32 * bf16).sum(-1).min() >= 0.999
 
 
 def test_fp16_predictor_casts_its_linear_weights_once_to_the_values_autocast_gives(tiny) -> None:
