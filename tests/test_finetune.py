@@ -197,7 +197,7 @@ def predicted_probabilities(out, source, path, **options) -> np.ndarray:
 
 
 def test_evaluate_and_predict_precision(sentiment_run, monkeypatch):
-    """--precision as on finetune: bf16 runs under autocast and agrees with fp32; auto is fp32 on a CPU
+    """--precision as on finetune: bf16 runs the model's bf16 copy and agrees with fp32; auto is fp32 on a CPU
     without native bf16 and bf16 on one with it; a bad value is refused before the model loads."""
     import bertforge.precision
 
@@ -208,7 +208,7 @@ def test_evaluate_and_predict_precision(sentiment_run, monkeypatch):
           "--device", "cpu", "--precision", "bf16"])
     bf16 = predicted_probabilities(out, source, work / "bf16-api.csv", device="cpu", precision="bf16")
     assert (work / "bf16.csv").read_text() == (work / "bf16-api.csv").read_text()
-    assert not np.array_equal(fp32, bf16)  # autocast really ran
+    assert not np.array_equal(fp32, bf16)  # bf16 really ran
     np.testing.assert_allclose(bf16, fp32, atol=0.02)
     assert (bf16.argmax(1) == fp32.argmax(1)).all()
     monkeypatch.setattr(bertforge.precision, "native_bf16", lambda device="cpu": False)

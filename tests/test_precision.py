@@ -135,6 +135,16 @@ def test_the_bf16_copy_runs_every_position_scheme(tiny, positions) -> None:
     assert (fp32 * bf16).sum(-1).min() >= 0.999
 
 
+def test_evaluate_and_predict_run_the_bf16_copy_the_predictor_runs(tmp_path) -> None:
+    from bertforge.training.finetune_loop import ready_to_predict
+
+    model = build(BertForSequenceClassification, tmp_path, seed=8, labels=["neg", "pos"])
+    ready = ready_to_predict(model, torch.device("cpu"), "bf16", tokenizer=tiny_tokenizer(tmp_path))
+    assert {p.dtype for p in ready.parameters()} == {torch.bfloat16}  # one bf16 inference, every path
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the loaded model is untouched
+    assert ready_to_predict(model, torch.device("cpu"), "fp32", tokenizer=tiny_tokenizer(tmp_path)) is model
+
+
 def test_fp16_predictor_casts_its_linear_weights_once_to_the_values_autocast_gives(tiny) -> None:
     directory, model = tiny
     tok = tiny_tokenizer(directory)

@@ -57,8 +57,8 @@ def run(model: str, data: EvaluationData = EvaluationData(), output: Path | None
         output: Also write the metrics here as JSON.
         batch_size: Evaluation batch size.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto (bf16 where
-            the hardware has it natively), as on finetune.
+        precision: fp32, bf16 (a bf16 copy of the model; GPUs and CPUs with native bf16), fp16, int8 (CPU)
+            or auto (bf16 where the hardware has it natively), as on finetune.
     """
     from bertforge.pretrained import resolve_model
     from bertforge.tasks.registry import saved_task_settings, task_max_length

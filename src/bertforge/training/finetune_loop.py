@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from bertforge.checkpoint import load_model
 from bertforge.errors import OptionError
-from bertforge.precision import Precision, autocast
+from bertforge.precision import Precision, autocast, cast_for_inference
 from bertforge.pretrained import CheckpointError, resolve_model
 from bertforge.tasks.base import Feature, TaskFamily, collate
 from bertforge.tasks.registry import TASK_CONFIG_KEY, family, saved_task_settings
@@ -106,14 +106,15 @@ def predict_outputs(model: torch.nn.Module, task: TaskFamily, features: Sequence
 
 def ready_to_predict(model: torch.nn.Module, device: torch.device, precision: Precision, *,
                      tokenizer: BertTokenizer) -> torch.nn.Module:
-    """The model on `device` for predict_outputs in `precision` (resolved): int8 is the smoothed, dynamically
-    quantised CPU copy every inference path runs (inference.int8.smoothed_int8, calibrated with the model's
-    `tokenizer`); the other precisions keep the weights and autocast the forward."""
+    """The model on `device` for predict_outputs in `precision` (resolved), as every inference path runs it: int8
+    is the smoothed, dynamically quantised CPU copy (inference.int8.smoothed_int8, calibrated with the model's
+    `tokenizer`); bf16 and fp16 the copy of precision.cast_for_inference (bf16 throughout; fp16 Linear weights),
+    which predict_outputs' autocast leaves as it is in bf16."""
     if precision == "int8":
         from bertforge.inference.int8 import smoothed_int8  # in-function: training/ does not import inference/
 
         return smoothed_int8(model, tokenizer)
-    return model.to(device)
+    return cast_for_inference(model.to(device), precision)
 
 
 def evaluate(model, task: TaskFamily, eval_set: EvalSet, *, pad_id: int, batch_size: int = 64,

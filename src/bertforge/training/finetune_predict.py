@@ -71,8 +71,8 @@ def run(model: str, output: Path | None = None, data: PredictionData = Predictio
         columns: What the output holds besides the predictions (PredictionColumns).
         batch_size: Inference batch size.
         device: auto (a GPU if there is one), cpu, cuda, cuda:1, mps, ...
-        precision: fp32, bf16 (autocast; GPUs and CPUs with native bf16), fp16, int8 (CPU) or auto (bf16 where
-            the hardware has it natively), as on finetune.
+        precision: fp32, bf16 (a bf16 copy of the model; GPUs and CPUs with native bf16), fp16, int8 (CPU)
+            or auto (bf16 where the hardware has it natively), as on finetune.
     """
     from bertforge.pretrained import resolve_model
     from bertforge.tasks.base import PredictionTable
