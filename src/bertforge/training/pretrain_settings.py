@@ -144,7 +144,9 @@ class OptimSettings:
             measured speed so the schedule ends at the budget, and fitted again 5% and 20% into the run from its
             own steps; unset without: 1000.
         optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
-        learning_rate: Peak learning rate.
+        learning_rate: Peak learning rate. The budget recipe's 1e-3 suits hidden sizes up to 256 (tiny, mini);
+            at 512 (small) it leaves the model on the unigram plateau, where 5e-4 learns (10-minute runs,
+            docs/results/pretraining_budget.md): give --learning-rate 5e-4 there.
         adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
             short run the squared gradients of the first steps, far larger than later ones, then fade in
             ~50 steps instead of ~1,000, so they stop shrinking the updates.
