@@ -124,3 +124,44 @@ def test_summed_cross_entropy_without_gradients_is_the_evaluation_path() -> None
         loss, predictions = summed_cross_entropy(logits, labels)
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels, reduction="sum"))
     assert torch.equal(predictions, logits.argmax(-1))
+
+
+def _softmax_input_dtypes(scores: torch.Tensor) -> tuple[torch.Tensor, list[torch.dtype]]:
+    """attention._softmax_last(scores), and the dtype each aten softmax inside it ran in."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._softmax.default:
+                self.dtypes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    with Record() as record:
+        probs = attention._softmax_last(scores)
+    return probs, record.dtypes
+
+
+@pytest.mark.parametrize("keys", [20, 31, 48, 127])
+def test_bf16_softmax_of_ragged_rows_goes_through_fp32_and_rounds_once(keys):
+    # torch's bf16 kernel is several times slower on rows that end well past a multiple of 32; those rows go
+    # through fp32: exactly fp32's softmax rounded to bf16, gradients too.
+    scores = (3 * torch.randn(24, 7, keys)).bfloat16().requires_grad_()
+    probs, dtypes = _softmax_input_dtypes(scores)
+    assert dtypes == [torch.float32] and probs.dtype == torch.bfloat16
+    assert torch.equal(probs, scores.detach().float().softmax(-1).bfloat16())
+    upstream = torch.linspace(0, 1, keys).expand(24, 7, keys)
+    probs.backward(upstream.bfloat16())
+    scores32 = scores.detach().float().requires_grad_()
+    scores32.softmax(-1).backward(upstream)
+    torch.testing.assert_close(scores.grad.float(), scores32.grad, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("keys", [8, 32, 64, 128])
+def test_bf16_softmax_of_aligned_rows_keeps_torchs_bf16_kernel(keys):
+    scores = (3 * torch.randn(24, 7, keys)).bfloat16()
+    probs, dtypes = _softmax_input_dtypes(scores)
+    assert dtypes == [torch.bfloat16] and torch.equal(probs, scores.softmax(-1))
