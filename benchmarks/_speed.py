@@ -48,20 +48,23 @@ def skip_reason(system: System, device: str | torch.device = "cpu") -> str | Non
     return bf16_skip_reason(device) if system.precision == "bf16" else None
 
 
+def _run_context(system: System, device: str | torch.device):
+    """Autocast for a bf16 system that asks for it; nothing for one that sets its precision itself."""
+    return precision_context(system.precision if system.autocast else "fp32", device)
+
+
 def race(systems: Sequence[System], inputs: Sequence, repeats: int, device: str | torch.device = "cpu",
          sync: Callable[[], None] = lambda: None, warmup: int = 64) -> dict[str, Timing]:
     """Best wall-clock of each runnable system on `inputs` over `repeats` rounds, the systems taking turns in
     each round, after one untimed call each on the first `warmup` inputs (allocation, kernel choice)."""
     runnable = [s for s in systems if skip_reason(s, device) is None]
-    context = {s.name: (lambda s=s: precision_context(s.precision if s.autocast else "fp32", device))
-               for s in runnable}
     for system in runnable:
-        with context[system.name]():
+        with _run_context(system, device):
             system.run(inputs[:warmup])
     timings: dict[str, Timing] = {}
     for _ in range(repeats):
         for system in runnable:
-            with context[system.name]():
+            with _run_context(system, device):
                 start = time.perf_counter()
                 output = system.run(inputs)
                 sync()

@@ -115,7 +115,11 @@ def main() -> None:
         if not (folder / "floor_model" / "model.safetensors").is_file():
             parser.error(f"{folder}: no floor_model/model.safetensors; give an output folder of transfer.py")
     check_same_models(args.folders, args.floor_runs)
-    text = report(best_schedules(args.folders, args.floor_runs))
+    table = best_schedules(args.folders, args.floor_runs)
+    if not any(sides.get("pretrained") and sides.get("floor") for sides in table.values()):
+        parser.error("no task has finished runs of both sides in these folders; give the output folders of "
+                     "finished transfer.py runs")
+    text = report(table)
     print(text)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
