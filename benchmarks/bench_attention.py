@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _speed import add_allocator_option, apply_allocator_option
 
 from bertforge.model.attention import written_out_attention
 from bertforge.training.vocab_loss import summed_cross_entropy
@@ -76,7 +77,7 @@ def loss_calls(args: argparse.Namespace, dtype: torch.dtype) -> dict:
         logits.argmax(-1)  # the accuracy statistic, as pre-training counts it
 
     def ours():
-        summed_cross_entropy(logits, labels)[0].backward()  # the argmax comes with it
+        summed_cross_entropy(logits, labels)[0].backward()  # the accuracy comes with it
 
     return {"F.cross_entropy": torch_loss, "summed_cross_entropy": ours}
 
@@ -98,11 +99,13 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=1210, help="selected positions: 30%% of 32 x 128")
     parser.add_argument("--vocab", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=15)
+    add_allocator_option(parser)
     args = parser.parse_args()
     for option in ("threads", "batch", "heads", "head_size", "length", "positions", "vocab", "repeats"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} {getattr(args, option)}: give a positive whole number")
     torch.set_num_threads(args.threads)
+    apply_allocator_option(args)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     print(f"{args.threads} threads, torch {torch.__version__}, {args.dtype}")
     train, infer = attention_calls(args, dtype)

@@ -100,12 +100,14 @@ def test_bf16_attention_dropout_drops_in_training_only() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_elements", [1 << 21, 3 * 50])  # one chunk; three rows per chunk, a ragged end
-def test_summed_cross_entropy_is_torchs_value_gradient_and_argmax(dtype, chunk_elements, monkeypatch) -> None:
+def test_summed_cross_entropy_is_torchs_value_gradient_and_accuracy(dtype, chunk_elements, monkeypatch) -> None:
     monkeypatch.setattr(vocab_loss, "_CHUNK_ELEMENTS", chunk_elements)
     g = torch.Generator().manual_seed(0)
-    logits = (torch.randn(10, 50, generator=g) * 4).to(dtype).requires_grad_()
+    logits = (torch.randn(10, 50, generator=g) * 4).to(dtype)
     labels = torch.randint(0, 50, (10,), generator=g)
-    loss, predictions = summed_cross_entropy(logits, labels)
+    labels[:4] = logits[:4].float().argmax(-1)  # some right, some wrong
+    logits.requires_grad_()
+    loss, correct = summed_cross_entropy(logits, labels)
     loss.mul(0.7).backward()  # a scale on the way back, as the mean over a batch gives
     ref_logits = logits.detach().float().requires_grad_()
     ref = F.cross_entropy(ref_logits, labels, reduction="sum")
@@ -114,16 +116,33 @@ def test_summed_cross_entropy_is_torchs_value_gradient_and_argmax(dtype, chunk_e
     torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-5)
     tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 4e-3, "rtol": 1e-2}
     torch.testing.assert_close(logits.grad.float(), ref_logits.grad, **tolerance)
-    assert torch.equal(predictions, ref_logits.argmax(-1))
-    assert not predictions.requires_grad
+    assert torch.equal(correct, ref_logits.argmax(-1) == labels) and 4 <= int(correct.sum()) < 10
+    assert not correct.requires_grad
+
+
+def test_summed_cross_entropy_of_a_label_fp32_cannot_hold_the_probability_of() -> None:
+    """exp(-200) underflows fp32: such rows take the log-softmax, so the loss stays finite and exact."""
+    logits = torch.zeros(3, 40)
+    logits[:, 5] = 200.0
+    labels = torch.tensor([0, 5, 39])
+    logits.requires_grad_()
+    loss, correct = summed_cross_entropy(logits, labels)
+    loss.backward()
+    ref_logits = logits.detach().requires_grad_()
+    ref = F.cross_entropy(ref_logits, labels, reduction="sum")
+    ref.backward()
+    assert torch.isfinite(loss) and float(loss.detach()) > 399
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(logits.grad, ref_logits.grad)
+    assert correct.tolist() == [False, True, False]
 
 
 def test_summed_cross_entropy_without_gradients_is_the_evaluation_path() -> None:
-    logits, labels = torch.randn(7, 30), torch.randint(0, 30, (7,))
+    logits, labels = torch.randn(7, 30).requires_grad_(), torch.randint(0, 30, (7,))
     with torch.no_grad():
-        loss, predictions = summed_cross_entropy(logits, labels)
+        loss, correct = summed_cross_entropy(logits, labels)
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels, reduction="sum"))
-    assert torch.equal(predictions, logits.argmax(-1))
+    assert torch.equal(correct, logits.argmax(-1) == labels) and loss.grad_fn is None
 
 
 def _softmax_input_dtypes(scores: torch.Tensor) -> tuple[torch.Tensor, list[torch.dtype]]:

@@ -174,8 +174,7 @@ def losses(out: PreTrainingOutput | CausalLMOutput, labels: torch.Tensor, nsp_la
         mlm_logits, nsp_logits = out.logits, None
     else:
         raise TypeError(f"pre-training losses need a PreTrainingOutput or CausalLMOutput, not {type(out).__name__}")
-    mlm_sum, predictions = summed_cross_entropy(mlm_logits, labels)  # [N, V] -> scalar, [N]
-    correct = predictions == labels
+    mlm_sum, correct = summed_cross_entropy(mlm_logits, labels)  # [N, V] -> scalar, [N] bool
     stats = {"mlm_sum": mlm_sum, "mlm_correct": correct.sum(), "mlm_count": torch.tensor(labels.numel())}
     if shown_mask is not None:
         stats.update(mask_correct=(correct & shown_mask).sum(), mask_count=shown_mask.sum())
