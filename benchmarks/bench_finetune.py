@@ -288,8 +288,10 @@ def main() -> None:
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     features = task.features(train_examples, tokenizer, max_seq_length=args.max_seq_length, train=True)
     eval_features = task.features(eval_examples, tokenizer, max_seq_length=args.max_seq_length)
-    flops = args.epochs * encoder_flops(config_from_hf(read_config(model_dir)), [f.length for f in features],
-                                        training=True)
+    lengths = [f.length for f in features]
+    finished = [1] * len(lengths) if args.task == "sst2" else None  # a pooled classifier reads only [CLS]
+    flops = args.epochs * encoder_flops(config_from_hf(read_config(model_dir)), lengths, training=True,
+                                        finished=finished)
     steps = math.ceil(len(features) / args.batch_size) * args.epochs
 
     def record(side: str, metrics: dict, seconds: tuple[float, float], load: float) -> None:

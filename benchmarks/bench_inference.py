@@ -299,7 +299,7 @@ def classifier(args, tok, texts: list[str]) -> None:
         return f"max|Δ logits| vs fp32 {np.abs(logits - fp32).max():.1e}  same label {agree:.1%}"
 
     report("base-size sequence classifier (random weights), max 128 tokens", systems, timings,
-           encoder_flops(config, lengths), compare, args.device)
+           encoder_flops(config, lengths, finished=[1] * len(lengths)), compare, args.device)  # [CLS] is read
 
 
 def attention_variants(args, directory: Path, tok, subset: list[str]) -> None:

@@ -6,9 +6,10 @@ batch 32, 15% of tokens masked, NSP labels), one step = forward + backward + fus
 row of the batch is full, as packed pre-training rows are (no padding). The systems take turns step by step
 so that a shared, noisy machine slows all alike; the median step time of each gives tokens/s. The first
 step's fp32 losses are compared to show both compute the same thing (bertforge projects onto the vocabulary
-only at the masked positions; transformers everywhere). bf16 runs only where the processor computes it
-natively. MFU counts the useful matmul work (encoder + MLM head at the masked positions, ×3 for training;
-flops.py) against this machine's measured matmul peak of that precision.
+only at the masked positions, and its last layer finishes only those and [CLS]; transformers everywhere).
+bf16 runs only where the processor computes it natively. MFU counts the useful matmul work (encoder + MLM head
+at the masked positions, ×3 for training; the last layer only at the tokens the heads read; flops.py) against
+this machine's measured matmul peak of that precision.
 
 The process keeps the memory it frees for reuse (hardware.keep_freed_memory, what `bertforge pretrain` does),
 for every side alike: it makes transformers' bf16 step ~2x faster, whose dense vocabulary projection allocates
@@ -119,7 +120,9 @@ def bench_preset(args, preset: str) -> dict:
                 step(model, opt, batch)  # ends reading the loss: the step has finished on a GPU too
                 if step_index >= args.warmup:
                     times[name].append(time.perf_counter() - start)
-    flops = (encoder_flops(config, [args.seq] * args.batch, training=True)
+    # Useful work: the last layer finishes only what the heads read (the masked tokens, [CLS] for NSP).
+    finished = (batch["masked"].sum(1) + 1).tolist()
+    flops = (encoder_flops(config, [args.seq] * args.batch, training=True, finished=finished)
              + mlm_head_flops(config, int(batch["masked"].sum()), training=True))
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n== {preset}: seq {args.seq}, batch {args.batch}, {args.rate:.0%} masked ==")

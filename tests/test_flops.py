@@ -22,6 +22,14 @@ def test_encoder_flops_by_hand():
     assert encoder_flops(SMALL, []) == 0
 
 
+def test_encoder_flops_of_a_last_layer_that_finishes_some_tokens_by_hand():
+    # The last layer's unfinished tokens keep only K and V: 2·2·4² = 64 each instead of 256 + 16·L.
+    # Text of 3 tokens, 1 finished: 2 × (304 - 64) less; of 5, all 5 finished: nothing less. 5184 - 480 = 4704.
+    assert encoder_flops(SMALL, [3, 5], finished=[1, 5]) == 4704
+    assert encoder_flops(SMALL, [3, 5], finished=[3, 5]) == 5184
+    assert encoder_flops(SMALL, [3, 5], finished=[1, 5], training=True) == 3 * 4704
+
+
 def test_mlm_head_flops_by_hand():
     # Per position: 2·(4·4 + 4·10) = 112 (transform, then the projection onto 10 words).
     assert mlm_head_flops(SMALL, 3) == 336

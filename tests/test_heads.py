@@ -118,3 +118,32 @@ def test_pooled_heads_finish_only_cls_in_the_last_layer_with_the_same_logits_and
     assert cut_grads.keys() == whole_grads.keys()
     for name, grad in whole_grads.items():
         torch.testing.assert_close(cut_grads[name], grad, msg=name)
+
+
+@pytest.mark.parametrize(("cls", "nsp_head"), [(BertForPreTraining, True), (BertForMaskedLM, False)])
+def test_pretraining_finishes_only_masked_tokens_in_the_last_layer_with_the_same_logits_and_gradients(
+        cls, nsp_head) -> None:
+    """Given masked_positions, the last layer finishes only them (and [CLS] for NSP): the MLM and NSP logits and
+    every weight's gradient match the full forward (output_hidden_states runs the last layer in full)."""
+    torch.manual_seed(0)
+    model = cls(ODD).train()
+    inputs = _inputs(cls)
+    masked = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+    masked[0, [2, 5]] = masked[1, 3] = True
+    runs = []
+    for full in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs, masked_positions=masked, output_hidden_states=full)
+        loss = out.mlm_logits.square().sum() + (out.nsp_logits.square().sum() if nsp_head else 0)
+        loss.backward()
+        runs.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (cut, cut_grads), (whole, whole_grads) = runs
+    finished = 3 + (2 if nsp_head else 0)  # the masked tokens, and each row's [CLS] for NSP
+    assert cut.encoder.sequence_output.shape == (finished, ODD.hidden_size)
+    assert whole.encoder.sequence_output.shape == (2, 7, ODD.hidden_size)
+    torch.testing.assert_close(cut.mlm_logits, whole.mlm_logits)
+    if nsp_head:
+        torch.testing.assert_close(cut.nsp_logits, whole.nsp_logits)
+    assert cut_grads.keys() == whole_grads.keys()
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(cut_grads[name], grad, msg=name)

@@ -1,6 +1,6 @@
 """The packed layout is a mode of the one BertModel forward: the same modules and weights give the padded
 results for rotary and position-free models too, train with equal gradients, cut the last layer short to
-[CLS] in both layouts, and refuse what they cannot do with a clear message."""
+[CLS] (or any chosen tokens) in both layouts, and refuse what they cannot do with a clear message."""
 
 from __future__ import annotations
 
@@ -70,6 +70,31 @@ def test_first_token_only_in_the_padded_layout() -> None:
     assert first.sequence_output.shape == (len(LENGTHS), 1, 36)
     assert (first.sequence_output[:, 0] - full.sequence_output[:, 0]).abs().max() < 1e-6
     assert (first.pooled_output - full.pooled_output).abs().max() < 1e-6
+
+
+def test_finish_only_in_both_layouts() -> None:
+    """finish_only: the last layer finishes the marked tokens only, row-major, with each sequence's [CLS] for the
+    pooler; the same states as the full forward, padded and packed."""
+    torch.manual_seed(0)
+    model = BertModel(ODD).eval()
+    (ids, mask, type_ids), (flat, cu, flat_types) = _batch(3)
+    chosen = mask.bool() & (torch.arange(ids.shape[1]) % 3 == 0)  # position 0 of every sequence among them
+    with torch.inference_mode():
+        full = model(ids, mask, type_ids)
+        cut = model(ids, mask, type_ids, finish_only=chosen)
+        packed = model(flat, token_type_ids=flat_types, packing=Packing(cu), finish_only=chosen[mask.bool()])
+    for out in (cut, packed):
+        assert out.sequence_output.shape == (int(chosen.sum()), 36)
+        assert (out.sequence_output - full.sequence_output[chosen]).abs().max() < 1e-5
+        assert (out.pooled_output - full.pooled_output).abs().max() < 1e-5
+    without_cls = chosen.clone()
+    without_cls[2, 0] = False
+    with pytest.raises(ValueError, match="first token: the pooler reads it"):
+        model(ids, mask, type_ids, finish_only=without_cls)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, mask, type_ids, finish_only=chosen, first_token_only=True)
+    with pytest.raises(ValueError, match="exclude causal and output_hidden_states"):
+        model(ids, mask, type_ids, finish_only=chosen, output_hidden_states=True)
 
 
 def test_packed_mode_refuses_what_it_cannot_do() -> None:

@@ -20,12 +20,26 @@ from bertforge.config import BertConfig
 TRAINING = 3  # forward + backward, in forward passes
 
 
-def encoder_flops(config: BertConfig, lengths: Sequence[int], *, training: bool = False) -> int:
-    """Matmul FLOPs of the encoder layers over texts of these token lengths (no padding)."""
+def encoder_flops(config: BertConfig, lengths: Sequence[int], *, training: bool = False,
+                  finished: Sequence[int] | None = None) -> int:
+    """Matmul FLOPs of the encoder layers over texts of these token lengths (no padding).
+
+    `finished`: per text, how many tokens the heads read from the last layer ([CLS] alone for a pooled
+    classifier: 1; the masked ones, and [CLS] for NSP, in pre-training). The last layer's other tokens serve
+    only as keys and values, so their query, output projection, feed-forward and attention rows are not useful
+    work (a system that computes them anyway is wasting it, as on padding)."""
     h, i = config.hidden_size, config.intermediate_size
     projections = 2 * (4 * h * h + 2 * h * i)  # per token
-    per_layer = sum(length * (projections + 2 * 2 * length * h) for length in lengths)
-    return config.num_layers * per_layer * (TRAINING if training else 1)
+
+    def per_token(length: int) -> int:
+        return projections + 2 * 2 * length * h
+
+    total = config.num_layers * sum(length * per_token(length) for length in lengths)
+    if finished is not None:
+        keys_and_values = 2 * 2 * h * h  # what an unfinished token still does in the last layer
+        total -= sum((length - kept) * (per_token(length) - keys_and_values)
+                     for length, kept in zip(lengths, finished, strict=True))
+    return total * (TRAINING if training else 1)
 
 
 def mlm_head_flops(config: BertConfig, positions: int, *, training: bool = False) -> int:

@@ -75,12 +75,18 @@ class BertForPreTraining(PretrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> PreTrainingOutput:
-        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
+        finish = None
+        if masked_positions is not None and not output_hidden_states:
+            # The last layer finishes only the tokens the heads read: the masked ones, and [CLS] for NSP.
+            finish = masked_positions.clone()
+            if self.nsp is not None:
+                finish[:, 0] = True
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids, finish_only=finish,
                         output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        hidden = enc.sequence_output
+        hidden = enc.sequence_output  # [B, T, H], or [R, H] finished
         if masked_positions is not None:
             # The vocabulary projection dominates the cost: run it only where there is a label.
-            hidden = hidden[masked_positions]  # [N, H]
+            hidden = hidden[masked_positions if finish is None else masked_positions[finish]]  # [N, H]
         nsp_logits = self.nsp(enc.pooled_output) if self.nsp is not None else None
         return PreTrainingOutput(mlm_logits=self.head_logits(hidden), nsp_logits=nsp_logits, encoder=enc)
 

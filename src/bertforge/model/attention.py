@@ -34,6 +34,12 @@ class LayerCache:
     positions: torch.Tensor | None = None
 
 
+def select_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The tokens of x ([B, T, H], or [N, H] packed) that `keep` names: [R] indices along dim -2, the same in every
+    row ([B, R, H] or [R, H]), or a bool mask over the token dims ([B, T] or [N]) -> [R, H] in row-major order."""
+    return x[keep] if keep.dtype == torch.bool else x.index_select(-2, keep)
+
+
 class BertSelfAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -59,16 +65,16 @@ class BertSelfAttention(nn.Module):
         positions: torch.Tensor | None = None,  # [T] (packed: [N]) positions of the queries (default 0 … T-1)
         *,
         packing: Packing | None = None,  # packed mode: where each sequence of x lies (mask is then unused)
-        keep_tokens: torch.Tensor | None = None,  # [R] indices along dim -2 of x: return only these tokens
+        keep_tokens: torch.Tensor | None = None,  # return only these tokens (see select_tokens)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention output [B, T, H] ([N, H] packed; R instead of T or N with keep_tokens) and, when asked,
+        """Attention output [B, T, H] ([N, H] packed; [B, R, H] or [R, H] with keep_tokens) and, when asked,
         the probabilities [B, A, T, S + T]. Tokens left out by keep_tokens still serve as keys and values."""
         if packing is not None:
             context, probs = self._packed_context(x, packing, positions), None  # [N, H]
         else:
             context, probs = self._context(x, mask, return_probs, cache, positions)  # [B, T, H]
         if keep_tokens is not None:
-            context = context.index_select(-2, keep_tokens)  # skip the output projection of the others
+            context = select_tokens(context, keep_tokens)  # skip the output projection of the others
         return self.output(context), probs
 
     def _packed_context(self, x: torch.Tensor, packing: Packing, positions: torch.Tensor | None) -> torch.Tensor:

@@ -25,7 +25,8 @@ from bertforge.model.pretrained_model import PretrainedModel
 class BertOutput:
     """What the encoder returns, always this one type.
 
-    sequence_output: [B, T, H] final layer ([N, H] packed; [B, 1, H] or [B, H] packed with first_token_only).
+    sequence_output: [B, T, H] final layer ([N, H] packed; [B, 1, H] or [B, H] packed with first_token_only;
+        [R, H] with finish_only, its R tokens in row-major order).
     pooled_output: [B, H] tanh(W h_[CLS]) (causal: of the last real token), or None for a model built without
         a pooler.
     hidden_states: L + 1 tensors [B, T, H] ([N, H] packed) (embeddings first), when requested.
@@ -117,6 +118,7 @@ class BertModel(PretrainedModel):
         cache: KVCache | None = None,
         packing: Packing | None = None,
         first_token_only: bool = False,
+        finish_only: torch.Tensor | None = None,  # [B, T] bool ([N] packed)
     ) -> BertOutput:
         """`causal=True` runs the encoder left to right (each token sees only earlier ones); `cache`
         (causal only) holds the keys/values of earlier calls and is extended in place, and
@@ -126,13 +128,18 @@ class BertModel(PretrainedModel):
         B sequences one after another, position_ids default to each token's place in its own sequence, and no
         attention_mask is needed. `first_token_only`: the last layer finishes only each sequence's first
         ([CLS]) token — all a pooler or [CLS] classifier reads — skipping its output projection and
-        feed-forward network for every other token (sequence_output [B, 1, H], packed [B, H]).
+        feed-forward network for every other token (sequence_output [B, 1, H], packed [B, H]). `finish_only` does
+        the same for the tokens it marks, whatever they are (a masked-LM head reads only the masked ones):
+        sequence_output is then [R, H]; a model with a pooler needs each sequence's first token among them.
         """
         if packing is not None:
             _check_packed_call(input_ids, attention_mask, output_attentions, causal, cache)
             position_ids = packing.positions if position_ids is None else position_ids
-        if first_token_only and (causal or output_hidden_states):
-            raise ValueError("first_token_only excludes causal and output_hidden_states (it cuts the last layer short)")
+        if (first_token_only or finish_only is not None) and (causal or output_hidden_states):
+            raise ValueError("first_token_only and finish_only exclude causal and output_hidden_states (they cut the "
+                             "last layer short)")
+        if first_token_only and finish_only is not None:
+            raise ValueError("give first_token_only or finish_only, not both")
         past = 0
         if cache is not None:
             if not causal:
@@ -150,20 +157,22 @@ class BertModel(PretrainedModel):
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # [B, T, H] or [N, H]
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
-        first_tokens = None  # [B] packed, [1] padded: the tokens the last layer finishes
-        if first_token_only:
-            first_tokens = packing.starts if packing is not None else torch.zeros(1, dtype=torch.long,
-                                                                                  device=input_ids.device)
+        finished = finish_only  # the tokens the last layer finishes: all (None), a bool mask or indices
+        if first_token_only:  # [B] packed, [1] padded
+            finished = packing.starts if packing is not None else torch.zeros(1, dtype=torch.long,
+                                                                              device=input_ids.device)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x, probs = layer(x, mask, output_attentions, cache.layers[i] if cache is not None else None, positions,
-                             packing=packing, keep_tokens=first_tokens if i == last else None)
+                             packing=packing, keep_tokens=finished if i == last else None)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:
                 attentions.append(probs)
         if self.pooler is None:
             pooled = None
+        elif finish_only is not None:
+            pooled = self.pooler(x[_first_tokens(finish_only, packing)].unsqueeze(1))
         elif packing is not None:
             cls = x if first_token_only else x[packing.starts]  # [B, H]
             pooled = self.pooler(cls.unsqueeze(1))
@@ -178,6 +187,18 @@ class BertModel(PretrainedModel):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _first_tokens(finish_only: torch.Tensor, packing: Packing | None) -> torch.Tensor:
+    """[R] bool over the finished tokens: True at each sequence's first token (what the pooler reads)."""
+    first = torch.zeros_like(finish_only)
+    if packing is not None:
+        first[packing.starts] = True
+    else:
+        first[:, 0] = True
+    if not bool(finish_only[first].all()):
+        raise ValueError("finish_only must include each sequence's first token: the pooler reads it")
+    return first[finish_only]
 
 
 def _check_packed_call(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool,

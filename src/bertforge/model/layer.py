@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertforge.config import BertConfig
-from bertforge.model.attention import BertSelfAttention, LayerCache
+from bertforge.model.attention import BertSelfAttention, LayerCache, select_tokens
 from bertforge.model.dropout import Dropout
 from bertforge.model.packed import Packing
 
@@ -36,14 +36,15 @@ class BertLayer(nn.Module):
         positions: torch.Tensor | None = None,  # [T] absolute positions (for the schemes inside attention)
         *,
         packing: Packing | None = None,  # packed mode: where each sequence of x lies
-        keep_tokens: torch.Tensor | None = None,  # [R] indices along dim -2: finish only these tokens
+        keep_tokens: torch.Tensor | None = None,  # finish only these tokens (attention.select_tokens)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """keep_tokens: every token is attended to, but only these go on through the output projection and
-        the feed-forward network (all a [CLS] pooler needs from the last layer); the result has R tokens."""
+        the feed-forward network (all that a [CLS] pooler or a masked-LM head reads from the last layer); the
+        result has R tokens."""
         attended, probs = self.attention(x, mask, return_probs, cache, positions, packing=packing,
                                          keep_tokens=keep_tokens)
         if keep_tokens is not None:
-            x = x.index_select(-2, keep_tokens)  # [B, R, H] or [R, H]
+            x = select_tokens(x, keep_tokens)  # [B, R, H] or [R, H]
         h = self.attention_norm(x + self.dropout(attended))  # [B, T, H]
         ffn = self.output(F.gelu(self.intermediate(h)))  # exact (erf) GELU, as in the released BERT
         return self.output_norm(h + self.dropout(ffn)), probs
