@@ -137,6 +137,16 @@ def test_summed_cross_entropy_of_a_label_fp32_cannot_hold_the_probability_of() -
     assert correct.tolist() == [False, True, False]
 
 
+def test_summed_cross_entropy_breaks_ties_at_the_top_as_argmax_does() -> None:
+    """bf16 logits often tie at the top: the label counts as predicted only where it is the first of the tied."""
+    logits = torch.zeros(4, 6, dtype=torch.bfloat16)
+    logits[:, 2] = logits[:, 4] = 3.0  # a tie between words 2 and 4 in every row
+    labels = torch.tensor([2, 4, 0, 3])
+    _, correct = summed_cross_entropy(logits, labels)
+    assert correct.tolist() == [True, False, False, False]
+    assert torch.equal(correct, logits.float().argmax(-1) == labels)
+
+
 def test_summed_cross_entropy_without_gradients_is_the_evaluation_path() -> None:
     logits, labels = torch.randn(7, 30).requires_grad_(), torch.randint(0, 30, (7,))
     with torch.no_grad():
