@@ -95,6 +95,9 @@ def test_finish_only_in_both_layouts() -> None:
         model(ids, mask, type_ids, finish_only=chosen, first_token_only=True)
     with pytest.raises(ValueError, match="exclude causal and output_hidden_states"):
         model(ids, mask, type_ids, finish_only=chosen, output_hidden_states=True)
+    for wrong in (chosen.long(), chosen[:, :3]):
+        with pytest.raises(ValueError, match="bool mask shaped like input_ids"):
+            model(ids, mask, type_ids, finish_only=wrong)
 
 
 def test_packed_mode_refuses_what_it_cannot_do() -> None:

@@ -138,8 +138,12 @@ class BertModel(PretrainedModel):
         if (first_token_only or finish_only is not None) and (causal or output_hidden_states):
             raise ValueError("first_token_only and finish_only exclude causal and output_hidden_states (they cut the "
                              "last layer short)")
-        if first_token_only and finish_only is not None:
-            raise ValueError("give first_token_only or finish_only, not both")
+        if finish_only is not None:
+            if first_token_only:
+                raise ValueError("give first_token_only or finish_only, not both")
+            if finish_only.dtype != torch.bool or finish_only.shape != input_ids.shape:
+                raise ValueError(f"finish_only must be a bool mask shaped like input_ids {tuple(input_ids.shape)}, "
+                                 f"got {finish_only.dtype} {tuple(finish_only.shape)}")
         past = 0
         if cache is not None:
             if not causal:
