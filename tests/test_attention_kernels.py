@@ -120,6 +120,27 @@ def test_summed_cross_entropy_is_torchs_value_gradient_and_accuracy(dtype, chunk
     assert not correct.requires_grad
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_summed_cross_entropy_adds_a_bias_left_out_of_the_logits(dtype, monkeypatch) -> None:
+    """With `bias`, the value, both gradients and the accuracy are those of `logits + bias`."""
+    monkeypatch.setattr(vocab_loss, "_CHUNK_ELEMENTS", 3 * 50)  # three rows per chunk, a ragged end
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(10, 50, generator=g) * 4).to(dtype).requires_grad_()
+    bias = (torch.randn(50, generator=g) * 2).requires_grad_()
+    labels = torch.randint(0, 50, (10,), generator=g)
+    loss, correct = summed_cross_entropy(logits, labels, bias)
+    loss.mul(0.7).backward()
+    ref_logits, ref_bias = logits.detach().float().requires_grad_(), bias.detach().clone().requires_grad_()
+    biased = ref_logits + ref_bias
+    F.cross_entropy(biased, labels, reduction="sum").mul(0.7).backward()
+    torch.testing.assert_close(loss, F.cross_entropy(biased.detach(), labels, reduction="sum"), atol=1e-4, rtol=1e-5)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 4e-3, "rtol": 1e-2}
+    torch.testing.assert_close(logits.grad.float(), ref_logits.grad, **tolerance)
+    torch.testing.assert_close(bias.grad, ref_bias.grad, atol=1e-5, rtol=1e-5)
+    assert bias.grad.dtype == torch.float32 and logits.grad.dtype == dtype
+    assert torch.equal(correct, biased.detach().argmax(-1) == labels)
+
+
 def test_summed_cross_entropy_of_a_label_fp32_cannot_hold_the_probability_of() -> None:
     """exp(-200) underflows fp32: such rows take the log-softmax, so the loss stays finite and exact."""
     logits = torch.zeros(3, 40)

@@ -147,3 +147,30 @@ def test_pretraining_finishes_only_masked_tokens_in_the_last_layer_with_the_same
     assert cut_grads.keys() == whole_grads.keys()
     for name, grad in whole_grads.items():
         torch.testing.assert_close(cut_grads[name], grad, msg=name)
+
+
+def test_pretraining_can_leave_the_decoder_bias_to_the_loss() -> None:
+    """bias_in_loss: mlm_logits without the bias, the bias returned beside them; together they are the default's
+    logits, and the loss that adds the bias gives the default loss and gradients."""
+    from bertforge.training.vocab_loss import summed_cross_entropy
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(ODD).train()
+    with torch.no_grad():
+        model.mlm.bias.normal_()
+    inputs = _inputs(BertForPreTraining)
+    masked = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+    masked[0, [2, 5]] = masked[1, 3] = True
+    labels = inputs["input_ids"][masked]
+    runs = []
+    for bias_in_loss in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs, masked_positions=masked, bias_in_loss=bias_in_loss)
+        summed_cross_entropy(out.mlm_logits, labels, out.mlm_bias)[0].backward()
+        runs.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (whole, whole_grads), (left, left_grads) = runs
+    assert whole.mlm_bias is None and left.mlm_bias is model.mlm.bias
+    torch.testing.assert_close(left.mlm_logits + left.mlm_bias, whole.mlm_logits)
+    assert left_grads.keys() == whole_grads.keys()
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(left_grads[name], grad, msg=name)

@@ -33,20 +33,24 @@ class BertMLMHead(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(self, hidden: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [..., V]; `embedding_weight` is the [V, H] input embedding matrix (weight tying)."""
+    def forward(self, hidden: torch.Tensor, embedding_weight: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
+        """[..., H] -> [..., V]; `embedding_weight` is the [V, H] input embedding matrix (weight tying).
+        `with_bias=False` leaves the bias out, for a loss that adds it itself (see BertForPreTraining)."""
         h = self.layer_norm(F.gelu(self.dense(hidden)))
-        return F.linear(h, embedding_weight, self.bias)
+        return F.linear(h, embedding_weight, self.bias if with_bias else None)
 
 
 @dataclass
 class PreTrainingOutput:
     """mlm_logits: [N, V] at the selected positions (row-major order), or [B, T, V] when none were given.
-    nsp_logits: [B, 2], index 0 = IsNext, 1 = NotNext (the released checkpoints' convention)."""
+    nsp_logits: [B, 2], index 0 = IsNext, 1 = NotNext (the released checkpoints' convention).
+    mlm_bias: [V], only when the forward was asked for `bias_in_loss`: mlm_logits then leave out this bias of
+    the decoder, and the loss adds it (training/vocab_loss.py)."""
 
     mlm_logits: torch.Tensor
     nsp_logits: torch.Tensor | None
     encoder: BertOutput
+    mlm_bias: torch.Tensor | None = None
 
 
 class BertForPreTraining(PretrainedModel):
@@ -74,7 +78,11 @@ class BertForPreTraining(PretrainedModel):
         position_ids: torch.Tensor | None = None,  # [B, T] (packed rows: positions restart in every window)
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        bias_in_loss: bool = False,
     ) -> PreTrainingOutput:
+        """`bias_in_loss`: leave the decoder's bias out of mlm_logits and return it as mlm_bias, for a loss that
+        adds it where it costs nothing (`summed_cross_entropy(..., bias=)`, which pre-training runs): added by
+        the projection, it costs an extra pass over the [N, V] logits."""
         finish = None
         if masked_positions is not None and not output_hidden_states:
             # The last layer finishes only the tokens the heads read: the masked ones, and [CLS] for NSP.
@@ -88,6 +96,9 @@ class BertForPreTraining(PretrainedModel):
             # The vocabulary projection dominates the cost: run it only where there is a label.
             hidden = hidden[masked_positions if finish is None else masked_positions[finish]]  # [N, H]
         nsp_logits = self.nsp(enc.pooled_output) if self.nsp is not None else None
+        if bias_in_loss:
+            mlm_logits = self.mlm(hidden, self.bert.embeddings.word_embeddings.weight, with_bias=False)
+            return PreTrainingOutput(mlm_logits, nsp_logits, enc, mlm_bias=self.mlm.bias)
         return PreTrainingOutput(mlm_logits=self.head_logits(hidden), nsp_logits=nsp_logits, encoder=enc)
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:

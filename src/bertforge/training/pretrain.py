@@ -174,7 +174,8 @@ def losses(out: PreTrainingOutput | CausalLMOutput, labels: torch.Tensor, nsp_la
         mlm_logits, nsp_logits = out.logits, None
     else:
         raise TypeError(f"pre-training losses need a PreTrainingOutput or CausalLMOutput, not {type(out).__name__}")
-    mlm_sum, correct = summed_cross_entropy(mlm_logits, labels)  # [N, V] -> scalar, [N] bool
+    bias = out.mlm_bias if isinstance(out, PreTrainingOutput) else None  # the decoder's, when left to the loss
+    mlm_sum, correct = summed_cross_entropy(mlm_logits, labels, bias)  # [N, V] -> scalar, [N] bool
     stats = {"mlm_sum": mlm_sum, "mlm_correct": correct.sum(), "mlm_count": torch.tensor(labels.numel())}
     if shown_mask is not None:
         stats.update(mask_correct=(correct & shown_mask).sum(), mask_count=shown_mask.sum())
@@ -207,11 +208,15 @@ def summarize(totals: torch.Tensor) -> dict[str, float | None]:
     return out
 
 
-def model_inputs(batch: PreTrainingBatch, masked: MaskedBatch, device: torch.device) -> dict[str, torch.Tensor]:
-    """The encoder's inputs for a (masked) batch; packed rows add their window mask and positions."""
+def model_inputs(batch: PreTrainingBatch, masked: MaskedBatch, device: torch.device,
+                 model: torch.nn.Module) -> dict[str, torch.Tensor | bool]:
+    """The model's inputs for a (masked) batch; packed rows add their window mask and positions. A masked-LM
+    model leaves its decoder bias to `losses` (BertForPreTraining's bias_in_loss)."""
     inputs = {"input_ids": masked.input_ids.to(device), "attention_mask": batch.model_attention_mask().to(device),
               "token_type_ids": batch.token_type_ids.to(device),
               "masked_positions": masked.masked_positions.to(device)}
+    if isinstance(model, BertForPreTraining):
+        inputs["bias_in_loss"] = True
     if batch.position_ids is not None:
         inputs["position_ids"] = batch.position_ids.to(device)
     return inputs
@@ -249,7 +254,7 @@ def evaluate(model: BertForPreTraining | BertLMHeadModel, heldout: HeldOut, devi
     totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
     for batch, masked in heldout.mlm:
         with autocast(precision, device):
-            out = model(**model_inputs(batch, masked, device))
+            out = model(**model_inputs(batch, masked, device, model))
         labels = masked.labels[masked.masked_positions].to(device)
         shown = None if isinstance(model, BertLMHeadModel) else shown_mask(masked, heldout.mask_id).to(device)
         stats = losses(out, labels, batch.nsp_labels.to(device), shown)
@@ -333,7 +338,7 @@ class Trainer:
             part_batch = batch.slice(m * micro, (m + 1) * micro)
             part = _slice_masked(masked, slice(m * micro, (m + 1) * micro))
             with autocast(cfg.optim.precision, self.device):
-                out = self.net(**model_inputs(part_batch, part, self.device))
+                out = self.net(**model_inputs(part_batch, part, self.device, self.model))
             shown = None if cfg.corpus.objective == "ltr" else shown_mask(part, self.mask_id).to(self.device)
             stats = losses(out, part.labels[part.masked_positions].to(self.device),
                            part_batch.nsp_labels.to(self.device), shown)

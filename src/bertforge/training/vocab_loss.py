@@ -29,28 +29,40 @@ def _row_chunks(logits: torch.Tensor) -> list[slice]:
 
 class _SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor,
+                bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         loss = logits.new_zeros((), dtype=torch.float32)
         correct = torch.empty_like(labels, dtype=torch.bool)
-        # The gradient is made here, from the softmax at hand; the backward only scales it.
+        # The gradients are made here, from the softmax at hand; the backward only scales them.
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        bias_grad = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device) \
+            if bias is not None and ctx.needs_input_grad[2] else None
+        bias32 = bias.float() if bias is not None else None
         for rows in _row_chunks(logits):
             chunk, labelled = logits[rows], labels[rows, None]  # [n, V], [n, 1]
+            if bias32 is not None:
+                chunk = torch.add(chunk, bias32)  # fp32: the bias comes with the cast the softmax needs anyway
             probs = torch.softmax(chunk, dim=-1, dtype=torch.float32)  # torch's fused kernel: its exp is fast
             label_probs = probs.gather(-1, labelled)
             correct[rows] = _is_argmax(probs, label_probs, labelled)
             loss -= _log_label_probs(label_probs, chunk, labelled).sum()
-            if grad is not None:
+            if grad is not None or bias_grad is not None:
                 probs.scatter_add_(-1, labelled, torch.full_like(label_probs, -1.0))  # d(-log p_y)/d logits
+            if grad is not None:
                 grad[rows] = probs  # rounded once, into the logits' dtype
-        ctx.save_for_backward(grad)
+            if bias_grad is not None:
+                bias_grad += probs.sum(0)
+        ctx.save_for_backward(grad, bias_grad)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.mark_non_differentiable(correct)
         return loss, correct
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor, _grad_correct: None) -> tuple[torch.Tensor, None]:
-        (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_loss), None
+    def backward(ctx, grad_loss: torch.Tensor, _grad_correct: None) -> tuple[torch.Tensor | None, None, ...]:
+        grad, bias_grad = ctx.saved_tensors
+        grad = grad.mul_(grad_loss) if grad is not None else None
+        bias_grad = bias_grad.mul_(grad_loss).to(ctx.bias_dtype) if bias_grad is not None else None
+        return grad, None, bias_grad
 
 
 def _is_argmax(probs: torch.Tensor, label_probs: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
@@ -74,10 +86,15 @@ def _log_label_probs(label_probs: torch.Tensor, chunk: torch.Tensor, labelled: t
     return logs
 
 
-def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, V] logits (any float dtype), [N] labels (all valid: no ignore index) -> (the summed cross-entropy, an
     fp32 scalar; [N] bool, whether argmax would predict the label: ties go to the first index). The value and
     gradient of `F.cross_entropy(logits.float(), labels, reduction="sum")` within float rounding, with the
     softmax in fp32 whatever the logits' dtype. The gradient, [N, V] in the logits' dtype, is made in the forward
-    (in place of the logits, which the backward no longer needs), and scaled in place in the backward."""
-    return _SummedCrossEntropy.apply(logits, labels)
+    (in place of the logits, which the backward no longer needs), and scaled in place in the backward.
+
+    `bias` ([V]): the output layer's bias, left out of the logits by the caller and added here to every row, in
+    the pass that casts each chunk to fp32 (a projection that adds it itself writes the [N, V] logits twice);
+    its gradient, in its own dtype, comes from the fp32 chunks. The result is that of `logits + bias`."""
+    return _SummedCrossEntropy.apply(logits, labels, bias)
