@@ -80,9 +80,11 @@ class BertForPreTraining(PretrainedModel):
         output_attentions: bool = False,
         bias_in_loss: bool = False,
     ) -> PreTrainingOutput:
-        """`bias_in_loss`: leave the decoder's bias out of mlm_logits and return it as mlm_bias, for a loss that
-        adds it where it costs nothing (`summed_cross_entropy(..., bias=)`, which pre-training runs): added by
-        the projection, it costs an extra pass over the [N, V] logits."""
+        """`masked_positions`: the MLM logits only there, [N, V]; the last layer then finishes only those tokens
+        (and [CLS] for NSP), unless output_hidden_states asks for all of them. `bias_in_loss`: leave the decoder's
+        bias out of mlm_logits and return it as mlm_bias, for a loss that adds it where it costs nothing
+        (`summed_cross_entropy(..., bias=)`, which pre-training runs): added by the projection, it costs an
+        extra pass over the [N, V] logits."""
         finish = None
         if masked_positions is not None and not output_hidden_states:
             # The last layer finishes only the tokens the heads read: the masked ones, and [CLS] for NSP.
