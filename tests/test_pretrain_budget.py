@@ -145,7 +145,12 @@ def test_the_budget_recipe_fills_its_options_and_explicit_values_win(corpus, tmp
     cfg = _budget(corpus, tmp_path, learning_rate=None, precision=None, warmup_steps=3)
     assert (cfg.corpus.objective, cfg.corpus.packing, cfg.corpus.masking_rate, cfg.model.dropout) == \
         ("mlm", True, 0.3, 0.0)
-    assert cfg.optim.learning_rate == 1e-3
+    assert cfg.optim.learning_rate == 1e-3  # by width: this model is narrow
+    for preset, overrides, lr in (("mini", {}, 1e-3), ("small", {}, 5e-4), ("mini", {"hidden_size": 512}, 5e-4),
+                                  ("base", {}, 5e-4)):
+        wide = _budget(corpus, tmp_path, learning_rate=None, preset=preset, model_overrides=overrides)
+        assert wide.optim.learning_rate == lr, (preset, overrides)
+    assert _budget(corpus, tmp_path, preset="small").optim.learning_rate == 3e-3  # given, so it wins
     assert cfg.corpus.max_predictions == 15 and cfg.optim.precision == "auto"  # ceil(0.3 x 48)
     cfg.plan(100)
     assert cfg.optim.warmup_steps == 3  # given, so the recipe's warmup_ratio does not apply

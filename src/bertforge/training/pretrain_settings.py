@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from bertforge.config import BertConfig
 from bertforge.data.pretraining import ExampleSettings
 from bertforge.errors import OptionError
 from bertforge.options import check_options
@@ -34,11 +35,19 @@ Recipe = Literal["bert", "budget"]
 # NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak, a schedule planned to
 # end at the wall-clock budget, and a start that skips most of the unigram plateau (sinusoidal positions,
 # local heads in layer 0: training/initialization.py).
+def budget_learning_rate(hidden_size: int) -> float:
+    """The budget recipe's peak learning rate for a model of this width: post-LayerNorm BERT stalls on the
+    unigram plateau when it is too high, and the bound falls with the width. 1e-3 learns up to H=256 (tiny, mini;
+    2e-3 stalled mini), 5e-4 at H=512 (small, where 1e-3 stalled for all of 10 minutes): 10-minute runs on
+    Wikipedia, docs/results/pretraining_budget.md. Wider models take 5e-4 too, unmeasured."""
+    return 1e-3 if hidden_size <= 256 else 5e-4
+
+
 RECIPES: dict[str, dict] = {
     "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "learning_rate": 5e-4,
              "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32,
              "position_init": "normal", "adam_beta2": 0.999, "attention_init": "random"},
-    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": 1e-3,
+    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": "by width",
                "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32,
                "position_init": "sinusoidal", "adam_beta2": 0.999, "attention_init": "local"},
 }
@@ -144,9 +153,9 @@ class OptimSettings:
             measured speed so the schedule ends at the budget, and fitted again 5% and 20% into the run from its
             own steps; unset without: 1000.
         optimizer: adamw (BERT) or lamb (large batches, You et al. 2019).
-        learning_rate: Peak learning rate. The budget recipe's 1e-3 suits hidden sizes up to 256 (tiny, mini);
-            at 512 (small) it leaves the model on the unigram plateau, where 5e-4 learns (10-minute runs,
-            docs/results/pretraining_budget.md): give --learning-rate 5e-4 there.
+        learning_rate: Peak learning rate. The budget recipe takes it by width: 1e-3 up to hidden size 256
+            (tiny, mini), 5e-4 wider (at 512, small, 1e-3 leaves the model on the unigram plateau where 5e-4
+            learns: 10-minute runs, docs/results/pretraining_budget.md; wider models unmeasured).
         adam_beta2: Adam's second-moment decay: 0.999 (BERT) or 0.98 (RoBERTa, the budget papers): in a
             short run the squared gradients of the first steps, far larger than later ones, then fade in
             ~50 steps instead of ~1,000, so they stop shrinking the updates.
@@ -213,7 +222,8 @@ class RunSettings:
         output_dir: Run folder: checkpoints/, model/ (Hugging Face format), metrics.jsonl, tensorboard/, curves.png.
         recipe: Defaults for the options left unset: bert (the paper: MLM + NSP pairs, 15% masking, dropout 0.1,
             lr 5e-4, 100 warm-up steps, fp32) or budget (MLM only on packed rows, 30% masking, no dropout,
-            lr 1e-3, 6% warm-up, bf16 where the processor has it, sinusoidal positions and local heads).
+            lr 1e-3 up to hidden size 256 and 5e-4 wider, 6% warm-up, bf16 where the processor has it,
+            sinusoidal positions and local heads).
         seed: Seeds the weights, the example pairing and the masks.
         resume: Continue from output_dir/checkpoints/latest if it exists (exactly where it stopped; a truncated
             latest checkpoint is skipped for the newest intact one).
@@ -259,6 +269,9 @@ class PretrainConfig:
             recipe = {name: value for name, value in recipe.items() if not name.startswith("warmup")}
         # replace() builds each group again, so its own checks see the recipe's values too.
         self.model, self.corpus, self.optim = (_fill(group, recipe) for group in (self.model, self.corpus, self.optim))
+        if self.optim.learning_rate == "by width":
+            width = BertConfig.from_preset(self.model.preset, **self.model.model_overrides).hidden_size
+            self.optim = dataclasses.replace(self.optim, learning_rate=budget_learning_rate(width))
         if self.corpus.pair_phase and self.corpus.objective != "mlm":
             raise OptionError(f"--pair-phase follows a masked-LM phase, and this run's objective is "
                               f"{self.corpus.objective}: add --objective mlm, or use --recipe budget (which sets it)")
