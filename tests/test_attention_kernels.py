@@ -139,6 +139,8 @@ def test_summed_cross_entropy_adds_a_bias_left_out_of_the_logits(dtype, monkeypa
     torch.testing.assert_close(bias.grad, ref_bias.grad, atol=1e-5, rtol=1e-5)
     assert bias.grad.dtype == torch.float32 and logits.grad.dtype == dtype
     assert torch.equal(correct, biased.detach().argmax(-1) == labels)
+    with pytest.raises(ValueError, match=r"bias must be \[V\] = \[50\]"):
+        summed_cross_entropy(logits, labels, bias[:49])
 
 
 def test_summed_cross_entropy_of_a_label_fp32_cannot_hold_the_probability_of() -> None:

@@ -97,4 +97,7 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     `bias` ([V]): the output layer's bias, left out of the logits by the caller and added here to every row, in
     the pass that casts each chunk to fp32 (a projection that adds it itself writes the [N, V] logits twice);
     its gradient, in its own dtype, comes from the fp32 chunks. The result is that of `logits + bias`."""
+    if bias is not None and tuple(bias.shape) != (logits.shape[-1],):
+        raise ValueError(f"bias must be [V] = [{logits.shape[-1]}] for logits {tuple(logits.shape)}, "
+                         f"got {tuple(bias.shape)}")
     return _SummedCrossEntropy.apply(logits, labels, bias)
