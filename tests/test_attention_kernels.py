@@ -170,6 +170,12 @@ def test_summed_cross_entropy_breaks_ties_at_the_top_as_argmax_does() -> None:
     assert torch.equal(correct, logits.float().argmax(-1) == labels)
 
 
+def test_the_vocabulary_loss_chunks_rows_on_a_cpu_only() -> None:
+    cpu, elsewhere = torch.empty(100, 30522), torch.empty(100, 30522, device="meta")
+    assert len(vocab_loss._row_chunks(cpu)) == 6  # 17 rows of 30,522 fit in 2^19 elements
+    assert vocab_loss._row_chunks(elsewhere) == [slice(0, 100)]
+
+
 def test_summed_cross_entropy_without_gradients_is_the_evaluation_path() -> None:
     logits, labels = torch.randn(7, 30).requires_grad_(), torch.randint(0, 30, (7,))
     with torch.no_grad():

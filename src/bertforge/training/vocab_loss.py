@@ -22,8 +22,10 @@ _CHUNK_ELEMENTS = 1 << 19  # fp32 elements per chunk: 2 MB, far under glibc's 32
 
 
 def _row_chunks(logits: torch.Tensor) -> list[slice]:
+    """Row slices of a few MB on a CPU (see above); one slice elsewhere: a GPU has the memory, and each chunk
+    costs it a dozen kernel launches and two waits for the host (the max's rows, the rare tiny probability)."""
     rows, vocab = logits.shape
-    step = max(1, _CHUNK_ELEMENTS // vocab)
+    step = max(1, _CHUNK_ELEMENTS // vocab) if logits.device.type == "cpu" else max(rows, 1)
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
