@@ -98,14 +98,13 @@ class BertForPreTraining(PretrainedModel):
             # The vocabulary projection dominates the cost: run it only where there is a label.
             hidden = hidden[masked_positions if finish is None else masked_positions[finish]]  # [N, H]
         nsp_logits = self.nsp(enc.pooled_output) if self.nsp is not None else None
-        if bias_in_loss:
-            mlm_logits = self.mlm(hidden, self.bert.embeddings.word_embeddings.weight, with_bias=False)
-            return PreTrainingOutput(mlm_logits, nsp_logits, enc, mlm_bias=self.mlm.bias)
-        return PreTrainingOutput(mlm_logits=self.head_logits(hidden), nsp_logits=nsp_logits, encoder=enc)
+        return PreTrainingOutput(mlm_logits=self.head_logits(hidden, with_bias=not bias_in_loss), nsp_logits=nsp_logits,
+                                 encoder=enc, mlm_bias=self.mlm.bias if bias_in_loss else None)
 
-    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The MLM head on encoder outputs: [..., H] -> [..., V] (what `forward` and the pipelines share)."""
-        return self.mlm(hidden, self.bert.embeddings.word_embeddings.weight)
+    def head_logits(self, hidden: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
+        """The MLM head on encoder outputs: [..., H] -> [..., V] (what `forward` and the pipelines share);
+        with_bias=False leaves the decoder's bias to the loss (see forward's bias_in_loss)."""
+        return self.mlm(hidden, self.bert.embeddings.word_embeddings.weight, with_bias=with_bias)
 
 
 class BertForMaskedLM(BertForPreTraining):

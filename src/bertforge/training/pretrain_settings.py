@@ -29,12 +29,7 @@ from bertforge.training.optim import ScheduleName
 Objective = Literal["mlm_nsp", "mlm", "ltr"]
 Recipe = Literal["bert", "budget"]
 
-# Named recipes: the settings a field left at None takes. "bert" is the paper's (Appendix A.2; NSP pairs,
-# 15% masking, dropout 0.1); "budget" is what learns most per CPU-minute on a small budget, each choice
-# measured side by side in docs/results/pretraining_budget.md: MLM only on packed rows (no padding, no
-# NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak, a schedule planned to
-# end at the wall-clock budget, and a start that skips most of the unigram plateau (sinusoidal positions,
-# local heads in layer 0: training/initialization.py).
+
 def budget_learning_rate(hidden_size: int) -> float:
     """The budget recipe's peak learning rate for a model of this width: post-LayerNorm BERT stalls on the
     unigram plateau when it is too high, and the bound falls with the width. 1e-3 learns up to H=256 (tiny, mini;
@@ -43,11 +38,19 @@ def budget_learning_rate(hidden_size: int) -> float:
     return 1e-3 if hidden_size <= 256 else 5e-4
 
 
+_BY_WIDTH = "by width"  # the budget recipe's learning rate: budget_learning_rate of the model's width
+
+# Named recipes: the settings a field left at None takes. "bert" is the paper's (Appendix A.2; NSP pairs,
+# 15% masking, dropout 0.1); "budget" is what learns most per CPU-minute on a small budget, each choice
+# measured side by side in docs/results/pretraining_budget.md: MLM only on packed rows (no padding, no
+# NSP), 30% masking, no dropout, bf16 where the processor has it, a higher peak, a schedule planned to
+# end at the wall-clock budget, and a start that skips most of the unigram plateau (sinusoidal positions,
+# local heads in layer 0: training/initialization.py).
 RECIPES: dict[str, dict] = {
     "bert": {"objective": "mlm_nsp", "packing": False, "masking_rate": 0.15, "dropout": None, "learning_rate": 5e-4,
              "warmup_steps": 100, "warmup_ratio": None, "precision": "fp32", "batch_size": 32,
              "position_init": "normal", "adam_beta2": 0.999, "attention_init": "random"},
-    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": "by width",
+    "budget": {"objective": "mlm", "packing": True, "masking_rate": 0.3, "dropout": 0.0, "learning_rate": _BY_WIDTH,
                "warmup_steps": None, "warmup_ratio": 0.06, "precision": "auto", "batch_size": 32,
                "position_init": "sinusoidal", "adam_beta2": 0.999, "attention_init": "local"},
 }
@@ -269,7 +272,7 @@ class PretrainConfig:
             recipe = {name: value for name, value in recipe.items() if not name.startswith("warmup")}
         # replace() builds each group again, so its own checks see the recipe's values too.
         self.model, self.corpus, self.optim = (_fill(group, recipe) for group in (self.model, self.corpus, self.optim))
-        if self.optim.learning_rate == "by width":
+        if self.optim.learning_rate == _BY_WIDTH:
             width = BertConfig.from_preset(self.model.preset, **self.model.model_overrides).hidden_size
             self.optim = dataclasses.replace(self.optim, learning_rate=budget_learning_rate(width))
         if self.corpus.pair_phase and self.corpus.objective != "mlm":
