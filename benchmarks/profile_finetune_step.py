@@ -75,8 +75,8 @@ def main() -> None:
     if args.torch_defaults:
         clip, zero = torch.nn.utils.clip_grad_norm_, lambda: optimizer.zero_grad(set_to_none=True)
     else:
-        lookup = LookupGradients(model)
-        clip, zero = clip_gradients, lambda: lookup.zero(optimizer)
+        lookup = LookupGradients(model, track_rows=True)
+        clip, zero = lambda params, bound: clip_gradients(params, bound, lookup), lambda: lookup.zero(optimizer)
     seconds = {phase: [] for phase in PHASES}
     tokens = []
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.ops else None

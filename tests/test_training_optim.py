@@ -121,28 +121,67 @@ def _tiny_classifier(seed: int):
     return BertForSequenceClassification(config, num_labels=2)
 
 
-def test_lookup_gradients_train_as_dense_gradients_do_in_one_buffer_that_persists() -> None:
-    """Three AdamW steps (with duplicate tokens in a batch) with the tables' gradients kept in one buffer, and
-    with torch's default dense gradients: the same weights; the buffer is never reallocated; close() restores."""
+@pytest.mark.parametrize("track_rows", [False, True])
+def test_lookup_gradients_train_as_dense_gradients_do_in_one_buffer_that_persists(track_rows: bool) -> None:
+    """Three AdamW steps (each on other tokens, with duplicates in a batch) with the tables' gradients kept in
+    one buffer, and with torch's default dense gradients: the same weights and gradient norms; the buffer is
+    never reallocated, and holds nothing but zeros after zero() (with track_rows: only the rows looked up are
+    cleared, so a stale row would show); close() restores."""
     from bertforge.training.optim import LookupGradients
 
-    ids = torch.tensor([[2, 7, 7, 9, 3], [2, 11, 7, 3, 0]])
-    mask, labels = (ids != 0).long(), torch.tensor([0, 1])
+    batches = [torch.tensor([[2, 7, 7, 9, 3], [2, 11, 7, 3, 0]]), torch.tensor([[2, 5, 3, 0, 0], [2, 13, 14, 3, 0]]),
+               torch.tensor([[2, 7, 30, 31, 3], [2, 9, 3, 0, 0]])]
+    labels = torch.tensor([0, 1])
     models = [_tiny_classifier(0), _tiny_classifier(0)]
     optimizers = [build_adamw(m, lr=1e-2) for m in models]
-    lookup = LookupGradients(models[0])
+    lookup = LookupGradients(models[0], track_rows=track_rows)
     table = models[0].bert.embeddings.word_embeddings
     buffer = table.weight.grad.data_ptr()
-    for _ in range(3):
+    for ids in batches:
+        norms = []
         for model, optimizer, kept in zip(models, optimizers, (True, False), strict=True):
             lookup.zero(optimizer) if kept else optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(ids, mask).logits, labels)
+            if kept:
+                assert not table.weight.grad.any()
+            loss = torch.nn.functional.cross_entropy(model(ids, (ids != 0).long()).logits, labels)
             loss.backward()
-            clip_gradients(model.parameters(), 1.0)
+            norms.append(clip_gradients(model.parameters(), 1.0, lookup if kept else None))
             optimizer.step()
+        torch.testing.assert_close(norms[0], norms[1], rtol=1e-6, atol=0)
         assert table.weight.grad.data_ptr() == buffer and table.weight.grad.layout == torch.strided
     for (name, ours), theirs in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7, msg=name)
     assert not torch.equal(table.weight, _tiny_classifier(0).bert.embeddings.word_embeddings.weight)
     lookup.close()
     assert not table.sparse and table.weight.grad is None
+    models[0](batches[0])  # the hooks are gone with close(): nothing more is noted
+    assert not lookup._looked_up
+
+
+def test_lookup_gradients_count_a_tied_table_whole() -> None:
+    """A word table that is also the MLM decoder (tied) gets a dense gradient besides its rows: zeroing and the
+    norm then take the whole table, and training equals torch's default."""
+    from bertforge.config import BertConfig
+    from bertforge.heads import BertForMaskedLM
+    from bertforge.training.optim import LookupGradients
+
+    def tiny():
+        torch.manual_seed(0)
+        return BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=16, num_layers=1, num_heads=2,
+                                          intermediate_size=32, max_position_embeddings=16, hidden_dropout=0.0,
+                                          attention_dropout=0.0))
+
+    models = [tiny(), tiny()]
+    optimizers = [build_adamw(m, lr=1e-2) for m in models]
+    lookup = LookupGradients(models[0], track_rows=True)
+    for ids in (torch.tensor([[2, 7, 9, 3]]), torch.tensor([[2, 11, 12, 3]])):
+        norms = []
+        for model, optimizer, kept in zip(models, optimizers, (True, False), strict=True):
+            lookup.zero(optimizer) if kept else optimizer.zero_grad(set_to_none=True)
+            logits = model(ids).mlm_logits  # [1, 4, V]
+            torch.nn.functional.cross_entropy(logits[0], torch.tensor([5, 6, 7, 8])).backward()
+            norms.append(clip_gradients(model.parameters(), 1.0, lookup if kept else None))
+            optimizer.step()
+        torch.testing.assert_close(norms[0], norms[1], rtol=1e-6, atol=0)
+    for (name, ours), theirs in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7, msg=name)

@@ -427,7 +427,8 @@ class _Stepper:
     def __post_init__(self) -> None:
         device = next(self.model.parameters()).device
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")  # fp16 grads underflow
-        self.lookup_gradients = LookupGradients(self.model)
+        # One process: the rows a step looked up are all its tables' gradients can hold (see LookupGradients).
+        self.lookup_gradients = LookupGradients(self.model, track_rows=self.world.size == 1)
 
     def epoch(self, features: list[Feature], batches: list[list[int]], epoch: int, *, start: int = 0,
               tally: tuple[float, int] = (0.0, 0), after_step=None) -> float:
@@ -441,7 +442,7 @@ class _Stepper:
             self.lookup_gradients.zero(self.optimizer)
             loss = self.accumulate_gradients([features[i] for i in batches[index]])
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
-            clip_gradients(self.model.parameters(), self.max_grad_norm)
+            clip_gradients(self.model.parameters(), self.max_grad_norm, self.lookup_gradients)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.schedule.step()
