@@ -176,7 +176,9 @@ def written_out_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
     keys = k.shape[-2]
     q3, k3, v3 = q.reshape(-1, length, head), k.reshape(-1, keys, head), v.reshape(-1, keys, head)  # [B·A, ., D]
     if mask is None:
-        scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(head ** -0.5)  # [B·A, T, S]
+        # The scale inside the multiply (beta=0: the first argument is never read); a separate in-place bf16
+        # multiply takes a slow path on a Xeon with AMX.
+        scores = torch.baddbmm(q3.new_empty(1, 1, 1), q3, k3.transpose(1, 2), beta=0, alpha=head ** -0.5)
     else:
         bias = _additive_mask(mask, q.dtype)  # [..., 1 or T, S]
         bias = bias.expand(*lead, bias.shape[-2], keys).reshape(-1, bias.shape[-2], keys)  # [B·A, 1 or T, S]
