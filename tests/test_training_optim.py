@@ -143,6 +143,9 @@ def test_lookup_gradients_train_as_dense_gradients_do_in_one_buffer_that_persist
             lookup.zero(optimizer) if kept else optimizer.zero_grad(set_to_none=True)
             if kept:
                 assert not table.weight.grad.any()
+                with torch.no_grad():  # an evaluation between steps: its lookups are not noted
+                    model(ids)
+                assert not lookup._looked_up
             loss = torch.nn.functional.cross_entropy(model(ids, (ids != 0).long()).logits, labels)
             loss.backward()
             norms.append(clip_gradients(model.parameters(), 1.0, lookup if kept else None))

@@ -94,7 +94,8 @@ class LookupGradients:
                                 table.weight.register_hook(functools.partial(self._note_dense, table))]
 
     def _note_lookup(self, table: nn.Embedding, args: tuple) -> None:
-        self._looked_up.setdefault(table, []).append(args[0].detach().flatten())
+        if torch.is_grad_enabled():  # an evaluation's lookups make no gradient: not worth keeping
+            self._looked_up.setdefault(table, []).append(args[0].detach().flatten())
 
     def _note_dense(self, table: nn.Embedding, grad: torch.Tensor) -> None:
         if grad.layout == torch.strided:

@@ -99,7 +99,7 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     fp32 scalar; [N] bool, whether argmax would predict the label: ties go to the first index). The value and
     gradient of `F.cross_entropy(logits.float(), labels, reduction="sum")` within float rounding, with the
     softmax in fp32 whatever the logits' dtype. The gradient, [N, V] in the logits' dtype, is made in the forward
-    (in place of the logits, which the backward no longer needs), and scaled in place in the backward.
+    (in place of the logits, which the backward no longer needs), and scaled in the backward.
 
     `bias` ([V]): the output layer's bias, left out of the logits by the caller and added here to every row, in
     the pass that casts each chunk to fp32 (a projection that adds it itself writes the [N, V] logits twice);
