@@ -55,8 +55,9 @@ def make_batch(config: BertConfig, batch: int, seq: int, rate: float, seed: int 
 def ours_step(model, optimizer, b) -> float:
     out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], masked_positions=b["masked"],
                 bias_in_loss=True)
-    mlm_sum, _ = summed_cross_entropy(out.mlm_logits, b["labels"][b["masked"]], out.mlm_bias)  # as `pretrain` runs it
-    loss = mlm_sum / int(b["masked"].sum()) + F.cross_entropy(out.nsp_logits, b["nsp"])
+    mlm_mean, _ = summed_cross_entropy(out.mlm_logits, b["labels"][b["masked"]], out.mlm_bias,
+                                       weight=1 / int(b["masked"].sum()))  # as `pretrain` runs it
+    loss = mlm_mean + F.cross_entropy(out.nsp_logits, b["nsp"])
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

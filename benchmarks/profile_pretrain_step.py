@@ -33,8 +33,9 @@ def timed_step(model, optimizer, batch: dict) -> list[float]:
     out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                 masked_positions=batch["masked"], bias_in_loss=True)
     marks.append(time.perf_counter())
-    mlm_sum, _ = summed_cross_entropy(out.mlm_logits, batch["labels"][batch["masked"]], out.mlm_bias)
-    loss = mlm_sum / int(batch["masked"].sum()) + F.cross_entropy(out.nsp_logits, batch["nsp"])
+    mlm_mean, _ = summed_cross_entropy(out.mlm_logits, batch["labels"][batch["masked"]], out.mlm_bias,
+                                       weight=1 / int(batch["masked"].sum()))
+    loss = mlm_mean + F.cross_entropy(out.nsp_logits, batch["nsp"])
     marks.append(time.perf_counter())
     loss.backward()
     marks.append(time.perf_counter())

@@ -56,7 +56,7 @@ def test_ltr_loss_at_a_position_ignores_every_later_token():
     outs = [model(x.input_ids, x.attention_mask, masked_positions=first) for x in (a, b)]
     torch.testing.assert_close(outs[0].logits, outs[1].logits)
     stats = losses(outs[0], next_token_targets(a).labels[first], a.nsp_labels)
-    assert set(stats) == {"mlm_sum", "mlm_correct", "mlm_count"} and int(stats["mlm_count"]) == 2
+    assert set(stats) == {"mlm_term", "mlm_sum", "mlm_correct", "mlm_count"} and int(stats["mlm_count"]) == 2
 
 
 def test_causal_pooler_reads_the_last_real_token_whatever_the_padding():

@@ -143,6 +143,29 @@ def test_summed_cross_entropy_adds_a_bias_left_out_of_the_logits(dtype, monkeypa
         summed_cross_entropy(logits, labels, bias[:49])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("outer", [1.0, 0.7])  # the loss backpropagated as it is (nothing left to scale), or scaled
+def test_summed_cross_entropy_weighs_the_value_and_the_gradients_it_makes(dtype, outer, monkeypatch) -> None:
+    """`weight` (the 1/count of a mean): value, both gradients and accuracy are those of weight × the sum, whether
+    the backward receives a gradient of exactly 1 (and passes the forward's gradient on) or another."""
+    monkeypatch.setattr(vocab_loss, "_CHUNK_ELEMENTS", 3 * 50)
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(10, 50, generator=g) * 4).to(dtype).requires_grad_()
+    bias = (torch.randn(50, generator=g) * 2).requires_grad_()
+    labels = torch.randint(0, 50, (10,), generator=g)
+    loss, correct = summed_cross_entropy(logits, labels, bias, weight=1 / 7)
+    (loss if outer == 1.0 else loss * outer).backward()
+    ref_logits, ref_bias = logits.detach().float().requires_grad_(), bias.detach().clone().requires_grad_()
+    biased = ref_logits + ref_bias
+    ref = F.cross_entropy(biased, labels, reduction="sum") / 7
+    (ref * outer).backward()
+    torch.testing.assert_close(loss, ref.detach(), atol=1e-5, rtol=1e-5)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-3, "rtol": 1e-2}
+    torch.testing.assert_close(logits.grad.float(), ref_logits.grad, **tolerance)
+    torch.testing.assert_close(bias.grad, ref_bias.grad, atol=1e-6, rtol=1e-5)
+    assert torch.equal(correct, biased.detach().argmax(-1) == labels)
+
+
 def test_summed_cross_entropy_of_a_label_fp32_cannot_hold_the_probability_of() -> None:
     """exp(-200) underflows fp32: such rows take the log-softmax, so the loss stays finite and exact."""
     logits = torch.zeros(3, 40)

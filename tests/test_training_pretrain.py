@@ -170,9 +170,10 @@ def test_losses_read_each_pretraining_output_type_and_refuse_others():
     assert int(stats["nsp_correct"]) == 1 and int(stats["nsp_count"]) == 2
     expected = torch.nn.functional.cross_entropy(mlm, labels, reduction="sum")
     torch.testing.assert_close(stats["mlm_sum"], expected)
-    ltr = losses(CausalLMOutput(logits=mlm, cache=None, encoder=encoder), labels, nsp_labels)
-    assert set(ltr) == {"mlm_sum", "mlm_correct", "mlm_count"}
-    torch.testing.assert_close(ltr["mlm_sum"], expected)
+    ltr = losses(CausalLMOutput(logits=mlm, cache=None, encoder=encoder), labels, nsp_labels, mlm_weight=1 / 3)
+    assert set(ltr) == {"mlm_term", "mlm_sum", "mlm_correct", "mlm_count"}
+    torch.testing.assert_close(ltr["mlm_sum"], expected)  # the plain sum, whatever the weight
+    torch.testing.assert_close(ltr["mlm_term"], expected / 3)  # what training backpropagates
     with pytest.raises(TypeError, match="ClassifierOutput"):
         losses(ClassifierOutput(logits=mlm, encoder=encoder), labels, nsp_labels)
 
@@ -230,3 +231,38 @@ def test_a_pretraining_job_keeps_freed_memory(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain, "keep_freed_memory", lambda: calls.append(1) or True)
     train(_config(corpus, tmp_path / "run", steps=1, eval_batches=0))
     assert calls == [1]
+
+
+def test_a_training_step_gives_the_gradient_of_the_mean_losses(corpus, tmp_path):
+    """Trainer.forward_backward (the vocabulary loss weighted inside, its gradient made in the forward) against
+    the plain computation: every weight's gradient of mean MLM cross-entropy at the masked positions + mean NSP
+    cross-entropy, in one micro-batch and in four."""
+    import torch.nn.functional as F
+
+    from bertforge.data.masking import MaskedBatch
+    from bertforge.data.pretraining import PreTrainingBatch
+    from bertforge.training.distributed import World
+    from bertforge.training.pretrain import Trainer, build_model, build_optimizer
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 400, (8, 16), generator=g)
+    ids[:, 0], ids[:, 8], ids[:, -1] = 2, 3, 3  # [CLS] A [SEP] B [SEP]
+    types = (torch.arange(16) > 8).long().expand(8, 16)
+    selected = (torch.rand(8, 16, generator=g) < 0.3) & (ids > 4)
+    batch = PreTrainingBatch(ids, types, torch.ones_like(ids), ids <= 4, torch.randint(0, 2, (8,), generator=g))
+    masked = MaskedBatch(torch.where(selected, 4, ids), torch.where(selected, ids, -100), selected)
+    for accumulation in (1, 4):
+        cfg = _config(corpus, tmp_path / f"run{accumulation}", dropout=0.0, precision="fp32",
+                      grad_accum_steps=accumulation)
+        torch.manual_seed(0)
+        model = build_model(cfg, 400)
+        trainer = Trainer(cfg, model, model, build_optimizer(cfg, model), None,
+                          torch.amp.GradScaler("cpu", enabled=False), World(), torch.device("cpu"), 4)
+        trainer.forward_backward(batch, masked)
+        ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+        model.zero_grad()
+        out = model(masked.input_ids, batch.attention_mask, types, masked_positions=selected)
+        loss = F.cross_entropy(out.mlm_logits, ids[selected]) + F.cross_entropy(out.nsp_logits, batch.nsp_labels)
+        loss.backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -163,11 +163,13 @@ def next_token_targets(batch: PreTrainingBatch) -> MaskedBatch:
 
 
 def losses(out: PreTrainingOutput | CausalLMOutput, labels: torch.Tensor, nsp_labels: torch.Tensor,
-           shown_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+           shown_mask: torch.Tensor | None = None, *, mlm_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Summed losses and correct counts of one (micro-)batch; labels are those at the masked positions
     (for the ltr objective the "mlm" statistics are those of next-token prediction). `shown_mask` ([N]
     bool) marks the selected positions whose input shows [MASK]: accuracy there is the honest figure,
-    since the 10% left unchanged are answered by copying the input."""
+    since the 10% left unchanged are answered by copying the input. `mlm_weight`: "mlm_term" is the MLM sum
+    times it, the term a training loss backpropagates as it is (its gradient comes weighted from the forward:
+    vocab_loss.summed_cross_entropy); "mlm_sum" stays the plain sum."""
     if isinstance(out, PreTrainingOutput):
         mlm_logits, nsp_logits = out.mlm_logits, out.nsp_logits
     elif isinstance(out, CausalLMOutput):  # the ltr objective: next-token logits, no NSP
@@ -175,8 +177,9 @@ def losses(out: PreTrainingOutput | CausalLMOutput, labels: torch.Tensor, nsp_la
     else:
         raise TypeError(f"pre-training losses need a PreTrainingOutput or CausalLMOutput, not {type(out).__name__}")
     bias = out.mlm_bias if isinstance(out, PreTrainingOutput) else None  # the decoder's, when left to the loss
-    mlm_sum, correct = summed_cross_entropy(mlm_logits, labels, bias)  # [N, V] -> scalar, [N] bool
-    stats = {"mlm_sum": mlm_sum, "mlm_correct": correct.sum(), "mlm_count": torch.tensor(labels.numel())}
+    mlm_term, correct = summed_cross_entropy(mlm_logits, labels, bias, weight=mlm_weight)  # [N, V] -> scalar, [N]
+    stats = {"mlm_term": mlm_term, "mlm_sum": mlm_term.detach() / mlm_weight, "mlm_correct": correct.sum(),
+             "mlm_count": torch.tensor(labels.numel())}
     if shown_mask is not None:
         stats.update(mask_correct=(correct & shown_mask).sum(), mask_count=shown_mask.sum())
     if nsp_logits is not None:
@@ -341,8 +344,8 @@ class Trainer:
                 out = self.net(**model_inputs(part_batch, part, self.device, self.model))
             shown = None if cfg.corpus.objective == "ltr" else shown_mask(part, self.mask_id).to(self.device)
             stats = losses(out, part.labels[part.masked_positions].to(self.device),
-                           part_batch.nsp_labels.to(self.device), shown)
-            loss = stats["mlm_sum"] / total_masked
+                           part_batch.nsp_labels.to(self.device), shown, mlm_weight=1 / max(total_masked, 1))
+            loss = stats["mlm_term"]  # the MLM sum / total_masked, its gradient made so in the forward
             if "nsp_sum" in stats:
                 loss = loss + stats["nsp_sum"] / cfg.optim.batch_size
             last = m == cfg.optim.grad_accum_steps - 1

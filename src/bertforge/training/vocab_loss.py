@@ -6,10 +6,12 @@ log-softmax, and in the backward a zero-filled gradient and the log-softmax grad
 large is fresh memory from the kernel (glibc maps anything over 32 MB anew and returns it on free), so the page
 faults cost as much as the arithmetic. Here the rows go through in chunks of a few MB that the allocator keeps
 reusing. Each chunk's fp32 softmax gives the loss, the accuracy and the gradient (softmax - one-hot, written
-straight into the logits' dtype) in one go, so the backward only scales that gradient. torch's softmax is used
-rather than log-softmax because its exp is ~1.5x faster than `exp_`, and the argmax runs only on the rows where
-a max (~10x faster) finds the label at the top. A [592, 30522] bf16 forward and backward with the accuracy:
-10.6 ms, against 20.3 ms when the backward recomputed the softmax and the argmax ran on every row, and 42 ms
+straight into the logits' dtype, and weighted there by the caller's `weight`, e.g. 1 / count for a mean) in one
+go, so the backward has at most to scale that gradient, and nothing to do when the weighted loss is what it
+backpropagates (1.02x the mini step on a Xeon with AMX, where that pass over fresh memory cost ~5 ms). torch's
+softmax is used rather than log-softmax because its exp is ~1.5x faster than `exp_`, and the argmax runs only on
+the rows where a max (~10x faster) finds the label at the top. A [592, 30522] bf16 forward and backward with the
+accuracy: 10.6 ms, against 20.3 ms when the backward recomputed the softmax and the argmax ran on every row, and 42 ms
 for `F.cross_entropy` (2 cores, freed memory kept; `python benchmarks/bench_attention.py --positions 592
 --vocab 30522`: random logits, so the label is rarely at the top; where 40% are, ~2 ms more).
 """
@@ -31,11 +33,12 @@ def _row_chunks(logits: torch.Tensor) -> list[slice]:
 
 class _SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor,
-                bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
+                weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         loss = logits.new_zeros((), dtype=torch.float32)
         correct = torch.empty_like(labels, dtype=torch.bool)
-        # The gradients are made here, from the softmax at hand; the backward only scales them.
+        # The gradients are made here, from the softmax at hand and already weighted; the backward scales them
+        # only by a gradient other than 1.
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         bias_grad = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device) \
             if bias is not None and ctx.needs_input_grad[2] else None
@@ -53,6 +56,8 @@ class _SummedCrossEntropy(torch.autograd.Function):
             loss -= _log_label_probs(label_probs, chunk, labelled).sum()
             if grad is not None or bias_grad is not None:
                 probs.scatter_add_(-1, labelled, torch.full_like(label_probs, -1.0))  # d(-log p_y)/d logits
+                if weight != 1.0:
+                    probs.mul_(weight)  # fp32 in place, in the cache: cheap, unlike a pass over the bf16 result
             if grad is not None:
                 grad[rows] = probs  # rounded once, into the logits' dtype
             if bias_grad is not None:
@@ -60,16 +65,18 @@ class _SummedCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(grad, bias_grad)
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.mark_non_differentiable(correct)
-        return loss, correct
+        return loss.mul_(weight), correct
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_correct: None) -> tuple[torch.Tensor | None, None, ...]:
         grad, bias_grad = ctx.saved_tensors
-        # Out of place: torch's in-place multiply of a bf16 tensor takes a slow path (8 ms against 3 for a
-        # [592, 30522] gradient on a Xeon with AMX).
-        grad = grad * grad_loss if grad is not None else None
+        # A pass over the [N, V] gradient (fresh memory out of place; in place, torch's bf16 multiply takes a slow
+        # path on a Xeon with AMX) only when the loss's own gradient is not 1. A CPU knows it already; a GPU would
+        # have to wait for it, so it always multiplies.
+        if grad is not None and (grad_loss.device.type != "cpu" or float(grad_loss) != 1.0):
+            grad = grad * grad_loss
         bias_grad = bias_grad.mul_(grad_loss).to(ctx.bias_dtype) if bias_grad is not None else None
-        return grad, None, bias_grad
+        return grad, None, bias_grad, None
 
 
 def _is_argmax(probs: torch.Tensor, label_probs: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
@@ -93,13 +100,17 @@ def _log_label_probs(label_probs: torch.Tensor, chunk: torch.Tensor, labelled: t
     return logs
 
 
-def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                         bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, V] logits (any float dtype), [N] labels (all valid: no ignore index) -> (the summed cross-entropy, an
-    fp32 scalar; [N] bool, whether argmax would predict the label: ties go to the first index). The value and
-    gradient of `F.cross_entropy(logits.float(), labels, reduction="sum")` within float rounding, with the
-    softmax in fp32 whatever the logits' dtype. The gradient, [N, V] in the logits' dtype, is made in the forward
-    (in place of the logits, which the backward no longer needs), and scaled in the backward.
+def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None = None, *,
+                         weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, V] logits (any float dtype), [N] labels (all valid: no ignore index) -> (the summed cross-entropy times
+    `weight`, an fp32 scalar; [N] bool, whether argmax would predict the label: ties go to the first index). The
+    value and gradient of `weight * F.cross_entropy(logits.float(), labels, reduction="sum")` within float
+    rounding, with the softmax in fp32 whatever the logits' dtype. The gradient, [N, V] in the logits' dtype, is
+    made in the forward, already weighted; the backward passes it on as it is when the loss's own gradient is 1
+    (a CPU training step that backpropagates the weighted loss itself), and scales it otherwise.
+
+    `weight`: e.g. 1 / the number of labels over the whole batch, for the mean that training minimises; folded
+    into the gradient while each chunk is in the cache, it saves a pass over the [N, V] gradient in the backward.
 
     `bias` ([V]): the output layer's bias, left out of the logits by the caller and added here to every row, in
     the pass that casts each chunk to fp32 (a projection that adds it itself writes the [N, V] logits twice);
@@ -107,4 +118,4 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     if bias is not None and tuple(bias.shape) != (logits.shape[-1],):
         raise ValueError(f"bias must be [V] = [{logits.shape[-1]}] for logits {tuple(logits.shape)}, "
                          f"got {tuple(bias.shape)}")
-    return _SummedCrossEntropy.apply(logits, labels, bias)
+    return _SummedCrossEntropy.apply(logits, labels, bias, float(weight))
