@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from _speed import add_allocator_option, apply_allocator_option, mfu_text, peak_text, precision_context
 
 from bertforge.checkpoint import to_hf_state_dict
-from bertforge.config import BertConfig
+from bertforge.config import PRESETS, BertConfig
 from bertforge.flops import encoder_flops, mlm_head_flops
 from bertforge.hardware import bf16_skip_reason
 from bertforge.heads import BertForPreTraining
@@ -152,7 +152,8 @@ def bench_preset(args, preset: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["mini"], help="model shapes, e.g. mini base")
+    parser.add_argument("--presets", nargs="+", default=["mini"], choices=list(PRESETS),
+                        help="model shapes, e.g. mini base")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rate", type=float, default=0.15)

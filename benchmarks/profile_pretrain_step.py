@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from _speed import add_allocator_option, apply_allocator_option, precision_context
 from bench_pretrain import build_models, make_batch
 
+from bertforge.config import PRESETS
 from bertforge.hardware import bf16_skip_reason
 from bertforge.training.vocab_loss import summed_cross_entropy
 
@@ -49,7 +50,7 @@ def timed_step(model, optimizer, batch: dict) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--preset", default="mini")
+    parser.add_argument("--preset", default="mini", choices=list(PRESETS))
     parser.add_argument("--rate", type=float, default=0.15, help="share of tokens masked")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 5 untimed)")
     add_allocator_option(parser)
