@@ -52,12 +52,21 @@ def make_batch(config: BertConfig, batch: int, seq: int, rate: float, seed: int 
             "labels": labels, "masked": masked, "nsp": torch.randint(0, 2, (batch,), generator=g)}
 
 
-def ours_step(model, optimizer, b) -> float:
-    out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], masked_positions=b["masked"],
-                bias_in_loss=True)
+def ours_forward(model, b):
+    """bertforge's forward as `pretrain` runs it: the projection at the masked positions, the bias left to the loss."""
+    return model(b["input_ids"], b["attention_mask"], b["token_type_ids"], masked_positions=b["masked"],
+                 bias_in_loss=True)
+
+
+def ours_loss(out, b) -> torch.Tensor:
+    """Mean MLM + mean NSP cross-entropy, the MLM mean's 1/count inside the vocabulary loss (as `pretrain`)."""
     mlm_mean, _ = summed_cross_entropy(out.mlm_logits, b["labels"][b["masked"]], out.mlm_bias,
-                                       weight=1 / int(b["masked"].sum()))  # as `pretrain` runs it
-    loss = mlm_mean + F.cross_entropy(out.nsp_logits, b["nsp"])
+                                       weight=1 / int(b["masked"].sum()))
+    return mlm_mean + F.cross_entropy(out.nsp_logits, b["nsp"])
+
+
+def ours_step(model, optimizer, b) -> float:
+    loss = ours_loss(ours_forward(model, b), b)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

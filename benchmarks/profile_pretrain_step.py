@@ -17,13 +17,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from _speed import add_allocator_option, apply_allocator_option, precision_context
-from bench_pretrain import build_models, make_batch
+from bench_pretrain import build_models, make_batch, ours_forward, ours_loss
 
 from bertforge.config import PRESETS
 from bertforge.hardware import bf16_skip_reason
-from bertforge.training.vocab_loss import summed_cross_entropy
 
 PHASES = ("forward", "vocabulary loss", "backward", "optimizer", "zero_grad")
 
@@ -31,12 +29,9 @@ PHASES = ("forward", "vocabulary loss", "backward", "optimizer", "zero_grad")
 def timed_step(model, optimizer, batch: dict) -> list[float]:
     """One step as bench_pretrain.ours_step runs it, with a clock reading between its phases."""
     marks = [time.perf_counter()]
-    out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                masked_positions=batch["masked"], bias_in_loss=True)
+    out = ours_forward(model, batch)
     marks.append(time.perf_counter())
-    mlm_mean, _ = summed_cross_entropy(out.mlm_logits, batch["labels"][batch["masked"]], out.mlm_bias,
-                                       weight=1 / int(batch["masked"].sum()))
-    loss = mlm_mean + F.cross_entropy(out.nsp_logits, batch["nsp"])
+    loss = ours_loss(out, batch)
     marks.append(time.perf_counter())
     loss.backward()
     marks.append(time.perf_counter())
