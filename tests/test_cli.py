@@ -235,3 +235,16 @@ def test_a_job_under_torchrun_leaves_its_process_group_finished_or_failed(tmp_pa
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_list_option_takes_bare_values_as_well_as_brackets(capsys) -> None:
+    """`--files DIR`, `--files a b`, `--files=a` and the documented `--files [a, b]` give the same list; an option
+    that also takes one value (fill-mask's --text: list or str) keeps a bare value as it is."""
+    for args in (["--files", "corpus/"], ["--files=corpus/"], ["--files", "[corpus/]"]):
+        assert "\nfiles:\n- corpus\n" in _printed_config(capsys, "prepare", *args, "--output-dir", "out")
+    out = _printed_config(capsys, "prepare", "--files", "a.txt", "b dir/x.txt", "--output-dir", "out")
+    assert "\nfiles:\n- a.txt\n- b dir/x.txt\n" in out
+    out = _printed_config(capsys, "embed", "--model", "m", "--input", "t.txt", "--layers", "-1", "-2")
+    assert "\nlayers:\n- -1\n- -2\n" in out
+    out = _printed_config(capsys, "fill-mask", "--model", "m", "--text", "The [MASK] sat.")
+    assert "\ntext: The [MASK] sat.\n" in out

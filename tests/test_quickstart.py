@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from bertforge.checkpoint import load_model
@@ -38,3 +39,24 @@ def test_quickstart_tiny_trains_and_reports(tmp_path):
     model = load_model(tmp_path / "run" / "model", BertForMaskedLM)  # the budget recipe: MLM only
     assert model.config.hidden_size == 64 and model.nsp is None
     assert torch.isfinite(model.mlm.bias).all()
+
+
+def test_quickstart_reads_a_folder_and_refuses_too_little_text_in_one_line(tmp_path, capsys):
+    """--files takes folders (their .txt files, as `prepare` does); a corpus too small to hold any text out for
+    the held-out accuracy is refused before training, naming the files, instead of failing after it."""
+    from bertforge.cli import main
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "note.txt").write_text("One short paragraph of text.\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--files", str(folder), "--output-dir", str(tmp_path / "out"), "--size", "tiny",
+              "--max-minutes", "0.2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(folder / "note.txt") in err and "too little text" in err
+    assert not (tmp_path / "out" / "run").exists()  # nothing trained
+    (folder / "note.txt").unlink()
+    with pytest.raises(SystemExit):
+        main(["quickstart", "--files", str(folder), "--output-dir", str(tmp_path / "out")])
+    assert "holds no .txt or .gz files" in capsys.readouterr().err

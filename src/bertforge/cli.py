@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import json
 import logging
 import re
 import sys
@@ -81,6 +82,18 @@ def option_names(job: Callable) -> set[str]:
     return (set(inspect.signature(job).parameters) - set(groups)) | fields
 
 
+def list_options(job: Callable) -> set[str]:
+    """The Python names of a job's options that take only a list (`list[Path] | None`; not `list[str] | str`,
+    where one bare value means something of its own)."""
+    groups = settings_groups(job)
+    annotations = {name: p.annotation for name, p in inspect.signature(inspect.unwrap(job)).parameters.items()
+                   if name not in groups}
+    annotations.update({f.name: f.type for cls in groups.values() for f in dataclasses.fields(cls) if f.init})
+    kinds = {name: [part.strip() for part in str(kind).split("|")] for name, kind in annotations.items()}
+    return {name for name, parts in kinds.items()
+            if any(p.startswith("list[") for p in parts) and all(p.startswith("list[") or p == "None" for p in parts)}
+
+
 def option_defaults(job: Callable) -> dict[str, object]:
     """A job's options with their defaults (those that have one), settings groups' fields included."""
     groups = settings_groups(job)
@@ -142,6 +155,27 @@ def _current_names(args: list[str], accepted: set[str]) -> list[str]:
     return out
 
 
+def _as_lists(args: list[str], lists: set[str]) -> list[str]:
+    """A list option given bare values (`--files a.txt b/`, `--files=a.txt`) as the one list jsonargparse reads
+    (`--files ["a.txt", "b/"]`); a value already in brackets, as the docs write it, is left as it is."""
+    out, i = [], 0
+    while i < len(args):
+        name, sep, value = args[i][2:].partition("=") if args[i].startswith("--") else ("", "", "")
+        i += 1
+        if name not in lists:
+            out.append(args[i - 1])
+            continue
+        values = [value] if sep else []
+        while not sep and i < len(args) and not args[i].startswith("--"):
+            values.append(args[i])
+            i += 1
+        if len(values) == 1 and values[0].lstrip().startswith("["):
+            out += [f"--{name}", values[0]]
+        else:
+            out += [f"--{name}", json.dumps(values)]
+    return out
+
+
 def _config_text(path: str, accepted: set[str]) -> str:
     """A --config YAML file as YAML text with its keys renamed as on the command line (dashes, old names)."""
     import yaml
@@ -195,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         jobs = {name: _load(JOBS[name]) for name in chosen}
         if len(chosen) == 1:
-            args = [args[0], *_current_names(args[1:], option_names(jobs[args[0]]))]
+            args = [args[0], *_as_lists(_current_names(args[1:], option_names(jobs[args[0]])),
+                                        list_options(jobs[args[0]]))]
         parser = _build_parser(jobs)
         parsed = parser.instantiate(parser.parse_args(args))
         call_job(jobs[parsed.subcommand], parsed[parsed.subcommand].as_dict())

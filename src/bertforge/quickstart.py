@@ -21,7 +21,9 @@ from typing import Literal
 
 import torch
 
+from bertforge.data.corpus import corpus_files as user_corpus_files
 from bertforge.data.shards import prepare_corpus
+from bertforge.errors import DataError
 from bertforge.files import write_text_atomic
 from bertforge.heads import BertForPreTraining
 from bertforge.tokenizer import BertTokenizer
@@ -106,9 +108,10 @@ def fill_mask(model: BertForPreTraining, tokenizer: BertTokenizer, text: str, to
 
 
 def corpus_files(files: list[Path] | None, output_dir: Path, *, max_modules: int | None) -> list[Path]:
-    """The user's `files`, or the built-in corpus written to output_dir/corpus (its first `max_modules`)."""
+    """The user's `files` (folders expanded to their text files, each checked: data.corpus.corpus_files), or the
+    built-in corpus written to output_dir/corpus (its first `max_modules`)."""
     if files:
-        files = list(files)
+        files = user_corpus_files(files)
         print(f"corpus: {', '.join(map(str, files))}")
         return files
     documents = builtin_documents(max_modules)
@@ -167,6 +170,10 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
                               shard_tokens=1 << 20)
     counts = prepared.meta["counts"]
     print(f"shards: {counts['train']['tokens']:,} training tokens, {counts['heldout']['tokens']:,} held out")
+    if not counts["heldout"]["tokens"]:  # every 20th document is held out: too few to score the model on
+        raise DataError(f"{', '.join(map(str, files))}: too little text to hold any out for the accuracy the "
+                        f"quickstart reports ({counts['train']['tokens']:,} tokens); give at least 20 documents "
+                        "(paragraphs separated by blank lines)")
 
     # What is left of the budget after the corpus, minus ~10% for the fill-mask probes and the report.
     minutes = max(0.1, max_minutes * 0.9 - (time.monotonic() - started) / 60)
