@@ -1,11 +1,14 @@
 """Pre-training step throughput: bertforge vs `transformers.BertForPreTraining`, each in fp32
 and under bf16 autocast, at one or more model shapes; transformers with SDPA and with eager attention.
 
-Same config (default: the `mini` preset, vocabulary 30,522), same weights, same batch (sequence 128,
+Same config (default: the `mini` preset, vocabulary 30,522), same weights, same batches (sequence 128,
 batch 32, 15% of tokens masked, NSP labels), one step = forward + backward + fused AdamW, in one process. Every
-row of the batch is full, as packed pre-training rows are (no padding). The systems take turns step by step
-so that a shared, noisy machine slows all alike; the median step time of each gives tokens/s. The first
-step's fp32 losses are compared to show both compute the same thing (bertforge projects onto the vocabulary
+row of a batch is full, as packed pre-training rows are (no padding). Each step masks afresh, as training does,
+so the masked count changes from step to step (and with it the shapes of a sparse MLM head's matmuls: see
+BertForPreTraining's row_multiple); `--same-batch` repeats one batch, as this benchmark did before 2026-12-08.
+The systems take turns step by step, all on the same batch at each step, so that a shared, noisy machine slows
+all alike; the median step time of each gives tokens/s. The first step's fp32 losses are compared to show both
+compute the same thing (bertforge projects onto the vocabulary
 only at the masked positions, and its last layer finishes only those and [CLS]; transformers everywhere).
 bf16 runs only where the processor computes it natively. MFU counts the useful matmul work (encoder + MLM head
 at the masked positions, ×3 for training; the last layer only at the tokens the heads read; flops.py) against
@@ -27,15 +30,14 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from _speed import add_allocator_option, apply_allocator_option, mfu_text, peak_text, precision_context
 
 from bertforge.checkpoint import to_hf_state_dict
 from bertforge.config import PRESETS, BertConfig
 from bertforge.flops import encoder_flops, mlm_head_flops
 from bertforge.hardware import bf16_skip_reason
-from bertforge.heads import BertForPreTraining
-from bertforge.training.vocab_loss import summed_cross_entropy
+from bertforge.heads import ROW_MULTIPLE, BertForPreTraining
+from bertforge.training.pretrain import losses
 
 
 def make_batch(config: BertConfig, batch: int, seq: int, rate: float, seed: int = 0) -> dict:
@@ -53,16 +55,16 @@ def make_batch(config: BertConfig, batch: int, seq: int, rate: float, seed: int 
 
 
 def ours_forward(model, b):
-    """bertforge's forward as `pretrain` runs it: the projection at the masked positions, the bias left to the loss."""
+    """bertforge's forward as `pretrain` runs it (pretrain.model_inputs): the projection at the masked positions,
+    padded to a multiple of ROW_MULTIPLE rows, the bias left to the loss."""
     return model(b["input_ids"], b["attention_mask"], b["token_type_ids"], masked_positions=b["masked"],
-                 bias_in_loss=True)
+                 bias_in_loss=True, row_multiple=ROW_MULTIPLE)
 
 
 def ours_loss(out, b) -> torch.Tensor:
-    """Mean MLM + mean NSP cross-entropy, the MLM mean's 1/count inside the vocabulary loss (as `pretrain`)."""
-    mlm_mean, _ = summed_cross_entropy(out.mlm_logits, b["labels"][b["masked"]], out.mlm_bias,
-                                       weight=1 / int(b["masked"].sum()))
-    return mlm_mean + F.cross_entropy(out.nsp_logits, b["nsp"])
+    """Mean MLM + mean NSP cross-entropy, the MLM mean's 1/count inside the vocabulary loss (pretrain's losses)."""
+    stats = losses(out, b["labels"][b["masked"]], b["nsp"], mlm_weight=1 / int(b["masked"].sum()))
+    return stats["mlm_term"] + stats["nsp_sum"] / len(b["nsp"])
 
 
 def ours_step(model, optimizer, b) -> float:
@@ -115,30 +117,33 @@ def bench_preset(args, preset: str) -> dict:
     # (`adamw_torch_fused`), so the peer runs at its strongest setting here too.
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.fused)
                   for name, (_, model) in models.items()}
-    batch = {k: v.to(args.device) for k, v in make_batch(config, args.batch, args.seq, args.rate).items()}
+    seeds = [0] * (args.warmup + args.steps) if args.same_batch else range(args.warmup + args.steps)
+    batches = [{k: v.to(args.device) for k, v in make_batch(config, args.batch, args.seq, args.rate, seed).items()}
+               for seed in seeds]
     tokens = args.batch * args.seq
-    first = {name: step(model, optimizers[name], batch) for name, (step, model) in models.items()}
+    first = {name: step(model, optimizers[name], batches[0]) for name, (step, model) in models.items()}
     # Each framework's one model serves both precisions: the step's cost does not depend on the weights' values.
     systems = {f"{name} {precision}": (step, model, optimizers[name], precision)
                for name, (step, model) in models.items() for precision in ("fp32", "bf16")}
     skipped = {name: bf16_skip_reason(args.device) for name, system in systems.items() if system[3] == "bf16"}
     runnable = {name: system for name, system in systems.items() if skipped.get(name) is None}
     times: dict[str, list[float]] = {name: [] for name in runnable}
-    for step_index in range(args.warmup + args.steps):
+    for step_index, batch in enumerate(batches):
         for name, (step, model, opt, precision) in runnable.items():
             with precision_context(precision, args.device):
                 start = time.perf_counter()
                 step(model, opt, batch)  # ends reading the loss: the step has finished on a GPU too
                 if step_index >= args.warmup:
                     times[name].append(time.perf_counter() - start)
-    # Useful work: the last layer finishes only what the heads read (the masked tokens, [CLS] for NSP).
-    finished = (batch["masked"].sum(1) + 1).tolist()
-    flops = (encoder_flops(config, [args.seq] * args.batch, training=True, finished=finished)
-             + mlm_head_flops(config, int(batch["masked"].sum()), training=True))
+    # Useful work: the last layer finishes only what the heads read (the masked tokens, [CLS] for NSP); the mean
+    # over the timed batches.
+    flops = statistics.mean(
+        encoder_flops(config, [args.seq] * args.batch, training=True, finished=(b["masked"].sum(1) + 1).tolist())
+        + mlm_head_flops(config, int(b["masked"].sum()), training=True) for b in batches[args.warmup:])
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n== {preset}: seq {args.seq}, batch {args.batch}, {args.rate:.0%} masked ==")
     print("first-step fp32 loss: " + ", ".join(f"{name} {loss:.5f}" for name, loss in first.items())
-          + " (same weights, same batch)")
+          + " (same weights, same first batch)")
     for name in systems:
         if name not in median:
             print(f"{name:>18}: {skipped[name]}")
@@ -173,6 +178,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="fused AdamW on both sides (--no-fused: torch's per-tensor loop, as before 2026-12-06)")
+    parser.add_argument("--same-batch", action="store_true",
+                        help="repeat one batch every step (the matmul shapes never change) instead of masking afresh")
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                         help="--no-peers: bertforge alone (no transformers model in the process to share its heap)")
     add_allocator_option(parser)
@@ -188,6 +195,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"seq": args.seq, "batch": args.batch, "masking": args.rate, "steps": args.steps,
+                       "same_batch": args.same_batch,
                        "threads": torch.get_num_threads(), "results": results}, handle, indent=2)
 
 

@@ -57,11 +57,10 @@ def main() -> None:
     precision = "bf16" if bf16_skip_reason("cpu") is None else "fp32"
     config, model, _ = build_models(args.preset, with_peers=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    batch = make_batch(config, 32, 128, args.rate)
     seconds: list[list[float]] = []
     with precision_context(precision, "cpu"):
-        for step in range(5 + args.steps):
-            phases = timed_step(model, optimizer, batch)
+        for step in range(5 + args.steps):  # masked afresh every step, as in training (bench_pretrain.py)
+            phases = timed_step(model, optimizer, make_batch(config, 32, 128, args.rate, seed=step))
             if step >= 5:
                 seconds.append(phases)
     medians = [statistics.median(column) for column in zip(*seconds, strict=True)]

@@ -166,6 +166,33 @@ def test_summed_cross_entropy_weighs_the_value_and_the_gradients_it_makes(dtype,
     assert torch.equal(correct, biased.detach().argmax(-1) == labels)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("outer", [1.0, 0.7])
+def test_summed_cross_entropy_ignores_rows_labelled_ignore_index(dtype, outer, monkeypatch) -> None:
+    """Rows labelled -100 (a whole chunk of them, and some beside labelled rows) add no loss, get a zero gradient
+    and are never correct, even where the logits' argmax is row 0's label: torch's ignore_index."""
+    monkeypatch.setattr(vocab_loss, "_CHUNK_ELEMENTS", 3 * 50)  # three rows per chunk
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(11, 50, generator=g) * 4).to(dtype)
+    logits[:, 0] += 20  # label 0 at the top of every row: an ignored row read as label 0 would count correct
+    logits.requires_grad_()
+    bias = (torch.randn(50, generator=g) * 2).requires_grad_()
+    labels = torch.randint(0, 50, (11,), generator=g)
+    labels[[0, 4]] = 0
+    labels[[1, 6, 7, 8, 10]] = -100
+    loss, correct = summed_cross_entropy(logits, labels, bias, weight=1 / 6)
+    (loss if outer == 1.0 else loss * outer).backward()
+    ref_logits, ref_bias = logits.detach().float().requires_grad_(), bias.detach().clone().requires_grad_()
+    ref = F.cross_entropy(ref_logits + ref_bias, labels, reduction="sum", ignore_index=-100) / 6
+    (ref * outer).backward()
+    torch.testing.assert_close(loss, ref.detach(), atol=1e-5, rtol=1e-5)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-3, "rtol": 1e-2}
+    torch.testing.assert_close(logits.grad.float(), ref_logits.grad, **tolerance)
+    torch.testing.assert_close(bias.grad, ref_bias.grad, atol=1e-6, rtol=1e-5)
+    assert not logits.grad[labels == -100].any()
+    assert correct.tolist() == [True, False, False, False, True, False, False, False, False, False, False]
+
+
 def test_summed_cross_entropy_of_a_label_fp32_cannot_hold_the_probability_of() -> None:
     """exp(-200) underflows fp32: such rows take the log-softmax, so the loss stays finite and exact."""
     logits = torch.zeros(3, 40)

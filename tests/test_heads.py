@@ -174,3 +174,42 @@ def test_pretraining_can_leave_the_decoder_bias_to_the_loss() -> None:
     assert left_grads.keys() == whole_grads.keys()
     for name, grad in whole_grads.items():
         torch.testing.assert_close(left_grads[name], grad, msg=name)
+
+
+@pytest.mark.parametrize(("cls", "nsp_head"), [(BertForPreTraining, True), (BertForMaskedLM, False)])
+def test_pretraining_pads_its_rows_to_a_multiple_with_the_same_logits_losses_and_gradients(cls, nsp_head) -> None:
+    """row_multiple: the last layer finishes a multiple of it (or every token), the MLM logits have a multiple of it
+    rows, the first N of them the plain forward's; the pre-training losses (which give the padding rows no label)
+    and every weight's gradient are the plain forward's."""
+    from bertforge.training.pretrain import losses
+
+    torch.manual_seed(0)
+    model = cls(ODD).train()
+    inputs = _inputs(cls)
+    ids = inputs["input_ids"]
+    masked = torch.zeros_like(ids, dtype=torch.bool)
+    masked[0, [2, 5]] = masked[1, 3] = True
+    labels, nsp = ids[masked], torch.tensor([0, 1])
+    runs = []
+    for multiple in (1, 4, 64):
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs, masked_positions=masked, bias_in_loss=True, row_multiple=multiple)
+        stats = losses(out, labels, nsp, shown_mask=torch.tensor([True, False, True]))
+        (stats["mlm_term"] + stats.get("nsp_sum", 0)).backward()
+        runs.append((out, stats, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_stats, plain_grads), *padded_runs = runs
+    finished = 3 + (2 if nsp_head else 0)
+    assert plain.mlm_logits.shape[0] == 3 and plain.encoder.sequence_output.shape[0] == finished
+    for (out, stats, grads), (rows, tokens) in zip(padded_runs, [(4, 8 if nsp_head else 4), (64, 14)], strict=True):
+        assert out.mlm_logits.shape[0] == rows  # 64: more rows than tokens, padding repeats a row
+        assert out.encoder.sequence_output.shape[0] == tokens  # a multiple of 4, or all 2 x 7 tokens
+        torch.testing.assert_close(out.mlm_logits[:3], plain.mlm_logits)
+        if nsp_head:
+            torch.testing.assert_close(out.nsp_logits, plain.nsp_logits)
+        for key, value in plain_stats.items():
+            torch.testing.assert_close(stats[key], value, msg=key)
+        assert grads.keys() == plain_grads.keys()
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(grads[name], grad, msg=name)
+    with pytest.raises(ValueError, match="row_multiple must be a positive whole number"):
+        model(**inputs, masked_positions=masked, row_multiple=0)

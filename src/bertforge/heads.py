@@ -42,7 +42,9 @@ class BertMLMHead(nn.Module):
 
 @dataclass
 class PreTrainingOutput:
-    """mlm_logits: [N, V] at the selected positions (row-major order), or [B, T, V] when none were given.
+    """mlm_logits: [N, V] at the selected positions (row-major order), or [B, T, V] when none were given; with a
+    `row_multiple`, [N', V]: the N selected positions first, then padding rows up to a multiple (their values are
+    meaningless: give them no label, vocab_loss's ignore_index).
     nsp_logits: [B, 2], index 0 = IsNext, 1 = NotNext (the released checkpoints' convention).
     mlm_bias: [V], only when the forward was asked for `bias_in_loss`: mlm_logits then leave out this bias of
     the decoder, and the loss adds it (training/vocab_loss.py)."""
@@ -79,24 +81,37 @@ class BertForPreTraining(PretrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         bias_in_loss: bool = False,
+        row_multiple: int = 1,
     ) -> PreTrainingOutput:
         """`masked_positions`: the MLM logits only there, [N, V]; the last layer then finishes only those tokens
         (and [CLS] for NSP), unless output_hidden_states asks for all of them. `bias_in_loss`: leave the decoder's
         bias out of mlm_logits and return it as mlm_bias, for a loss that adds it where it costs nothing
         (`summed_cross_entropy(..., bias=)`, which pre-training runs): added by the projection, it costs an
-        extra pass over the [N, V] logits."""
+        extra pass over the [N, V] logits.
+
+        `row_multiple` (training passes ROW_MULTIPLE): the tokens the last layer finishes and the rows of the MLM
+        head are padded up to a multiple of it, so that the matmul shapes repeat from batch to batch, as
+        google-research/bert pads its masked positions to max_predictions_per_seq. On a CPU, oneDNN builds a
+        kernel for every new shape (2-20 ms each): masking selects a different count every batch, and a mini
+        step on a 2-core Xeon with AMX took 306 ms with new shapes against 240 ms with shapes seen before."""
+        if row_multiple < 1:
+            raise ValueError(f"row_multiple must be a positive whole number, not {row_multiple}")
         finish = None
         if masked_positions is not None and not output_hidden_states:
             # The last layer finishes only the tokens the heads read: the masked ones, and [CLS] for NSP.
             finish = masked_positions.clone()
             if self.nsp is not None:
                 finish[:, 0] = True
+            finish = _fill_to_multiple(finish, row_multiple)
         enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids, finish_only=finish,
                         output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         hidden = enc.sequence_output  # [B, T, H], or [R, H] finished
         if masked_positions is not None:
             # The vocabulary projection dominates the cost: run it only where there is a label.
-            hidden = hidden[masked_positions if finish is None else masked_positions[finish]]  # [N, H]
+            rows = (masked_positions if finish is None else masked_positions[finish]).flatten().nonzero().squeeze(1)
+            padding = -len(rows) % row_multiple
+            rows = F.pad(rows, (0, padding)) if padding else rows  # padding rows repeat row 0: any row would do
+            hidden = hidden.flatten(0, -2).index_select(0, rows)  # [N, H] (N' with padding)
         nsp_logits = self.nsp(enc.pooled_output) if self.nsp is not None else None
         return PreTrainingOutput(mlm_logits=self.head_logits(hidden, with_bias=not bias_in_loss), nsp_logits=nsp_logits,
                                  encoder=enc, mlm_bias=self.mlm.bias if bias_in_loss else None)
@@ -105,6 +120,24 @@ class BertForPreTraining(PretrainedModel):
         """The MLM head on encoder outputs: [..., H] -> [..., V] (what `forward` and the pipelines share);
         with_bias=False leaves the decoder's bias to the loss (see forward's bias_in_loss)."""
         return self.mlm(hidden, self.bert.embeddings.word_embeddings.weight, with_bias=with_bias)
+
+
+ROW_MULTIPLE = 64  # what pre-training pads the finished tokens and the MLM rows to (BertForPreTraining.forward)
+
+
+def _fill_to_multiple(mask: torch.Tensor, multiple: int) -> torch.Tensor:
+    """mask with its first False entries (row-major) set until its True count is a multiple of `multiple`, or
+    until it is all True."""
+    if multiple == 1:
+        return mask
+    count = int(mask.sum())
+    extra = min(-count % multiple, mask.numel() - count)
+    if extra == 0:
+        return mask
+    free = (~mask).flatten().nonzero().squeeze(1)[:extra]
+    filled = mask.clone()
+    filled.view(-1)[free] = True
+    return filled
 
 
 class BertForMaskedLM(BertForPreTraining):

@@ -49,7 +49,7 @@ from bertforge.data.pretraining import (
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
 from bertforge.hardware import keep_freed_memory
-from bertforge.heads import BertForPreTraining, BertLMHeadModel, CausalLMOutput, PreTrainingOutput
+from bertforge.heads import ROW_MULTIPLE, BertForPreTraining, BertLMHeadModel, CausalLMOutput, PreTrainingOutput
 from bertforge.options import resolve_device
 from bertforge.precision import Precision, autocast
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -177,7 +177,11 @@ def losses(out: PreTrainingOutput | CausalLMOutput, labels: torch.Tensor, nsp_la
     else:
         raise TypeError(f"pre-training losses need a PreTrainingOutput or CausalLMOutput, not {type(out).__name__}")
     bias = out.mlm_bias if isinstance(out, PreTrainingOutput) else None  # the decoder's, when left to the loss
-    mlm_term, correct = summed_cross_entropy(mlm_logits, labels, bias, weight=mlm_weight)  # [N, V] -> scalar, [N]
+    count = labels.numel()
+    padded = F.pad(labels, (0, len(mlm_logits) - count), value=IGNORE_INDEX)  # the model's padding rows (row_multiple)
+    mlm_term, correct = summed_cross_entropy(mlm_logits, padded, bias, weight=mlm_weight,
+                                             ignore_index=IGNORE_INDEX)  # [N', V] -> scalar, [N']
+    correct = correct[:count]
     stats = {"mlm_term": mlm_term, "mlm_sum": mlm_term.detach() / mlm_weight, "mlm_correct": correct.sum(),
              "mlm_count": torch.tensor(labels.numel())}
     if shown_mask is not None:
@@ -219,7 +223,7 @@ def model_inputs(batch: PreTrainingBatch, masked: MaskedBatch, device: torch.dev
               "token_type_ids": batch.token_type_ids.to(device),
               "masked_positions": masked.masked_positions.to(device)}
     if isinstance(model, BertForPreTraining):
-        inputs["bias_in_loss"] = True
+        inputs.update(bias_in_loss=True, row_multiple=ROW_MULTIPLE)
     if batch.position_ids is not None:
         inputs["position_ids"] = batch.position_ids.to(device)
     return inputs

@@ -34,7 +34,7 @@ def _row_chunks(logits: torch.Tensor) -> list[slice]:
 class _SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
-                weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+                weight: float, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         loss = logits.new_zeros((), dtype=torch.float32)
         correct = torch.empty_like(labels, dtype=torch.bool)
         # The gradients are made here, from the softmax at hand and already weighted; the backward scales them
@@ -45,6 +45,11 @@ class _SummedCrossEntropy(torch.autograd.Function):
         bias32 = bias.float() if bias is not None else None
         for rows in _row_chunks(logits):
             chunk, labelled = logits[rows], labels[rows, None]  # [n, V], [n, 1]
+            ignored = labelled == ignore_index  # [n, 1]
+            if bool(ignored.any()):  # rows without a label: no loss, no gradient, not correct
+                labelled = labelled.masked_fill(ignored, 0)
+            else:
+                ignored = None
             if bias32 is not None:
                 # fp32: the bias comes with the cast the softmax needs anyway. Cast, then add in place (to the
                 # cast's copy, never the logits): a mixed-dtype add takes torch's slow path (2.5x the time on a
@@ -53,9 +58,15 @@ class _SummedCrossEntropy(torch.autograd.Function):
             probs = torch.softmax(chunk, dim=-1, dtype=torch.float32)  # torch's fused kernel: its exp is fast
             label_probs = probs.gather(-1, labelled)
             correct[rows] = _is_argmax(probs, label_probs, labelled)
-            loss -= _log_label_probs(label_probs, chunk, labelled).sum()
+            log_probs = _log_label_probs(label_probs, chunk, labelled)
+            if ignored is not None:
+                correct[rows] &= ~ignored.squeeze(-1)
+                log_probs = log_probs.masked_fill(ignored, 0.0)
+            loss -= log_probs.sum()
             if grad is not None or bias_grad is not None:
                 probs.scatter_add_(-1, labelled, torch.full_like(label_probs, -1.0))  # d(-log p_y)/d logits
+                if ignored is not None:
+                    probs.masked_fill_(ignored, 0.0)
                 if weight != 1.0:
                     probs.mul_(weight)  # fp32 in place, in the cache: cheap, unlike a pass over the bf16 result
             if grad is not None:
@@ -76,7 +87,7 @@ class _SummedCrossEntropy(torch.autograd.Function):
         if grad is not None and (grad_loss.device.type != "cpu" or float(grad_loss) != 1.0):
             grad = grad * grad_loss
         bias_grad = bias_grad.mul_(grad_loss).to(ctx.bias_dtype) if bias_grad is not None else None
-        return grad, None, bias_grad, None
+        return grad, None, bias_grad, None, None
 
 
 def _is_argmax(probs: torch.Tensor, label_probs: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
@@ -101,13 +112,15 @@ def _log_label_probs(label_probs: torch.Tensor, chunk: torch.Tensor, labelled: t
 
 
 def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None = None, *,
-                         weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, V] logits (any float dtype), [N] labels (all valid: no ignore index) -> (the summed cross-entropy times
-    `weight`, an fp32 scalar; [N] bool, whether argmax would predict the label: ties go to the first index). The
-    value and gradient of `weight * F.cross_entropy(logits.float(), labels, reduction="sum")` within float
-    rounding, with the softmax in fp32 whatever the logits' dtype. The gradient, [N, V] in the logits' dtype, is
-    made in the forward, already weighted; the backward passes it on as it is when the loss's own gradient is 1
-    (a CPU training step that backpropagates the weighted loss itself), and scales it otherwise.
+                         weight: float = 1.0, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, V] logits (any float dtype), [N] labels -> (the summed cross-entropy times `weight`, an fp32 scalar;
+    [N] bool, whether argmax would predict the label: ties go to the first index). The value and gradient of
+    `weight * F.cross_entropy(logits.float(), labels, reduction="sum", ignore_index=ignore_index)` within float
+    rounding, with the softmax in fp32 whatever the logits' dtype. A row labelled `ignore_index` adds no loss, gets
+    a zero gradient and is never counted correct (the padding rows of BertForPreTraining's row_multiple). The
+    gradient, [N, V] in the logits' dtype, is made in the forward, already weighted; the backward passes it on as
+    it is when the loss's own gradient is 1 (a CPU training step that backpropagates the weighted loss itself),
+    and scales it otherwise.
 
     `weight`: e.g. 1 / the number of labels over the whole batch, for the mean that training minimises; folded
     into the gradient while each chunk is in the cache, it saves a pass over the [N, V] gradient in the backward.
@@ -118,4 +131,4 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, bias: torch
     if bias is not None and tuple(bias.shape) != (logits.shape[-1],):
         raise ValueError(f"bias must be [V] = [{logits.shape[-1]}] for logits {tuple(logits.shape)}, "
                          f"got {tuple(bias.shape)}")
-    return _SummedCrossEntropy.apply(logits, labels, bias, float(weight))
+    return _SummedCrossEntropy.apply(logits, labels, bias, float(weight), int(ignore_index))
