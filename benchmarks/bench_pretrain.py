@@ -35,8 +35,8 @@ from _speed import add_allocator_option, apply_allocator_option, mfu_text, peak_
 from bertforge.checkpoint import to_hf_state_dict
 from bertforge.config import PRESETS, BertConfig
 from bertforge.flops import encoder_flops, mlm_head_flops
-from bertforge.hardware import bf16_skip_reason
-from bertforge.heads import ROW_MULTIPLE, BertForPreTraining
+from bertforge.hardware import bf16_skip_reason, matmul_row_multiple
+from bertforge.heads import BertForPreTraining
 from bertforge.training.pretrain import losses
 
 
@@ -56,9 +56,11 @@ def make_batch(config: BertConfig, batch: int, seq: int, rate: float, seed: int 
 
 def ours_forward(model, b):
     """bertforge's forward as `pretrain` runs it (pretrain.model_inputs): the projection at the masked positions,
-    padded to a multiple of ROW_MULTIPLE rows, the bias left to the loss."""
+    its rows padded where new matmul shapes cost a kernel build, the bias left to the loss."""
+    device = b["input_ids"].device
+    precision = "bf16" if torch.is_autocast_enabled(device.type) else "fp32"
     return model(b["input_ids"], b["attention_mask"], b["token_type_ids"], masked_positions=b["masked"],
-                 bias_in_loss=True, row_multiple=ROW_MULTIPLE)
+                 bias_in_loss=True, row_multiple=matmul_row_multiple(precision, device))
 
 
 def ours_loss(out, b) -> torch.Tensor:

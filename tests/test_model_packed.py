@@ -125,3 +125,47 @@ def test_a_packed_row_may_be_longer_than_the_position_table() -> None:
         flat, cu = pack([[5] * 65])
         with pytest.raises(ValueError, match="beyond max_position_embeddings"):
             model(flat, packing=Packing(cu))
+
+
+@pytest.mark.parametrize("attention", ["padded", "block"])
+@pytest.mark.parametrize("first_token_only", [False, True])
+def test_packed_forward_with_filler_tokens_returns_the_real_sequences_unchanged(attention, first_token_only) -> None:
+    """token_multiple: the model runs on a multiple of it tokens (filler sequences no longer than the longest real
+    one, so the attention keeps its width), and every output holds the real sequences only, as without fillers."""
+    from bertforge.model.packed import packed_forward
+
+    torch.manual_seed(0)
+    model = BertModel(ODD).eval()
+    _, (flat, cu, flat_types) = _batch(2)  # 25 tokens, the longest 13
+    seen = []
+    model.embeddings.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    with torch.inference_mode():
+        plain, filled = (packed_forward(model, flat, cu, flat_types, attention=attention, token_multiple=multiple,
+                                        output_hidden_states=not first_token_only, first_token_only=first_token_only)
+                         for multiple in (1, 16))
+    assert seen == [25, 32]  # 7 filler tokens
+    assert torch.equal(filled.cu_seqlens, plain.cu_seqlens)
+    assert filled.sequence_output.shape == plain.sequence_output.shape
+    torch.testing.assert_close(filled.sequence_output, plain.sequence_output)
+    torch.testing.assert_close(filled.pooled_output, plain.pooled_output)
+    for ours, theirs in zip(filled.hidden_states or (), plain.hidden_states or (), strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_filler_sequences_are_no_longer_than_the_longest_real_one() -> None:
+    from bertforge.model.packed import _with_fillers
+
+    ids, cu = torch.arange(1, 12), torch.tensor([0, 3, 7, 11])  # 11 tokens, the longest 4
+    filled_ids, filled_cu, types = _with_fillers(ids, cu, None, 32)
+    assert len(filled_ids) == 32 and types is None
+    assert filled_cu.tolist() == [0, 3, 7, 11, 15, 19, 23, 27, 31, 32]  # 21 fillers: five of 4, one of 1
+    assert torch.equal(filled_ids[:11], ids) and not filled_ids[11:].any()
+    assert _with_fillers(ids, cu, ids, 11)[0] is ids  # already a multiple: unchanged
+
+
+def test_a_kernel_build_per_shape_is_paid_for_with_padding_only_where_it_happens() -> None:
+    from bertforge.hardware import MATMUL_ROW_MULTIPLE, matmul_row_multiple
+
+    assert matmul_row_multiple("bf16", "cpu") == matmul_row_multiple("fp16", "cpu") == MATMUL_ROW_MULTIPLE
+    assert matmul_row_multiple("fp32", "cpu") == matmul_row_multiple("int8", "cpu") == 1  # MKL, fbgemm: no build
+    assert matmul_row_multiple("bf16", "cuda") == 1

@@ -89,11 +89,10 @@ class BertForPreTraining(PretrainedModel):
         (`summed_cross_entropy(..., bias=)`, which pre-training runs): added by the projection, it costs an
         extra pass over the [N, V] logits.
 
-        `row_multiple` (training passes ROW_MULTIPLE): the tokens the last layer finishes and the rows of the MLM
-        head are padded up to a multiple of it, so that the matmul shapes repeat from batch to batch, as
-        google-research/bert pads its masked positions to max_predictions_per_seq. On a CPU, oneDNN builds a
-        kernel for every new shape (2-20 ms each): masking selects a different count every batch, and a mini
-        step on a 2-core Xeon with AMX took 306 ms with new shapes against 240 ms with shapes seen before."""
+        `row_multiple` (pre-training passes hardware.matmul_row_multiple): the tokens the last layer finishes and
+        the rows of the MLM head are padded up to a multiple of it, so that the matmul shapes repeat from batch to
+        batch although masking selects a different count every batch (google-research/bert pads its masked
+        positions to max_predictions_per_seq alike). On a CPU each new shape costs a kernel build: see there."""
         if row_multiple < 1:
             raise ValueError(f"row_multiple must be a positive whole number, not {row_multiple}")
         finish = None
@@ -120,9 +119,6 @@ class BertForPreTraining(PretrainedModel):
         """The MLM head on encoder outputs: [..., H] -> [..., V] (what `forward` and the pipelines share);
         with_bias=False leaves the decoder's bias to the loss (see forward's bias_in_loss)."""
         return self.mlm(hidden, self.bert.embeddings.word_embeddings.weight, with_bias=with_bias)
-
-
-ROW_MULTIPLE = 64  # what pre-training pads the finished tokens and the MLM rows to (BertForPreTraining.forward)
 
 
 def _fill_to_multiple(mask: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from bertforge.hardware import matmul_row_multiple
 from bertforge.inference.int8 import quantize_int8, smoothed_int8  # noqa: F401 (tests, benchmarks import quantize_int8 here)
 from bertforge.model import BertModel
 from bertforge.model.packed import PackedAttention, pack, packed_forward
@@ -172,7 +173,8 @@ class Predictor:
         flat_types, _ = pack(types)
         out = packed_forward(self._runner, flat_ids.to(self.device), cu_seqlens.to(self.device),
                              flat_types.to(self.device), attention=self.attention,
-                             output_hidden_states=output_hidden_states, first_token_only=first_token_only)
+                             output_hidden_states=output_hidden_states, first_token_only=first_token_only,
+                             token_multiple=matmul_row_multiple(self.precision, self.device))
         return EncodedBatch(batch, out.sequence_output, out.cu_seqlens, out.pooled_output, out.hidden_states)
 
     def _padded(self, batch, ids, types, output_hidden_states, output_attentions) -> EncodedBatch:

@@ -127,18 +127,43 @@ def packed_forward(
     attention: PackedAttention = "padded",
     output_hidden_states: bool = False,
     first_token_only: bool = False,
+    token_multiple: int = 1,
 ) -> PackedOutput:
     """Inference over packed tokens: `model(input_ids, packing=...)`, equal to the padded forward at every real
     token. Refuses training mode: served results must not depend on dropout.
 
     `first_token_only`: the output is packed with length 1 per sequence: sequence_output [B, H] (each [CLS]),
     cu_seqlens = 0, 1, …, B (see BertModel.forward).
+    `token_multiple` (the Predictor passes hardware.matmul_row_multiple): the model runs on filler sequences too,
+    up to a multiple of it tokens, so that the projections' shapes repeat from batch to batch (a new shape costs a
+    kernel build on a CPU: see there); the outputs hold the real sequences only.
     """
     if model.training:
         raise RuntimeError("packed_forward is for inference: call model.eval() first (dropout would apply)")
-    out = model(input_ids, token_type_ids=token_type_ids, packing=Packing(cu_seqlens, attention=attention),
+    tokens, batch = len(input_ids), len(cu_seqlens) - 1
+    run_ids, run_seqlens, run_types = _with_fillers(input_ids, cu_seqlens, token_type_ids, token_multiple)
+    out = model(run_ids, token_type_ids=run_types, packing=Packing(run_seqlens, attention=attention),
                 output_hidden_states=output_hidden_states, first_token_only=first_token_only)
     if first_token_only:
         cu_seqlens = torch.arange(len(cu_seqlens), device=cu_seqlens.device)  # [B + 1]: one token each
-    return PackedOutput(sequence_output=out.sequence_output, pooled_output=out.pooled_output,
-                        cu_seqlens=cu_seqlens, hidden_states=out.hidden_states)
+    kept = batch if first_token_only else tokens
+    return PackedOutput(
+        sequence_output=out.sequence_output[:kept], cu_seqlens=cu_seqlens,
+        pooled_output=out.pooled_output[:batch] if out.pooled_output is not None else None,
+        hidden_states=tuple(h[:tokens] for h in out.hidden_states) if out.hidden_states is not None else None)
+
+
+def _with_fillers(input_ids: torch.Tensor, cu_seqlens: torch.Tensor, token_type_ids: torch.Tensor | None,
+                  multiple: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The packed batch with filler sequences (token id 0) after the real ones, up to a multiple of `multiple`
+    tokens; none longer than the longest real sequence, so the attention's padded layout keeps its width. A
+    filler attends only to itself (Packing keeps sequences apart), so the real tokens' results do not change."""
+    missing = -len(input_ids) % multiple
+    if missing == 0:
+        return input_ids, cu_seqlens, token_type_ids
+    longest = int(cu_seqlens.diff().max())
+    lengths = [longest] * (missing // longest) + ([missing % longest] if missing % longest else [])
+    ends = int(cu_seqlens[-1]) + torch.tensor(lengths, device=cu_seqlens.device).cumsum(0)
+    fillers = input_ids.new_zeros(missing)
+    types = torch.cat([token_type_ids, fillers]) if token_type_ids is not None else None
+    return torch.cat([input_ids, fillers]), torch.cat([cu_seqlens, ends]), types

@@ -48,8 +48,8 @@ from bertforge.data.pretraining import (
 )
 from bertforge.data.shards import PreparedCorpus
 from bertforge.files import write_text_atomic
-from bertforge.hardware import keep_freed_memory
-from bertforge.heads import ROW_MULTIPLE, BertForPreTraining, BertLMHeadModel, CausalLMOutput, PreTrainingOutput
+from bertforge.hardware import keep_freed_memory, matmul_row_multiple
+from bertforge.heads import BertForPreTraining, BertLMHeadModel, CausalLMOutput, PreTrainingOutput
 from bertforge.options import resolve_device
 from bertforge.precision import Precision, autocast
 from bertforge.training.checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -215,15 +215,16 @@ def summarize(totals: torch.Tensor) -> dict[str, float | None]:
     return out
 
 
-def model_inputs(batch: PreTrainingBatch, masked: MaskedBatch, device: torch.device,
-                 model: torch.nn.Module) -> dict[str, torch.Tensor | bool]:
+def model_inputs(batch: PreTrainingBatch, masked: MaskedBatch, device: torch.device, model: torch.nn.Module,
+                 precision: Precision) -> dict[str, torch.Tensor | bool | int]:
     """The model's inputs for a (masked) batch; packed rows add their window mask and positions. A masked-LM
-    model leaves its decoder bias to `losses` (BertForPreTraining's bias_in_loss)."""
+    model leaves its decoder bias to `losses` (BertForPreTraining's bias_in_loss) and pads its rows where new
+    matmul shapes cost a kernel build (its row_multiple)."""
     inputs = {"input_ids": masked.input_ids.to(device), "attention_mask": batch.model_attention_mask().to(device),
               "token_type_ids": batch.token_type_ids.to(device),
               "masked_positions": masked.masked_positions.to(device)}
     if isinstance(model, BertForPreTraining):
-        inputs.update(bias_in_loss=True, row_multiple=ROW_MULTIPLE)
+        inputs.update(bias_in_loss=True, row_multiple=matmul_row_multiple(precision, device))
     if batch.position_ids is not None:
         inputs["position_ids"] = batch.position_ids.to(device)
     return inputs
@@ -261,7 +262,7 @@ def evaluate(model: BertForPreTraining | BertLMHeadModel, heldout: HeldOut, devi
     totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
     for batch, masked in heldout.mlm:
         with autocast(precision, device):
-            out = model(**model_inputs(batch, masked, device, model))
+            out = model(**model_inputs(batch, masked, device, model, precision))
         labels = masked.labels[masked.masked_positions].to(device)
         shown = None if isinstance(model, BertLMHeadModel) else shown_mask(masked, heldout.mask_id).to(device)
         stats = losses(out, labels, batch.nsp_labels.to(device), shown)
@@ -345,7 +346,7 @@ class Trainer:
             part_batch = batch.slice(m * micro, (m + 1) * micro)
             part = _slice_masked(masked, slice(m * micro, (m + 1) * micro))
             with autocast(cfg.optim.precision, self.device):
-                out = self.net(**model_inputs(part_batch, part, self.device, self.model))
+                out = self.net(**model_inputs(part_batch, part, self.device, self.model, cfg.optim.precision))
             shown = None if cfg.corpus.objective == "ltr" else shown_mask(part, self.mask_id).to(self.device)
             stats = losses(out, part.labels[part.masked_positions].to(self.device),
                            part_batch.nsp_labels.to(self.device), shown, mlm_weight=1 / max(total_masked, 1))
