@@ -6,8 +6,10 @@ head and the last layer run on those), and inference over packed batches, whose 
 every batch of new texts. Both now pad those rows to a multiple of 64; this benchmark runs each job both ways in
 one process, taking turns, always on inputs not seen before:
 
-- pre-training: bertforge's mini step (bench_pretrain's: batch 32 × 128, fresh masking every step, bf16
-  autocast), `row_multiple` 64 against 1, alternating blocks of steps; median step time of each;
+- pre-training: bertforge's mini step (bench_pretrain's: batch 32 × 128, bf16 autocast, every token masked with
+  probability 15% afresh every step as transformers' collator does, so the count is new nearly every step),
+  `row_multiple` 64 against 1, alternating blocks of steps; median step time of each. bertforge's own masking
+  on full rows of one length gives at most batch + 1 counts, which the kernel cache soon holds (docs/speed.md);
 - embeddings: the bf16 Predictor on all-MiniLM-L6-v2 over slices of 2,000 held-out texts it has not embedded
   before (SST-2 dev sentences and Wikipedia, shuffled: bench_inference's texts), with filler tokens against
   without, alternating slices; then each slice once more (its shapes seen) to show what the first pass lost.

@@ -36,10 +36,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 # Rows a variable-sized matmul operand is padded to a multiple of, so that its shapes repeat from batch to batch.
 # On a CPU, a bf16 or fp16 matmul goes to oneDNN, which builds (compiles) a kernel the first time it meets a
 # shape: 2-3 ms for an encoder layer's projections, 10-20 ms for a 30k-word vocabulary projection (2-core Xeon
-# with AMX). Rows that change every batch — the masked tokens of pre-training, the real tokens of a packed
-# inference batch — paid that every batch: a mini pre-training step took 306 ms against 240 with the shapes seen
-# before, and embedding new texts ran at 530-560 texts/s against 710-730 once padded. 64 rows waste at most 63
-# (~5% of a 600-row step). fp32 on a CPU (MKL) and every GPU library build nothing per shape.
+# with AMX), and it keeps the last 1,024. Row counts that change from batch to batch — the masked tokens of
+# pre-training, the real tokens of a packed inference batch — paid that at nearly every batch: a mini pre-training
+# step with a new masked count took 306 ms against 240 with the shapes built before, and embedding new texts ran
+# at 513 texts/s against 622 once padded (docs/speed.md). 64 rows waste at most 63 (~5% of a 600-row step).
+# fp32 on a CPU (MKL) and every GPU library build nothing per shape.
 MATMUL_ROW_MULTIPLE = 64
 
 
