@@ -193,6 +193,13 @@ def test_summed_cross_entropy_ignores_rows_labelled_ignore_index(dtype, outer, m
     assert correct.tolist() == [True, False, False, False, True, False, False, False, False, False, False]
 
 
+def test_summed_cross_entropy_of_rows_all_ignored_is_zero_with_a_zero_gradient() -> None:
+    logits = torch.randn(4, 30).requires_grad_()
+    loss, correct = summed_cross_entropy(logits, torch.full((4,), -100), weight=0.25)
+    loss.backward()
+    assert float(loss) == 0.0 and not correct.any() and not logits.grad.any()
+
+
 def test_summed_cross_entropy_of_a_label_fp32_cannot_hold_the_probability_of() -> None:
     """exp(-200) underflows fp32: such rows take the log-softmax, so the loss stays finite and exact."""
     logits = torch.zeros(3, 40)

@@ -153,7 +153,7 @@ def test_packed_forward_with_filler_tokens_returns_the_real_sequences_unchanged(
 
 
 def test_filler_sequences_are_no_longer_than_the_longest_real_one() -> None:
-    from bertforge.model.packed import _with_fillers
+    from bertforge.model.packed import _with_fillers, packed_forward
 
     ids, cu = torch.arange(1, 12), torch.tensor([0, 3, 7, 11])  # 11 tokens, the longest 4
     filled_ids, filled_cu, types = _with_fillers(ids, cu, None, 32)
@@ -161,6 +161,9 @@ def test_filler_sequences_are_no_longer_than_the_longest_real_one() -> None:
     assert filled_cu.tolist() == [0, 3, 7, 11, 15, 19, 23, 27, 31, 32]  # 21 fillers: five of 4, one of 1
     assert torch.equal(filled_ids[:11], ids) and not filled_ids[11:].any()
     assert _with_fillers(ids, cu, ids, 11)[0] is ids  # already a multiple: unchanged
+    model = BertModel(ODD).eval()
+    with pytest.raises(ValueError, match="token_multiple must be a positive whole number"):
+        packed_forward(model, ids, cu, token_multiple=0)
 
 
 def test_a_kernel_build_per_shape_is_paid_for_with_padding_only_where_it_happens() -> None:

@@ -140,6 +140,8 @@ def packed_forward(
     """
     if model.training:
         raise RuntimeError("packed_forward is for inference: call model.eval() first (dropout would apply)")
+    if token_multiple < 1:
+        raise ValueError(f"token_multiple must be a positive whole number, not {token_multiple}")
     tokens, batch = len(input_ids), len(cu_seqlens) - 1
     run_ids, run_seqlens, run_types = _with_fillers(input_ids, cu_seqlens, token_type_ids, token_multiple)
     out = model(run_ids, token_type_ids=run_types, packing=Packing(run_seqlens, attention=attention),
