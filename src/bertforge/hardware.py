@@ -1,5 +1,6 @@
-"""What this machine computes fast: whether it has native bf16, and its measured matmul peak; and the one
-setting of the C allocator that training jobs change (`keep_freed_memory`).
+"""What this machine computes fast: whether it has native bf16, its measured matmul peak, and where a matmul of a
+new shape first costs a kernel build (`matmul_row_multiple`); and the one setting of the C allocator that
+training jobs change (`keep_freed_memory`).
 
 A CPU without AVX-512 BF16 or AMX still runs a bf16 matmul, but emulated: about 1 GFLOP/s against ~100 for
 fp32 on a 2-core development machine. A bf16 timing there measures the emulation, so every bf16 figure first
@@ -33,6 +34,8 @@ DATASHEET_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_INT_MAX = (1 << 31) - 1
+
 # Rows a variable-sized matmul operand is padded to a multiple of, so that its shapes repeat from batch to batch.
 # On a CPU, a bf16 or fp16 matmul goes to oneDNN, which builds (compiles) a kernel the first time it meets a
 # shape: 2-3 ms for an encoder layer's projections, 10-20 ms for a 30k-word vocabulary projection (2-core Xeon
@@ -48,8 +51,6 @@ def matmul_row_multiple(precision: str, device: str | torch.device = "cpu") -> i
     """MATMUL_ROW_MULTIPLE where a new matmul shape costs a kernel build (a CPU computing in bf16 or fp16), else
     1: padding rows there would only add work."""
     return MATMUL_ROW_MULTIPLE if torch.device(device).type == "cpu" and precision in ("bf16", "fp16") else 1
-
-_INT_MAX = (1 << 31) - 1
 
 
 @functools.cache
