@@ -233,16 +233,20 @@ def test_a_pretraining_job_keeps_freed_memory(corpus, tmp_path, monkeypatch):
     assert calls == [1]
 
 
-def test_a_training_step_gives_the_gradient_of_the_mean_losses(corpus, tmp_path):
+@pytest.mark.parametrize("row_multiple", [1, 8])
+def test_a_training_step_gives_the_gradient_of_the_mean_losses(corpus, tmp_path, row_multiple, monkeypatch):
     """Trainer.forward_backward (the vocabulary loss weighted inside, its gradient made in the forward) against
     the plain computation: every weight's gradient of mean MLM cross-entropy at the masked positions + mean NSP
-    cross-entropy, in one micro-batch and in four."""
+    cross-entropy, in one micro-batch and in four; also with the rows padded (as bf16 on a CPU pads them)."""
     import torch.nn.functional as F
 
     from bertforge.data.masking import MaskedBatch
     from bertforge.data.pretraining import PreTrainingBatch
+    from bertforge.training import pretrain
     from bertforge.training.distributed import World
     from bertforge.training.pretrain import Trainer, build_model, build_optimizer
+
+    monkeypatch.setattr(pretrain, "matmul_row_multiple", lambda precision, device: row_multiple)
 
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(5, 400, (8, 16), generator=g)
