@@ -6,7 +6,8 @@
    dev + Wikipedia sentences, shuffled once (a natural length mix). The peers, each at its best:
    - transformers BertModel (attn_implementation="sdpa") + its fast tokenizer, batches of 32: in input order
      (a reference line: what a hurried user writes), sorted by token count, sorted under bf16 autocast, and
-     sorted with the model cast to bf16 (`model.to(torch.bfloat16)`);
+     sorted with the model cast to bf16 (`model.to(torch.bfloat16)`), and that under `torch.compile(dynamic=True)`
+     (its compile happens in the untimed warm-up; `--skip compile` leaves it out);
    - sentence-transformers `encode(batch_size=32)` (it sorts by length itself), if installed;
    - ONNX Runtime on the model exported by `bertforge export-onnx`, its BERT fusions applied
      (onnxruntime.transformers.optimizer), batches of 32 sorted by token count.
@@ -215,6 +216,10 @@ def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
         System("transformers, length-sorted, bf16 weights",
                lambda x: hf_embed(hf_bf16(), hf_tok, x, 256, sort=True), "bf16", autocast=False),
     ]
+    if "compile" not in args.skip:
+        compiled = functools.cache(lambda: torch.compile(copy.deepcopy(hf_bf16()), dynamic=True))
+        systems.append(System("transformers, sorted, bf16 weights, compiled",
+                              lambda x: hf_embed(compiled(), hf_tok, x, 256, sort=True), "bf16", autocast=False))
     if "st" not in args.skip:
         try:
             from sentence_transformers import SentenceTransformer
@@ -282,6 +287,10 @@ def classifier(args, tok, texts: list[str]) -> None:
         System("transformers, length-sorted, bf16 weights",
                lambda x: hf_classify(hf_bf16(), hf_tok, x, sort=True), "bf16", autocast=False),
     ]
+    if "compile" not in args.skip:
+        compiled = functools.cache(lambda: torch.compile(copy.deepcopy(hf_bf16()), dynamic=True))
+        systems.append(System("transformers, sorted, bf16 weights, compiled",
+                              lambda x: hf_classify(compiled(), hf_tok, x, sort=True), "bf16", autocast=False))
     if "onnx" not in args.skip:
         session = ort_session(ours, Path(tmp.name) / "classifier.onnx", args.threads)
         systems.append(System("ONNX Runtime, fused, length-sorted", lambda x: ort_run(
@@ -366,7 +375,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="embedding model folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["embed", "classifier", "int8", "st", "onnx", "attention"])
+                        choices=["embed", "classifier", "int8", "st", "onnx", "attention", "compile"])
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="have glibc's malloc keep freed memory for reuse, for every side alike (what the "
                              "training jobs do: hardware.keep_freed_memory; the server and the Predictor do not)")
