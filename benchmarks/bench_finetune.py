@@ -172,7 +172,8 @@ def trainer_train(args, model_dir: Path, task, train_examples, train_features, e
             lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed, bf16=args.precision == "bf16",
             use_cpu=args.device == "cpu", report_to="none", save_strategy="no", logging_strategy="no",
             disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-            train_sampling_strategy="random" if args.no_length_grouping else "group_by_length")
+            train_sampling_strategy="random" if args.no_length_grouping else "group_by_length",
+            torch_compile=args.peer_compile)
         trainer = Trainer(model=model, args=settings, train_dataset=dataset,
                           data_collator=lambda items: trainer_collate(task, items, pad_id))
         trainer.train()
@@ -248,6 +249,8 @@ def main() -> None:
     parser.add_argument("--peer-attention", choices=("sdpa", "eager"), default="sdpa",
                         help="transformers' attention: SDPA (its default) or eager, which trains faster in bf16 on "
                              "a CPU, where SDPA's fused backward is slow; run both to find the peer's strongest")
+    parser.add_argument("--peer-compile", action="store_true",
+                        help="the Trainer with torch_compile=True (its compile time is part of its training time)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="both sides; bf16 = autocast, only where the processor computes bf16 natively")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
