@@ -183,7 +183,7 @@ def losses(out: PreTrainingOutput | CausalLMOutput, labels: torch.Tensor, nsp_la
                                              ignore_index=IGNORE_INDEX)  # [N', V] -> scalar, [N']
     correct = correct[:count]
     stats = {"mlm_term": mlm_term, "mlm_sum": mlm_term.detach() / mlm_weight, "mlm_correct": correct.sum(),
-             "mlm_count": torch.tensor(labels.numel())}
+             "mlm_count": torch.tensor(count)}
     if shown_mask is not None:
         stats.update(mask_correct=(correct & shown_mask).sum(), mask_count=shown_mask.sum())
     if nsp_logits is not None:
