@@ -18,7 +18,15 @@ for `F.cross_entropy` (2 cores, freed memory kept; `python benchmarks/bench_atte
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import torch
+
+# loss (fp32 scalar), correct ([N] bool), the gradient of the logits, the bias's gradient (fp32)
+_Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 _CHUNK_ELEMENTS = 1 << 19  # fp32 elements per chunk: 2 MB, far under glibc's 32 MB mmap threshold
 
@@ -35,48 +43,13 @@ class _SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
                 weight: float, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = logits.new_zeros((), dtype=torch.float32)
-        correct = torch.empty_like(labels, dtype=torch.bool)
-        # The gradients are made here, from the softmax at hand and already weighted; the backward scales them
-        # only by a gradient other than 1.
-        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
-        bias_grad = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device) \
-            if bias is not None and ctx.needs_input_grad[2] else None
-        bias32 = bias.float() if bias is not None else None
-        for rows in _row_chunks(logits):
-            chunk, labelled = logits[rows], labels[rows, None]  # [n, V], [n, 1]
-            ignored = labelled == ignore_index  # [n, 1]
-            if bool(ignored.any()):  # rows without a label: no loss, no gradient, not correct
-                labelled = labelled.masked_fill(ignored, 0)
-            else:
-                ignored = None
-            if bias32 is not None:
-                # fp32: the bias comes with the cast the softmax needs anyway. Cast, then add in place (to the
-                # cast's copy, never the logits): a mixed-dtype add takes torch's slow path (2.5x the time on a
-                # Xeon with AMX).
-                chunk = chunk + bias32 if chunk.dtype == torch.float32 else chunk.float().add_(bias32)
-            probs = torch.softmax(chunk, dim=-1, dtype=torch.float32)  # torch's fused kernel: its exp is fast
-            label_probs = probs.gather(-1, labelled)
-            correct[rows] = _is_argmax(probs, label_probs, labelled)
-            log_probs = _log_label_probs(label_probs, chunk, labelled)
-            if ignored is not None:
-                correct[rows] &= ~ignored.squeeze(-1)
-                log_probs = log_probs.masked_fill(ignored, 0.0)
-            loss -= log_probs.sum()
-            if grad is not None or bias_grad is not None:
-                probs.scatter_add_(-1, labelled, torch.full_like(label_probs, -1.0))  # d(-log p_y)/d logits
-                if ignored is not None:
-                    probs.masked_fill_(ignored, 0.0)
-                if weight != 1.0:
-                    probs.mul_(weight)  # fp32 in place, in the cache: cheap, unlike a pass over the bf16 result
-            if grad is not None:
-                grad[rows] = probs  # rounded once, into the logits' dtype
-            if bias_grad is not None:
-                bias_grad += probs.sum(0)
+        wants = (ctx.needs_input_grad[0], bias is not None and ctx.needs_input_grad[2])
+        fused = _fused_forward(logits, labels, bias, weight, ignore_index, *wants) if _fusable(logits) else None
+        loss, correct, grad, bias_grad = fused or _chunked_forward(logits, labels, bias, weight, ignore_index, *wants)
         ctx.save_for_backward(grad, bias_grad)
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.mark_non_differentiable(correct)
-        return loss.mul_(weight), correct
+        return loss, correct
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_correct: None) -> tuple[torch.Tensor | None, None, ...]:
@@ -90,14 +63,134 @@ class _SummedCrossEntropy(torch.autograd.Function):
         return grad, None, bias_grad, None, None
 
 
-def _is_argmax(probs: torch.Tensor, label_probs: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
-    """[n] bool: whether the label is what argmax would predict. A max finds the rows where the label is at the
-    top (~10x faster than an argmax on a CPU); only those then take the argmax, whose first-index tie-break
-    matters: bf16 logits tie at the top often, early in training most of all."""
-    at_top = (label_probs >= probs.amax(-1, keepdim=True)).squeeze(-1)
+# The fused way: two kernels that torch.compile (inductor) generates for a CPU, each one pass over the [N, V]
+# logits, with nothing of that size in fp32 ever written out.
+
+_FUSED_UNAVAILABLE: list[str] = []  # why torch.compile could not build the kernels here, once it has failed
+
+
+def _fusable(logits: torch.Tensor) -> bool:
+    """On a CPU, while torch.compile has not failed in this process. A GPU keeps the chunked way, in one chunk:
+    its fused kernels would come from Triton, not measured here."""
+    return logits.device.type == "cpu" and not _FUSED_UNAVAILABLE
+
+
+@functools.cache
+def _compiled(kernel: Callable[..., Any]) -> Callable[..., Any]:
+    # dynamic: the row count changes from batch to batch, the vocabulary from model to model; one build serves.
+    # dynamic_threads: otherwise inductor decides from the first call's sizes whether a loop runs on several
+    # threads, and a first call on a few rows (a test, an evaluation) left the kernel on one thread for good.
+    return torch.compile(kernel, dynamic=True, options={"cpp.dynamic_threads": True})
+
+
+def _scores(logits: torch.Tensor, bias32: torch.Tensor | None) -> torch.Tensor:
+    return logits.float() if bias32 is None else logits.float() + bias32
+
+
+def _row_max_and_total(logits: torch.Tensor, bias32: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, 1] each: every row's top score (logit + bias) and its softmax denominator, sum exp(score - top)."""
+    scores = _scores(logits, bias32)
+    top = scores.amax(-1, keepdim=True)
+    return top, (scores - top).exp().sum(-1, keepdim=True)
+
+
+def _weighted_softmax(logits: torch.Tensor, bias32: torch.Tensor | None, top: torch.Tensor,
+                      row_weight: torch.Tensor) -> torch.Tensor:
+    """[N, V] in the logits' dtype: exp(score - top) × row_weight (the weight over the denominator)."""
+    return ((_scores(logits, bias32) - top).exp() * row_weight).to(logits.dtype)
+
+
+def _fused_forward(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None, weight: float,
+                   ignore_index: int, wants_grad: bool, wants_bias_grad: bool) -> _Result | None:
+    """The loss, the accuracy and the gradients from the two compiled kernels; None where torch.compile fails
+    (no C++ compiler, say), after a warning, and from then on in this process: the chunked way takes over."""
+    bias32 = bias.float() if bias is not None else None
+    labelled = labels != ignore_index  # [N]; a row without a label: no loss, no gradient, never correct
+    row_weight = labelled[:, None] * weight  # [N, 1] fp32, 0 where unlabelled; over the denominator below
+    try:
+        top, total = _compiled(_row_max_and_total)(logits, bias32)
+        row_weight = row_weight / total
+        grad = _compiled(_weighted_softmax)(logits, bias32, top, row_weight) \
+            if wants_grad or wants_bias_grad else None
+    except Exception as error:  # noqa: BLE001 - any failure to build or run a compiled kernel
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _FUSED_UNAVAILABLE.append(reason)
+        warnings.warn(f"the vocabulary loss runs without torch.compile, about 2x slower: {reason}", stacklevel=4)
+        return None
+    safe = labels.masked_fill(~labelled, 0)[:, None]  # [N, 1]
+    label_scores = _scores(logits.gather(1, safe), None if bias32 is None else bias32[safe])
+    log_probs = (label_scores - top - total.log()).squeeze(1)  # exact however small p is: no underflow
+    loss = log_probs.masked_fill(~labelled, 0.0).sum().mul(-weight)
+    correct = _first_at_top((label_scores >= top).squeeze(1), lambda rows: _scores(logits[rows], bias32), safe)
+    correct &= labelled
+    bias_grad = None
+    if grad is not None:
+        # d(-log p_y)/d logits = p - one-hot: the label's entry, computed in fp32 and rounded once
+        label_grad = (label_scores - top).exp() * row_weight - labelled[:, None] * weight
+        # index_put_, not scatter_: torch's CPU scatter_ into bf16 copies the whole tensor twice (30 ms here)
+        grad.index_put_((torch.arange(len(safe), device=safe.device), safe.squeeze(1)),
+                        label_grad.squeeze(1).to(grad.dtype))
+        if wants_bias_grad:
+            # The column sums as a [1, N] × [N, V] matmul: a bf16 one rounds its result to bf16, as the decoder
+            # weight's gradient is under autocast (torch.sum over the columns of bf16 took 4.5x as long).
+            ones = grad.new_ones(1, grad.shape[0])
+            bias_grad = (ones @ grad).float().squeeze(0)
+    return loss, correct, grad if wants_grad else None, bias_grad
+
+
+# The chunked way, eager: rows in chunks of a few MB, each through torch's softmax.
+
+def _chunked_forward(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None, weight: float,
+                     ignore_index: int, wants_grad: bool, wants_bias_grad: bool) -> _Result:
+    loss = logits.new_zeros((), dtype=torch.float32)
+    correct = torch.empty_like(labels, dtype=torch.bool)
+    # The gradients are made here, from the softmax at hand and already weighted; the backward scales them
+    # only by a gradient other than 1.
+    grad = torch.empty_like(logits) if wants_grad else None
+    bias_grad = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device) if wants_bias_grad else None
+    bias32 = bias.float() if bias is not None else None
+    for rows in _row_chunks(logits):
+        chunk, labelled = logits[rows], labels[rows, None]  # [n, V], [n, 1]
+        ignored = labelled == ignore_index  # [n, 1]
+        if bool(ignored.any()):  # rows without a label: no loss, no gradient, not correct
+            labelled = labelled.masked_fill(ignored, 0)
+        else:
+            ignored = None
+        if bias32 is not None:
+            # fp32: the bias comes with the cast the softmax needs anyway. Cast, then add in place (to the cast's
+            # copy, never the logits): a mixed-dtype add takes torch's slow path (2.5x the time on a Xeon with AMX).
+            chunk = chunk + bias32 if chunk.dtype == torch.float32 else chunk.float().add_(bias32)
+        probs = torch.softmax(chunk, dim=-1, dtype=torch.float32)  # torch's fused kernel: its exp is fast
+        label_probs = probs.gather(-1, labelled)
+        at_top = (label_probs >= probs.amax(-1, keepdim=True)).squeeze(-1)
+        correct[rows] = _first_at_top(at_top, functools.partial(probs.index_select, 0), labelled)
+        log_probs = _log_label_probs(label_probs, chunk, labelled)
+        if ignored is not None:
+            correct[rows] &= ~ignored.squeeze(-1)
+            log_probs = log_probs.masked_fill(ignored, 0.0)
+        loss -= log_probs.sum()
+        if grad is not None or bias_grad is not None:
+            probs.scatter_add_(-1, labelled, torch.full_like(label_probs, -1.0))  # d(-log p_y)/d logits
+            if ignored is not None:
+                probs.masked_fill_(ignored, 0.0)
+            if weight != 1.0:
+                probs.mul_(weight)  # fp32 in place, in the cache: cheap, unlike a pass over the bf16 result
+        if grad is not None:
+            grad[rows] = probs  # rounded once, into the logits' dtype
+        if bias_grad is not None:
+            bias_grad += probs.sum(0)
+    return loss.mul_(weight), correct, grad, bias_grad
+
+
+def _first_at_top(at_top: torch.Tensor, scores_of: Callable[[torch.Tensor], torch.Tensor],
+                  labelled: torch.Tensor) -> torch.Tensor:
+    """[n] bool: whether the label is what argmax would predict, given `at_top` ([n] bool: the label's score is
+    its row's max) and `scores_of(rows)`, those rows' scores. A max finds the rows where the label is at the top
+    (~10x faster than an argmax on a CPU); only those then take the argmax, whose first-index tie-break matters:
+    bf16 logits tie at the top often, early in training most of all."""
     rows = at_top.nonzero().squeeze(-1)
     if rows.numel():
-        at_top[rows] = probs.index_select(0, rows).argmax(-1) == labelled[rows, 0]
+        at_top[rows] = scores_of(rows).argmax(-1) == labelled[rows, 0]
     return at_top
 
 
