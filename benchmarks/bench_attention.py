@@ -5,7 +5,9 @@
                 backward) and inference (forward only; `attend` keeps SDPA for inference whose scores outgrow the
                 cache, `_WRITTEN_OUT_MAX_SCORES`); a packed block-diagonal mask, or `--key-padding` for the
                 [B, 1, 1, S] mask of padded rows
-    vocab loss  F.cross_entropy(logits.float(), …) vs bertforge's `summed_cross_entropy`, forward + backward
+    vocab loss  F.cross_entropy(logits.float(), …) vs bertforge's `summed_cross_entropy`, forward + backward: its
+                two kernels compiled by torch.compile (a CPU's way), then its chunked eager way (a GPU's, and the
+                fallback where torch.compile fails)
 
 Each pair takes turns call by call; the median of each is printed with the ratio. bf16 is the default;
 `--dtype fp32` shows why fp32 stays on SDPA (level there).
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from _speed import add_allocator_option, apply_allocator_option
 
 from bertforge.model.attention import written_out_attention
+from bertforge.training import vocab_loss
 from bertforge.training.vocab_loss import summed_cross_entropy
 
 
@@ -75,11 +78,18 @@ def loss_calls(args: argparse.Namespace, dtype: torch.dtype) -> dict:
     def torch_loss():
         F.cross_entropy(logits.float(), labels, reduction="sum").backward()
         logits.argmax(-1)  # the accuracy statistic, as pre-training counts it
+        logits.grad = None  # as a training step's zero_grad(set_to_none=True): no accumulation into the last one
 
-    def ours():
-        summed_cross_entropy(logits, labels)[0].backward()  # the accuracy comes with it
+    def ours(chunked: bool = False):
+        def call():
+            # chunked: the eager way, a GPU's and the fallback where torch.compile fails
+            vocab_loss._FUSED_UNAVAILABLE[:] = ["chunked by the benchmark"] if chunked else []
+            summed_cross_entropy(logits, labels)[0].backward()  # the accuracy comes with it
+            logits.grad = None
+        return call
 
-    return {"F.cross_entropy": torch_loss, "summed_cross_entropy": ours}
+    return ({"F.cross_entropy": torch_loss, "summed_cross_entropy": ours()},
+            {"F.cross_entropy": torch_loss, "chunked (eager)": ours(chunked=True)})
 
 
 def report(title: str, medians: dict[str, float]) -> None:
@@ -112,7 +122,9 @@ def main() -> None:
     shape = f"[{args.batch}, {args.heads}, {args.length}, {args.head_size}]"
     report(f"attention {shape}, fwd+bwd", timed_pair(train, args.repeats))
     report(f"attention {shape}, inference", timed_pair(infer, args.repeats))
-    report(f"vocab loss [{args.positions}, {args.vocab}], fwd+bwd", timed_pair(loss_calls(args, dtype), args.repeats))
+    fused, chunked = loss_calls(args, dtype)
+    report(f"vocab loss [{args.positions}, {args.vocab}], fwd+bwd", timed_pair(fused, args.repeats))
+    report("  the same, the chunked eager way", timed_pair(chunked, args.repeats))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
 """Cross-entropy over the vocabulary at the selected positions, the largest tensors of a pre-training step.
 
-The MLM head's logits are [N, V] (N ≈ 1,200 selected positions of a 32 × 128 batch at 30% masking, V = 16k-30k).
-`F.cross_entropy(logits.float(), …)` makes several [N, V] fp32 tensors of 80-120 MB per step: the cast, the
-log-softmax, and in the backward a zero-filled gradient and the log-softmax gradient. On a CPU each block that
-large is fresh memory from the kernel (glibc maps anything over 32 MB anew and returns it on free), so the page
-faults cost as much as the arithmetic. Here the rows go through in chunks of a few MB that the allocator keeps
-reusing. Each chunk's fp32 softmax gives the loss, the accuracy and the gradient (softmax - one-hot, written
-straight into the logits' dtype, and weighted there by the caller's `weight`, e.g. 1 / count for a mean) in one
-go, so the backward has at most to scale that gradient, and nothing to do when the weighted loss is what it
-backpropagates (1.02x the mini step on a Xeon with AMX, where that pass over fresh memory cost ~5 ms). torch's
-softmax is used rather than log-softmax because its exp is ~1.5x faster than `exp_`, and the argmax runs only on
-the rows where a max (~10x faster) finds the label at the top. A [592, 30522] bf16 forward and backward with the
-accuracy: 10.6 ms, against 20.3 ms when the backward recomputed the softmax and the argmax ran on every row, and 42 ms
-for `F.cross_entropy` (2 cores, freed memory kept; `python benchmarks/bench_attention.py --positions 592
---vocab 30522`: random logits, so the label is rarely at the top; where 40% are, ~2 ms more).
+The MLM head's logits are [N, V] (N ≈ 600-1,200 selected positions of a 32 × 128 batch at 15-30% masking, V =
+8k-30k). `F.cross_entropy(logits.float(), …)` writes several [N, V] fp32 tensors of 80-150 MB a step (the cast,
+the log-softmax, and in the backward a zero-filled gradient and the log-softmax gradient) and reads them back.
+Here the loss, the accuracy and the gradient come from the forward, and the backward has at most to scale that
+gradient (nothing, when the weighted loss is what it backpropagates). Two ways, the same results:
+
+- **fused** (a CPU): two kernels that torch.compile (inductor) generates and caches, each one pass over the bf16
+  logits with nothing of [N, V] in fp32 ever written: every row's max and softmax denominator, then the
+  gradient exp(score - max) × weight / denominator straight into the logits' dtype. The label's entry, the loss
+  (max + log denominator - the label's score: exact however small p is) and the accuracy take a few [N] ops.
+  A [640, 30522] bf16 forward and backward with the bias: ~19 ms against ~34 ms the chunked way and ~90 ms for
+  `F.cross_entropy` (2-core Xeon with AMX; `python benchmarks/bench_attention.py --positions 640 --vocab 30522`).
+- **chunked** (a GPU, in one chunk; a CPU where torch.compile fails, after a warning): eager torch ops on row
+  chunks of a few MB that the allocator keeps reusing (on a CPU each block over 32 MB is fresh memory from the
+  kernel, whose page faults cost as much as the arithmetic), each chunk's fp32 softmax giving the loss, the
+  accuracy and the gradient at once.
+
+The accuracy's argmax runs only on the rows where a max (~10x faster) finds the label at the top: bf16 logits
+often tie there, and the tie goes to the first index, as argmax's does.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ def _fused_forward(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tenso
     safe = labels.masked_fill(~labelled, 0)[:, None]  # [N, 1]
     label_scores = _scores(logits.gather(1, safe), None if bias32 is None else bias32[safe])
     log_probs = (label_scores - top - total.log()).squeeze(1)  # exact however small p is: no underflow
-    loss = log_probs.masked_fill(~labelled, 0.0).sum().mul(-weight)
+    loss = (-log_probs).masked_fill(~labelled, 0.0).sum().mul(weight)  # +0.0, not -0.0, where nothing is labelled
     correct = _first_at_top((label_scores >= top).squeeze(1), lambda rows: _scores(logits[rows], bias32), safe)
     correct &= labelled
     bias_grad = None
@@ -219,8 +224,10 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, bias: torch
     into the gradient while each chunk is in the cache, it saves a pass over the [N, V] gradient in the backward.
 
     `bias` ([V]): the output layer's bias, left out of the logits by the caller and added here to every row, in
-    the pass that casts each chunk to fp32 (a projection that adds it itself writes the [N, V] logits twice);
-    its gradient, in its own dtype, comes from the fp32 chunks. The result is that of `logits + bias`."""
+    the pass that casts the logits to fp32 (a projection that adds it itself writes the [N, V] logits twice); its
+    gradient comes in its own dtype: the column sums of the fp32 gradient (chunked), or of the gradient in the
+    logits' dtype by a matmul (fused; in bf16 rounded to bf16 once, as autocast rounds a weight's gradient). The
+    result is that of `logits + bias`."""
     if bias is not None and tuple(bias.shape) != (logits.shape[-1],):
         raise ValueError(f"bias must be [V] = [{logits.shape[-1]}] for logits {tuple(logits.shape)}, "
                          f"got {tuple(bias.shape)}")
