@@ -60,3 +60,29 @@ def test_quickstart_reads_a_folder_and_refuses_too_little_text_in_one_line(tmp_p
     with pytest.raises(SystemExit):
         main(["quickstart", "--files", str(folder), "--output-dir", str(tmp_path / "out")])
     assert "holds no .txt or .gz files" in capsys.readouterr().err
+
+
+def test_a_quickstart_rerun_replaces_the_last_run_only_once_it_has_finished(tmp_path, monkeypatch):
+    """An interrupted rerun in the same folder leaves the earlier run's model as it was; a finished one replaces
+    it, leaving no temporary folder behind and a settings record that names the folder it ends in."""
+    from bertforge import quickstart
+
+    run(output_dir=tmp_path, size="tiny", steps=3, max_minutes=5, threads=1)
+    weights = tmp_path / "run" / "model" / "model.safetensors"
+    earlier = weights.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after training, before the rerun is in place
+
+    monkeypatch.setattr(quickstart, "compare_fill_mask", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(output_dir=tmp_path, size="tiny", steps=3, max_minutes=5, threads=1, seed=1)
+    assert weights.read_bytes() == earlier
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run."))
+    assert len(leftovers) == 1  # the interrupted rerun's folder: a temporary, removed once stale
+    monkeypatch.undo()
+
+    report = run(output_dir=tmp_path, size="tiny", steps=3, max_minutes=5, threads=1, seed=1)
+    assert weights.read_bytes() != earlier and report["checkpoint"] == str(tmp_path / "run" / "model")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["output_dir"] == str(tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run.")) == leftovers  # nothing new

@@ -24,7 +24,7 @@ import torch
 from bertforge.data.corpus import corpus_files as user_corpus_files
 from bertforge.data.shards import prepare_corpus
 from bertforge.errors import DataError
-from bertforge.files import write_text_atomic
+from bertforge.files import move_into_place, remove_stale_temporaries, temporary_sibling, write_text_atomic
 from bertforge.heads import BertForPreTraining
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training.pretrain import PretrainConfig, build_model, train
@@ -140,6 +140,13 @@ def compare_fill_mask(cfg: PretrainConfig, model_dir: Path, tokenizer: BertToken
     return trained, predictions
 
 
+def _record_output_dir(settings: Path, output_dir: Path) -> None:
+    """The run's record of its settings names the folder the run ends in, not the one it trained in."""
+    options = json.loads(settings.read_text(encoding="utf-8"))
+    options["output_dir"] = str(output_dir)
+    write_text_atomic(settings, json.dumps(options, indent=2))
+
+
 def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, max_minutes: float = 10.0,
         size: Literal["small", "tiny"] = "small", steps: int | None = None, threads: int | None = None,
         seed: int = 0) -> dict:
@@ -177,17 +184,24 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
 
     # What is left of the budget after the corpus, minus ~10% for the fill-mask probes and the report.
     minutes = max(0.1, max_minutes * 0.9 - (time.monotonic() - started) / 60)
+    # A rerun trains beside the last run and replaces it only once it has finished: interrupted, it loses nothing.
+    run_dir = output_dir / "run"
+    remove_stale_temporaries(output_dir, name=run_dir.name)  # what a killed rerun left
+    fresh = temporary_sibling(run_dir)
     cfg = PretrainConfig.from_options(
-        data=prepared.directory, output_dir=output_dir / "run", recipe="budget", preset="mini",
+        data=prepared.directory, output_dir=fresh, recipe="budget", preset="mini",
         model_overrides=spec.model, max_length=spec.max_length, batch_size=spec.batch_size,
         learning_rate=spec.learning_rate,
         steps=steps, max_minutes=minutes, seed=seed, eval_batches=8, log_every=10, tensorboard=True,
-        threads=threads, overwrite=True,  # the quickstart's own folder: a rerun replaces the last run
+        threads=threads, overwrite=True,  # a folder of its own, made just now
     )
     result = train(cfg)
     final_step = max(result.evaluations)
     before, after = result.evaluations[0], result.evaluations[final_step]
     trained, predictions = compare_fill_mask(cfg, result.model_dir, tokenizer, seed=seed)
+    _record_output_dir(fresh / "config.json", run_dir)
+    move_into_place(fresh, run_dir)
+    model_dir = run_dir / result.model_dir.relative_to(fresh)
 
     report = {
         "corpus": [str(f) for f in files], "tokens": counts, "vocab_size": tokenizer.vocab_size,
@@ -196,12 +210,11 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
         "minutes": (time.monotonic() - started) / 60, "stopped": result.stopped,
         "heldout": {"untrained": before, "trained": after},
         "fill_mask": predictions,
-        "checkpoint": str(result.model_dir), "plot": str(result.output_dir / "curves.png"),
-        "metrics": str(result.output_dir / "metrics.jsonl"),
+        "checkpoint": str(model_dir), "plot": str(run_dir / "curves.png"), "metrics": str(run_dir / "metrics.jsonl"),
     }
     write_text_atomic(output_dir / "report.json", json.dumps(report, indent=2))
     print(f"\nheld-out MLM accuracy where the input shows [MASK]: {before['mlm_mask_accuracy']:.1%} untrained -> "
           f"{after['mlm_mask_accuracy']:.1%} trained (all masked positions: {before['mlm_accuracy']:.1%} -> "
           f"{after['mlm_accuracy']:.1%}; {result.step} steps, {report['minutes']:.1f} min)")
-    print(f"report: {output_dir / 'report.json'}; curves: {report['plot']}; checkpoint: {result.model_dir}")
+    print(f"report: {output_dir / 'report.json'}; curves: {report['plot']}; checkpoint: {model_dir}")
     return report
