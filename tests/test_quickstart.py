@@ -86,3 +86,13 @@ def test_a_quickstart_rerun_replaces_the_last_run_only_once_it_has_finished(tmp_
     assert weights.read_bytes() != earlier and report["checkpoint"] == str(tmp_path / "run" / "model")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["output_dir"] == str(tmp_path / "run")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run.")) == leftovers  # nothing new
+
+
+def test_a_file_where_the_run_folder_goes_is_refused_before_any_work(tmp_path):
+    from bertforge.errors import OutputError
+
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(OutputError, match=r"the run folder of --output-dir, .*run: is a file, not a folder"):
+        run(output_dir=tmp_path, size="tiny", steps=1, threads=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no corpus, no vocabulary, no training
+    assert (tmp_path / "run").read_text() == "not a folder"

@@ -24,7 +24,13 @@ import torch
 from bertforge.data.corpus import corpus_files as user_corpus_files
 from bertforge.data.shards import prepare_corpus
 from bertforge.errors import DataError
-from bertforge.files import move_into_place, remove_stale_temporaries, temporary_sibling, write_text_atomic
+from bertforge.files import (
+    check_output_dir,
+    move_into_place,
+    remove_stale_temporaries,
+    temporary_sibling,
+    write_text_atomic,
+)
 from bertforge.heads import BertForPreTraining
 from bertforge.tokenizer import BertTokenizer
 from bertforge.training.pretrain import PretrainConfig, build_model, train
@@ -169,6 +175,7 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
     if threads:
         torch.set_num_threads(threads)
     output_dir = Path(output_dir)
+    run_dir = check_output_dir(output_dir / "run", option="the run folder of --output-dir,")  # before any work
     spec = SIZES[size]
     files = corpus_files(files, output_dir, max_modules=spec.max_modules)
     tokenizer = BertTokenizer.train(files, vocab_size=spec.vocab_size)
@@ -185,7 +192,6 @@ def run(output_dir: Path = Path("quickstart"), files: list[Path] | None = None, 
     # What is left of the budget after the corpus, minus ~10% for the fill-mask probes and the report.
     minutes = max(0.1, max_minutes * 0.9 - (time.monotonic() - started) / 60)
     # A rerun trains beside the last run and replaces it only once it has finished: interrupted, it loses nothing.
-    run_dir = output_dir / "run"
     remove_stale_temporaries(output_dir, name=run_dir.name)  # what a killed rerun left
     fresh = temporary_sibling(run_dir)
     cfg = PretrainConfig.from_options(
