@@ -435,6 +435,10 @@ def train(cfg: PretrainConfig, *, on_step: Callable[[int, float, torch.nn.Module
     evaluations: dict[int, dict] = {}
     eval_seconds = 0.0
     if state is None and heldout:
+        # One batch first, untimed: the one-off set-up of an evaluation (compiling the vocabulary loss's kernels,
+        # 3-6 s; building the matmul kernels of its shapes) would otherwise count in every evaluation a budget
+        # plan reserves time for.
+        evaluate(model, HeldOut(heldout.mlm[:1], heldout.nsp[:1], heldout.mask_id), device, cfg.optim.precision)
         eval_started = time.perf_counter()
         evaluations[0] = evaluate(model, heldout, device, cfg.optim.precision)
         eval_seconds = time.perf_counter() - eval_started
