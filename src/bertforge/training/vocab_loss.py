@@ -120,7 +120,8 @@ def _fused_forward(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tenso
     except Exception as error:  # noqa: BLE001 - any failure to build or run a compiled kernel
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         _FUSED_UNAVAILABLE.append(reason)
-        warnings.warn(f"the vocabulary loss runs without torch.compile, 1.5-2x slower: {reason}", stacklevel=5)
+        warnings.warn(f"the vocabulary loss runs without torch.compile, 1.5-2x slower ({reason}); a C++ compiler "
+                      "(g++ or clang++ on the PATH, or named by $CXX) gives the faster way", stacklevel=5)
         return None
     safe = labels.masked_fill(~labelled, 0)[:, None]  # [N, 1]
     label_scores = _scores(logits.gather(1, safe), None if bias32 is None else bias32[safe])
