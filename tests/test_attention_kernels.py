@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bertforge import compiled
 from bertforge.model import attention
 from bertforge.model.attention import attend
 from bertforge.training import vocab_loss
@@ -20,10 +21,10 @@ def way(request, monkeypatch):
     """Each vocabulary-loss test runs both ways: the kernels torch.compile builds for a CPU, and the chunked eager
     way (a GPU's, and the fallback where torch.compile fails). The fused way must not have fallen back."""
     if request.param == "chunked":
-        monkeypatch.setattr(vocab_loss, "_FUSED_UNAVAILABLE", ["the test asks for the chunked way"])
+        monkeypatch.setattr(compiled, "UNAVAILABLE", ["the test asks for the chunked way"])
     yield request.param
     if request.param == "fused":
-        assert not vocab_loss._FUSED_UNAVAILABLE, f"torch.compile failed here: {vocab_loss._FUSED_UNAVAILABLE}"
+        assert not compiled.UNAVAILABLE, f"torch.compile failed here: {compiled.UNAVAILABLE}"
 
 
 def bias_tolerance(dtype: torch.dtype, way: str) -> dict[str, float]:
@@ -309,17 +310,18 @@ def test_the_vocabulary_loss_takes_the_chunked_way_once_torch_compile_fails(monk
             raise RuntimeError("InductorError: no C++ compiler found\nthe rest of torch's message")
         return fail
 
-    monkeypatch.setattr(vocab_loss, "_compiled", no_compiler)
-    monkeypatch.setattr(vocab_loss, "_FUSED_UNAVAILABLE", [])
+    monkeypatch.setattr(compiled, "_compiled", no_compiler)
+    monkeypatch.setattr(compiled, "UNAVAILABLE", [])
     logits, labels = torch.randn(7, 30).requires_grad_(), torch.randint(0, 30, (7,))
-    with pytest.warns(UserWarning, match=r"without torch.compile, 1.5-2x slower \(InductorError: no C\+\+ compiler "
-                                         r"found\); a C\+\+ compiler .* gives the faster way"):
+    with pytest.warns(UserWarning, match=r"torch.compile fails here \(InductorError: no C\+\+ compiler found\), so "
+                                         r"the vocabulary loss and dropout run their slower eager ways .*; a C\+\+ "
+                                         r"compiler .* gives the faster ones"):
         loss, correct = summed_cross_entropy(logits, labels)
     loss.backward()
     ref_logits = logits.detach().requires_grad_()
     F.cross_entropy(ref_logits, labels, reduction="sum").backward()
     torch.testing.assert_close(logits.grad, ref_logits.grad)
-    assert vocab_loss._FUSED_UNAVAILABLE == ["InductorError: no C++ compiler found"]
+    assert compiled.UNAVAILABLE == ["InductorError: no C++ compiler found"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         summed_cross_entropy(logits.detach(), labels)

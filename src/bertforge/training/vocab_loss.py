@@ -24,11 +24,11 @@ often tie there, and the tie goes to the first index, as argmax's does.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
-from typing import Any
 
 import torch
+
+from bertforge import compiled
 
 # loss (fp32 scalar), correct ([N] bool), the gradient of the logits, the bias's gradient (fp32)
 _Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
@@ -49,7 +49,7 @@ class _SummedCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
                 weight: float, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         wants = (ctx.needs_input_grad[0], bias is not None and ctx.needs_input_grad[2])
-        fused = _fused_forward(logits, labels, bias, weight, ignore_index, *wants) if _fusable(logits) else None
+        fused = _fused_forward(logits, labels, bias, weight, ignore_index, *wants) if compiled.usable(logits) else None
         loss, correct, grad, bias_grad = fused or _chunked_forward(logits, labels, bias, weight, ignore_index, *wants)
         ctx.save_for_backward(grad, bias_grad)
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -68,24 +68,8 @@ class _SummedCrossEntropy(torch.autograd.Function):
         return grad, None, bias_grad, None, None
 
 
-# The fused way: two kernels that torch.compile (inductor) generates for a CPU, each one pass over the [N, V]
-# logits, with nothing of that size in fp32 ever written out.
-
-_FUSED_UNAVAILABLE: list[str] = []  # why torch.compile could not build the kernels here, once it has failed
-
-
-def _fusable(logits: torch.Tensor) -> bool:
-    """On a CPU, while torch.compile has not failed in this process. A GPU keeps the chunked way, in one chunk:
-    its fused kernels would come from Triton, not measured here."""
-    return logits.device.type == "cpu" and not _FUSED_UNAVAILABLE
-
-
-@functools.cache
-def _compiled(kernel: Callable[..., Any]) -> Callable[..., Any]:
-    # dynamic: the row count changes from batch to batch, the vocabulary from model to model; one build serves.
-    # dynamic_threads: otherwise inductor decides from the first call's sizes whether a loop runs on several
-    # threads, and a first call on a few rows (a test, an evaluation) left the kernel on one thread for good.
-    return torch.compile(kernel, dynamic=True, options={"cpp.dynamic_threads": True})
+# The fused way: two kernels that torch.compile (inductor) generates for a CPU (bertforge.compiled), each one
+# pass over the [N, V] logits, with nothing of that size in fp32 ever written out.
 
 
 def _scores(logits: torch.Tensor, bias32: torch.Tensor | None) -> torch.Tensor:
@@ -108,21 +92,20 @@ def _weighted_softmax(logits: torch.Tensor, bias32: torch.Tensor | None, top: to
 def _fused_forward(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None, weight: float,
                    ignore_index: int, wants_grad: bool, wants_bias_grad: bool) -> _Result | None:
     """The loss, the accuracy and the gradients from the two compiled kernels; None where torch.compile fails
-    (no C++ compiler, say), after a warning, and from then on in this process: the chunked way takes over."""
+    (bertforge.compiled warns once): the chunked way takes over."""
     bias32 = bias.float() if bias is not None else None
     labelled = labels != ignore_index  # [N]; a row without a label: no loss, no gradient, never correct
     row_weight = labelled[:, None] * weight  # [N, 1] fp32, 0 where unlabelled; over the denominator below
-    try:
-        top, total = _compiled(_row_max_and_total)(logits, bias32)
-        row_weight = row_weight / total
-        grad = _compiled(_weighted_softmax)(logits, bias32, top, row_weight) \
-            if wants_grad or wants_bias_grad else None
-    except Exception as error:  # noqa: BLE001 - any failure to build or run a compiled kernel
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        _FUSED_UNAVAILABLE.append(reason)
-        warnings.warn(f"the vocabulary loss runs without torch.compile, 1.5-2x slower ({reason}); a C++ compiler "
-                      "(g++ or clang++ on the PATH, or named by $CXX) gives the faster way", stacklevel=5)
+    stats = compiled.call(_row_max_and_total, logits, bias32)
+    if stats is None:
         return None
+    top, total = stats
+    row_weight = row_weight / total
+    grad = None
+    if wants_grad or wants_bias_grad:
+        grad = compiled.call(_weighted_softmax, logits, bias32, top, row_weight)
+        if grad is None:
+            return None
     safe = labels.masked_fill(~labelled, 0)[:, None]  # [N, 1]
     label_scores = _scores(logits.gather(1, safe), None if bias32 is None else bias32[safe])
     log_probs = (label_scores - top - total.log()).squeeze(1)  # exact however small p is: no underflow
