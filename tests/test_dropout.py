@@ -1,5 +1,6 @@
-"""bertforge's CPU dropout (model/dropout.py): the rate, the scale, the same mask forward and backward, each of
-the four 16-bit lanes of a draw on its own, seeding, and where torch's own dropout runs instead."""
+"""bertforge's CPU dropout (model/dropout.py), both ways (16-bit lanes of drawn words; a compiled hash of each
+element's index and a drawn seed): the rate, the scale, the same mask forward and backward, each lane position on
+its own, seeding, and where torch's own dropout runs instead."""
 
 from __future__ import annotations
 
@@ -8,8 +9,20 @@ import math
 import pytest
 import torch
 
+from bertforge import compiled
+from bertforge.model import dropout as dropout_module
 from bertforge.model.dropout import Dropout, dropout
 from bertforge.training.finetune import with_dropout
+
+
+@pytest.fixture(params=["lanes", "hashed"])
+def way(request, monkeypatch):
+    """The lanes way below any size; the hashed (compiled) way above every size. The hashed way must not have
+    fallen back."""
+    monkeypatch.setattr(dropout_module, "_COMPILED_MIN_ELEMENTS", 1 << 62 if request.param == "lanes" else 1)
+    yield request.param
+    if request.param == "hashed":
+        assert not compiled.UNAVAILABLE, f"torch.compile failed here: {compiled.UNAVAILABLE}"
 
 
 def within(observed: float, p: float, n: int, sigmas: float = 5.0) -> bool:
@@ -18,20 +31,20 @@ def within(observed: float, p: float, n: int, sigmas: float = 5.0) -> bool:
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
-def test_each_element_and_each_lane_drops_at_the_rate(p: float) -> None:
+def test_each_element_and_each_lane_drops_at_the_rate(way, p: float) -> None:
     torch.manual_seed(0)
     n = 1 << 22
     dropped = dropout(torch.ones(n), p) == 0
     true_p = round(p * 65536) / 65536
     assert within(dropped.float().mean().item(), true_p, n)
-    for lane in range(4):  # the four 16-bit lanes of each 64-bit draw
+    for lane in range(4):  # the four 16-bit lanes of each 64-bit draw (hashed: every fourth element)
         assert within(dropped.view(-1, 4)[:, lane].float().mean().item(), true_p, n // 4)
     # Neighbours are independent: both of a pair drop with probability p².
     both = (dropped[0::2] & dropped[1::2]).float().mean().item()
     assert within(both, true_p**2, n // 2)
 
 
-def test_kept_elements_are_scaled_to_keep_the_expectation_exactly() -> None:
+def test_kept_elements_are_scaled_to_keep_the_expectation_exactly(way) -> None:
     torch.manual_seed(1)
     x = torch.rand(1000, 37) + 0.5
     y = dropout(x, 0.1)
@@ -42,7 +55,7 @@ def test_kept_elements_are_scaled_to_keep_the_expectation_exactly() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_backward_pass_uses_the_forward_mask(dtype: torch.dtype) -> None:
+def test_the_backward_pass_uses_the_forward_mask(way, dtype: torch.dtype) -> None:
     torch.manual_seed(2)
     x = (torch.rand(64, 3, 17) + 0.5).to(dtype).requires_grad_()
     y = dropout(x, 0.2)
@@ -52,7 +65,7 @@ def test_the_backward_pass_uses_the_forward_mask(dtype: torch.dtype) -> None:
     assert y.dtype == dtype and y.shape == x.shape
 
 
-def test_the_same_seed_gives_the_same_mask_and_a_new_draw_another() -> None:
+def test_the_same_seed_gives_the_same_mask_and_a_new_draw_another(way) -> None:
     x = torch.ones(4099)  # not a multiple of four: the last draw is cut
     torch.manual_seed(3)
     first, second = dropout(x, 0.1), dropout(x, 0.1)
@@ -90,3 +103,11 @@ def test_the_module_is_an_nn_dropout_so_with_dropout_sets_its_rate() -> None:
     with_dropout(net, 0.25)
     assert all(m.p == 0.25 for m in modules)
     assert not [k for k in net.state_dict() if "dropout" in k]  # no state: checkpoints are unchanged
+
+
+def test_a_transposed_input_gets_the_same_mask_forward_and_backward(way) -> None:
+    torch.manual_seed(5)
+    x = (torch.rand(40, 30) + 0.5).t().requires_grad_()  # not contiguous
+    y = dropout(x, 0.3)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad != 0, y != 0) and 0.6 < (y != 0).float().mean().item() < 0.8
