@@ -33,7 +33,10 @@ def _compiled(kernel: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def call(kernel: Callable[..., Any], *args: Any) -> Any | None:
-    """kernel(*args) as inductor compiles it; None (after one warning per process) where that fails."""
+    """kernel(*args) as inductor compiles it; None (after one warning per process) where that fails, and from
+    then on without another try (a backward after a failed forward, say)."""
+    if UNAVAILABLE:
+        return None
     try:
         return _compiled(kernel)(*args)
     except Exception as error:  # noqa: BLE001 - any failure to build or run a compiled kernel
