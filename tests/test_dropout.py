@@ -111,3 +111,21 @@ def test_a_transposed_input_gets_the_same_mask_forward_and_backward(way) -> None
     y = dropout(x, 0.3)
     y.backward(torch.ones_like(y))
     assert torch.equal(x.grad != 0, y != 0) and 0.6 < (y != 0).float().mean().item() < 0.8
+
+
+def test_one_compiled_kernel_per_dtype_serves_every_shape_rank_rate_and_autocast_state(monkeypatch) -> None:
+    """Building a kernel costs seconds at the start of a process (a 125-step fine-tuning benchmark paid 4 s for
+    kernels built anew for each rank, and for the forward under autocast and its backward outside)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(dropout_module, "_COMPILED_MIN_ELEMENTS", 1)
+    dropout(torch.randn(4, 6, 8, dtype=torch.bfloat16), 0.1)  # the bf16 kernel is built now (or was before)
+    built = counters["stats"]["unique_graphs"]
+    for shape in [(3, 5), (2, 3, 4, 5), (7,)]:
+        x = torch.randn(shape, dtype=torch.bfloat16, requires_grad=True)
+        dropout(x, 0.1).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = dropout(x, 0.3)
+        y.sum().backward()
+    assert not compiled.UNAVAILABLE, f"torch.compile failed here: {compiled.UNAVAILABLE}"
+    assert counters["stats"]["unique_graphs"] == built

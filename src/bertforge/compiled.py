@@ -38,7 +38,12 @@ def call(kernel: Callable[..., Any], *args: Any) -> Any | None:
     if UNAVAILABLE:
         return None
     try:
-        return _compiled(kernel)(*args)
+        # torch.compile builds a kernel anew for every autocast state and requires_grad flag it meets. Neither
+        # matters here (the kernels name their dtypes, and autograd Functions call them), so each is always the
+        # same: a forward under autocast and its backward outside share one kernel.
+        args = tuple(arg.detach() if isinstance(arg, torch.Tensor) else arg for arg in args)
+        with torch.autocast("cpu", enabled=False):
+            return _compiled(kernel)(*args)
     except Exception as error:  # noqa: BLE001 - any failure to build or run a compiled kernel
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         UNAVAILABLE.append(reason)

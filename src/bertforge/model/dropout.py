@@ -6,7 +6,7 @@ gradient clipping and the optimizer together. Here each 64-bit draw of the same 
 16-bit lanes, and a lane below a threshold drops its element: four elements per draw and no per-element
 sampling, 4-5x faster forward and backward (benchmarks/profile_finetune_step.py).
 
-Where torch.compile works (bertforge.compiled) and the tensor is not tiny, one fused loop does it all instead:
+Where torch.compile works (bertforge.compiled) and the tensor is large, one fused loop does it all instead:
 each element's 16-bit lane is a hash (splitmix64's finaliser) of its index and a seed drawn once per call from
 torch's generator, so no random numbers are written at all, and the backward recomputes the same mask from the
 seed: 3-4x faster than the lanes above ([4096, 256] bf16: 0.75 against 2.5 ms; attention probabilities
@@ -29,9 +29,12 @@ from bertforge import compiled
 _LANES = 1 << 16  # values a 16-bit lane takes
 _INT64 = (-(1 << 63), (1 << 63) - 1)  # torch.randint's bounds for every 64-bit pattern (high is exclusive)
 _MIX = (-4658895280553007687, -7723592293110705685)  # splitmix64's multipliers 0xbf58…e5b9, 0x94d0…11eb as int64
-# Below, no gain measured: a fine-tuning step of all-MiniLM-L6-v2 (dropouts of 0.1-0.2M elements) took 107-109 ms
-# either way; a mini pre-training step (1-2M) 1.05x faster hashed.
-_COMPILED_MIN_ELEMENTS = 1 << 18
+# From 2M elements on (attention probabilities of pre-training: mini [32, 4, 128, 128], base; base's hidden
+# states). Below, a fine-tuning step of all-MiniLM-L6-v2 on SST-2 (dropouts of 0.1-1.7M elements) runs no faster
+# hashed, while building the kernels at the start of a process cost its 125-step benchmark 4 s (21 against 17 s);
+# a mini pre-training step with dropout 0.1 gains 1.031x from this threshold, 1.060x from 2^18 (its 1M hidden
+# states too), whose kernels a job of minutes repays.
+_COMPILED_MIN_ELEMENTS = 1 << 21
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -56,9 +59,9 @@ def _unsigned_shift(z: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _hashed_dropout(x: torch.Tensor, seed: torch.Tensor, dropped: int) -> torch.Tensor:
-    """x with the elements whose hashed lane falls below `dropped` zeroed and the rest scaled (one loop once
-    compiled); the same seed gives the same mask, which is how the backward finds it."""
-    z = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape) + seed
+    """x ([n], flat) with the elements whose hashed lane falls below `dropped` zeroed and the rest scaled (one
+    loop once compiled); the same seed gives the same mask, which is how the backward finds it."""
+    z = torch.arange(x.numel(), device=x.device, dtype=torch.int64) + seed
     z = (z ^ _unsigned_shift(z, 30)) * _MIX[0]
     z = (z ^ _unsigned_shift(z, 27)) * _MIX[1]
     lane = (z ^ _unsigned_shift(z, 31)) & (_LANES - 1)  # uniform over 0 … 65535
@@ -66,8 +69,12 @@ def _hashed_dropout(x: torch.Tensor, seed: torch.Tensor, dropped: int) -> torch.
 
 
 def _run_hashed(x: torch.Tensor, seed: torch.Tensor, dropped: int) -> torch.Tensor:
-    result = compiled.call(_hashed_dropout, x, seed, dropped)
-    return result if result is not None else _hashed_dropout(x, seed, dropped)  # torch.compile failed: eager, once
+    # Flat, so that one kernel per dtype serves every shape and rank (each new rank would cost seconds to build).
+    flat = x.reshape(-1)
+    result = compiled.call(_hashed_dropout, flat, seed, dropped)
+    if result is None:  # torch.compile failed: eager, once
+        result = _hashed_dropout(flat, seed, dropped)
+    return result.view(x.shape)
 
 
 class _HashedDropout(torch.autograd.Function):
