@@ -121,6 +121,7 @@ def test_one_compiled_kernel_per_dtype_serves_every_shape_rank_rate_and_autocast
     monkeypatch.setattr(dropout_module, "_COMPILED_MIN_ELEMENTS", 1)
     dropout(torch.randn(4, 6, 8, dtype=torch.bfloat16), 0.1)  # the bf16 kernel is built now (or was before)
     built = counters["stats"]["unique_graphs"]
+    assert built > 0, "torch._dynamo no longer counts the graphs it builds: this test needs another counter"
     for shape in [(3, 5), (2, 3, 4, 5), (7,)]:
         x = torch.randn(shape, dtype=torch.bfloat16, requires_grad=True)
         dropout(x, 0.1).sum().backward()
