@@ -6,7 +6,8 @@ gradient clipping and the optimizer together. Here each 64-bit draw of the same 
 16-bit lanes, and a lane below a threshold drops its element: four elements per draw and no per-element
 sampling, 4-5x faster forward and backward (benchmarks/profile_finetune_step.py).
 
-Where torch.compile works (bertforge.compiled) and the tensor is large, one fused loop does it all instead:
+Where torch.compile works (bertforge.compiled) and the tensor is large (2M elements or more: below, building
+the kernel costs a short job more than the hash saves; see _COMPILED_MIN_ELEMENTS), one fused loop does it all:
 each element's 16-bit lane is a hash (splitmix64's finaliser) of its index and a seed drawn once per call from
 torch's generator, so no random numbers are written at all, and the backward recomputes the same mask from the
 seed: 3-4x faster than the lanes above ([4096, 256] bf16: 0.75 against 2.5 ms; attention probabilities
