@@ -15,6 +15,7 @@ Accuracy only: the machine need not be quiet. bf16 runs where the processor comp
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def sentence_rows(data: Path, precisions: list[str]) -> list[str]:
     directory = resolve_model("all-minilm-l6-v2")
     model, tok = load_model(directory), BertTokenizer.from_pretrained(directory)
-    first, second, gold = stsb_pairs(data)
+    pairs = stsb_pairs(data)
+    if pairs is None:
+        sys.exit(f"needs the STS-B dev set: {data / 'glue' / 'STS-B' / 'dev.tsv'} is missing")
+    first, second, gold = pairs
     vectors = {p: [embed_texts(model, tok, side, normalize=True, precision=p).vectors for side in (first, second)]
                for p in ["fp32", *precisions]}
     rows = []

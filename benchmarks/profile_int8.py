@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import warnings
 from collections import defaultdict
 
@@ -87,7 +88,10 @@ def smoothing(model, tok) -> None:
 
     pool = list(dict.fromkeys(load_texts(DATA, 1000, seed=1)))  # SST-2 dev + Wikipedia, no duplicates
     calibration, held_out = pool[:300], pool[300:800]
-    a, b, gold = stsb_pairs(DATA)
+    pairs = stsb_pairs(DATA)
+    if pairs is None:
+        sys.exit(f"needs the STS-B dev set: {DATA / 'glue' / 'STS-B' / 'dev.tsv'} is missing")
+    a, b, gold = pairs
 
     def vectors(m, texts):
         return embed_texts(m, tok, texts, normalize=True).vectors
