@@ -199,6 +199,14 @@ def stsb_pairs(data: Path) -> tuple[list[str], list[str], np.ndarray] | None:
     return [r[a] for r in rows], [r[b] for r in rows], np.array([float(r[s]) for r in rows])
 
 
+def required_stsb_pairs(data: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """stsb_pairs for a benchmark that is about STS-B: without it, one line naming the missing file."""
+    pairs = stsb_pairs(data)
+    if pairs is None:
+        sys.exit(f"needs the STS-B dev set: {data / 'glue' / 'STS-B' / 'dev.tsv'} is missing")
+    return pairs
+
+
 def embeddings(args, directory: Path, tok, texts: list[str]) -> None:
     from transformers import AutoTokenizer, BertModel
 

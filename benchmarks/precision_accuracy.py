@@ -15,12 +15,11 @@ Accuracy only: the machine need not be quiet. bf16 runs where the processor comp
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_inference import spearman, stsb_pairs
+from bench_inference import required_stsb_pairs, spearman
 
 from bertforge.checkpoint import load_model
 from bertforge.hardware import bf16_skip_reason
@@ -35,10 +34,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def sentence_rows(data: Path, precisions: list[str]) -> list[str]:
     directory = resolve_model("all-minilm-l6-v2")
     model, tok = load_model(directory), BertTokenizer.from_pretrained(directory)
-    pairs = stsb_pairs(data)
-    if pairs is None:
-        sys.exit(f"needs the STS-B dev set: {data / 'glue' / 'STS-B' / 'dev.tsv'} is missing")
-    first, second, gold = pairs
+    first, second, gold = required_stsb_pairs(data)
     vectors = {p: [embed_texts(model, tok, side, normalize=True, precision=p).vectors for side in (first, second)]
                for p in ["fp32", *precisions]}
     rows = []

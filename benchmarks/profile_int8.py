@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import warnings
 from collections import defaultdict
 
 import numpy as np
 import torch
-from bench_inference import DATA, load_texts, spearman, stsb_pairs
+from bench_inference import DATA, load_texts, required_stsb_pairs, spearman
 from torch import nn
 
 from bertforge.checkpoint import load_model
@@ -88,10 +87,7 @@ def smoothing(model, tok) -> None:
 
     pool = list(dict.fromkeys(load_texts(DATA, 1000, seed=1)))  # SST-2 dev + Wikipedia, no duplicates
     calibration, held_out = pool[:300], pool[300:800]
-    pairs = stsb_pairs(DATA)
-    if pairs is None:
-        sys.exit(f"needs the STS-B dev set: {DATA / 'glue' / 'STS-B' / 'dev.tsv'} is missing")
-    a, b, gold = pairs
+    a, b, gold = required_stsb_pairs(DATA)
 
     def vectors(m, texts):
         return embed_texts(m, tok, texts, normalize=True).vectors
