@@ -1,6 +1,6 @@
 """Stand-ins for ../shared/data and the packaged checkpoint, for a machine that has neither (a fresh GPU box).
 
-    python benchmarks/synthetic.py OUT
+    python benchmarks/synthetic.py OUT [--no-base]
 
 writes OUT/data/glue/SST-2/{train,dev}.tsv, OUT/data/wikipedia/wiki_AA.txt.gz (sentences of the words of
 inference/tiny.py), and two random-weight models with the packaged checkpoint's vocabulary when it is
@@ -64,11 +64,13 @@ def write_model(out: Path, config_changes: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
+    parser.add_argument("--no-base", action="store_true", help="leave out OUT/base (440 MB of random weights)")
     args = parser.parse_args()
     write_data(args.out / "data", np.random.default_rng(0))
     write_model(args.out / "minilm", dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536))
-    write_model(args.out / "base", {})
-    print(f"wrote {args.out}/data, {args.out}/minilm, {args.out}/base")
+    if not args.no_base:
+        write_model(args.out / "base", {})
+    print(f"wrote {args.out}/data, {args.out}/minilm" + ("" if args.no_base else f", {args.out}/base"))
 
 
 if __name__ == "__main__":
