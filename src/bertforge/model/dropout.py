@@ -88,7 +88,7 @@ class _HashedDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (seed,) = ctx.saved_tensors
-        return _run_hashed(grad.contiguous(), seed, ctx.dropped), None, None
+        return _run_hashed(grad, seed, ctx.dropped), None, None
 
 
 class Dropout(nn.Dropout):
