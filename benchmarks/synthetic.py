@@ -66,10 +66,13 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--no-base", action="store_true", help="leave out OUT/base (440 MB of random weights)")
     args = parser.parse_args()
-    write_data(args.out / "data", np.random.default_rng(0))
-    write_model(args.out / "minilm", dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536))
-    if not args.no_base:
-        write_model(args.out / "base", {})
+    try:
+        write_data(args.out / "data", np.random.default_rng(0))
+        write_model(args.out / "minilm", dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536))
+        if not args.no_base:
+            write_model(args.out / "base", {})
+    except OSError as error:
+        parser.error(f"OUT {args.out}: {error.strerror or error} ({error.filename}); give a folder that can be written")
     print(f"wrote {args.out}/data, {args.out}/minilm" + ("" if args.no_base else f", {args.out}/base"))
 
 
