@@ -3,13 +3,13 @@ machine: the step's (or forward's) matrix multiplies alone, back to back, with e
 
 A system's MFU is its useful matmul work over its whole step time, against the measured peak (bertforge.flops).
 Its step contains at least its matmuls, so its MFU is at most the rate those matmuls reach by themselves. This
-benchmark times exactly those products, in the layouts autograd gives them (a weight's gradient is dYᵀ X from
-the transposed view, or the other operand transposed, whichever is faster, a transpose taken as free), with the
-tensors reused layer after layer, so the operands sit warmer in the cache than in a real step, and freed memory
-kept for reuse as the training jobs keep it (hardware.keep_freed_memory): a generous bound. For each shape it
-prints that rate as a share of the peak (the ceiling), and
-what share of a step the matmuls must fill to reach the issue's 60% of the peak (0.6 / ceiling; above 100% means
-no implementation on these matmuls can get there).
+benchmark times exactly those products, each alone and warm (its operands in the cache from its call before), in
+the fastest of the layouts an implementation could hand it (autograd's transposed views, or the other operand
+already transposed, a transpose taken as free), with freed memory kept for reuse as the training jobs keep it
+(hardware.keep_freed_memory): a generous bound. For each shape it prints that rate as a share of the peak (the
+ceiling), what share of a step the matmuls must fill to reach the issue's 60% of the peak (0.6 / ceiling; above
+100% would mean no implementation on these matmuls can get there), and for scale the same products one after
+another, as a step meets them (slower: each finds its operands colder).
 
     python benchmarks/matmul_ceiling.py --threads 2 [--repeats 5]
 """
@@ -121,22 +121,27 @@ def seconds_of(call: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def best_seconds(calls: list[Product], repeats: int) -> tuple[float, float]:
-    """The fastest way of each product, then (best of `repeats` rounds) the whole sequence of those back to back,
-    and the peak's square matmul timed in the same rounds: this machine's speed drifts by 10-20% within a
-    minute, so a ceiling is a ratio of two rates taken side by side."""
-    fastest = [min(ways, key=lambda way: seconds_of(way, repeats)) for ways in calls]
+def best_seconds(calls: list[Product], repeats: int) -> tuple[float, float, float]:
+    """(the sum over the products of each one's fastest way, timed alone and warm: its operands in the cache from
+    the call before, warmer than any step gets them; those ways one after another, as a step meets them; the
+    peak's FLOP/s), each the best of `repeats` rounds. The peak's square is timed in the same rounds: this
+    machine's speed drifts by 10-20% within a minute, so a ceiling is a ratio of two rates taken side by side."""
+    distinct = {id(ways): ways for ways in calls}  # every layer repeats the same products
+    best = {key: [float("inf")] * len(ways) for key, ways in distinct.items()}  # per way
     square = torch.randn(PEAK_SIZE, PEAK_SIZE, dtype=torch.bfloat16)
 
     def in_turn() -> None:
-        for way in fastest:
-            way()  # each result freed at once, as a step frees what it no longer needs
+        for ways in calls:
+            times = best[id(ways)]
+            ways[times.index(min(times))]()  # its result freed at once, as a step frees what it no longer needs
 
     sequence, peak = float("inf"), float("inf")
     for _ in range(repeats):
+        for key, ways in distinct.items():
+            best[key] = [min(old, seconds_of(way, 3)) for old, way in zip(best[key], ways, strict=True)]
         sequence = min(sequence, seconds_of(in_turn, 1))
         peak = min(peak, seconds_of(lambda: square @ square, 3))
-    return sequence, 2 * PEAK_SIZE**3 / peak
+    return sum(min(best[id(ways)]) for ways in calls), sequence, 2 * PEAK_SIZE**3 / peak
 
 
 def adamw_seconds(config: BertConfig, repeats: int) -> tuple[int, float]:
@@ -164,14 +169,15 @@ def main() -> None:
     print(f"{args.threads} threads; the bf16 peak re-measured beside each shape ({PEAK_SIZE}x{PEAK_SIZE} square, "
           "as hardware.matmul_peak)")
     for case in cases():
-        seconds, peak = best_seconds(products(case), args.repeats)
-        ceiling = case_flops(case) / seconds / peak
-        print(f"{case.name:<46} matmuls alone {seconds * 1000:7.1f} ms, peak {peak / 1e9:5,.0f} GFLOP/s: ceiling "
-              f"{ceiling:6.1%}; {TARGET:.0%} needs the matmuls to fill {TARGET / ceiling:6.1%} of the step")
+        alone, in_turn, peak = best_seconds(products(case), args.repeats)
+        ceiling = case_flops(case) / alone / peak
+        print(f"{case.name:<46} matmuls {alone * 1000:7.1f} ms each alone ({in_turn * 1000:.1f} in turn), peak "
+              f"{peak / 1e9:5,.0f} GFLOP/s: ceiling {ceiling:6.1%}; {TARGET:.0%} needs the matmuls to fill "
+              f"{TARGET / ceiling:6.1%} of the step")
         if case.training:
             count, optimizer_seconds = adamw_seconds(case.config, args.repeats)
             print(f"{'':<46} + fused AdamW over its {count / 1e6:.1f}M parameters {optimizer_seconds * 1000:6.1f} ms: "
-                  f"together {(seconds + optimizer_seconds) * 1000:.1f} ms, the least an exact step takes here")
+                  f"together {(alone + optimizer_seconds) * 1000:.1f} ms, the least an exact step takes here")
 
 if __name__ == "__main__":
     main()
