@@ -112,7 +112,8 @@ def case_flops(case: Case) -> float:
 
 
 def seconds_of(call: Callable[[], object], repeats: int) -> float:
-    call()  # oneDNN builds each shape's kernel once
+    """The best of `repeats` timed calls, after one untimed (oneDNN builds each shape's kernel at its first)."""
+    call()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
