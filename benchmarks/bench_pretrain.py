@@ -8,9 +8,11 @@ row of a batch is full, as packed pre-training rows are (no padding). Each step 
 so the masked count changes from step to step (and with it the shapes of a sparse MLM head's matmuls: see
 BertForPreTraining's row_multiple); `--same-batch` repeats one batch, as this benchmark did before 2026-12-08.
 The systems take turns step by step, all on the same batch at each step, so that a shared, noisy machine slows
-all alike; the median step time of each gives tokens/s. The first step's fp32 losses are compared to show both
-compute the same thing (bertforge projects onto the vocabulary
-only at the masked positions, and its last layer finishes only those and [CLS]; transformers everywhere).
+all alike; the median step time of each gives tokens/s. transformers' bf16 step, which writes [B·T, V] logits
+and their fp32 softmax, moves by a third from one run of 10 steps to the next on a 2-core CPU (3.04x and 4.80x on
+one day): quote runs of 40 steps. The first step's fp32 losses are compared to show both compute the same thing
+(bertforge projects onto the vocabulary only at the masked positions, and its last layer finishes only those
+and [CLS]; transformers everywhere).
 bf16 runs only where the processor computes it natively. MFU counts the useful matmul work (encoder + MLM head
 at the masked positions, ×3 for training; the last layer only at the tokens the heads read; flops.py) against
 this machine's measured matmul peak of that precision.
@@ -19,7 +21,7 @@ The process keeps the memory it frees for reuse (hardware.keep_freed_memory, wha
 for every side alike: it makes transformers' bf16 step ~2x faster, whose dense vocabulary projection allocates
 hundreds of MB a step. `--glibc-defaults` leaves the allocator as it is (the figures before 2026-12-07).
 
-    python benchmarks/bench_pretrain.py --threads 2 --steps 10                      # mini, ~1 min on 2 cores
+    python benchmarks/bench_pretrain.py --threads 2 --steps 40                      # mini, ~6 min on 2 cores
     python benchmarks/bench_pretrain.py --threads 2 --presets base --steps 3 --warmup 1   # ~6 min on 2 cores
 """
 
