@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from bertforge.config import BertConfig
+from bertforge.flops import encoder_flops, mlm_head_flops
 from bertforge.hardware import bf16_skip_reason, keep_freed_memory
 from bertforge.model import BertModel
 
@@ -56,33 +57,39 @@ def cases() -> list[Case]:
 Product = list[Callable[[], object]]  # ways to compute one product; the fastest counts
 
 
+def _rand(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, dtype=torch.bfloat16)
+
+
+def _t(tensor: torch.Tensor) -> torch.Tensor:
+    """The transpose of the last two dims, contiguous: an operand handed over already transposed."""
+    return tensor.transpose(-1, -2).contiguous()
+
+
+def linear_products(rows: int, fan_in: int, fan_out: int, training: bool) -> list[Product]:
+    """A Linear's forward, and when training its input's and weight's gradients."""
+    x, w, b, dy = _rand(rows, fan_in), _rand(fan_out, fan_in), _rand(fan_out), _rand(rows, fan_out)
+    xt, wt, dyt = _t(x), _t(w), _t(dy)
+    forward = [lambda: torch.nn.functional.linear(x, w, b), lambda: torch.addmm(b, x, wt)]
+    if not training:
+        return [forward]
+    return [forward, [lambda: dy @ w, lambda: dy @ wt.t()],
+            [lambda: dy.t() @ x, lambda: dyt @ x, lambda: xt @ dy]]  # the last: the weight's gradient transposed
+
+
 def products(case: Case) -> list[Product]:
-    """One layer's matmuls (times the layer count) and the head's, forward and, when training, backward. Each
-    product comes in the layouts an implementation could hand it: autograd's (a transposed view) and with the
-    transposed operand already contiguous, as if the transpose cost nothing."""
-    c, bf16 = case.config, torch.bfloat16
+    """One layer's matmuls (times the layer count) and the masked-LM head's, forward and, when training,
+    backward. Each product comes in the layouts an implementation could hand it: autograd's (a transposed view)
+    and with the transposed operand already contiguous, as if the transpose cost nothing."""
+    c = case.config
     n, heads, head = case.batch * case.length, c.num_heads, c.hidden_size // c.num_heads
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, dtype=bf16)
-
-    def t(tensor: torch.Tensor) -> torch.Tensor:  # the transpose of the last two dims, contiguous
-        return tensor.transpose(-1, -2).contiguous()
-
     layer: list[Product] = []
     for fan_in, fan_out in [(c.hidden_size, 3 * c.hidden_size), (c.hidden_size, c.hidden_size),
                             (c.hidden_size, c.intermediate_size), (c.intermediate_size, c.hidden_size)]:
-        x, w, b, dy = rand(n, fan_in), rand(fan_out, fan_in), rand(fan_out), rand(n, fan_out)
-        xt, wt, dyt = t(x), t(w), t(dy)
-        layer.append([lambda x=x, w=w, b=b: torch.nn.functional.linear(x, w, b),
-                      lambda x=x, wt=wt, b=b: torch.addmm(b, x, wt)])
-        if case.training:
-            layer.append([lambda dy=dy, w=w: dy @ w, lambda dy=dy, wt=wt: dy @ wt.t()])
-            layer.append([lambda dy=dy, x=x: dy.t() @ x, lambda dyt=dyt, x=x: dyt @ x,
-                          lambda xt=xt, dy=dy: xt @ dy])  # the last gives the weight's gradient transposed
-    q, k, v = (rand(case.batch * heads, case.length, head) for _ in range(3))
-    probs, grad = rand(case.batch * heads, case.length, case.length), rand(case.batch * heads, case.length, head)
-    kt, vt, probs_t = t(k), t(v), t(probs)
+        layer += linear_products(n, fan_in, fan_out, case.training)
+    q, k, v = (_rand(case.batch * heads, case.length, head) for _ in range(3))
+    probs, grad = _rand(case.batch * heads, case.length, case.length), _rand(case.batch * heads, case.length, head)
+    kt, vt, probs_t = _t(k), _t(v), _t(probs)
     layer += [[lambda: torch.bmm(q, k.transpose(1, 2)), lambda: torch.bmm(q, kt)], [lambda: torch.bmm(probs, v)]]
     if case.training:
         layer += [[lambda: torch.bmm(grad, v.transpose(1, 2)), lambda: torch.bmm(grad, vt)],
@@ -91,24 +98,21 @@ def products(case: Case) -> list[Product]:
                   [lambda: torch.bmm(probs.transpose(1, 2), q), lambda: torch.bmm(probs_t, q)]]
     calls = layer * c.num_layers
     if case.head_rows:
-        h, table = rand(case.head_rows, c.hidden_size), rand(c.vocab_size, c.hidden_size)
-        dlogits, table_t, h_t = rand(case.head_rows, c.vocab_size), t(table), t(h)
-        blocks = range(0, c.vocab_size, 8192)
-        calls += [[lambda: h @ table.t(), lambda: h @ table_t,
-                   lambda: [h @ table[i:i + 8192].t() for i in blocks]],  # column blocks: a cheaper kernel
-                  [lambda: dlogits @ table],
-                  [lambda: dlogits.t() @ h, lambda: h_t @ dlogits]]
+        calls += linear_products(case.head_rows, c.hidden_size, c.hidden_size, case.training)  # the transform
+        h, table = _rand(case.head_rows, c.hidden_size), _rand(c.vocab_size, c.hidden_size)
+        table_t, blocks = _t(table), range(0, c.vocab_size, 8192)
+        calls.append([lambda: h @ table.t(), lambda: h @ table_t,
+                      lambda: [h @ table[i:i + 8192].t() for i in blocks]])  # column blocks: a cheaper kernel
+        if case.training:
+            dlogits, h_t = _rand(case.head_rows, c.vocab_size), _t(h)
+            calls += [[lambda: dlogits @ table], [lambda: dlogits.t() @ h, lambda: h_t @ dlogits]]
     return calls
 
 
 def case_flops(case: Case) -> float:
-    """2 FLOPs a multiply-add over the products above."""
-    c = case.config
-    n, h, i = case.batch * case.length, c.hidden_size, c.intermediate_size
-    layer = 2 * n * (4 * h * h + 2 * h * i) + 2 * 2 * case.batch * case.length * case.length * h
-    head = 2 * case.head_rows * h * c.vocab_size
-    passes = 3 if case.training else 1
-    return passes * (c.num_layers * layer + head)
+    """The products' work as bertforge.flops counts it for the benchmarks' MFU (every token finished)."""
+    flops = encoder_flops(case.config, [case.length] * case.batch, training=case.training)
+    return flops + mlm_head_flops(case.config, case.head_rows, training=case.training)
 
 
 def seconds_of(call: Callable[[], object], repeats: int) -> float:
