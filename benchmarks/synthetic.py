@@ -7,7 +7,7 @@ inference/tiny.py), and two random-weight models with the packaged checkpoint's 
 installed, else the tiny one (either holds every word of the texts): OUT/minilm (all-MiniLM-L6-v2's
 shape: 6 layers, H=384) and OUT/base (BERT-base's shape). Speed depends on shapes and lengths, not on words
 or weights, so throughput measured on these equals throughput on the real ones; accuracy figures from them
-mean nothing.
+mean nothing. It writes only folders that do not exist yet: real data is never overwritten.
 Sentence lengths follow a log-normal mix like the real data's: SST-2 around 10-20 words, Wikipedia ~25.
 """
 
@@ -66,6 +66,11 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--no-base", action="store_true", help="leave out OUT/base (440 MB of random weights)")
     args = parser.parse_args()
+    targets = [args.out / "data", args.out / "minilm"] + ([] if args.no_base else [args.out / "base"])
+    existing = [str(path) for path in targets if path.exists()]
+    if existing:  # OUT=../shared would otherwise overwrite the real data sets with stand-ins
+        parser.error(f"OUT {args.out}: {', '.join(existing)} already exist(s); synthetic.py writes only new "
+                     "folders, so nothing there is overwritten: give an empty or new folder")
     try:
         write_data(args.out / "data", np.random.default_rng(0))
         write_model(args.out / "minilm", dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536))

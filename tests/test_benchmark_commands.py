@@ -55,3 +55,16 @@ def test_the_fine_tuning_command_writes_its_json(standins: Path, tmp_path: Path)
         str(standins / "data"), "--model", str(standins / "minilm"), "--train-examples", "64", "--eval-examples",
         "32", "--epochs", "1", "--threads", "2", "--peer", "loop", "--output", str(result))
     assert json.loads(result.read_text())
+
+
+def test_the_stand_ins_never_overwrite_a_folder_that_exists(tmp_path: Path) -> None:
+    """`synthetic.py ../shared` must not replace the real data sets with stand-ins: one line, nothing written."""
+    real = tmp_path / "data" / "glue" / "SST-2" / "train.tsv"
+    real.parent.mkdir(parents=True)
+    real.write_text("sentence\tlabel\nreal data .\t1\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "benchmarks/synthetic.py", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "already exist" in done.stderr and "Traceback" not in done.stderr
+    assert real.read_text(encoding="utf-8") == "sentence\tlabel\nreal data .\t1\n"
+    assert not (tmp_path / "minilm").exists()
